@@ -1,0 +1,124 @@
+"""The logSNR noise schedule and the Gaussian diffusion around it.
+
+Conventions (METHOD.md): images in [-1, 1]; alpha_bar(logsnr) = sigmoid(logsnr),
+sigma^2 = sigmoid(-logsnr), x_logsnr = sqrt(alpha_bar) x + sigma eps. Time t = 0 is clean
+data (logsnr_max), t = 1 the noisiest level (logsnr_min). Training and sampling move between
+neighbouring levels s = t - 1/T and t; :class:`Level` holds every coefficient of such a pair.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """The "cosine logSNR" schedule with endpoints, sampled at ``n_levels`` noise levels."""
+
+    n_levels: int = 6
+    logsnr_min: float = -5.1
+    logsnr_max: float = 9.8
+    #: Use r_mul = 1 instead of r at the noisiest level, as the published code does.
+    final_level_unscaled: bool = True
+
+
+@dataclass
+class Level:
+    """Coefficients of one transition x_s -> x_t, one entry per example (shape (B,))."""
+
+    logsnr_t: torch.Tensor
+    logsnr_s: torch.Tensor
+    alpha_bar_t: torch.Tensor
+    alpha_bar_s: torch.Tensor
+    #: alpha_bar_t / alpha_bar_s: x_t = sqrt(r) x_s + sqrt(1 - r) eps.
+    r: torch.Tensor
+    #: r, except 1 at the noisiest level when ``ScheduleConfig.final_level_unscaled``.
+    r_mul: torch.Tensor
+    beta: torch.Tensor
+    #: The "small" posterior variance of q(x_s | x_t, x).
+    beta_tilde: torch.Tensor
+    #: 1.0 at the noisiest level, where the EBM models the marginal at s, else 0.0.
+    is_final: torch.Tensor
+
+
+class LogSNRSchedule:
+    """One schedule for training, sampling, DRL and guidance."""
+
+    def __init__(self, config: ScheduleConfig = ScheduleConfig()):
+        self.config = config
+
+    @property
+    def n_levels(self) -> int:
+        return self.config.n_levels
+
+    def logsnr(self, t: torch.Tensor) -> torch.Tensor:
+        """lambda(t) = -2 log tan(a t + b), with lambda(0) = logsnr_max, lambda(1) = logsnr_min."""
+        t = torch.as_tensor(t, dtype=torch.float32)
+        b = math.atan(math.exp(-0.5 * self.config.logsnr_max))
+        a = math.atan(math.exp(-0.5 * self.config.logsnr_min)) - b
+        return -2.0 * torch.log(torch.tan(a * t + b))
+
+    def grid(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Times 0, 1/T, ..., 1 and their logSNRs."""
+        t = torch.arange(self.n_levels + 1, dtype=torch.float32) / self.n_levels
+        return t, self.logsnr(t)
+
+    def level(self, index: torch.Tensor | int, batch_size: int | None = None,
+              device: torch.device | str | None = None) -> Level:
+        """Coefficients for the transition from level ``index`` (1..T) down to ``index - 1``."""
+        if isinstance(index, int):
+            index = torch.full((batch_size or 1,), index, device=device)
+        if torch.any((index < 1) | (index > self.n_levels)):
+            raise ValueError(f"noise level index must lie in 1..{self.n_levels}, got {index.tolist()}")
+        t = index.to(torch.float32) / self.n_levels
+        # s = t - 1/T as in the published training loop (not (index - 1) / T): identical
+        # levels, and the same floating-point values as the reference fixtures.
+        s = t - 1.0 / self.n_levels
+        logsnr_t, logsnr_s = self.logsnr(t), self.logsnr(s)
+        alpha_bar_t, alpha_bar_s = torch.sigmoid(logsnr_t), torch.sigmoid(logsnr_s)
+        r = alpha_bar_t / alpha_bar_s
+        is_final = (index == self.n_levels).to(torch.float32)
+        r_mul = torch.where(is_final > 0, torch.ones_like(r), r) if self.config.final_level_unscaled else r
+        beta = 1.0 - r
+        beta_tilde = (1.0 - alpha_bar_s) / (1.0 - alpha_bar_t) * beta
+        return Level(logsnr_t, logsnr_s, alpha_bar_t, alpha_bar_s, r, r_mul, beta, beta_tilde, is_final)
+
+    def sigma_lowest(self) -> float:
+        """sqrt(beta) of the least noisy transition (t = 1/T), the loss weighting's unit."""
+        return float(torch.sqrt(self.level(1).beta)[0])
+
+
+def broadcast(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Reshape per-example values (B,) to broadcast against a batch shaped like ``like``."""
+    return values.reshape(values.shape[0], *([1] * (like.dim() - 1)))
+
+
+def diffuse(x: torch.Tensor, logsnr: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Sample q(x_logsnr | x) = N(sqrt(alpha_bar) x, (1 - alpha_bar) I) with the given noise."""
+    return x * broadcast(torch.sqrt(torch.sigmoid(logsnr)), x) + broadcast(torch.sqrt(torch.sigmoid(-logsnr)), x) * noise
+
+
+@dataclass
+class Posterior:
+    mean: torch.Tensor
+    var: torch.Tensor
+
+    @property
+    def std(self) -> torch.Tensor:
+        return torch.sqrt(self.var)
+
+
+def posterior(x: torch.Tensor, x_t: torch.Tensor, logsnr_s: torch.Tensor, logsnr_t: torch.Tensor) -> Posterior:
+    """q(x_s | x_t, x) with the "small" variance beta_tilde (the published code's default)."""
+    logsnr_s, logsnr_t = broadcast(logsnr_s, x), broadcast(logsnr_t, x)
+    alpha_ts = torch.sqrt((1.0 + torch.exp(-logsnr_t)) / (1.0 + torch.exp(-logsnr_s)))
+    alpha_s = torch.sqrt(torch.sigmoid(logsnr_s))
+    snr_ratio = torch.exp(logsnr_t - logsnr_s)
+    one_minus_snr_ratio = -torch.expm1(logsnr_t - logsnr_s)
+    mean = snr_ratio * alpha_ts * x_t + one_minus_snr_ratio * alpha_s * x
+    alpha_bar_t, alpha_bar_s = torch.sigmoid(logsnr_t), torch.sigmoid(logsnr_s)
+    var = (1.0 - alpha_bar_s) / (1.0 - alpha_bar_t) * (1.0 - alpha_bar_t / alpha_bar_s)
+    return Posterior(mean, var.expand_as(mean))

@@ -1,0 +1,313 @@
+"""Tests of cdrl.data on tiny archives written in the real on-disk formats."""
+
+from __future__ import annotations
+
+import pickle
+import urllib.error
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cdrl import data
+from cdrl.data import (
+    DATASETS,
+    DataConfig,
+    DatasetError,
+    TensorPairDataset,
+    UNCONDITIONAL_LABEL,
+    batches_per_epoch,
+    build_dataset,
+    dataset_info,
+    infinite_batches,
+    item_shape,
+    toy_in_support,
+    toy_mode_index,
+    toy_sample,
+)
+
+TOY_NAMES = ["toy-checkerboard", "toy-8gaussians", "toy-2rings", "toy-quadrants"]
+
+
+def asymmetric_images(count: int, seed: int) -> np.ndarray:
+    """uint8 (count, 3072) CHW-planar rows: random pixels whose mirror image differs, distinct per channel."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, size=(count, 3, 32, 32), dtype=np.uint8)
+    images[:, :, :, 0] = 0  # first column black, last white: no image equals its mirror
+    images[:, :, :, -1] = 255
+    images[:, 1] //= 2  # channels differ, so a planar/interleaved mix-up shows
+    return images.reshape(count, -1)
+
+
+@pytest.fixture
+def cifar_dir(tmp_path: Path) -> Path:
+    """A cifar-10-batches-py/ like the official one's, but with 4 images per train batch and 3 test images."""
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for number in range(1, 6):
+        images = asymmetric_images(4, seed=number)
+        batch = {b"batch_label": b"training batch", b"labels": [(number + i) % 10 for i in range(4)], b"data": images,
+                 b"filenames": [b"x.png"] * 4}  # fmt: skip
+        (folder / f"data_batch_{number}").write_bytes(pickle.dumps(batch))
+    test = {b"batch_label": b"testing batch", b"labels": [7, 8, 9], b"data": asymmetric_images(3, seed=0)}
+    (folder / "test_batch").write_bytes(pickle.dumps(test))
+    names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
+    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": names, b"num_vis": 3072}))
+    return tmp_path
+
+
+@pytest.fixture
+def imagenet_dir(tmp_path: Path) -> Path:
+    """Two train batches (one np.savez, one np.savez_compressed) and a val file, with 1-based labels."""
+    train = tmp_path / "Imagenet32_train_npz"
+    train.mkdir()
+    first, second = asymmetric_images(3, seed=10), asymmetric_images(2, seed=11)
+    np.savez(train / "train_data_batch_1.npz", data=first, labels=[1, 500, 1000], mean=first.mean(0))
+    np.savez_compressed(train / "train_data_batch_2.npz", data=second, labels=[2, 3], mean=second.mean(0))
+    val = tmp_path / "Imagenet32_val_npz"
+    val.mkdir()
+    np.savez(val / "val_data.npz", data=asymmetric_images(2, seed=12), labels=[1000, 1])
+    return tmp_path
+
+
+def expected_image(row: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(row.reshape(3, 32, 32).astype(np.float32)) / 127.5 - 1.0
+
+
+# ---------------------------------------------------------------------------
+# CIFAR-10
+
+
+def test_cifar10_reads_python_archive_layout(cifar_dir: Path) -> None:
+    config = DataConfig("cifar10", data_dir=str(cifar_dir), download=False, horizontal_flip=False, class_conditional=True)
+    dataset = build_dataset(config)
+    assert len(dataset) == 20
+    assert dataset.classes[0] == "airplane"
+    for index in (0, 7, 19):
+        x, label = dataset[index]
+        batch, row = divmod(index, 4)
+        assert x.shape == (3, 32, 32) and x.dtype == torch.float32
+        assert torch.equal(x, expected_image(asymmetric_images(4, seed=batch + 1)[row]))
+        assert label == (batch + 1 + row) % 10
+    assert x.min() == -1.0 and x.max() == 1.0
+    assert item_shape(config) == (3, 32, 32)
+
+
+def test_cifar10_test_split_and_unconditional_labels(cifar_dir: Path) -> None:
+    dataset = build_dataset(DataConfig("cifar10", data_dir=str(cifar_dir), split="test", download=False))
+    assert len(dataset) == 3
+    assert [dataset[i][1] for i in range(3)] == [UNCONDITIONAL_LABEL] * 3
+    # The test split is never flipped, even with flips on by default.
+    assert torch.equal(dataset[0][0], expected_image(asymmetric_images(3, seed=0)[0]))
+
+
+def test_cifar10_train_flips_half_of_the_time(cifar_dir: Path) -> None:
+    dataset = build_dataset(DataConfig("cifar10", data_dir=str(cifar_dir), download=False))
+    original = expected_image(asymmetric_images(4, seed=1)[0])
+    torch.manual_seed(0)
+    draws = [dataset[0][0] for _ in range(200)]
+    flipped = sum(torch.equal(x, original.flip(-1)) for x in draws)
+    assert sum(torch.equal(x, original) for x in draws) + flipped == 200
+    assert 70 < flipped < 130
+
+
+def test_cifar10_missing_without_download_names_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match=r"CIFAR-10 not found in .*--data-dir.*cifar-10-batches-py/"):
+        build_dataset(DataConfig("cifar10", data_dir=str(tmp_path), download=False))
+
+
+def test_cifar10_failed_download_names_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def offline(*args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(data, "download_and_extract_archive", offline)
+    with pytest.raises(DatasetError, match=r"download failed \(no network\?\): pass --data-dir") as caught:
+        build_dataset(DataConfig("cifar10", data_dir=str(tmp_path)))
+    assert "\n" not in str(caught.value)
+
+
+def test_cifar10_rejects_a_malformed_batch(cifar_dir: Path) -> None:
+    batch = cifar_dir / "cifar-10-batches-py" / "data_batch_3"
+    batch.write_bytes(pickle.dumps({b"data": np.zeros((4, 100), np.uint8), b"labels": [0] * 4}))
+    with pytest.raises(DatasetError, match="data_batch_3 is not a batch"):
+        build_dataset(DataConfig("cifar10", data_dir=str(cifar_dir), download=False))
+
+
+def test_cifar10_only_at_native_size(cifar_dir: Path) -> None:
+    with pytest.raises(DatasetError, match="32x32"):
+        build_dataset(DataConfig("cifar10", data_dir=str(cifar_dir), download=False, image_size=64))
+
+
+# ---------------------------------------------------------------------------
+# ImageNet 32x32
+
+
+def test_imagenet32_reads_npz_batches(imagenet_dir: Path) -> None:
+    config = DataConfig("imagenet32", data_dir=str(imagenet_dir), horizontal_flip=False, class_conditional=True)
+    with pytest.warns(UserWarning, match="2 of 10 batch files"):
+        dataset = build_dataset(config)
+    assert len(dataset) == 5
+    # np.savez stores arrays uncompressed: memory-mapped; the compressed batch is read into memory.
+    assert isinstance(dataset.chunks[0], np.memmap) and not isinstance(dataset.chunks[1], np.memmap)
+    assert [dataset[i][1] for i in range(5)] == [0, 499, 999, 1, 2]
+    assert torch.equal(dataset[1][0], expected_image(asymmetric_images(3, seed=10)[1]))
+    assert torch.equal(dataset[3][0], expected_image(asymmetric_images(2, seed=11)[0]))
+    assert dataset[4][0].min() == -1.0 and dataset[4][0].max() == 1.0
+
+
+def test_imagenet32_val_split(imagenet_dir: Path) -> None:
+    dataset = build_dataset(DataConfig("imagenet32", data_dir=str(imagenet_dir), split="test", class_conditional=True))
+    assert len(dataset) == 2 and [dataset[0][1], dataset[1][1]] == [999, 0]
+    assert torch.equal(dataset[0][0], expected_image(asymmetric_images(2, seed=12)[0]))
+
+
+def test_imagenet32_missing_names_where_files_go(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match=r"Imagenet32_train_npz/train_data_batch_1\.npz.*--data-dir"):
+        build_dataset(DataConfig("imagenet32", data_dir=str(tmp_path)))
+
+
+def test_imagenet32_rejects_zero_based_labels(tmp_path: Path) -> None:
+    val = tmp_path / "Imagenet32_val_npz"
+    val.mkdir()
+    np.savez(val / "val_data.npz", data=asymmetric_images(2, seed=0), labels=[0, 1])
+    with pytest.raises(DatasetError, match="1-based"):
+        build_dataset(DataConfig("imagenet32", data_dir=str(tmp_path), split="test"))
+
+
+# ---------------------------------------------------------------------------
+# scikit-learn digits
+
+
+def test_digits_shapes_range_and_split() -> None:
+    train = build_dataset(DataConfig("digits", class_conditional=True))
+    test = build_dataset(DataConfig("digits", split="test"))
+    assert (len(train), len(test)) == (1437, 360)
+    x, label = train[0]
+    assert x.shape == (1, 16, 16) == item_shape(DataConfig("digits"))
+    assert 0 <= label <= 9 and test[0][1] == UNCONDITIONAL_LABEL
+    assert train.x.min() >= -1.0 and train.x.max() <= 1.0 and train.x.min() == -1.0
+    rgb = build_dataset(DataConfig("digits", image_size=32, channels=3))
+    assert rgb[0][0].shape == (3, 32, 32)
+    assert torch.equal(rgb[0][0][0], rgb[0][0][2])
+
+
+def test_digits_refuse_flips() -> None:
+    with pytest.raises(DatasetError, match="not flipped"):
+        build_dataset(DataConfig("digits", horizontal_flip=True))
+
+
+# ---------------------------------------------------------------------------
+# 2-D toy densities
+
+
+@pytest.mark.parametrize("name", TOY_NAMES)
+def test_toy_dataset_is_a_fixed_draw(name: str) -> None:
+    config = DataConfig(name, toy_size=1000, class_conditional=True)
+    first, again = build_dataset(config), build_dataset(config)
+    test = build_dataset(DataConfig(name, toy_size=1000, split="test"))
+    assert len(first) == 1000 and first[0][0].shape == (2,) == item_shape(config)
+    assert torch.equal(first.x, again.x) and not torch.equal(first.x, test.x)
+    assert set(first.labels.tolist()) == set(range(dataset_info(name).num_classes))
+    assert set(test.labels.tolist()) == {UNCONDITIONAL_LABEL}
+
+
+def test_checkerboard_support_and_modes_are_exact() -> None:
+    points, labels = toy_sample("toy-checkerboard", 20_000, torch.Generator().manual_seed(0))
+    assert toy_in_support("toy-checkerboard", points).float().mean().item() == 1.0
+    assert torch.equal(toy_mode_index("toy-checkerboard", points), labels)
+    assert points.abs().max() <= 8.0
+    # The published (-1, 0, -1, -2) square is x in [-4, 0], y in [-8, -4]; unlisted squares are outside.
+    probes = torch.tensor([[-2.0, -6.0], [-2.0, -2.0], [2.0, 2.0], [6.0, 2.0], [9.0, 0.0]])
+    assert toy_mode_index("toy-checkerboard", probes).tolist() == [4, -1, -1, 0, -1]
+
+
+def test_quadrants_label_the_checkerboard_by_quadrant() -> None:
+    points, labels = toy_sample("toy-quadrants", 2000, torch.Generator().manual_seed(0))
+    assert toy_in_support("toy-quadrants", points).all()
+    left_below = (points[:, 0] < 0).long() + 2 * (points[:, 1] < 0).long()
+    assert torch.equal(labels, torch.tensor([0, 1, 3, 2])[left_below])
+
+
+@pytest.mark.parametrize(("name", "mass"), [("toy-8gaussians", 1 - np.exp(-4.5)), ("toy-2rings", 0.9973)])
+def test_mixture_support_holds_the_documented_mass(name: str, mass: float) -> None:
+    points, labels = toy_sample(name, 50_000, torch.Generator().manual_seed(0))
+    inside = toy_in_support(name, points)
+    assert abs(inside.float().mean().item() - mass) < 0.003
+    assert torch.equal(toy_mode_index(name, points)[inside], labels[inside])
+    assert toy_mode_index(name, torch.zeros(1, 2)).item() == -1
+
+
+# ---------------------------------------------------------------------------
+# Registry
+
+
+def test_registry_lists_every_dataset() -> None:
+    assert set(DATASETS) == {"cifar10", "imagenet32", "digits", *TOY_NAMES}
+    assert dataset_info("cifar10").num_classes == 10 and dataset_info("imagenet32").num_classes == 1000
+    assert not dataset_info("toy-2rings").is_image
+    with pytest.raises(DatasetError, match="choose one of cifar10"):
+        dataset_info("mnist")
+    with pytest.raises(DatasetError, match="unknown split"):
+        build_dataset(DataConfig("toy-2rings", split="val"))
+
+
+# ---------------------------------------------------------------------------
+# Infinite batches
+
+
+def index_dataset(size: int) -> TensorPairDataset:
+    return TensorPairDataset(torch.arange(size).float().unsqueeze(1), torch.arange(size), classes=[])
+
+
+def take(stream, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [next(stream) for _ in range(count)]
+
+
+def test_resume_from_an_iteration_repeats_the_stream_with_flips(cifar_dir: Path) -> None:
+    dataset = build_dataset(DataConfig("cifar10", data_dir=str(cifar_dir), download=False))
+    assert batches_per_epoch(len(dataset), batch_size=3) == 6
+    full = take(infinite_batches(dataset, batch_size=3, seed=7), 14)
+    resumed = take(infinite_batches(dataset, batch_size=3, seed=7, start_iteration=8), 6)
+    for (x, labels), (x_again, labels_again) in zip(full[8:], resumed):
+        assert torch.equal(x, x_again) and torch.equal(labels, labels_again)
+    # Batches do differ across epochs, and flips are on.
+    assert not torch.equal(full[0][0], full[6][0])
+
+
+def test_worker_count_does_not_change_the_stream(cifar_dir: Path) -> None:
+    dataset = build_dataset(DataConfig("cifar10", data_dir=str(cifar_dir), download=False, class_conditional=True))
+    in_process = take(infinite_batches(dataset, batch_size=4, seed=3), 7)
+    with_workers = take(infinite_batches(dataset, batch_size=4, seed=3, num_workers=2), 7)
+    for (x, labels), (x_again, labels_again) in zip(in_process, with_workers):
+        assert torch.equal(x, x_again) and torch.equal(labels, labels_again)
+
+
+def test_ranks_split_each_epoch_without_overlap() -> None:
+    dataset = index_dataset(25)
+    per_epoch = batches_per_epoch(25, batch_size=4, world_size=2)
+    assert per_epoch == 3
+    epochs = []
+    for rank in range(2):
+        batches = take(infinite_batches(dataset, batch_size=4, seed=1, rank=rank, world_size=2), 2 * per_epoch)
+        epochs.append([torch.cat([labels for _, labels in batches[e * 3 : e * 3 + 3]]) for e in range(2)])
+    for epoch in range(2):
+        seen = torch.cat([epochs[0][epoch], epochs[1][epoch]]).tolist()
+        assert len(seen) == len(set(seen)) == 24
+    assert epochs[0][0].tolist() != epochs[0][1].tolist()
+
+
+def test_stream_leaves_the_global_rng_alone(cifar_dir: Path) -> None:
+    dataset = build_dataset(DataConfig("cifar10", data_dir=str(cifar_dir), download=False))
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    take(infinite_batches(dataset, batch_size=4, seed=0), 3)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_stream_arguments_are_checked_at_the_call() -> None:
+    with pytest.raises(DatasetError, match="no full batch"):
+        infinite_batches(index_dataset(5), batch_size=8, seed=0)
+    with pytest.raises(DatasetError, match="outside world_size"):
+        infinite_batches(index_dataset(5), batch_size=1, seed=0, rank=2, world_size=2)
