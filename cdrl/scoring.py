@@ -1,0 +1,163 @@
+"""Score a checkpoint: draw samples, measure them, and record the full protocol in MLflow.
+
+Images get FID/KID (and IS where the extractor has logits) through :mod:`cdrl.evaluation`
+against cached statistics of a named dataset split; 2-D toy models get the exact metrics of
+:mod:`cdrl.toy_metrics`. Every score is one MLflow run tagged ``cdrl.kind=eval`` with
+``eval.*`` params saying how the number was obtained.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+
+from cdrl.checkpoint import LoadedModel, load_model
+from cdrl.config import ExperimentConfig
+from cdrl.errors import CdrlBenchError
+from cdrl.data import DataConfig, build_dataset, dataset_info
+from cdrl.generation import generate, model_callables
+from cdrl.toy_metrics import toy_metrics
+
+IMAGE_METRICS = ("fid", "kid_mean", "kid_std", "inception_score")
+
+
+@dataclass
+class ScoreResult:
+    metrics: dict[str, float]
+    protocol: dict[str, Any]
+    protocol_line: str
+    run_id: str | None = None
+
+
+def reference_batches(data: DataConfig, n_images: int | None, batch_size: int = 500) -> Iterator[torch.Tensor]:
+    """uint8 batches of the first ``n_images`` images of a dataset split (never flipped), loaded when iterated."""
+    from cdrl.evaluation import to_uint8
+
+    dataset = build_dataset(replace(data, horizontal_flip=False))
+    total = len(dataset) if n_images is None else min(n_images, len(dataset))
+    for start in range(0, total, batch_size):
+        images = torch.stack([dataset[i][0] for i in range(start, min(start + batch_size, total))])
+        yield to_uint8(images)
+
+
+def score_samples(samples: torch.Tensor, config: ExperimentConfig, *, backend: str = "torch-fidelity",
+                  mode: str | None = None, reference: str | None = None, reference_split: str = "train",
+                  n_reference: int | None = None, seed: int = 0, data_dir: str | None = None,
+                  device: str | torch.device | None = None, weights: str | None = None
+                  ) -> tuple[dict[str, float], dict[str, Any], str]:
+    """(metrics, protocol, protocol line) of samples drawn from a model with ``config``."""
+    dataset = reference or config.data.dataset
+    if not dataset_info(dataset).is_image:
+        metrics = toy_metrics(dataset, samples, seed=seed, scale=config.data.toy_scale, n_reference=n_reference)
+        protocol = {"backend": "exact-2d", "n_generated": len(samples),
+                    "n_reference": n_reference or len(samples), "reference": dataset,
+                    "reference_split": "fresh draws"}
+        line = (f"in-support {metrics['in_support_fraction']:.3f} | mode coverage {metrics['mode_coverage']:.3f} | "
+                f"energy distance {metrics['energy_distance']:.4f} | exact 2-D metrics, {len(samples)} samples "
+                f"vs {protocol['n_reference']} fresh {dataset} draws")
+        return metrics, protocol, line
+    from cdrl.evaluation import compute_metrics, reference_statistics, to_uint8
+
+    data = replace(config.data, dataset=dataset, split=reference_split, data_dir=data_dir or config.data.data_dir)
+    statistics = reference_statistics(
+        dataset, reference_batches(data, n_reference), split=reference_split, n_images=n_reference, backend=backend,
+        mode=mode, weights=weights, device=device)
+    result = compute_metrics(to_uint8(samples), statistics, backend=backend, mode=mode, weights=weights,
+                             device=device, reference_name=dataset, reference_split=reference_split, seed=seed)
+    metrics = {name: float(getattr(result, name)) for name in IMAGE_METRICS if getattr(result, name, None) is not None}
+    protocol = {key: value for key, value in vars(result.protocol).items()}
+    return metrics, protocol, result.line()
+
+
+def build_statistics(dataset: str, *, split: str = "train", n_images: int | None = None,
+                     backend: str = "torch-fidelity", mode: str | None = None, data_dir: str | None = None,
+                     weights: str | None = None, device: str | torch.device | None = None):
+    """Build (and cache) the reference statistics of a dataset split explicitly, for ``cdrl-bench stats``."""
+    from cdrl.evaluation import build_reference_statistics, resolve_extractor
+    from cdrl.evaluation.reference import ReferenceKey
+
+    data = DataConfig(dataset=dataset, split=split, data_dir=data_dir)
+    if not dataset_info(dataset).is_image:
+        raise CdrlBenchError(f"{dataset} is a 2-D toy density: it is scored exactly, with no reference statistics")
+    total = len(build_dataset(data)) if n_images is None else n_images
+    key = ReferenceKey.for_extractor(dataset, split, total, resolve_extractor(backend, mode, weights))
+    return build_reference_statistics(key, reference_batches(data, total), weights=weights, device=device)
+
+
+def _flatten(prefix: str, values: dict[str, Any]) -> dict[str, str]:
+    return {f"{prefix}{key}": str(value) for key, value in values.items()}
+
+
+def draw_samples(checkpoint: str | os.PathLike, *, n_samples: int, steps_per_level: int | None = None,
+                 seed: int = 0, batch_size: int = 256, guidance: float = 0.0, class_label: int | None = None,
+                 use_ema: bool = True, device: str | torch.device | None = None,
+                 progress: Callable[[int], None] | None = None) -> tuple[torch.Tensor, ExperimentConfig, dict]:
+    """(samples, the model's config, the sampling protocol) of a checkpoint."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = load_model(checkpoint, use_ema=use_ema, device=device)
+    steps = steps_per_level or model.config.sampler.steps_per_level or model.config.langevin.n_steps
+    samples = generate(model, n_samples, steps_per_level=steps, seed=seed, batch_size=batch_size, device=device,
+                       callables=_callables(model, guidance, class_label), progress=progress)
+    protocol = {"steps_per_level": steps, "noise_levels": model.config.schedule.n_levels, "seed": seed,
+                "checkpoint": str(Path(checkpoint).resolve()), "checkpoint_iteration": model.iteration,
+                "weights": "ema" if use_ema else "live", "guidance": guidance,
+                "class_label": "all" if class_label is None else class_label}
+    return samples, model.config, protocol
+
+
+def score_checkpoint(checkpoint: str | os.PathLike, *, steps_per_level: int | None = None, n_samples: int = 5000,
+                     backend: str = "torch-fidelity", mode: str | None = None, reference: str | None = None,
+                     reference_split: str = "train", n_reference: int | None = None, seed: int = 0,
+                     batch_size: int = 256, guidance: float = 0.0, class_label: int | None = None,
+                     device: str | torch.device | None = None, use_ema: bool = True,
+                     checkpoint_selection: str = "given", data_dir: str | None = None,
+                     tracking_uri: str | None = None, experiment_name: str | None = None,
+                     tags: dict[str, str] | None = None, log: bool = True,
+                     progress: Callable[[int], None] | None = None) -> ScoreResult:
+    """Sample ``n_samples`` from a checkpoint with K = ``steps_per_level`` and score them."""
+    samples, config, sampling = draw_samples(checkpoint, n_samples=n_samples, steps_per_level=steps_per_level,
+                                             seed=seed, batch_size=batch_size, guidance=guidance,
+                                             class_label=class_label, use_ema=use_ema, device=device,
+                                             progress=progress)
+    metrics, protocol, line = score_samples(samples, config, backend=backend, mode=mode, reference=reference,
+                                            reference_split=reference_split, n_reference=n_reference, seed=seed,
+                                            data_dir=data_dir, device=device)
+    protocol.update(sampling, checkpoint_selection=checkpoint_selection)
+    line = (f"{line} | {sampling['noise_levels']}x{sampling['steps_per_level']} steps, {sampling['weights']} "
+            f"weights, seed {seed}")
+    run_id = _log_score(metrics, protocol, config, tracking_uri, experiment_name, tags) if log else None
+    return ScoreResult(metrics, protocol, line, run_id)
+
+
+def _callables(model: LoadedModel, guidance: float, class_label: int | None):
+    """Per-batch (energy, proposal): class-balanced labels for conditional models, guided when w != 0."""
+    num_classes = model.config.energy.num_classes
+    if num_classes is None:
+        if guidance or class_label is not None:
+            raise CdrlBenchError("--guidance/--class need a class-conditional checkpoint (e.g. preset imagenet32-cond)")
+        return None
+
+    def for_batch(indices: torch.Tensor):
+        labels = (torch.full_like(indices, class_label) if class_label is not None else indices % num_classes) + 1
+        labels = labels.to(next(model.ebm.parameters()).device)
+        if guidance:
+            from cdrl.guidance import guided_callables
+            return guided_callables(model, labels, guidance)
+        return model_callables(model, labels)
+
+    return for_batch
+
+
+def _log_score(metrics: dict[str, float], protocol: dict[str, Any], config: ExperimentConfig,
+               tracking_uri: str | None, experiment_name: str | None, tags: dict[str, str] | None) -> str:
+    from cdrl.tracking import TAG_KIND, TAG_METHOD, TAG_PRESET, tracked_run
+
+    run_tags = {TAG_KIND: "eval", TAG_PRESET: config.name, TAG_METHOD: config.training.method, **(tags or {})}
+    with tracked_run(tracking_uri=tracking_uri, experiment_name=experiment_name, tags=run_tags) as run:
+        run.log_params(_flatten("eval.", protocol))
+        run.log_metrics(metrics)
+        return run.run_id
