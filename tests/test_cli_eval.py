@@ -1,0 +1,91 @@
+"""`cdrl-bench sample`, `eval` and `stats` end to end on a tiny digits checkpoint (real Inception, offline)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cdrl.checkpoint import make_checkpoint, save_atomic
+from cdrl.config import apply_overrides, preset
+from cdrl.errors import CdrlBenchError
+from cdrl.training import CooperativeTrainer
+from cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> str:
+    config = apply_overrides(preset("tiny"), ["sampler.steps_per_level=2"])
+    torch.manual_seed(0)
+    trainer = CooperativeTrainer(config)
+    trainer.step(torch.rand(8, 1, 8, 8) * 2 - 1)
+    return str(save_atomic(make_checkpoint(config, trainer.state_dict()),
+                           tmp_path_factory.mktemp("run") / "tiny.pt"))
+
+
+@pytest.fixture()
+def isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CDRL_BENCH_CACHE", str(tmp_path / "cache"))
+    return tmp_path
+
+
+def test_sample_writes_lossless_pngs_and_npz(checkpoint, tmp_path):
+    result = runner.invoke(app, ["sample", checkpoint, "--n", "3", "--steps", "1", "--out", str(tmp_path / "pngs")])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "pngs").iterdir()) == ["000000.png", "000001.png", "000002.png",
+                                                                       "samples.json"]
+    assert json.loads((tmp_path / "pngs" / "samples.json").read_text())["steps_per_level"] == 1
+    result = runner.invoke(app, ["sample", checkpoint, "--n", "3", "--steps", "1", "--out", str(tmp_path / "s.npz")])
+    assert result.exit_code == 0, result.output
+    with np.load(tmp_path / "s.npz") as stored:
+        assert stored["images"].dtype == np.uint8 and stored["images"].shape == (3, 8, 8, 1)
+
+
+def test_eval_prints_fid_with_its_protocol_and_logs_it(checkpoint, isolated_cache):
+    uri = f"sqlite:///{isolated_cache / 'mlflow.db'}"
+    result = runner.invoke(app, ["eval", checkpoint, "--n-samples", "6", "--n-reference", "6", "--steps", "1",
+                                 "--tracking-uri", uri])
+    assert result.exit_code == 0, result.output
+    assert "FID" in result.output and "6 gen vs 6 digits/train ref" in result.output and "6x1 steps" in result.output
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["cdrl-bench"])
+    assert len(runs) == 1
+    run = runs.iloc[0]
+    assert run["tags.cdrl.kind"] == "eval" and run["status"] == "FINISHED"
+    assert np.isfinite(run["metrics.fid"])
+    assert run["params.eval.steps_per_level"] == "1" and run["params.eval.backend"] == "torch-fidelity"
+    assert run["params.eval.weights_sha256"] and run["params.eval.n_reference"] == "6"
+
+
+def test_stats_caches_reference_statistics(isolated_cache):
+    result = runner.invoke(app, ["stats", "--dataset", "digits", "--n", "4"])
+    assert result.exit_code == 0, result.output
+    assert list((isolated_cache / "cache").rglob("digits_train_*n4.npz"))
+
+
+def test_bad_input_raises_the_cli_error_type(checkpoint, tmp_path):
+    for arguments, message in [
+        (["eval", str(tmp_path / "missing.pt")], "no such checkpoint"),
+        (["stats", "--dataset", "toy-checkerboard"], "scored exactly"),
+        (["sample", checkpoint, "--guidance", "1.0", "--out", str(tmp_path / "x")], "class-conditional"),
+    ]:
+        result = runner.invoke(app, arguments)
+        assert isinstance(result.exception, CdrlBenchError) and message in str(result.exception), arguments
+    assert not (tmp_path / "x").exists()
+
+
+def test_the_console_script_prints_one_line_and_exits_2(tmp_path):
+    completed = subprocess.run([sys.executable, "-m", "cli", "eval", str(tmp_path / "missing.pt")],
+                               capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert completed.returncode == 2
+    lines = completed.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "missing.pt" in lines[0], completed.stderr
