@@ -58,6 +58,290 @@ def import_checkpoint(
                   f"{'yes' if 'ebm_ema' in payload['trainer'] else 'no'})")
 
 
+@app.command()
+def train(
+    preset: str = typer.Option(None, "--preset", help="Preset to train, e.g. tiny, digits, toy-checkerboard, cifar10."),
+    overrides: list[str] = typer.Option([], "--set", help="Config override key=value, e.g. training.ebm_lr=2e-4 "
+                                                          "or run.checkpoint_every=500 (repeatable)."),
+    data_dir: Path = typer.Option(None, "--data-dir", help="Folder holding the dataset's files (default ./data)."),
+    iterations: int = typer.Option(None, "--iterations", help="Training iterations (training.iterations)."),
+    out: Path = typer.Option(None, "--out", help="Run folder (default runs/PRESET-TIMESTAMP)."),
+    resume: str = typer.Option(None, "--resume", help="Continue a run: a checkpoint, a run folder or an MLflow run id."),
+    tracking_uri: str = typer.Option(None, "--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI, "
+                                                                  "else sqlite:///mlflow.db)."),
+    experiment: str = typer.Option(None, "--experiment", help="MLflow experiment (default cdrl-bench)."),
+    tags: list[str] = typer.Option([], "--tag", help="Extra MLflow tag key=value, e.g. cdrl.suite=toy (repeatable)."),
+    device: str = typer.Option(None, "--device", help="cpu or cuda[:N] (default: this rank's GPU if any)."),
+) -> None:
+    """Train a preset (or resume a run) with MLflow tracking and resumable checkpoints; works under torchrun."""
+    from cdrl.config import ConfigError, preset as build_preset
+    from cdrl.train_loop import train as run_training
+
+    if preset is not None and resume is not None:
+        raise ConfigError("--preset and --resume exclude each other: a resumed run keeps its preset")
+    settings = list(overrides)
+    if data_dir is not None:
+        settings.append(f"data.data_dir={data_dir}")
+    if iterations is not None:
+        settings.append(f"training.iterations={iterations}")
+    extra_tags = {}
+    for tag in tags:
+        key, separator, value = tag.partition("=")
+        if not separator or not key:
+            raise ConfigError(f"--tag {tag!r} is not key=value: write e.g. --tag cdrl.suite=toy")
+        extra_tags[key] = value
+    result = run_training(build_preset(preset) if preset is not None else None, resume=resume, overrides=settings,
+                          out=out, tracking_uri=tracking_uri, experiment_name=experiment, tags=extra_tags,
+                          device=device)
+    if result.run_id is not None:
+        console.print(f"trained {result.iteration} iterations into {result.run_dir} "
+                      f"(checkpoint {result.checkpoint}, MLflow run {result.run_id})", highlight=False, soft_wrap=True)
+
+
+_STEPS_HELP = "Langevin steps per noise level K (default: the preset's; the step size scales by sqrt(15/K))."
+
+
+@app.command()
+def sample(
+    checkpoint: str = typer.Argument(..., help="Checkpoint file, run folder (its newest checkpoint) or MLflow run id."),
+    steps: int = typer.Option(None, "--steps", help=_STEPS_HELP),
+    n: int = typer.Option(64, "--n", help="Number of samples."),
+    out: Path = typer.Option(..., "--out", help="Folder of lossless PNGs, or FILE.npz (uint8 images / 2-D points)."),
+    seed: int = typer.Option(0, "--seed", help="Sample i uses the noise stream of (seed, i): independent of batching."),
+    batch_size: int = typer.Option(256, "--batch-size", help="Samples drawn at once."),
+    guidance: float = typer.Option(0.0, "--guidance", help="Classifier-free guidance weight w (conditional models)."),
+    class_label: int = typer.Option(None, "--class", help="Class to draw (0-based; default: all classes in turn)."),
+    live: bool = typer.Option(False, "--live", help="Use the live weights instead of the EMA weights."),
+    device: str = typer.Option(None, "--device", help="cpu or cuda[:N] (default: cuda when available)."),
+    tracking_uri: str = typer.Option(None, "--tracking-uri", help="MLflow store, to resolve a run id."),
+) -> None:
+    """Draw samples from a checkpoint (EMA weights by default) and save them losslessly."""
+    from cdrl.generation import save_samples
+    from cdrl.scoring import draw_samples
+    from cdrl.train_loop import locate_checkpoint
+
+    path = locate_checkpoint(checkpoint, tracking_uri)
+    samples, config, protocol = draw_samples(path, n_samples=n, steps_per_level=steps, seed=seed,
+                                             batch_size=batch_size, guidance=guidance, class_label=class_label,
+                                             use_ema=not live, device=device)
+    written = save_samples(samples, out, config.initializer.architecture == "unet", protocol)
+    console.print(f"wrote {n} samples to {written} ({protocol['noise_levels']}x{protocol['steps_per_level']} steps, "
+                  f"{protocol['weights']} weights, seed {seed})", highlight=False, soft_wrap=True)
+
+
+@app.command("eval")
+def evaluate(
+    checkpoint: str = typer.Argument(..., help="Checkpoint file, run folder (its newest checkpoint) or MLflow run id."),
+    steps: int = typer.Option(None, "--steps", help=_STEPS_HELP),
+    n_samples: int = typer.Option(5000, "--n-samples", help="Generated images (the paper's tables use 50,000)."),
+    backend: str = typer.Option("torch-fidelity", "--backend", help="torch-fidelity or clean-fid."),
+    mode: str = typer.Option(None, "--mode", help="Resize mode: legacy_tensorflow or clean (default: the backend's)."),
+    reference_split: str = typer.Option("train", "--reference-split", help="Reference split: train or test."),
+    n_reference: int = typer.Option(None, "--n-reference", help="Reference images (default: the whole split)."),
+    seed: int = typer.Option(0, "--seed", help="Sampling seed."),
+    batch_size: int = typer.Option(256, "--batch-size", help="Samples drawn at once."),
+    guidance: float = typer.Option(0.0, "--guidance", help="Classifier-free guidance weight w (conditional models)."),
+    class_label: int = typer.Option(None, "--class", help="Score one class only (0-based)."),
+    live: bool = typer.Option(False, "--live", help="Use the live weights instead of the EMA weights."),
+    data_dir: Path = typer.Option(None, "--data-dir", help="Folder holding the reference dataset's files."),
+    device: str = typer.Option(None, "--device", help="cpu or cuda[:N] (default: cuda when available)."),
+    tracking_uri: str = typer.Option(None, "--tracking-uri", help="MLflow store (default sqlite:///mlflow.db)."),
+    experiment: str = typer.Option(None, "--experiment", help="MLflow experiment for the score (default cdrl-bench)."),
+) -> None:
+    """Score a checkpoint: FID/KID (IS when the extractor has logits), or exact metrics for 2-D toys; logs to MLflow."""
+    from cdrl.scoring import score_checkpoint
+    from cdrl.train_loop import locate_checkpoint
+
+    path = locate_checkpoint(checkpoint, tracking_uri)
+    result = score_checkpoint(path, steps_per_level=steps, n_samples=n_samples, backend=backend, mode=mode,
+                              reference_split=reference_split, n_reference=n_reference, seed=seed,
+                              batch_size=batch_size, guidance=guidance, class_label=class_label, use_ema=not live,
+                              data_dir=str(data_dir) if data_dir else None, device=device,
+                              checkpoint_selection="newest" if Path(checkpoint).is_dir() else "given",
+                              tracking_uri=tracking_uri, experiment_name=experiment)
+    console.print(result.protocol_line, highlight=False, soft_wrap=True)
+    console.print(f"MLflow run {result.run_id}", highlight=False)
+
+
+@app.command()
+def stats(
+    dataset: str = typer.Option(..., "--dataset", help="Dataset whose reference statistics to build, e.g. cifar10."),
+    split: str = typer.Option("train", "--split", help="train or test."),
+    n_images: int = typer.Option(None, "--n", help="Use the first N images (default: the whole split)."),
+    backend: str = typer.Option("torch-fidelity", "--backend", help="torch-fidelity or clean-fid."),
+    mode: str = typer.Option(None, "--mode", help="Resize mode: legacy_tensorflow or clean (default: the backend's)."),
+    data_dir: Path = typer.Option(None, "--data-dir", help="Folder holding the dataset's files."),
+    device: str = typer.Option(None, "--device", help="cpu or cuda[:N] (default: cuda when available)."),
+) -> None:
+    """Build and cache FID reference statistics for (dataset, split, backend, mode, weights, N)."""
+    from cdrl.scoring import build_statistics
+
+    statistics = build_statistics(dataset, split=split, n_images=n_images, backend=backend, mode=mode,
+                                  data_dir=str(data_dir) if data_dir else None, device=device)
+    console.print(f"cached reference statistics {statistics.key.filename()} "
+                  f"({statistics.key.n_images} images, {statistics.extractor_name})", highlight=False)
+
+
+_SUITE_HELP = "Suite name (benchmarks/suites/NAME.toml) or path of a suite file."
+
+
+@app.command("run")
+def run_suite(
+    suite: str = typer.Option(..., "--suite", help=_SUITE_HELP),
+    quick: bool = typer.Option(False, "--quick", help="The suite's quick profile: fewer iterations and samples."),
+    seeds: int = typer.Option(None, "--seeds", help="Use seeds 0..N-1 instead of the suite's seeds."),
+    from_checkpoint: Path = typer.Option(None, "--from-checkpoint", help="Evaluate this checkpoint (e.g. an imported "
+                                         "official one) at each of the suite's points instead of training."),
+    tracking_uri: str = typer.Option(None, "--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI, "
+                                                                  "else sqlite:///mlflow.db)."),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where training run folders go."),
+    data_dir: Path = typer.Option(None, "--data-dir", help="Folder holding the dataset's files (default ./data)."),
+    device: str = typer.Option(None, "--device", help="cpu or cuda[:N] (default: cuda when available)."),
+) -> None:
+    """Run a benchmark suite: train, score and log every run to MLflow; finished runs are skipped (resumable)."""
+    from benchmarks.runner import run_plan
+    from benchmarks.suite import expand, load_suite
+
+    plan = expand(load_suite(suite), quick=quick, seeds=seeds, checkpoint=from_checkpoint)
+    try:
+        summary = run_plan(plan, tracking_uri=tracking_uri, runs_dir=runs_dir,
+                           data_dir=str(data_dir) if data_dir else None, device=device, console=console)
+    except KeyboardInterrupt:
+        error_console.print("interrupted: run the same command again to finish the remaining runs")
+        raise SystemExit(130) from None
+    console.print(f"suite {plan.suite.name}: {len(summary.trained)} trained, {len(summary.evaluated)} scored, "
+                  f"{summary.already_finished} already finished; `cdrl-bench table --suite {suite}"
+                  f"{' --quick' if quick else ''}` shows the table", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def table(
+    suite: str = typer.Option(..., "--suite", help=_SUITE_HELP),
+    output_format: str = typer.Option("rich", "--format", help="rich, markdown, latex or csv."),
+    out: Path = typer.Option(None, "--out", help="Write the table to this file instead of printing it."),
+    plot: Path = typer.Option(None, "--plot", help="Where the suite's plot goes (default: beside --out as .png, "
+                                                   "else runs/tables/SUITE.png)."),
+    quick: bool = typer.Option(False, "--quick", help="Tabulate the runs of the quick profile."),
+    tracking_uri: str = typer.Option(None, "--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI, "
+                                                                  "else sqlite:///mlflow.db)."),
+) -> None:
+    """Paper-style table of a suite: the paper's numbers beside the measured ones (mean ± std over seeds)."""
+    from benchmarks.suite import load_suite
+    from benchmarks.tables import FORMATS, build_table, render, rich_table, save_plot
+
+    if output_format not in FORMATS:
+        raise CdrlBenchError(f"unknown --format {output_format!r}: choose one of {', '.join(FORMATS)}")
+    result = build_table(load_suite(suite), quick=quick, tracking_uri=tracking_uri)
+    if output_format == "rich":
+        if out is not None:
+            raise CdrlBenchError("--format rich prints to the terminal: with --out pass --format markdown, latex or csv")
+        console.print(rich_table(result))
+    elif out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(render(result, output_format))
+        console.print(f"wrote {out}", highlight=False)
+    else:
+        typer.echo(render(result, output_format), nl=False)
+    default_plot = out.with_suffix(".png") if out is not None else Path("runs") / "tables" / f"{result.suite.name}.png"
+    written = save_plot(result, plot or default_plot)
+    if written is not None:
+        # stderr, so that a table printed to stdout stays clean to redirect
+        error_console.print(f"plot: {written}", highlight=False)
+
+
+@app.command()
+def check(
+    suite: str = typer.Option(..., "--suite", help=_SUITE_HELP),
+    baseline: Path = typer.Option(..., "--baseline", help="Stored results to compare with, e.g. "
+                                                          "results/baselines/ci-smoke.json."),
+    results: Path = typer.Option(None, "--results", help="Compare this results file instead of the runs in MLflow."),
+    tolerances: list[str] = typer.Option([], "--tolerance", help="Override a tolerance, metric=value "
+                                                                 "(absolute; repeatable)."),
+    update: bool = typer.Option(False, "--update", help="Write the current MLflow results to --baseline instead."),
+    quick: bool = typer.Option(False, "--quick", help="Use the runs of the quick profile."),
+    tracking_uri: str = typer.Option(None, "--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI, "
+                                                                  "else sqlite:///mlflow.db)."),
+) -> None:
+    """Regression check: exit 1 naming each metric worse than the baseline by more than its tolerance."""
+    from benchmarks.regression import compare, read_results, results_from_table, write_results
+    from benchmarks.suite import load_suite
+    from benchmarks.tables import build_table
+
+    definition = load_suite(suite)
+    limits = {}
+    for item in tolerances:
+        metric, _, value = item.partition("=")
+        try:
+            limits[metric] = float(value)
+        except ValueError:
+            raise CdrlBenchError(f"--tolerance {item!r} is not metric=number: write e.g. --tolerance fid=0.5") from None
+    if results is not None:
+        current = read_results(results)
+    else:
+        current = results_from_table(build_table(definition, quick=quick, tracking_uri=tracking_uri))
+    if update:
+        console.print(f"wrote {write_results(current, baseline)} ({len(current['metrics'])} points)", highlight=False)
+        return
+    comparisons = compare(definition, read_results(baseline), current, limits)
+    report = Table(title=f"{definition.name}: current vs {baseline}")
+    for column in ("point", "metric", "baseline", "current", "tolerance", "status"):
+        report.add_column(column)
+    for item in comparisons:
+        report.add_row(item.point, item.metric, f"{item.baseline:.4g}",
+                       "missing" if item.current is None else f"{item.current:.4g}", f"{item.tolerance:g}",
+                       "[red]REGRESSED[/]" if item.regressed else "[green]ok[/]")
+    console.print(report)
+    regressions = [item for item in comparisons if item.regressed]
+    if regressions:
+        for item in regressions:
+            error_console.print(f"[bold red]regression:[/] {item.describe()}", highlight=False, soft_wrap=True)
+        raise SystemExit(1)
+    console.print(f"check passed: {len(comparisons)} metrics within tolerance", highlight=False)
+
+
+@app.command()
+def perf(
+    preset: str = typer.Option("tiny", "--preset", help="Preset to time, e.g. tiny or cifar10."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Training batch size (and sampling batch by default)."),
+    overrides: list[str] = typer.Option([], "--set", help="Config override key=value, e.g. "
+                                                          "performance.channels_last=true (repeatable)."),
+    device: str = typer.Option(None, "--device", help="cpu or cuda[:N] (default: cuda if available)."),
+    threads: int = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice)."),
+    warmup: int = typer.Option(1, "--warmup", help="Untimed training iterations first (compilation happens here)."),
+    iterations: int = typer.Option(2, "--iterations", help="Timed training iterations."),
+    sampling_steps: str = typer.Option("15,5", "--sampling-steps", help="K of each timed 6xK sampling run; "
+                                                                        "'' for none."),
+    sample_batch: int = typer.Option(None, "--sample-batch", help="Samples per sampling run (default: batch size)."),
+    inception: bool = typer.Option(False, "--inception", help="Also time Inception features (cdrl.evaluation)."),
+    peak_tflops: float = typer.Option(None, "--peak-tflops", help="Peak TFLOP/s to compare with (default: "
+                                                                  "datasheet for H100/H200, measured sgemm on CPU)."),
+    json_out: Path = typer.Option(None, "--json", help="Also write the report as JSON here."),
+) -> None:
+    """Training s/iteration, Langevin steps/s, sampling images/s, FLOPs and the fraction of peak of a preset."""
+    import json
+
+    import torch
+
+    from benchmarks.perf import PerfSettings, run
+
+    if min(batch_size, iterations) < 1 or warmup < 0:
+        raise CdrlBenchError("--batch-size and --iterations must be at least 1, --warmup at least 0")
+    try:
+        steps = tuple(int(item) for item in sampling_steps.split(",") if item.strip())
+    except ValueError:
+        raise CdrlBenchError(f"--sampling-steps {sampling_steps!r} is not comma-separated integers: "
+                             "write e.g. --sampling-steps 15,5") from None
+    report = run(PerfSettings(
+        preset=preset, batch_size=batch_size, overrides=tuple(overrides),
+        device=device or ("cuda" if torch.cuda.is_available() else "cpu"), threads=threads, warmup=warmup,
+        iterations=iterations, sampling_steps=steps, sample_batch=sample_batch, inception=inception,
+        peak_tflops=peak_tflops))
+    console.print("\n".join(report.lines()), highlight=False, soft_wrap=True)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+
+
 def main() -> None:
     try:
         app()

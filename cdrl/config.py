@@ -12,10 +12,11 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
-from cdrl.data import DataConfig
+from cdrl.data import DataConfig, dataset_info
 from cdrl.errors import CdrlBenchError
 from cdrl.langevin import LangevinConfig
 from cdrl.networks import EnergyNetConfig, InitializerConfig, build_energy_net, build_initializer, count_parameters
+from cdrl.performance import PerformanceConfig
 from cdrl.sampler import SamplerConfig
 from cdrl.schedule import ScheduleConfig
 
@@ -54,6 +55,29 @@ class TrainingConfig:
 
 
 @dataclass(frozen=True)
+class RunConfig:
+    """Cadences and policies of a training run (``cdrl.train_loop``); none changes the model."""
+
+    #: Log losses and energies to MLflow at every this many iterations.
+    log_every: int = 10
+    #: Send buffered metrics to the tracking store at least this often (seconds), and at every checkpoint.
+    flush_seconds: float = 30.0
+    #: Draw a sample grid (images) or scatter plot (2-D toy) under EMA weights every this many iterations.
+    sample_every: int = 5000
+    #: Samples per grid; 2-D toy presets also report the in-support fraction of these.
+    n_samples: int = 64
+    checkpoint_every: int = 5000
+    #: Keep only the newest this many checkpoints of the run.
+    keep_checkpoints: int = 3
+    #: Non-finite loss or energy: "rollback" reloads the last checkpoint with lower learning rates; "stop" ends the run.
+    on_divergence: Literal["rollback", "stop"] = "rollback"
+    #: Learning rates are multiplied by this at each rollback.
+    rollback_lr_factor: float = 0.5
+    #: Stop after this many rollbacks in one run.
+    max_rollbacks: int = 3
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     name: str
     description: str
@@ -64,6 +88,9 @@ class ExperimentConfig:
     langevin: LangevinConfig = LangevinConfig()
     sampler: SamplerConfig = SamplerConfig()
     training: TrainingConfig = TrainingConfig()
+    run: RunConfig = RunConfig()
+    #: Speed options that keep the math (defaults: the exact float32 path); see cdrl.performance.
+    performance: PerformanceConfig = PerformanceConfig()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -115,18 +142,34 @@ def _official_small() -> ExperimentConfig:
     )
 
 
-def _toy(density: str) -> Callable[[], ExperimentConfig]:
+def _toy(density: str, published: bool = False) -> Callable[[], ExperimentConfig]:
+    """The published 2-D toy example's networks and sampler; its training settings, or CPU-scale ones.
+
+    Published: batch 2500, learning rates 3e-6 / 1e-5, 100k iterations (hours on a CPU). CPU
+    scale (ours): batch 256, both learning rates 1e-3 after a 100-iteration warm-up, 2000
+    iterations: the same model and chains, minutes on two cores.
+    """
     def build() -> ExperimentConfig:
+        if published:
+            training = TrainingConfig(iterations=100_000, batch_size=2500, ebm_lr=3e-6, initializer_lr=1e-5)
+            run = RunConfig(n_samples=5000)
+            description = f"published 2-D toy example (MLP networks, batch 2500, 100k iterations) on {density}"
+        else:
+            training = TrainingConfig(iterations=2000, batch_size=256, ebm_lr=1e-3, initializer_lr=1e-3,
+                                      warmup_iterations=100, initializer_warmup_lead=0)
+            run = RunConfig(sample_every=1000, n_samples=5000, checkpoint_every=500)
+            description = f"ours: the published 2-D toy networks on {density} at CPU scale (batch 256, 2000 iterations)"
         return ExperimentConfig(
-            name=f"toy-{density}",
-            description=f"published 2-D toy example (MLP networks, batch 2500) on {density}",
+            name=f"toy-{density}" + ("-published" if published else ""),
+            description=description,
             data=DataConfig(dataset=f"toy-{density}", horizontal_flip=False),
             energy=EnergyNetConfig(architecture="mlp", in_channels=2, width=128, blocks_per_level=1),
             initializer=InitializerConfig(architecture="mlp", channels=2, width=64, blocks_per_level=1,
                                           dropout=0.0, time_width=128),
             langevin=LangevinConfig(step_constant=1e-3, step_scales_with_noise=False),
             sampler=SamplerConfig(tweedie_step=False, clamp=False),
-            training=TrainingConfig(iterations=100_000, batch_size=2500, ebm_lr=3e-6, initializer_lr=1e-5),
+            training=training,
+            run=run,
         )
     return build
 
@@ -141,6 +184,7 @@ def _digits() -> ExperimentConfig:
                                       blocks_per_level=1, attention_resolutions=(8,)),
         training=TrainingConfig(iterations=4000, batch_size=64, ebm_lr=2e-4, initializer_lr=2e-4,
                                 warmup_iterations=200, initializer_warmup_lead=20, ema_decay=0.999),
+        run=RunConfig(sample_every=500, checkpoint_every=500),
     )
 
 
@@ -155,7 +199,22 @@ def _tiny() -> ExperimentConfig:
         langevin=LangevinConfig(n_steps=3),
         training=TrainingConfig(iterations=20, batch_size=8, warmup_iterations=1, initializer_warmup_lead=0,
                                 ema_decay=0.9),
+        run=RunConfig(log_every=1, sample_every=10, checkpoint_every=10, n_samples=16),
     )
+
+
+def _class_conditional(build: Callable[[], ExperimentConfig], name: str,
+                       description: str) -> Callable[[], ExperimentConfig]:
+    """``build``'s preset trained on class labels (null class 0 added), for guidance and composition."""
+    def conditional() -> ExperimentConfig:
+        base = build()
+        classes = dataset_info(base.data.dataset).num_classes
+        return dataclasses.replace(
+            base, name=name, description=description,
+            data=dataclasses.replace(base.data, class_conditional=True),
+            energy=dataclasses.replace(base.energy, num_classes=classes),
+            initializer=dataclasses.replace(base.initializer, num_classes=classes))
+    return conditional
 
 
 PRESETS: dict[str, Callable[[], ExperimentConfig]] = {
@@ -164,10 +223,16 @@ PRESETS: dict[str, Callable[[], ExperimentConfig]] = {
     "imagenet32-cond": _imagenet32_cond,
     "official-small": _official_small,
     "toy-checkerboard": _toy("checkerboard"),
+    "toy-checkerboard-published": _toy("checkerboard", published=True),
     "toy-8gaussians": _toy("8gaussians"),
     "toy-2rings": _toy("2rings"),
     "digits": _digits,
     "tiny": _tiny,
+    "toy-quadrants-cond": _class_conditional(
+        _toy("quadrants"), "toy-quadrants-cond",
+        "ours: 2-D checkerboard conditional on its quadrant (4 classes + null), for guidance"),
+    "digits-cond": _class_conditional(
+        _digits, "digits-cond", "ours: digits conditional on the digit (10 classes + null), for guidance"),
 }
 
 

@@ -21,6 +21,7 @@ from cdrl.data import item_shape
 from cdrl.errors import CdrlBenchError
 from cdrl.langevin import EnergyFn
 from cdrl.noise import PerExampleNoise
+from cdrl.performance import ChainEnergy, configure_device, prepare_network
 from cdrl.sampler import ProposalFn, sample
 from cdrl.schedule import LogSNRSchedule
 
@@ -33,14 +34,6 @@ def example_seed(seed: int, index: int) -> int:
     """
     offset = int(np.random.SeedSequence(seed).generate_state(1)[0])
     return (offset + index) % 2**32
-
-
-def model_callables(model: LoadedModel, labels: torch.Tensor | None = None) -> tuple[EnergyFn, ProposalFn | None]:
-    """(energy, proposal) of a loaded model, bound to ``labels`` for conditional networks."""
-    energy = lambda y, logsnr: model.ebm(y, logsnr, labels)  # noqa: E731
-    if model.initializer is None:
-        return energy, None
-    return energy, lambda x, logsnr: model.initializer(x, logsnr, labels)
 
 
 def _gather_by_index(local: torch.Tensor, total: int, rank: int, world_size: int) -> torch.Tensor:
@@ -73,15 +66,22 @@ def generate(model: LoadedModel, n_samples: int, *, steps_per_level: int | None 
     schedule = LogSNRSchedule(config.schedule)
     shape = item_shape(config.data)
     indices = torch.arange(rank, n_samples, world_size)
+    device = torch.device(device)
+    configure_device(config.performance, device)
+    for network in (model.ebm, model.initializer):
+        if network is not None:
+            prepare_network(network, config.performance)
     pieces = []
-    for start in range(0, len(indices), batch_size):
-        batch_indices = indices[start:start + batch_size]
-        energy, proposal = callables(batch_indices) if callables else model_callables(model)
-        noise = PerExampleNoise([example_seed(seed, int(i)) for i in batch_indices], device=device)
-        pieces.append(sample(energy, proposal, (len(batch_indices), *shape), schedule, config.langevin,
-                             sampler_config, noise=noise, device=device).cpu())
-        if progress is not None:
-            progress(len(batch_indices))
+    # The weights are fixed for the whole run: spectral norms computed once, not at every step.
+    with ChainEnergy(model.ebm, config.performance, device).frozen() as chain_energy:
+        for start in range(0, len(indices), batch_size):
+            batch_indices = indices[start:start + batch_size]
+            energy, proposal = callables(batch_indices) if callables else (chain_energy, model.initializer)
+            noise = PerExampleNoise([example_seed(seed, int(i)) for i in batch_indices], device=device)
+            pieces.append(sample(energy, proposal, (len(batch_indices), *shape), schedule, config.langevin,
+                                 sampler_config, noise=noise, device=device).cpu())
+            if progress is not None:
+                progress(len(batch_indices))
     local = torch.cat(pieces) if pieces else torch.empty((0, *shape))
     if world_size == 1:
         return local

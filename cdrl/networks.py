@@ -10,13 +10,15 @@ classes are 1..num_classes. Image networks use convolutions; the 2-D toy network
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Callable, Iterator, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.spectral_norm import SpectralNorm
 
 Activation = Literal["lrelu", "swish"]
 
@@ -362,6 +364,36 @@ class MLPInitializer(nn.Module):
             h = block(h, embedding)
         out = self.final_dense(F.silu(h))
         return x + out if self.config.residual else out
+
+
+@contextlib.contextmanager
+def frozen_spectral_norm(network: nn.Module) -> Iterator[None]:
+    """Compute every spectrally normalised weight W / sigma once and keep it for the context.
+
+    In eval mode the spectral-norm hook recomputes W / sigma from unchanged W, u and v at every
+    forward: a full pass over the weights per Langevin step. Inside this context each layer
+    holds the value the hook would compute (bit for bit), detached, since a chain only needs
+    input gradients. Use it only while parameters and u/v stay fixed (a chain, a sampling run).
+    """
+    if network.training:
+        raise RuntimeError("frozen_spectral_norm needs the network in eval mode (no power iterations)")
+    saved: list[tuple[nn.Module, dict]] = []
+    try:
+        for module in network.modules():
+            hooks = {key: hook for key, hook in module._forward_pre_hooks.items() if isinstance(hook, SpectralNorm)}
+            if not hooks:
+                continue
+            saved.append((module, dict(module._forward_pre_hooks)))
+            for key, hook in hooks.items():
+                with torch.no_grad():
+                    setattr(module, hook.name, hook.compute_weight(module, do_power_iteration=False))
+                del module._forward_pre_hooks[key]
+        yield
+    finally:
+        # Restore each hook table in its original order; the next forward recomputes the weights.
+        for module, hooks in saved:
+            module._forward_pre_hooks.clear()
+            module._forward_pre_hooks.update(hooks)
 
 
 def build_energy_net(config: EnergyNetConfig) -> EnergyNet:

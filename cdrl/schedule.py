@@ -67,11 +67,17 @@ class LogSNRSchedule:
         return t, self.logsnr(t)
 
     def level(self, index: torch.Tensor | int, batch_size: int | None = None,
-              device: torch.device | str | None = None) -> Level:
-        """Coefficients for the transition from level ``index`` (1..T) down to ``index - 1``."""
+              device: torch.device | str | None = None, check: bool = True) -> Level:
+        """Coefficients for the transition from level ``index`` (1..T) down to ``index - 1``.
+
+        ``check=False`` skips the range check of a tensor ``index`` (a host sync on CUDA), for
+        indices in range by construction; an int is checked on the host.
+        """
         if isinstance(index, int):
+            if not 1 <= index <= self.n_levels:
+                raise ValueError(f"noise level index must lie in 1..{self.n_levels}, got {index}")
             index = torch.full((batch_size or 1,), index, device=device)
-        if torch.any((index < 1) | (index > self.n_levels)):
+        elif check and torch.any((index < 1) | (index > self.n_levels)):
             raise ValueError(f"noise level index must lie in 1..{self.n_levels}, got {index.tolist()}")
         t = index.to(torch.float32) / self.n_levels
         # s = t - 1/T as in the published training loop (not (index - 1) / T): identical

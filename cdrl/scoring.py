@@ -19,7 +19,7 @@ from cdrl.checkpoint import LoadedModel, load_model
 from cdrl.config import ExperimentConfig
 from cdrl.errors import CdrlBenchError
 from cdrl.data import DataConfig, build_dataset, dataset_info
-from cdrl.generation import generate, model_callables
+from cdrl.generation import generate
 from cdrl.toy_metrics import toy_metrics
 
 IMAGE_METRICS = ("fid", "kid_mean", "kid_std", "inception_score")
@@ -134,20 +134,17 @@ def score_checkpoint(checkpoint: str | os.PathLike, *, steps_per_level: int | No
 
 
 def _callables(model: LoadedModel, guidance: float, class_label: int | None):
-    """Per-batch (energy, proposal): class-balanced labels for conditional models, guided when w != 0."""
+    """Per-batch (energy, proposal) of a conditional model: one class, or all classes in turn; guided at w."""
     num_classes = model.config.energy.num_classes
     if num_classes is None:
         if guidance or class_label is not None:
             raise CdrlBenchError("--guidance/--class need a class-conditional checkpoint (e.g. preset imagenet32-cond)")
         return None
+    from cdrl.guidance import build_guided_model
 
     def for_batch(indices: torch.Tensor):
-        labels = (torch.full_like(indices, class_label) if class_label is not None else indices % num_classes) + 1
-        labels = labels.to(next(model.ebm.parameters()).device)
-        if guidance:
-            from cdrl.guidance import guided_callables
-            return guided_callables(model, labels, guidance)
-        return model_callables(model, labels)
+        classes = torch.full_like(indices, class_label) if class_label is not None else indices % num_classes
+        return build_guided_model(model, guidance, classes)
 
     return for_batch
 

@@ -8,6 +8,7 @@ checkpointing and logging live outside (``cdrl.train_loop``); DRL is the same st
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +19,8 @@ from cdrl.ema import EMA
 from cdrl.langevin import langevin_revision
 from cdrl.networks import build_energy_net, build_initializer
 from cdrl.noise import GeneratorNoise
+from cdrl.performance import ChainEnergy, as_network_input, configure_device, ebm_autocast, optimizer_options, \
+    prepare_network
 from cdrl.sampler import propose
 from cdrl.schedule import Level, LogSNRSchedule, broadcast, diffuse, posterior
 
@@ -53,18 +56,20 @@ class CooperativeTrainer:
         self.schedule = LogSNRSchedule(config.schedule)
         self.generator = generator
         self.noise = GeneratorNoise(generator)
-        training = config.training
-        self.ebm = build_energy_net(config.energy).to(self.device)
-        self.ebm_optimizer = torch.optim.Adam(self.ebm.parameters(), lr=training.ebm_lr, betas=training.adam_betas)
+        training, performance = config.training, config.performance
+        configure_device(performance, self.device)
+        self.ebm = prepare_network(build_energy_net(config.energy).to(self.device), performance)
+        self.ebm_optimizer = torch.optim.Adam(self.ebm.parameters(), lr=training.ebm_lr, betas=training.adam_betas,
+                                              **optimizer_options(performance))
         self.ebm_scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.ebm_optimizer, _linear_warmup(training.warmup_iterations))
         self.ebm_ema = EMA(self.ebm, training.ema_decay, training.ema_warmup)
         self.initializer: nn.Module | None = None
         if training.method == "cdrl":
-            self.initializer = build_initializer(config.initializer).to(self.device)
+            self.initializer = prepare_network(build_initializer(config.initializer).to(self.device), performance)
             self.initializer_optimizer = torch.optim.AdamW(
                 self.initializer.parameters(), lr=training.initializer_lr, betas=training.adam_betas,
-                weight_decay=training.initializer_weight_decay)
+                weight_decay=training.initializer_weight_decay, **optimizer_options(performance))
             self.initializer_scheduler = torch.optim.lr_scheduler.LambdaLR(
                 self.initializer_optimizer,
                 _linear_warmup(training.warmup_iterations, training.initializer_warmup_lead))
@@ -73,12 +78,14 @@ class CooperativeTrainer:
         # (input gradients only). DDP broadcasts rank 0's spectral-norm u/v buffers each forward.
         self.ebm_for_loss: nn.Module = self.ebm
         self.initializer_for_loss: nn.Module | None = self.initializer
+        self.distributed = distributed
         if distributed:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.ebm_for_loss = nn.parallel.DistributedDataParallel(self.ebm, device_ids=device_ids)
             if self.initializer is not None:
                 self.initializer_for_loss = nn.parallel.DistributedDataParallel(self.initializer,
                                                                                 device_ids=device_ids)
+        self.chain_ebm = ChainEnergy(self.ebm, performance, self.device)
         self.sigma_lowest = self.schedule.sigma_lowest()
         self.iteration = 0
 
@@ -106,11 +113,12 @@ class CooperativeTrainer:
         return x_t, reverse.mean + reverse.std * self.noise.randn_like(x)
 
     def step(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> StepStats:
-        config, training = self.config, self.config.training
-        x = x.to(self.device)
+        config, training, performance = self.config, self.config.training, self.config.performance
+        x = as_network_input(x.to(self.device), performance)
         batch = x.shape[0]
         index = torch.randint(1, self.schedule.n_levels + 1, (batch,), generator=self.generator, device=self.device)
-        level = self.schedule.level(index, device=self.device)
+        # In range by construction: skip the range check, a host sync on CUDA.
+        level = self.schedule.level(index, device=self.device, check=False)
         condition = self._conditioning(labels, batch)
         x_t, x_s = self._noisy_pair(x, level)
         weight = self.sigma_lowest / torch.sqrt(level.beta) if training.loss_weighting else torch.ones_like(level.beta)
@@ -118,10 +126,14 @@ class CooperativeTrainer:
 
         self.ebm_optimizer.zero_grad(set_to_none=True)
         # Positive phase in train mode: the step's one spectral-norm power iteration happens here.
+        # Under DDP its gradients only accumulate locally: the negative phase's backward all-reduces
+        # the sum once (the same average, half the communication).
         self.ebm.train()
-        positive = self.ebm_for_loss(x_s * root_r, level.logsnr_s, condition)
-        positive_loss = -(positive * weight).mean()
-        positive_loss.backward()
+        with self.ebm_for_loss.no_sync() if self.distributed else contextlib.nullcontext():
+            with ebm_autocast(performance, self.device):
+                positive = self.ebm_for_loss(x_s * root_r, level.logsnr_s, condition).float()
+            positive_loss = -(positive * weight).mean()
+            positive_loss.backward()
 
         initializer_start = None
         if self.initializer is not None:
@@ -134,9 +146,11 @@ class CooperativeTrainer:
             start = x_t
         # Revision in eval mode, so power iterations do not advance during sampling.
         self.ebm.eval()
-        revised = langevin_revision(lambda y, logsnr: self.ebm(y, logsnr, condition), start, x_t, level,
-                                    config.langevin, config.schedule.logsnr_max, noise=self.noise)
-        negative = self.ebm_for_loss(revised * root_r, level.logsnr_s, condition)
+        with self.chain_ebm.frozen() as chain_energy:
+            revised = langevin_revision(lambda y, logsnr: chain_energy(y, logsnr, condition), start, x_t, level,
+                                        config.langevin, config.schedule.logsnr_max, noise=self.noise)
+        with ebm_autocast(performance, self.device):
+            negative = self.ebm_for_loss(revised * root_r, level.logsnr_s, condition).float()
         negative_loss = (negative * weight).mean()
         negative_loss.backward()
         nn.utils.clip_grad_norm_(self.ebm.parameters(), training.grad_clip)

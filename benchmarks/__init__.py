@@ -1,0 +1,2 @@
+"""Orchestration around the method: benchmark suites (``suite``, ``runner``, ``records``, ``tables``,
+``regression``) and speed benchmarks."""

@@ -1,0 +1,59 @@
+"""What a suite has recorded in MLflow: the tags its runs carry and the finished evaluations.
+
+Every run of a suite lives in the suite's experiment and carries ``cdrl.suite``,
+``cdrl.suite_version``, ``cdrl.profile`` (``full`` | ``quick``), ``cdrl.run_key``,
+``cdrl.model``, ``cdrl.seed`` and ``cdrl.source`` (``trained`` or the hash of a given
+checkpoint); evaluation runs also ``cdrl.steps_per_level`` and ``cdrl.guidance``. A run key
+counts as done when an evaluation run with that key, suite version and profile is FINISHED.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from cdrl.tracking import TAG_KIND, TAG_RUN_KEY, TAG_SUITE, resolve_tracking_uri
+
+TAG_SUITE_VERSION = "cdrl.suite_version"
+TAG_PROFILE = "cdrl.profile"
+TAG_MODEL = "cdrl.model"
+TAG_SEED = "cdrl.seed"
+TAG_SOURCE = "cdrl.source"
+TAG_STEPS = "cdrl.steps_per_level"
+TAG_GUIDANCE = "cdrl.guidance"
+
+
+def _store_exists(uri: str) -> bool:
+    """False for a SQLite store whose file is not there yet (searching would create it)."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///")).is_file()
+    return True
+
+
+def finished_eval_runs(experiment: str, suite_name: str, version: int, profile: str,
+                       tracking_uri: str | None = None) -> pd.DataFrame:
+    """FINISHED evaluation runs of one suite version and profile, newest first (``mlflow.search_runs`` columns).
+
+    Empty when the store or the experiment does not exist yet.
+    """
+    import mlflow
+
+    uri = resolve_tracking_uri(tracking_uri)
+    if not _store_exists(uri):
+        return pd.DataFrame()
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(
+        experiment_names=[experiment],
+        filter_string=(f"tags.`{TAG_KIND}` = 'eval' AND tags.`{TAG_SUITE}` = '{suite_name}' AND "
+                       f"tags.`{TAG_SUITE_VERSION}` = '{version}' AND tags.`{TAG_PROFILE}` = '{profile}' AND "
+                       "attributes.status = 'FINISHED'"),
+        order_by=["attributes.end_time DESC"], output_format="pandas")
+    return runs if len(runs) else pd.DataFrame()
+
+
+def latest_per_key(runs: pd.DataFrame) -> pd.DataFrame:
+    """One run per run key, the newest (a key evaluated twice, e.g. after deleting a row, counts once)."""
+    if runs.empty:
+        return runs
+    return runs.drop_duplicates(subset=f"tags.{TAG_RUN_KEY}", keep="first")

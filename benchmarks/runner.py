@@ -1,0 +1,116 @@
+"""Run a suite's plan: train each model (resumably), score it at each evaluation point, log it all to MLflow.
+
+Resumable at every level: evaluation runs already FINISHED (same key, suite version and
+profile) are skipped; a model whose evaluations are all done is not trained again; a
+training run interrupted after a checkpoint continues from it (``cdrl.train_loop``). Run
+folders are ``RUNS/suites/SUITE-vVERSION/PROFILE/MODEL/seedN``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from benchmarks.records import (TAG_GUIDANCE, TAG_MODEL, TAG_PROFILE, TAG_SEED, TAG_SOURCE, TAG_STEPS,
+                                TAG_SUITE_VERSION, finished_eval_runs)
+from benchmarks.suite import METRICS, EvalJob, Plan, TrainingJob
+from cdrl import scoring, train_loop
+from cdrl.config import apply_overrides
+from cdrl.tracking import TAG_METHOD, TAG_RUN_KEY, TAG_SUITE
+
+
+@dataclass
+class RunSummary:
+    already_finished: int = 0
+    trained: list[str] = field(default_factory=list)
+    evaluated: list[str] = field(default_factory=list)
+
+
+def run_folder(plan: Plan, job: TrainingJob, runs_dir: Path) -> Path:
+    return runs_dir / "suites" / f"{plan.suite.name}-v{plan.suite.version}" / plan.profile / job.model.key / \
+        f"seed{job.seed}"
+
+
+def _tags(plan: Plan, key: str, model_key: str, seed: int) -> dict[str, str]:
+    return {TAG_SUITE: plan.suite.name, TAG_SUITE_VERSION: str(plan.suite.version), TAG_PROFILE: plan.profile,
+            TAG_RUN_KEY: key, TAG_MODEL: model_key, TAG_SEED: str(seed), TAG_SOURCE: plan.source}
+
+
+def _train(plan: Plan, job: TrainingJob, runs_dir: Path, tracking_uri: str | None, data_dir: str | None,
+           device: str | None) -> Path:
+    config = job.config if data_dir is None else apply_overrides(job.config, [f"data.data_dir={data_dir}"])
+    folder = run_folder(plan, job, runs_dir)
+    started = train_loop.checkpoint_paths(folder / train_loop.CHECKPOINT_FOLDER)
+    # A folder with checkpoints is continued (or, when already complete, just reopened); the
+    # train loop refuses it if the model's config has changed since, beyond the iteration budget.
+    result = train_loop.train(config, resume=folder if started else None, out=None if started else folder,
+                              tracking_uri=tracking_uri, experiment_name=plan.suite.experiment,
+                              tags=_tags(plan, job.key, job.model.key, job.seed), device=device, show_progress=False)
+    return result.checkpoint
+
+
+def _metrics_line(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{METRICS[name].label} {value:.{METRICS[name].decimals}f}"
+                     for name, value in metrics.items() if name in METRICS)
+
+
+def run_plan(plan: Plan, *, tracking_uri: str | None = None, runs_dir: Path = Path("runs"),
+             data_dir: str | None = None, device: str | None = None, console: Console | None = None) -> RunSummary:
+    """Train and score whatever of ``plan`` is not finished yet, showing overall progress."""
+    console = console or Console()
+    suite = plan.suite
+    done = finished_eval_runs(suite.experiment, suite.name, suite.version, plan.profile, tracking_uri)
+    finished_keys = set(done[f"tags.{TAG_RUN_KEY}"]) if not done.empty else set()
+    pending = [job for job in plan.evaluations if job.key not in finished_keys]
+    summary = RunSummary(already_finished=len(plan.evaluations) - len(pending))
+    by_training: dict[str | None, list[EvalJob]] = {}
+    for job in pending:
+        by_training.setdefault(job.training.key if job.training else None, []).append(job)
+    trainings = [job for job in plan.trainings if job.key in by_training]
+    for skipped in plan.skipped:
+        console.print(f"[yellow]skipped[/] {skipped}: the given checkpoint does not fit it", highlight=False)
+    console.print(f"suite {suite.name} v{suite.version} ({plan.profile}, {plan.source}): "
+                  f"{summary.already_finished} of {len(plan.evaluations)} evaluations already finished, "
+                  f"{len(trainings)} trainings and {len(pending)} evaluations to run", highlight=False, soft_wrap=True)
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=console)
+    with progress:
+        overall = progress.add_task(f"{suite.name}", total=len(trainings) + len(pending))
+        for training_key, jobs in by_training.items():
+            if training_key is None:
+                checkpoint, selection = plan.checkpoint, "given"
+            else:
+                training = jobs[0].training
+                progress.update(overall, description=f"{suite.name}: training {training.key}")
+                started = time.monotonic()
+                checkpoint = _train(plan, training, runs_dir, tracking_uri, data_dir, device)
+                selection = "last"
+                summary.trained.append(training.key)
+                progress.console.print(f"trained {training.key} ({training.config.training.iterations} iterations, "
+                                       f"{time.monotonic() - started:.0f} s): {checkpoint}", highlight=False,
+                                       soft_wrap=True)
+                progress.advance(overall)
+            for job in jobs:
+                progress.update(overall, description=f"{suite.name}: scoring {job.key}")
+                samples = progress.add_task(f"  samples of {job.key}", total=job.n_samples)
+                result = scoring.score_checkpoint(
+                    checkpoint, steps_per_level=job.steps_per_level, n_samples=job.n_samples,
+                    backend=suite.backend, reference_split=suite.reference_split,
+                    n_reference=suite.profiles[plan.profile].n_reference, seed=job.seed,
+                    batch_size=suite.batch_size, guidance=job.guidance, device=device,
+                    checkpoint_selection=selection, data_dir=data_dir, tracking_uri=tracking_uri,
+                    experiment_name=suite.experiment,
+                    tags={**_tags(plan, job.key, job.model.key, job.seed), TAG_METHOD: job.model.method,
+                          TAG_STEPS: str(job.steps_per_level), TAG_GUIDANCE: f"{job.guidance:g}"},
+                    progress=lambda count, task=samples: progress.advance(task, count))
+                progress.remove_task(samples)
+                summary.evaluated.append(job.key)
+                progress.console.print(f"scored {job.key}: {_metrics_line(result.metrics)}", highlight=False,
+                                       soft_wrap=True)
+                progress.advance(overall)
+        progress.update(overall, description=f"{suite.name}: done")
+    return summary

@@ -1,0 +1,412 @@
+"""Benchmark suites: versioned, declarative TOML files under ``benchmarks/suites/``, expanded into runs.
+
+A suite names the models to train (a preset, a method, ablations and overrides), where to
+evaluate each (Langevin steps per level, guidance weights), the seeds and sample counts of
+its two profiles (``full`` and ``quick``), the metrics of its table, the paper's table it
+is compared with (a CSV of ``results/paper/``) and, for CI, the tolerances of its regression
+check. ``benchmarks/suites/README.md`` describes every key.
+
+:func:`expand` turns a suite into a :class:`Plan`: one :class:`TrainingJob` per (model,
+seed) and one :class:`EvalJob` per (model, steps, guidance, seed), each with a stable run
+key (``cdrl/seed0``, ``cdrl/K5/seed0``, ``cond/K15/w0.3/seed0``). With a checkpoint instead
+of training, every model whose preset and method the checkpoint matches is evaluated from
+it, under keys prefixed by the checkpoint's hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from baselines import ablation_overrides, apply_method
+from cdrl.config import ExperimentConfig, apply_overrides, preset
+from cdrl.errors import CdrlBenchError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, from PyPI
+    import tomli as tomllib
+
+SUITES_FOLDER = Path(__file__).resolve().parent / "suites"
+PAPER_FOLDER = Path(__file__).resolve().parent.parent / "results" / "paper"
+PROFILES = ("full", "quick")
+
+
+class SuiteError(CdrlBenchError):
+    """A suite file that cannot be used; the message names the file, the key and the fix."""
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    label: str
+    higher_is_better: bool
+    #: Decimal places in tables.
+    decimals: int
+
+
+#: Every metric a suite can tabulate or check; the one source of their directions.
+METRICS: dict[str, MetricInfo] = {
+    "fid": MetricInfo("FID", False, 2),
+    "kid_mean": MetricInfo("KID", False, 4),
+    "inception_score": MetricInfo("IS", True, 2),
+    "in_support_fraction": MetricInfo("in-support", True, 3),
+    "mode_coverage": MetricInfo("mode coverage", True, 3),
+    "energy_distance": MetricInfo("energy distance", False, 4),
+}
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Budget of one way of running a suite: ``full`` (the suite's own) or ``quick`` (``--quick``)."""
+
+    #: Training iterations; None keeps the preset's.
+    iterations: int | None
+    n_samples: int
+    seeds: tuple[int, ...]
+    #: Reference images for image metrics; None: the whole split.
+    n_reference: int | None = None
+    #: Extra training overrides of this profile (e.g. a smaller batch).
+    overrides: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One trained model of a suite and where it is evaluated."""
+
+    key: str
+    label: str
+    method: str
+    preset: str
+    ablations: tuple[str, ...] = ()
+    overrides: tuple[str, ...] = ()
+    #: Langevin steps per level to sample with; empty: the training count.
+    steps: tuple[int, ...] = ()
+    guidance: tuple[float, ...] = (0.0,)
+    #: Columns and values that pick this model's row in the reference CSV (e.g. method = "CDRL").
+    paper: dict[str, str] = field(default_factory=dict)
+
+
+PLOT_AXES = ("total_steps", "guidance")
+
+
+@dataclass(frozen=True)
+class PlotSpec:
+    #: Measured metric on the y axis.
+    metric: str
+    #: Reference CSV column drawn beside it (on a second axis when it is another metric).
+    paper: str | None = None
+    #: x axis: total Langevin steps (levels x steps per level) or the guidance weight.
+    x: str = "total_steps"
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    version: int
+    title: str
+    path: Path
+    experiment: str
+    models: tuple[ModelSpec, ...]
+    metrics: tuple[str, ...]
+    profiles: dict[str, Profile]
+    #: Training overrides shared by every model.
+    overrides: tuple[str, ...] = ()
+    backend: str = "torch-fidelity"
+    reference_split: str = "train"
+    batch_size: int = 256
+    #: CSV of results/paper/ with the paper's numbers; None: no paper column.
+    reference: str | None = None
+    #: Heading of the paper columns (e.g. "paper CIFAR-10" for a CPU-scale trend study).
+    reference_label: str = "paper"
+    #: Also list the reference rows no model matches (the rest of the paper's table).
+    context_rows: bool = False
+    plot: PlotSpec | None = None
+    #: Regression-check tolerances per metric (absolute).
+    tolerances: dict[str, float] = field(default_factory=dict)
+    notes: str = ""
+
+    @property
+    def reference_path(self) -> Path | None:
+        return PAPER_FOLDER / self.reference if self.reference else None
+
+
+@dataclass(frozen=True)
+class TrainingJob:
+    key: str
+    model: ModelSpec
+    seed: int
+    config: ExperimentConfig
+
+
+@dataclass(frozen=True)
+class EvalJob:
+    key: str
+    model: ModelSpec
+    #: The run that produces the checkpoint; None when evaluating a given checkpoint.
+    training: TrainingJob | None
+    steps_per_level: int
+    noise_levels: int
+    guidance: float
+    seed: int
+    n_samples: int
+
+    @property
+    def point(self) -> tuple[str, int, float]:
+        """The table row this run contributes to (seeds are averaged)."""
+        return self.model.key, self.steps_per_level, self.guidance
+
+
+@dataclass(frozen=True)
+class Plan:
+    suite: Suite
+    profile: str
+    #: "trained", or "checkpoint-<sha256 prefix>" when a given checkpoint is evaluated.
+    source: str
+    trainings: tuple[TrainingJob, ...]
+    evaluations: tuple[EvalJob, ...]
+    checkpoint: Path | None = None
+    #: Models left out because the given checkpoint does not match them, with the reason.
+    skipped: tuple[str, ...] = ()
+
+
+# --------------------------------------------------------------------------- loading
+
+def available_suites() -> list[str]:
+    return sorted(path.stem for path in SUITES_FOLDER.glob("*.toml"))
+
+
+def suite_path(name: str | os.PathLike) -> Path:
+    """The file of suite ``name`` (a name under benchmarks/suites/, or a path to a .toml file)."""
+    path = Path(name)
+    if path.suffix == ".toml":
+        if not path.is_file():
+            raise SuiteError(f"suite file {path} does not exist: pass a suite name ({', '.join(available_suites())}) "
+                             "or the path of a .toml file")
+        return path
+    path = SUITES_FOLDER / f"{name}.toml"
+    if not path.is_file():
+        raise SuiteError(f"unknown suite {name!r}: choose one of {', '.join(available_suites())}")
+    return path
+
+
+class _Table:
+    """Typed access to one TOML table; every error names the file and the key."""
+
+    def __init__(self, values: dict[str, Any], path: Path, where: str):
+        self.values, self.path, self.where = values, path, where
+
+    def _fail(self, key: str, problem: str) -> SuiteError:
+        return SuiteError(f"{self.path.name}: {self.where}{key} {problem}")
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
+        """The value of ``key``; ``default`` when absent (no default: the key is required)."""
+        if key not in self.values:
+            if default is ...:
+                raise self._fail(key, "is missing: add it (see benchmarks/suites/README.md)")
+            return default
+        value = self.values[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+            raise self._fail(key, f"must be {' or '.join(k.__name__ for k in kinds)}, got {value!r}")
+        return value
+
+    def items(self, key: str, kind: type | tuple[type, ...], default: tuple = ()) -> tuple:
+        values = self.get(key, list, list(default))
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        for value in values:
+            if isinstance(value, bool) or not isinstance(value, kinds):
+                raise self._fail(key, f"must hold {' or '.join(k.__name__ for k in kinds)} values, got {value!r}")
+        return tuple(values)
+
+    def table(self, key: str) -> "_Table":
+        return _Table(self.get(key, dict, {}), self.path, f"{self.where}{key}.")
+
+    def check_known(self, known: set[str]) -> None:
+        unknown = sorted(set(self.values) - known)
+        if unknown:
+            raise self._fail(unknown[0], f"is not a suite key: use one of {', '.join(sorted(known))}")
+
+
+def _profile(table: _Table, fallback: Profile | None) -> Profile:
+    table.check_known({"iterations", "n_samples", "seeds", "n_reference", "overrides"})
+    base = fallback or Profile(iterations=None, n_samples=5000, seeds=(0,))
+    profile = Profile(
+        iterations=table.get("iterations", int, base.iterations),
+        n_samples=table.get("n_samples", int, base.n_samples),
+        seeds=table.items("seeds", int, base.seeds),
+        n_reference=table.get("n_reference", int, base.n_reference),
+        overrides=table.items("overrides", str, base.overrides),
+    )
+    for name in ("iterations", "n_samples", "n_reference"):
+        if getattr(profile, name) is not None and getattr(profile, name) < 1:
+            raise table._fail(name, f"must be at least 1, got {getattr(profile, name)}")
+    if not profile.seeds:
+        raise table._fail("seeds", "is empty: list at least one seed, e.g. seeds = [0]")
+    return profile
+
+
+def _model(table: _Table, default_preset: str | None) -> ModelSpec:
+    table.check_known({"key", "label", "method", "preset", "ablations", "overrides", "steps", "guidance", "paper"})
+    key = table.get("key", str)
+    if not key or "/" in key or " " in key:
+        raise table._fail("key", f"{key!r} must be a non-empty word without '/' or spaces")
+    model_preset = table.get("preset", str, default_preset)
+    if model_preset is None:
+        raise table._fail("preset", "is missing: set [train] preset or the model's own preset")
+    paper = table.get("paper", dict, {})
+    if any(steps < 1 for steps in table.items("steps", int)):
+        raise table._fail("steps", "must all be at least 1 (Langevin steps per level)")
+    return ModelSpec(
+        key=key, label=table.get("label", str, key), method=table.get("method", str, "cdrl"), preset=model_preset,
+        ablations=table.items("ablations", str), overrides=table.items("overrides", str),
+        steps=table.items("steps", int),
+        guidance=tuple(float(w) for w in table.items("guidance", (int, float), (0.0,))),
+        paper={str(k): str(v) for k, v in paper.items()},
+    )
+
+
+def load_suite(name: str | os.PathLike) -> Suite:
+    """Read and validate a suite (by name or path); every config it names is built once to catch typos."""
+    path = suite_path(name)
+    try:
+        values = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as error:
+        raise SuiteError(f"{path.name} is not valid TOML ({error}): fix the file") from None
+    top = _Table(values, path, "")
+    top.check_known({"name", "version", "title", "notes", "experiment", "metrics", "reference", "reference_label",
+                     "context_rows", "plot", "train", "eval", "profiles", "models", "check"})
+    train, evaluation = top.table("train"), top.table("eval")
+    profiles, check = top.table("profiles"), top.table("check")
+    train.check_known({"preset", "overrides"})
+    evaluation.check_known({"backend", "reference_split", "batch_size"})
+    profiles.check_known(set(PROFILES))
+    check.check_known({"tolerances"})
+    full = _profile(profiles.table("full"), None)
+    suite_name = top.get("name", str)
+    default_preset = train.get("preset", str, None)
+    models_raw = top.get("models", list)
+    models = tuple(_model(_Table(item if isinstance(item, dict) else {}, path, f"models[{index}]."), default_preset)
+                   for index, item in enumerate(models_raw))
+    if not models:
+        raise top._fail("models", "is empty: add at least one [[models]] table")
+    keys = [model.key for model in models]
+    if len(set(keys)) != len(keys):
+        raise top._fail("models", f"repeat a key ({', '.join(sorted({k for k in keys if keys.count(k) > 1}))}): "
+                                  "give every model its own key")
+    metrics = top.items("metrics", str, ("fid",))
+    plot = None
+    if "plot" in values:
+        plot_table = top.table("plot")
+        plot_table.check_known({"metric", "paper", "x"})
+        plot = PlotSpec(plot_table.get("metric", str), plot_table.get("paper", str, None),
+                        plot_table.get("x", str, "total_steps"))
+        if plot.x not in PLOT_AXES:
+            raise plot_table._fail("x", f"must be one of {', '.join(PLOT_AXES)}, got {plot.x!r}")
+    tolerances = {str(k): float(v) for k, v in check.get("tolerances", dict, {}).items()}
+    for metric in (*metrics, *tolerances, *([plot.metric] if plot else [])):
+        if metric not in METRICS:
+            raise SuiteError(f"{path.name}: unknown metric {metric!r}: use one of {', '.join(METRICS)}")
+    suite = Suite(
+        name=suite_name, version=top.get("version", int), title=top.get("title", str, suite_name),
+        path=path, experiment=top.get("experiment", str, f"cdrl-suite-{suite_name}"), models=models,
+        metrics=metrics, profiles={"full": full, "quick": _profile(profiles.table("quick"), full)},
+        overrides=train.items("overrides", str), backend=evaluation.get("backend", str, "torch-fidelity"),
+        reference_split=evaluation.get("reference_split", str, "train"),
+        batch_size=evaluation.get("batch_size", int, 256), reference=top.get("reference", str, None),
+        reference_label=top.get("reference_label", str, "paper"), context_rows=top.get("context_rows", bool, False),
+        plot=plot, tolerances=tolerances, notes=top.get("notes", str, ""),
+    )
+    if plot is not None and plot.x == "guidance" and not any(len(model.guidance) > 1 for model in models):
+        raise SuiteError(f"{path.name}: plot.x = \"guidance\" needs a model with several guidance weights")
+    if suite.reference_path is not None and not suite.reference_path.is_file():
+        raise top._fail("reference", f"names {suite.reference}, which is not in results/paper/: fix the file name")
+    for model in models:  # bad presets, methods, ablations and overrides fail here, not mid-suite
+        try:
+            model_config(suite, model, "full", seed=0)
+            model_config(suite, model, "quick", seed=0)
+        except CdrlBenchError as error:
+            raise SuiteError(f"{path.name}: model {model.key!r}: {error}") from None
+    return suite
+
+
+# --------------------------------------------------------------------------- expansion
+
+def model_config(suite: Suite, model: ModelSpec, profile: str, seed: int) -> ExperimentConfig:
+    """preset -> suite overrides -> profile overrides -> method -> ablations -> model overrides -> budget, seed."""
+    settings = suite.profiles[profile]
+    config = apply_overrides(preset(model.preset), [*suite.overrides, *settings.overrides])
+    config = apply_method(config, model.method)
+    config = apply_overrides(config, [*ablation_overrides(model.ablations), *model.overrides])
+    budget = [f"training.seed={seed}"]
+    if settings.iterations is not None:
+        budget.append(f"training.iterations={settings.iterations}")
+    return apply_overrides(config, budget)
+
+
+def eval_steps(model: ModelSpec, config: ExperimentConfig) -> tuple[int, ...]:
+    return model.steps or (config.sampler.steps_per_level or config.langevin.n_steps,)
+
+
+def _eval_key(prefix: str, model: ModelSpec, steps: int, guidance: float, seed: int) -> str:
+    parts = [model.key, f"K{steps}"] + ([f"w{guidance:g}"] if len(model.guidance) > 1 or guidance else [])
+    return prefix + "/".join([*parts, f"seed{seed}"])
+
+
+def checkpoint_source(path: Path) -> str:
+    """A stable name for a given checkpoint: its content hash, so a renamed copy resumes too."""
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return f"checkpoint-{digest.hexdigest()[:12]}"
+
+
+def expand(suite: Suite, *, quick: bool = False, seeds: int | None = None,
+           checkpoint: str | os.PathLike | None = None) -> Plan:
+    """The runs of a suite: trainings and evaluations, or only evaluations of ``checkpoint``."""
+    profile = "quick" if quick else "full"
+    settings = suite.profiles[profile]
+    if seeds is not None:
+        if seeds < 1:
+            raise SuiteError(f"--seeds must be at least 1, got {seeds}")
+        settings = replace(settings, seeds=tuple(range(seeds)))
+    if checkpoint is not None:
+        return _expand_checkpoint(suite, profile, settings, Path(checkpoint))
+    trainings, evaluations = [], []
+    for model in suite.models:
+        for seed in settings.seeds:
+            config = model_config(suite, model, profile, seed)
+            job = TrainingJob(f"{model.key}/seed{seed}", model, seed, config)
+            trainings.append(job)
+            for steps in eval_steps(model, config):
+                for guidance in model.guidance:
+                    evaluations.append(EvalJob(_eval_key("", model, steps, guidance, seed), model, job, steps,
+                                               config.schedule.n_levels, guidance, seed, settings.n_samples))
+    return Plan(suite, profile, "trained", tuple(trainings), tuple(evaluations))
+
+
+def _expand_checkpoint(suite: Suite, profile: str, settings: Profile, path: Path) -> Plan:
+    from cdrl.checkpoint import load_checkpoint
+
+    saved, _ = load_checkpoint(path)
+    source = checkpoint_source(path)
+    evaluations, skipped = [], []
+    for model in suite.models:
+        if model.preset != saved.name or model.method != saved.training.method or model.ablations:
+            skipped.append(f"{model.label} (needs a {model.method} model of preset {model.preset}"
+                           f"{' with ' + ', '.join(model.ablations) if model.ablations else ''})")
+            continue
+        for seed in settings.seeds:
+            for steps in eval_steps(model, saved):
+                for guidance in model.guidance:
+                    evaluations.append(EvalJob(_eval_key(f"{source}/", model, steps, guidance, seed), model, None,
+                                               steps, saved.schedule.n_levels, guidance, seed, settings.n_samples))
+    if not evaluations:
+        raise SuiteError(f"checkpoint {path} ({saved.training.method}, preset {saved.name}) matches no model of suite "
+                         f"{suite.name}: pass a checkpoint of one of its presets "
+                         f"({', '.join(sorted({m.preset for m in suite.models}))})")
+    return Plan(suite, profile, source, (), tuple(evaluations), checkpoint=path, skipped=tuple(skipped))

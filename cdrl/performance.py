@@ -1,0 +1,115 @@
+"""Speed options that keep the math (``ExperimentConfig.performance``); the defaults are exact float32.
+
+Every option acts inside the one training step (:mod:`cdrl.training`) and the one Langevin
+chain (:mod:`cdrl.langevin`, :mod:`cdrl.sampler`); none is a second copy of the algorithm.
+:class:`ChainEnergy` is the energy network as the chains call it: spectral-norm weights
+computed once per chain (always: bit-identical to the per-step recomputation), then the
+options below. ``benchmarks/perf.py`` measures each of them against the FLOP count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Literal
+
+import torch
+from torch import nn
+
+from cdrl.errors import CdrlBenchError
+from cdrl.networks import frozen_spectral_norm
+
+
+class PerformanceError(CdrlBenchError):
+    """A speed option that this device cannot run; the message names the fix."""
+
+
+@dataclass(frozen=True)
+class PerformanceConfig:
+    #: NHWC ("channels last") parameters and activations for the convolutional networks, the
+    #: layout oneDNN and cuDNN run fastest. Same arithmetic.
+    channels_last: bool = False
+    #: CUDA only: TF32 tensor-core matmuls and convolutions (10-bit-mantissa products). Off means
+    #: IEEE float32 everywhere, which also turns off the TF32 convolutions PyTorch enables by default.
+    tf32: bool = False
+    #: Fused Adam/AdamW (one kernel over all parameters; CUDA and CPU). Same update to rounding.
+    fused_optimizer: bool = False
+    #: torch.compile the energy network as the Langevin chains call it (forward and input gradient):
+    #: "inductor" fuses the element-wise work around the convolutions; "cuda-graphs" also replays each
+    #: fixed-shape step as one CUDA graph (torch.compile's "reduce-overhead"; one recording per batch shape).
+    chain_compile: Literal["off", "inductor", "cuda-graphs"] = "off"
+    #: Run the energy network under bfloat16 autocast (chains and energy losses); parameters, Langevin
+    #: state and losses stay float32. Changes the arithmetic: its effect is a benchmark claim.
+    ebm_precision: Literal["float32", "bfloat16"] = "float32"
+
+
+def configure_device(config: PerformanceConfig, device: torch.device) -> None:
+    """Set the process-wide float32 matmul/convolution precision for ``config`` on CUDA."""
+    if config.chain_compile == "cuda-graphs" and device.type != "cuda":
+        raise PerformanceError(f"performance.chain_compile=cuda-graphs needs a CUDA device, not {device}: "
+                               "use performance.chain_compile=inductor")
+    if device.type == "cuda":
+        precision = "tf32" if config.tf32 else "ieee"
+        torch.backends.cuda.matmul.fp32_precision = precision
+        torch.backends.cudnn.conv.fp32_precision = precision
+
+
+def prepare_network(network: nn.Module, config: PerformanceConfig) -> nn.Module:
+    """Apply the memory-format option in place (before optimisers and EMAs are built); returns ``network``."""
+    if config.channels_last:
+        network.to(memory_format=torch.channels_last)
+    return network
+
+
+def optimizer_options(config: PerformanceConfig) -> dict[str, Any]:
+    """Extra keyword arguments for torch.optim.Adam/AdamW."""
+    return {"fused": True} if config.fused_optimizer else {}
+
+
+def as_network_input(x: torch.Tensor, config: PerformanceConfig) -> torch.Tensor:
+    """``x`` in the networks' memory format (a no-op for the default layout and for 2-D toy points)."""
+    if config.channels_last and x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def ebm_autocast(config: PerformanceConfig, device: torch.device) -> contextlib.AbstractContextManager:
+    """bfloat16 autocast around energy-network calls when ``ebm_precision`` asks for it."""
+    if config.ebm_precision == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+class ChainEnergy:
+    """The energy network for Langevin chains and the Tweedie step (input gradients only).
+
+    ``with chain.frozen() as energy:`` yields ``energy(y, logsnr, labels=None)`` backed by
+    weights frozen for the context (:func:`cdrl.networks.frozen_spectral_norm`), compiled,
+    autocast and channels-last as configured. Keep one instance per network: compiled code
+    is cached on it. The network must be in eval mode inside the context.
+    """
+
+    def __init__(self, network: nn.Module, config: PerformanceConfig, device: torch.device | str):
+        self.network = network
+        self.config = config
+        self.device = torch.device(device)
+        if config.chain_compile == "off":
+            self._forward: Callable[..., torch.Tensor] = network
+        else:
+            # dynamic=False: every batch shape gets its own specialised graph (and CUDA graph),
+            # which is what CUDA graphs require; training and sampling use one or two shapes.
+            mode = "reduce-overhead" if config.chain_compile == "cuda-graphs" else None
+            self._forward = torch.compile(network, mode=mode, dynamic=False)
+
+    def _energy(self, y: torch.Tensor, logsnr: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if self.config.chain_compile == "cuda-graphs":
+            # Each call starts a new graph replay: the previous step's outputs are no longer read.
+            torch.compiler.cudagraph_mark_step_begin()
+        with ebm_autocast(self.config, self.device):
+            energy = self._forward(as_network_input(y, self.config), logsnr, labels)
+        return energy.float()
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[Callable[..., torch.Tensor]]:
+        with frozen_spectral_norm(self.network):
+            yield self._energy

@@ -1,0 +1,528 @@
+"""Config-driven cooperative training: data, steps, logging, sample grids, checkpoints, DDP.
+
+Small and explicit on purpose: :func:`train` builds the dataset (``build_dataset`` +
+``infinite_batches``) and a :class:`~cdrl.training.CooperativeTrainer`, then repeats
+``trainer.step`` and, at the cadences of ``config.run``, logs to MLflow (rank 0 only),
+draws samples under EMA weights and writes checkpoints. A run lives in one folder::
+
+    RUN/config.json                      the resolved ExperimentConfig
+    RUN/checkpoints/ckpt-00005000.pt     newest ``run.keep_checkpoints``, written atomically
+    RUN/samples/samples-00005000.png     image grid, or scatter plot for 2-D toy presets
+
+Every checkpoint holds the config, networks, EMAs, optimisers, schedulers, every rank's RNG
+states and the MLflow run id, so ``train(resume=RUN)`` continues the same run and the same
+loss curve. Distributed: ``torchrun --nproc_per_node N -m cdrl.train_loop --preset NAME ...``
+(the options of ``cdrl-bench train``): NCCL on GPUs, Gloo on CPUs, one batch stream and RNG
+stream per rank; DDP's buffer broadcast keeps the spectral-norm u/v vectors in sync.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+import cdrl
+from cdrl.checkpoint import CheckpointError, load_checkpoint, make_checkpoint, save_atomic
+from cdrl.config import ConfigError, ExperimentConfig, RunConfig, apply_overrides
+from cdrl.data import build_dataset, dataset_info, infinite_batches, item_shape, toy_in_support
+from cdrl.errors import CdrlBenchError
+from cdrl.noise import GeneratorNoise
+from cdrl.sampler import sample
+from cdrl.tracking import (DIVERGED_METRIC, TAG_CHECKPOINT_DIR, TAG_DIVERGED, TAG_KIND, TAG_METHOD, TAG_PRESET,
+                           TrackedRun, get_run_tags, tracked_run)
+from cdrl.training import CooperativeTrainer, StepStats
+
+CHECKPOINT_FOLDER = "checkpoints"
+SAMPLE_FOLDER = "samples"
+DEFAULT_RUNS_FOLDER = Path("runs")
+_CHECKPOINT_NAME = re.compile(r"ckpt-(\d+)\.pt")
+_RUN_ID = re.compile(r"[0-9a-f]{32}")
+
+
+class TrainingDiverged(CdrlBenchError):
+    """A loss or energy became non-finite and the divergence policy ended the run."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    iteration: int
+    #: The last checkpoint written (None on ranks other than 0).
+    checkpoint: Path | None
+    #: The MLflow run (None on ranks other than 0).
+    run_id: str | None
+    trainer: CooperativeTrainer
+
+
+@dataclass(frozen=True)
+class _Ranks:
+    rank: int
+    world_size: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+# --------------------------------------------------------------------------- run folders and checkpoints
+
+def checkpoint_paths(folder: Path) -> list[Path]:
+    """A run's checkpoints, oldest first (by iteration)."""
+    found = [(int(match.group(1)), path) for path in (folder.iterdir() if folder.is_dir() else [])
+             if (match := _CHECKPOINT_NAME.fullmatch(path.name))]
+    return [path for _, path in sorted(found)]
+
+
+def _checkpoint_folder(path: Path) -> Path:
+    """The checkpoints/ folder of a run folder (or that folder itself when given)."""
+    return path if path.name == CHECKPOINT_FOLDER else path / CHECKPOINT_FOLDER
+
+
+def locate_checkpoint(resume: str | os.PathLike, tracking_uri: str | None = None) -> Path:
+    """The checkpoint that ``--resume`` names: a checkpoint file, a run folder (its newest), or an MLflow run id."""
+    path = Path(resume)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        folder = _checkpoint_folder(path)
+    elif _RUN_ID.fullmatch(str(resume)):
+        tags = get_run_tags(str(resume), tracking_uri)
+        if TAG_CHECKPOINT_DIR not in tags:
+            raise CheckpointError(f"MLflow run {resume} has no {TAG_CHECKPOINT_DIR} tag: it is not a training run")
+        folder = Path(tags[TAG_CHECKPOINT_DIR])
+    else:
+        raise CheckpointError(f"--resume {resume}: no such checkpoint file, run folder or MLflow run id")
+    checkpoints = checkpoint_paths(folder)
+    if not checkpoints:
+        raise CheckpointError(f"{folder} holds no checkpoint (ckpt-*.pt) yet: start the run afresh instead of resuming")
+    return checkpoints[-1]
+
+
+def _save_checkpoint(payload: dict, folder: Path, iteration: int, keep: int) -> Path:
+    path = save_atomic(payload, folder / f"ckpt-{iteration:08d}.pt")
+    for old in checkpoint_paths(folder)[:-keep]:
+        old.unlink()
+    return path
+
+
+def _remove_partial_files(folder: Path) -> None:
+    """Temporary files of a save_atomic that a crash interrupted (never valid checkpoints)."""
+    for partial in folder.glob(".*.partial"):
+        partial.unlink()
+
+
+# --------------------------------------------------------------------------- config checks
+
+def _check_run_config(run: RunConfig) -> None:
+    for name in ("log_every", "sample_every", "checkpoint_every", "keep_checkpoints", "n_samples"):
+        if getattr(run, name) < 1:
+            raise ConfigError(f"run.{name} must be at least 1, got {getattr(run, name)}: set e.g. run.{name}=10")
+    if not 0.0 < run.rollback_lr_factor < 1.0:
+        raise ConfigError(f"run.rollback_lr_factor must lie in (0, 1), got {run.rollback_lr_factor}: "
+                          "set e.g. run.rollback_lr_factor=0.5")
+
+
+def _resumed_config(saved: ExperimentConfig, requested: ExperimentConfig) -> ExperimentConfig:
+    """``requested`` when it differs from the checkpoint's config only where a resume may change it."""
+    # Cadences, the iteration budget and where the data lie; everything else would change the model.
+    comparable = replace(requested, run=saved.run,
+                         training=replace(requested.training, iterations=saved.training.iterations),
+                         data=replace(requested.data, data_dir=saved.data.data_dir, download=saved.data.download))
+    if comparable != saved:
+        before = _flatten(saved.to_dict())
+        changed = [key for key, value in _flatten(comparable.to_dict()).items() if before.get(key) != value]
+        raise ConfigError(f"a resumed run keeps its config; {', '.join(changed)} differ from the checkpoint's: "
+                          "change only run.*, training.iterations or data.data_dir, or start a new run")
+    return requested
+
+
+def _check_resumable(payload: dict, path: Path, ranks: _Ranks) -> None:
+    if "ebm_optimizer" not in payload["trainer"] or "rng" not in payload:
+        raise CheckpointError(f"{path} holds weights only (imported or exported), no optimiser or RNG state: "
+                              "it cannot be resumed; start a new run")
+    if payload["world_size"] != ranks.world_size:
+        raise CheckpointError(f"{path} was written by {payload['world_size']} processes: resume with "
+                              f"torchrun --nproc_per_node {payload['world_size']} (this is {ranks.world_size})")
+    newest = checkpoint_paths(path.parent)
+    if newest and newest[-1].resolve() != path.resolve():
+        raise CheckpointError(f"{path} is not the newest checkpoint of its run ({newest[-1].name} is): "
+                              "resume the run folder, or copy the checkpoint to a folder of its own")
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config dict -> ``{"training.ebm_lr": 1e-4, ...}`` (MLflow params)."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+# --------------------------------------------------------------------------- RNG, learning rates, divergence
+
+def _rank_seed(seed: int, rank: int) -> int:
+    return int(np.random.SeedSequence((seed, rank)).generate_state(1)[0])
+
+
+def _rng_state(trainer: CooperativeTrainer) -> dict[str, torch.Tensor]:
+    # Python's and numpy's global RNGs are not used in training (batches are seeded per batch).
+    state = {"torch": torch.get_rng_state(), "trainer": trainer.generator.get_state()}
+    if trainer.device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(trainer.device)
+    return state
+
+
+def _restore_rng(trainer: CooperativeTrainer, state: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(state["torch"])
+    trainer.generator.set_state(state["trainer"])
+    if trainer.device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], trainer.device)
+
+
+def _set_lr_scale(trainer: CooperativeTrainer, scale: float) -> None:
+    """Learning rates = the config's times ``scale``, keeping the warm-up's current fraction."""
+    training = trainer.config.training
+    pairs = [(trainer.ebm_optimizer, trainer.ebm_scheduler, training.ebm_lr)]
+    if trainer.initializer is not None:
+        pairs.append((trainer.initializer_optimizer, trainer.initializer_scheduler, training.initializer_lr))
+    for optimizer, scheduler, lr in pairs:
+        for group, old_base in zip(optimizer.param_groups, scheduler.base_lrs):
+            group["lr"] = group["lr"] * (lr * scale) / old_base if old_base else 0.0
+        scheduler.base_lrs = [lr * scale for _ in scheduler.base_lrs]
+
+
+def _watched(stats: StepStats) -> torch.Tensor:
+    values = [stats.ebm_loss, stats.positive_energy, stats.negative_energy]
+    if stats.initializer_loss is not None:
+        values.append(stats.initializer_loss)
+    return torch.stack(values)
+
+
+def _any_rank(flag: torch.Tensor, ranks: _Ranks) -> bool:
+    if ranks.world_size > 1:
+        flag = flag.to(torch.int32)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag)
+
+
+# --------------------------------------------------------------------------- samples
+
+@torch.no_grad()
+def draw_samples(trainer: CooperativeTrainer, n_samples: int, seed: int) -> torch.Tensor:
+    """Samples of the trainer's EMA networks (Algorithm 2), on the CPU; the training RNGs are left untouched."""
+    config = trainer.config
+    labels = None
+    if trainer.conditional:
+        # One grid row per class, cycling: embedding index c + 1 for class c.
+        labels = torch.arange(n_samples, device=trainer.device) % config.energy.num_classes + 1
+    averaged = [trainer.ebm_ema.average_parameters()]
+    if trainer.initializer is not None:
+        averaged.append(trainer.initializer_ema.average_parameters())
+    with contextlib.ExitStack() as stack:
+        for context in averaged:
+            stack.enter_context(context)
+        trainer.ebm.eval()
+        proposal = None
+        if trainer.initializer is not None:
+            trainer.initializer.eval()
+            proposal = lambda x, logsnr: trainer.initializer(x, logsnr, labels)  # noqa: E731
+        generator = torch.Generator(device=trainer.device).manual_seed(seed)
+        samples = sample(lambda y, logsnr: trainer.ebm(y, logsnr, labels), proposal,
+                         (n_samples, *item_shape(config.data)), trainer.schedule, config.langevin, config.sampler,
+                         noise=GeneratorNoise(generator), device=trainer.device)
+    return samples.cpu()
+
+
+def save_sample_figure(samples: torch.Tensor, config: ExperimentConfig, path: Path, title: str) -> Path:
+    """A PNG of samples: an image grid, or a scatter plot of 2-D toy points."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if dataset_info(config.data.dataset).is_image:
+        from torchvision.utils import make_grid, save_image
+
+        grid = make_grid(samples.add(1).div(2).clamp(0, 1), nrow=math.ceil(math.sqrt(len(samples))))
+        save_image(grid, path)
+        return path
+    from matplotlib.figure import Figure  # a bare Figure renders with Agg: no display, no pyplot state
+
+    figure = Figure(figsize=(5, 5))
+    axes = figure.subplots()
+    axes.scatter(samples[:, 0].numpy(), samples[:, 1].numpy(), s=1, alpha=0.5)
+    limit = 2.25 * config.data.toy_scale
+    axes.set(xlim=(-limit, limit), ylim=(-limit, limit), aspect="equal")
+    axes.set_title(title, fontsize="small")
+    figure.savefig(path, dpi=100)
+    return path
+
+
+def _sample_metrics(samples: torch.Tensor, config: ExperimentConfig) -> dict[str, float]:
+    if dataset_info(config.data.dataset).is_image:
+        return {}
+    inside = toy_in_support(config.data.dataset, samples, config.data.toy_scale)
+    return {"in_support_fraction": float(inside.float().mean())}
+
+
+# --------------------------------------------------------------------------- environment
+
+def _git_commit() -> str | None:
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                                text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None
+
+
+def _environment_tags(device: torch.device, world_size: int) -> dict[str, str]:
+    tags = {"cdrl.version": cdrl.__version__, "cdrl.torch_version": torch.__version__,
+            "cdrl.python_version": platform.python_version(), "cdrl.world_size": str(world_size),
+            "cdrl.device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)}
+    commit = _git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def _init_distributed(device: str | torch.device | None) -> tuple[_Ranks, torch.device, bool]:
+    """(ranks, this process's device, whether this call started the process group) from torchrun's variables."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device is None:
+        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
+    if world_size == 1:
+        return _Ranks(0, 1), device, False
+    started = False
+    if not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        started = True
+    return _Ranks(dist.get_rank(), dist.get_world_size()), device, started
+
+
+def _shared(value: Any, ranks: _Ranks) -> Any:
+    """Rank 0's value on every rank."""
+    if ranks.world_size == 1:
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def _gathered(value: Any, ranks: _Ranks) -> list[Any]:
+    if ranks.world_size == 1:
+        return [value]
+    values: list[Any] = [None] * ranks.world_size
+    dist.all_gather_object(values, value)
+    return values
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), TextColumn("{task.fields[losses]}"),
+                    disable=not enabled, console=Console(), transient=False)
+
+
+# --------------------------------------------------------------------------- training
+
+def train(config: ExperimentConfig | None = None, *, resume: str | os.PathLike | None = None,
+          overrides: Sequence[str] = (), out: str | os.PathLike | None = None, tracking_uri: str | None = None,
+          experiment_name: str | None = None, tags: dict[str, str] | None = None,
+          device: str | torch.device | None = None, show_progress: bool | None = None) -> TrainResult:
+    """Train ``config`` (with ``overrides``) into ``out``, or continue the run that ``resume`` names.
+
+    ``resume`` is a checkpoint, a run folder or an MLflow run id; the run keeps its config
+    except ``run.*``, ``training.iterations`` and ``data.data_dir``, its folder and its MLflow
+    run. ``tags`` (e.g. ``cdrl.suite``, ``cdrl.run_key``) are added to the MLflow run.
+    ``show_progress`` defaults to "stdout is a terminal". Under torchrun every rank calls this.
+    """
+    payload = checkpoint_path = None
+    if resume is not None:
+        if out is not None:
+            raise ConfigError("--out cannot be combined with --resume: a resumed run continues in its own folder")
+        checkpoint_path = locate_checkpoint(resume, tracking_uri)
+        saved, payload = load_checkpoint(checkpoint_path)
+        config = _resumed_config(saved, apply_overrides(config or saved, list(overrides)))
+    elif config is None:
+        raise ConfigError("nothing to train: pass a preset (--preset NAME) or a run to --resume")
+    else:
+        config = apply_overrides(config, list(overrides))
+    _check_run_config(config.run)
+    # Bad data paths fail here, before any folder, process group or MLflow run exists.
+    dataset = build_dataset(config.data)
+    ranks, device, started_group = _init_distributed(device)
+    try:
+        if checkpoint_path is not None:
+            _check_resumable(payload, checkpoint_path, ranks)
+            run_dir = checkpoint_path.parent.parent if checkpoint_path.parent.name == CHECKPOINT_FOLDER \
+                else checkpoint_path.parent
+        else:
+            default = DEFAULT_RUNS_FOLDER / f"{config.name}-{datetime.now():%Y%m%d-%H%M%S}"
+            run_dir = Path(out) if out is not None else Path(_shared(str(default), ranks))
+            if checkpoint_paths(run_dir / CHECKPOINT_FOLDER):
+                raise ConfigError(f"{run_dir} already holds checkpoints: continue it with --resume {run_dir} "
+                                  "or choose another --out")
+        return _train(config, dataset, run_dir.resolve(), checkpoint_path, payload, ranks, device, tracking_uri,
+                      experiment_name, tags or {}, show_progress)
+    finally:
+        if started_group:
+            dist.destroy_process_group()
+
+
+def _train(config: ExperimentConfig, dataset, run_dir: Path, checkpoint_path: Path | None, payload: dict | None,
+           ranks: _Ranks, device: torch.device, tracking_uri: str | None, experiment_name: str | None,
+           tags: dict[str, str], show_progress: bool | None) -> TrainResult:
+    training, cadence = config.training, config.run
+    rank_seed = _rank_seed(training.seed, ranks.rank)
+    torch.manual_seed(training.seed)  # the same initial weights on every rank
+    trainer = CooperativeTrainer(config, device, distributed=ranks.world_size > 1,
+                                 generator=torch.Generator(device=device).manual_seed(rank_seed))
+    torch.manual_seed(rank_seed)  # per-rank stream for dropout
+    rollbacks = 0
+    if payload is not None:
+        trainer.load_state_dict(payload["trainer"])
+        _restore_rng(trainer, payload["rng"][ranks.rank])
+        rollbacks = payload["rollbacks"]
+    checkpoint_folder = run_dir / CHECKPOINT_FOLDER
+    last_checkpoint = checkpoint_path if ranks.is_main else None
+    if ranks.is_main:
+        checkpoint_folder.mkdir(parents=True, exist_ok=True)
+        _remove_partial_files(checkpoint_folder)
+        (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+
+    run_tags = {TAG_KIND: "train", TAG_PRESET: config.name, TAG_METHOD: training.method,
+                TAG_CHECKPOINT_DIR: str(checkpoint_folder), **_environment_tags(device, ranks.world_size), **tags}
+    tracking = (tracked_run(tracking_uri=tracking_uri, experiment_name=experiment_name,
+                            run_id=payload["mlflow_run_id"] if payload else None, run_name=run_dir.name,
+                            tags=run_tags, flush_seconds=cadence.flush_seconds)
+                if ranks.is_main else contextlib.nullcontext())
+    progress_bar = ranks.is_main and (sys.stdout.isatty() if show_progress is None else show_progress)
+    with tracking as run, _progress(progress_bar) as progress:
+        if run is not None:
+            if payload is None:
+                run.log_params(_flatten(config.to_dict()))
+            run.log_dict(config.to_dict(), "config.json")
+        task = progress.add_task(config.name, total=training.iterations, completed=trainer.iteration,
+                                 rate="", losses="")
+        batches = infinite_batches(dataset, training.batch_size, training.seed, ranks.rank, ranks.world_size,
+                                   start_iteration=trainer.iteration)
+        nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+        clock, clock_iteration, rate = time.monotonic(), trainer.iteration, 0.0
+        while trainer.iteration < training.iterations:
+            x, labels = next(batches)
+            stats = trainer.step(x, labels)
+            # Accumulated on the device: no host sync until the next check below.
+            nonfinite |= ~torch.isfinite(_watched(stats)).all()
+            iteration = trainer.iteration
+            last = iteration == training.iterations
+            log_due = iteration % cadence.log_every == 0
+            sample_due = iteration % cadence.sample_every == 0 or last
+            checkpoint_due = iteration % cadence.checkpoint_every == 0 or last
+            progress.advance(task)
+            if not (log_due or sample_due or checkpoint_due):
+                continue
+            if _any_rank(nonfinite, ranks):
+                rollbacks = _on_divergence(trainer, cadence, checkpoint_folder, iteration, rollbacks, ranks, run,
+                                           progress.console)
+                batches = infinite_batches(dataset, training.batch_size, training.seed, ranks.rank, ranks.world_size,
+                                           start_iteration=trainer.iteration)
+                nonfinite.zero_()
+                progress.update(task, completed=trainer.iteration)
+                continue
+            if log_due:
+                now = time.monotonic()
+                rate = (iteration - clock_iteration) / max(now - clock, 1e-9)
+                clock, clock_iteration = now, iteration
+                values = stats.as_floats()
+                progress.update(task, rate=f"{rate:.2f} it/s",
+                                losses=f"ebm {values['ebm_loss']:+.4f}"
+                                       + (f" init {values['initializer_loss']:.4f}" if "initializer_loss" in values
+                                          else ""))
+                if run is not None:
+                    run.log_metrics({**values, "iterations_per_second": rate}, step=iteration)
+            if sample_due and ranks.is_main:
+                _log_samples(trainer, run_dir, iteration, run)
+            if checkpoint_due:
+                states = _gathered(_rng_state(trainer), ranks)
+                if ranks.is_main:
+                    run.flush()  # metrics up to here are stored before the checkpoint a resume restarts from
+                    last_checkpoint = _save_checkpoint(
+                        make_checkpoint(config, trainer.state_dict(), rng=states, world_size=ranks.world_size,
+                                        mlflow_run_id=run.run_id, rollbacks=rollbacks),
+                        checkpoint_folder, iteration, cadence.keep_checkpoints)
+                    run.set_tags({"cdrl.last_checkpoint": str(last_checkpoint)})
+                    if not progress_bar:  # a line per checkpoint in logs
+                        progress.console.print(f"{config.name} {iteration}/{training.iterations} "
+                                               f"{progress.tasks[0].fields['losses']} | {rate:.2f} it/s | "
+                                               f"checkpoint {last_checkpoint}", highlight=False, soft_wrap=True)
+        return TrainResult(run_dir, trainer.iteration, last_checkpoint, run.run_id if run else None, trainer)
+
+
+def _log_samples(trainer: CooperativeTrainer, run_dir: Path, iteration: int, run: TrackedRun) -> None:
+    config = trainer.config
+    samples = draw_samples(trainer, config.run.n_samples, seed=_rank_seed(config.training.seed, iteration))
+    metrics = _sample_metrics(samples, config)
+    title = f"{config.name}, iteration {iteration}" + "".join(f", {k} {v:.3f}" for k, v in metrics.items())
+    path = save_sample_figure(samples, config, run_dir / SAMPLE_FOLDER / f"samples-{iteration:08d}.png", title)
+    run.log_artifact(path, SAMPLE_FOLDER)
+    if metrics:
+        run.log_metrics(metrics, step=iteration)
+
+
+def _on_divergence(trainer: CooperativeTrainer, cadence: RunConfig, checkpoint_folder: Path, iteration: int,
+                   rollbacks: int, ranks: _Ranks, run: TrackedRun | None, console: Console) -> int:
+    """Record the divergence, then stop or reload the newest checkpoint with lower learning rates."""
+    message = f"non-finite loss or energy by iteration {iteration}"
+    if run is not None:
+        run.log_metrics({DIVERGED_METRIC: 1.0}, step=iteration)
+        run.set_tags({TAG_DIVERGED: message})
+    checkpoints = checkpoint_paths(checkpoint_folder)
+    if cadence.on_divergence == "stop":
+        raise TrainingDiverged(f"{message} (run.on_divergence=stop): lower training.ebm_lr, or set "
+                               "run.on_divergence=rollback to continue from the last checkpoint")
+    if not checkpoints:
+        raise TrainingDiverged(f"{message}, before the first checkpoint: lower training.ebm_lr or "
+                               "run.checkpoint_every")
+    if rollbacks >= cadence.max_rollbacks:
+        raise TrainingDiverged(f"{message} after {rollbacks} rollbacks (run.max_rollbacks): lower training.ebm_lr")
+    rollbacks += 1
+    _, payload = load_checkpoint(checkpoints[-1])
+    trainer.load_state_dict(payload["trainer"])
+    _restore_rng(trainer, payload["rng"][ranks.rank])
+    scale = cadence.rollback_lr_factor ** rollbacks
+    _set_lr_scale(trainer, scale)
+    if run is not None:
+        run.log_metrics({"rollbacks": rollbacks, "lr_scale": scale}, step=iteration)
+        run.set_tags({"cdrl.rollbacks": f"{rollbacks}: to {checkpoints[-1].name}, learning rates x{scale:g}"})
+        console.print(f"{message}: rolled back to {checkpoints[-1].name} with learning rates x{scale:g}",
+                      highlight=False, soft_wrap=True)
+    return rollbacks
+
+
+if __name__ == "__main__":
+    # `torchrun ... -m cdrl.train_loop --preset NAME ...` takes the options of `cdrl-bench train`.
+    from cli import main
+
+    sys.argv.insert(1, "train")
+    main()

@@ -1,0 +1,233 @@
+"""Suites, the DRL baseline and ablations, paper tables, resumable suite runs and the regression check."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from baselines import ABLATIONS, apply_ablations, drl
+from benchmarks import runner
+from benchmarks.regression import compare, read_results, results_from_table, write_results
+from benchmarks.suite import METRICS, SuiteError, available_suites, expand, load_suite
+from benchmarks.tables import build_table, render
+from cdrl.config import preset
+from cdrl.langevin import multiplier_for_steps
+from cli import app
+
+REPO = Path(__file__).resolve().parent.parent
+CI_BASELINE = REPO / "results" / "baselines" / "ci-smoke.json"
+
+# A suite small enough to train and score for real in seconds: 3 iterations of narrow toy networks.
+TINY_SUITE = """
+name = "tiny-test"
+version = 1
+title = "tiny test suite"
+metrics = ["in_support_fraction", "mode_coverage", "energy_distance"]
+
+[train]
+preset = "toy-checkerboard"
+overrides = ["energy.width=16", "initializer.width=32", "training.batch_size=32",
+             "data.toy_size=256", "langevin.n_steps=2", "run.n_samples=16", "run.sample_every=1000",
+             "run.checkpoint_every=1000"]
+
+[eval]
+batch_size = 64
+
+[profiles.full]
+iterations = 3
+n_samples = 64
+seeds = [0]
+
+[check]
+tolerances = { in_support_fraction = 0.05, mode_coverage = 0.125, energy_distance = 0.01 }
+
+[[models]]
+key = "cdrl"
+label = "CDRL"
+steps = [2, 1]
+
+[[models]]
+key = "drl"
+label = "DRL"
+method = "drl"
+overrides = ["langevin.n_steps=3"]
+steps = [3]
+"""
+
+
+def test_every_suite_parses_and_expands():
+    names = available_suites()
+    for required in ("cifar10-steps", "cifar10-main", "cifar10-ablations", "imagenet32-cfg", "toy-steps",
+                     "digits-steps", "digits-cfg", "ci-smoke"):
+        assert required in names
+    for name in names:
+        suite = load_suite(name)
+        for quick in (False, True):
+            plan = expand(suite, quick=quick)
+            keys = [job.key for job in (*plan.trainings, *plan.evaluations)]
+            assert len(keys) == len(set(keys)), name
+            assert all(job.training in plan.trainings for job in plan.evaluations)
+
+
+def test_cifar10_steps_is_the_papers_step_table():
+    plan = expand(load_suite("cifar10-steps"), seeds=2)
+    points = {(job.model.method, job.steps_per_level) for job in plan.evaluations}
+    assert points == {("drl", 30), ("cdrl", 15), ("cdrl", 8), ("cdrl", 5), ("cdrl", 3)}
+    assert len(plan.trainings) == 4 and len(plan.evaluations) == 10  # one CDRL model per seed serves every K
+    for job in plan.evaluations:
+        langevin = job.training.config.langevin
+        expected = 1.0 if job.model.method == "drl" else math.sqrt(15 / job.steps_per_level)
+        assert multiplier_for_steps(job.steps_per_level, langevin) == pytest.approx(expected)
+        assert job.training.config.training.seed == job.seed
+
+
+def test_drl_is_a_config_transform_and_ablations_are_deltas():
+    base = preset("cifar10")
+    baseline = drl(base)
+    assert baseline.training.method == "drl" and baseline.langevin.n_steps == 30
+    assert baseline.energy == base.energy and baseline.schedule == base.schedule
+    changed = {
+        "no-initializer-noise": lambda c: not c.training.initializer_noise and not c.sampler.initializer_noise,
+        "no-variance-reduction": lambda c: not c.training.variance_reduction,
+        "no-loss-weighting": lambda c: not c.training.loss_weighting,
+        "no-ema-warmup": lambda c: not c.training.ema_warmup,
+        "constant-step-size": lambda c: not c.langevin.step_scales_with_noise,
+        "energy-not-divided-by-step-size": lambda c: not c.langevin.energy_divided_by_step_size,
+        "final-level-scaled": lambda c: not c.schedule.final_level_unscaled,
+        "no-tweedie-step": lambda c: not c.sampler.tweedie_step,
+        "langevin-clip": lambda c: c.langevin.clip,
+    }
+    assert set(changed) == set(ABLATIONS)
+    for name, holds in changed.items():
+        ablated = apply_ablations(base, [name])
+        assert holds(ablated) and not holds(base), name
+    ablation_suite = load_suite("cifar10-ablations")
+    assert {a for model in ablation_suite.models for a in model.ablations} == set(ABLATIONS)
+
+
+def test_bad_suite_files_name_the_problem(tmp_path):
+    def attempt(text: str) -> str:
+        path = tmp_path / "bad.toml"
+        path.write_text(text)
+        with pytest.raises(SuiteError) as caught:
+            load_suite(path)
+        return str(caught.value)
+
+    assert "seeds" in attempt(TINY_SUITE.replace("seeds = [0]", "seeds = 0"))
+    assert "no-such" in attempt(TINY_SUITE.replace('key = "drl"', 'key = "drl"\nablations = ["no-such"]'))
+    assert "trainig" in attempt(TINY_SUITE.replace('[train]', '[trainig]'))
+    assert "energy.widht" in attempt(TINY_SUITE.replace("energy.width=16", "energy.widht=16"))
+    with pytest.raises(SuiteError, match="unknown suite"):
+        load_suite("no-such-suite")
+
+
+def test_table_prints_the_paper_column_with_no_runs(tmp_path):
+    result = CliRunner().invoke(app, ["table", "--suite", "cifar10-steps", "--format", "markdown",
+                                      "--tracking-uri", f"sqlite:///{tmp_path / 'absent.db'}",
+                                      "--plot", str(tmp_path / "steps.png")])
+    assert result.exit_code == 0, result.output
+    rows = {(cells[0], cells[1]): cells[2] for line in result.output.splitlines() if line.startswith("| ")
+            for cells in [[cell.strip() for cell in line.strip("|").split("|")]]}
+    assert rows[("DRL", "6×30")] == "9.58"
+    assert [rows[("CDRL", f"6×{k}")] for k in (15, 8, 5, 3)] == ["4.31", "4.58", "5.37", "9.67"]
+    assert not (tmp_path / "absent.db").exists()  # a table never creates a tracking store
+    assert (tmp_path / "steps.png").stat().st_size > 0
+
+
+def test_paper_tables_keep_their_provenance():
+    main = build_table(load_suite("cifar10-main"), tracking_uri="sqlite:////nonexistent/mlflow.db")
+    paper = dict(zip(main.frame["method"], main.frame["paper_fid"]))
+    assert paper["CDRL"] == "4.31"
+    assert paper["CDRL-large"] == "3.68" and paper["StyleGAN2-ADA"] == "2.92"  # context rows follow
+    assert set(main.frame["paper_confidence"]) >= {"primary", "ocr-uncertain"}
+    guidance = build_table(load_suite("imagenet32-cfg"), tracking_uri="sqlite:////nonexistent/mlflow.db")
+    assert list(guidance.display["w"])[-1] == "3" and list(guidance.frame["paper_inception_score"])[0] == "7.92"
+    assert "\\pm" not in render(guidance, "latex") and "tabular" in render(guidance, "latex")
+
+
+def _write_tiny_suite(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny-test.toml"
+    path.write_text(TINY_SUITE)
+    return path
+
+
+def test_interrupted_run_finishes_only_the_remaining_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    suite = load_suite(_write_tiny_suite(tmp_path))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    real_score = runner.scoring.score_checkpoint
+    scored: list[str] = []
+
+    def interrupted_at_second_score(*args, **kwargs):
+        if len(scored) == 1:
+            raise KeyboardInterrupt
+        scored.append(kwargs["tags"]["cdrl.run_key"])
+        return real_score(*args, **kwargs)
+
+    monkeypatch.setattr(runner.scoring, "score_checkpoint", interrupted_at_second_score)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_plan(expand(suite), tracking_uri=uri)
+    assert scored == ["cdrl/K2/seed0"]
+
+    monkeypatch.setattr(runner.scoring, "score_checkpoint", real_score)
+    again = runner.run_plan(expand(suite), tracking_uri=uri)
+    assert again.already_finished == 1
+    assert again.evaluated == ["cdrl/K1/seed0", "drl/K3/seed0"]
+    checkpoints = sorted((tmp_path / "runs").rglob("ckpt-*.pt"))
+    assert [path.name for path in checkpoints] == ["ckpt-00000003.pt"] * 2  # cdrl was reopened, not retrained
+
+    third = runner.run_plan(expand(suite), tracking_uri=uri)
+    assert (third.trained, third.evaluated, third.already_finished) == ([], [], 3)
+
+    table = build_table(suite, tracking_uri=uri)
+    measured = table.frame.set_index(["model", "steps_per_level"])
+    assert list(measured["n_seeds"]) == [1, 1, 1]
+    assert all(0.0 <= value <= 1.0 for value in measured["in_support_fraction_mean"])
+    assert "64 samples vs 64 toy-checkerboard" in measured.loc[("drl", 3), "protocol"]
+
+    # A given checkpoint is evaluated at each of the points of the models it fits (here CDRL's).
+    cdrl_checkpoint = tmp_path / "runs" / "suites" / "tiny-test-v1" / "full" / "cdrl" / "seed0" / "checkpoints"
+    given = expand(suite, checkpoint=cdrl_checkpoint / "ckpt-00000003.pt")
+    assert [job.key.split("/", 1)[1] for job in given.evaluations] == ["cdrl/K2/seed0", "cdrl/K1/seed0"]
+    assert given.source.startswith("checkpoint-") and "DRL" in given.skipped[0]
+    assert runner.run_plan(given, tracking_uri=uri).evaluated == [job.key for job in given.evaluations]
+    sources = build_table(suite, tracking_uri=uri).display
+    assert list(sources["source"]) == ["trained", given.source, "trained", given.source, "trained"]
+
+    baseline = write_results(results_from_table(table), tmp_path / "baseline.json")
+    document = read_results(baseline)
+    assert not any(item.regressed for item in compare(suite, document, document))
+    worse = json.loads(json.dumps(document))
+    worse["metrics"]["drl/K3"]["energy_distance"] += 0.5
+    regressions = [item for item in compare(suite, document, worse) if item.regressed]
+    assert [(item.point, item.metric) for item in regressions] == [("drl/K3", "energy_distance")]
+
+
+def test_check_passes_on_the_stored_baseline_and_names_a_regressed_metric(tmp_path):
+    cli = CliRunner()
+    same = cli.invoke(app, ["check", "--suite", "ci-smoke", "--baseline", str(CI_BASELINE),
+                            "--results", str(CI_BASELINE)])
+    assert same.exit_code == 0, same.output
+    assert "check passed" in same.output
+
+    document = json.loads(CI_BASELINE.read_text())
+    point = next(iter(document["metrics"]))
+    document["metrics"][point]["in_support_fraction"] -= 0.3
+    worse = tmp_path / "worse.json"
+    worse.write_text(json.dumps(document))
+    failed = cli.invoke(app, ["check", "--suite", "ci-smoke", "--baseline", str(CI_BASELINE), "--results", str(worse)])
+    assert failed.exit_code == 1
+    assert re.search(rf"regression:.*in_support_fraction of {re.escape(point)}", failed.output.replace("\n", " "))
+    loose = cli.invoke(app, ["check", "--suite", "ci-smoke", "--baseline", str(CI_BASELINE), "--results", str(worse),
+                             "--tolerance", "in_support_fraction=0.5"])
+    assert loose.exit_code == 0, loose.output
+
+
+def test_metric_directions():
+    assert not METRICS["fid"].higher_is_better and not METRICS["energy_distance"].higher_is_better
+    assert METRICS["in_support_fraction"].higher_is_better and METRICS["mode_coverage"].higher_is_better
