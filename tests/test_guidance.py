@@ -11,7 +11,7 @@ from benchmarks.composition_2d import RIGHT, UP, intersection_fraction, sample_c
 from benchmarks.digits_classifier import ClassifierError, class_accuracy, held_out_accuracy, train_digit_classifier
 from cdrl.checkpoint import LoadedModel
 from cdrl.config import preset
-from cdrl.data import DataConfig, build_dataset
+from cdrl.data import DataConfig, build_dataset, item_shape
 from cdrl.guidance import Concept, GuidanceError, build_guided_model, combine, guided_callables
 from cdrl.langevin import energy_gradient
 from cdrl.networks import build_energy_net, build_initializer
@@ -32,9 +32,8 @@ def _model(name: str = "tiny", num_classes: int | None = 10) -> LoadedModel:
 
 def _draw(model: LoadedModel, energy, proposal, batch: int, seed: int = 7) -> torch.Tensor:
     config = model.config
-    shape = (batch, *((1, 8, 8) if config.data.dataset == "digits" else (2,)))
-    return sample(energy, proposal, shape, LogSNRSchedule(config.schedule), config.langevin, config.sampler,
-                  noise=PerExampleNoise(range(seed, seed + batch)))
+    return sample(energy, proposal, (batch, *item_shape(config.data)), LogSNRSchedule(config.schedule),
+                  config.langevin, config.sampler, noise=PerExampleNoise(range(seed, seed + batch)))
 
 
 def test_conditional_presets_are_labelled() -> None:
@@ -109,7 +108,8 @@ def test_guidance_rejects_bad_requests() -> None:
 
 @pytest.fixture(scope="module")
 def concept_model():
-    # Trained afresh in each session (nothing cached across runs): 300 iterations, about a minute on 2 cores.
+    # Trained afresh in each session, nothing cached across runs: 300 iterations took 3-3.5 minutes
+    # on a 2-core machine shared with other jobs (the single-concept checks above take seconds).
     return train_concept_model(iterations=300, seed=0)
 
 
