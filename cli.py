@@ -25,6 +25,20 @@ app = typer.Typer(
 console = Console()
 error_console = Console(stderr=True)
 
+# Options that several commands share, worded once.
+_TRACKING_URI = typer.Option(None, "--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI, "
+                                                         "else sqlite:///mlflow.db).")
+_DEVICE = typer.Option(None, "--device", help="cpu or cuda[:N] (default: cuda when available).")
+_DATA_DIR = typer.Option(None, "--data-dir", help="Folder holding the dataset's files (default ./data).")
+_QUICK = typer.Option(False, "--quick", help="The suite's quick profile: fewer iterations and samples.")
+_QUICK_RUNS = typer.Option(False, "--quick", help="Use the runs of the suite's quick profile.")
+_CHECKPOINT = typer.Argument(..., help="Checkpoint file, run folder (its newest checkpoint) or MLflow run id.")
+_STEPS = typer.Option(None, "--steps", help="Langevin steps per noise level K (default: the preset's; the step "
+                                            "size scales by sqrt(15/K)).")
+_BATCH_SIZE = typer.Option(256, "--batch-size", help="Samples drawn at once.")
+_GUIDANCE = typer.Option(0.0, "--guidance", help="Classifier-free guidance weight w (conditional models).")
+_LIVE = typer.Option(False, "--live", help="Use the live weights instead of the EMA weights.")
+
 
 @app.command()
 def presets() -> None:
@@ -63,12 +77,11 @@ def train(
     preset: str = typer.Option(None, "--preset", help="Preset to train, e.g. tiny, digits, toy-checkerboard, cifar10."),
     overrides: list[str] = typer.Option([], "--set", help="Config override key=value, e.g. training.ebm_lr=2e-4 "
                                                           "or run.checkpoint_every=500 (repeatable)."),
-    data_dir: Path = typer.Option(None, "--data-dir", help="Folder holding the dataset's files (default ./data)."),
+    data_dir: Path = _DATA_DIR,
     iterations: int = typer.Option(None, "--iterations", help="Training iterations (training.iterations)."),
     out: Path = typer.Option(None, "--out", help="Run folder (default runs/PRESET-TIMESTAMP)."),
     resume: str = typer.Option(None, "--resume", help="Continue a run: a checkpoint, a run folder or an MLflow run id."),
-    tracking_uri: str = typer.Option(None, "--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI, "
-                                                                  "else sqlite:///mlflow.db)."),
+    tracking_uri: str = _TRACKING_URI,
     experiment: str = typer.Option(None, "--experiment", help="MLflow experiment (default cdrl-bench)."),
     tags: list[str] = typer.Option([], "--tag", help="Extra MLflow tag key=value, e.g. cdrl.suite=toy (repeatable)."),
     device: str = typer.Option(None, "--device", help="cpu or cuda[:N] (default: this rank's GPU if any)."),
@@ -98,21 +111,18 @@ def train(
                       f"(checkpoint {result.checkpoint}, MLflow run {result.run_id})", highlight=False, soft_wrap=True)
 
 
-_STEPS_HELP = "Langevin steps per noise level K (default: the preset's; the step size scales by sqrt(15/K))."
-
-
 @app.command()
 def sample(
-    checkpoint: str = typer.Argument(..., help="Checkpoint file, run folder (its newest checkpoint) or MLflow run id."),
-    steps: int = typer.Option(None, "--steps", help=_STEPS_HELP),
+    checkpoint: str = _CHECKPOINT,
+    steps: int = _STEPS,
     n: int = typer.Option(64, "--n", help="Number of samples."),
     out: Path = typer.Option(..., "--out", help="Folder of lossless PNGs, or FILE.npz (uint8 images / 2-D points)."),
     seed: int = typer.Option(0, "--seed", help="Sample i uses the noise stream of (seed, i): independent of batching."),
-    batch_size: int = typer.Option(256, "--batch-size", help="Samples drawn at once."),
-    guidance: float = typer.Option(0.0, "--guidance", help="Classifier-free guidance weight w (conditional models)."),
+    batch_size: int = _BATCH_SIZE,
+    guidance: float = _GUIDANCE,
     class_label: int = typer.Option(None, "--class", help="Class to draw (0-based; default: all classes in turn)."),
-    live: bool = typer.Option(False, "--live", help="Use the live weights instead of the EMA weights."),
-    device: str = typer.Option(None, "--device", help="cpu or cuda[:N] (default: cuda when available)."),
+    live: bool = _LIVE,
+    device: str = _DEVICE,
     tracking_uri: str = typer.Option(None, "--tracking-uri", help="MLflow store, to resolve a run id."),
 ) -> None:
     """Draw samples from a checkpoint (EMA weights by default) and save them losslessly."""
@@ -131,21 +141,21 @@ def sample(
 
 @app.command("eval")
 def evaluate(
-    checkpoint: str = typer.Argument(..., help="Checkpoint file, run folder (its newest checkpoint) or MLflow run id."),
-    steps: int = typer.Option(None, "--steps", help=_STEPS_HELP),
+    checkpoint: str = _CHECKPOINT,
+    steps: int = _STEPS,
     n_samples: int = typer.Option(5000, "--n-samples", help="Generated images (the paper's tables use 50,000)."),
     backend: str = typer.Option("torch-fidelity", "--backend", help="torch-fidelity or clean-fid."),
     mode: str = typer.Option(None, "--mode", help="Resize mode: legacy_tensorflow or clean (default: the backend's)."),
     reference_split: str = typer.Option("train", "--reference-split", help="Reference split: train or test."),
     n_reference: int = typer.Option(None, "--n-reference", help="Reference images (default: the whole split)."),
     seed: int = typer.Option(0, "--seed", help="Sampling seed."),
-    batch_size: int = typer.Option(256, "--batch-size", help="Samples drawn at once."),
-    guidance: float = typer.Option(0.0, "--guidance", help="Classifier-free guidance weight w (conditional models)."),
+    batch_size: int = _BATCH_SIZE,
+    guidance: float = _GUIDANCE,
     class_label: int = typer.Option(None, "--class", help="Score one class only (0-based)."),
-    live: bool = typer.Option(False, "--live", help="Use the live weights instead of the EMA weights."),
+    live: bool = _LIVE,
     data_dir: Path = typer.Option(None, "--data-dir", help="Folder holding the reference dataset's files."),
-    device: str = typer.Option(None, "--device", help="cpu or cuda[:N] (default: cuda when available)."),
-    tracking_uri: str = typer.Option(None, "--tracking-uri", help="MLflow store (default sqlite:///mlflow.db)."),
+    device: str = _DEVICE,
+    tracking_uri: str = _TRACKING_URI,
     experiment: str = typer.Option(None, "--experiment", help="MLflow experiment for the score (default cdrl-bench)."),
 ) -> None:
     """Score a checkpoint: FID/KID (IS when the extractor has logits), or exact metrics for 2-D toys; logs to MLflow."""
@@ -171,7 +181,7 @@ def stats(
     backend: str = typer.Option("torch-fidelity", "--backend", help="torch-fidelity or clean-fid."),
     mode: str = typer.Option(None, "--mode", help="Resize mode: legacy_tensorflow or clean (default: the backend's)."),
     data_dir: Path = typer.Option(None, "--data-dir", help="Folder holding the dataset's files."),
-    device: str = typer.Option(None, "--device", help="cpu or cuda[:N] (default: cuda when available)."),
+    device: str = _DEVICE,
 ) -> None:
     """Build and cache FID reference statistics for (dataset, split, backend, mode, weights, N)."""
     from cdrl.scoring import build_statistics
@@ -188,15 +198,14 @@ _SUITE_HELP = "Suite name (benchmarks/suites/NAME.toml) or path of a suite file.
 @app.command("run")
 def run_suite(
     suite: str = typer.Option(..., "--suite", help=_SUITE_HELP),
-    quick: bool = typer.Option(False, "--quick", help="The suite's quick profile: fewer iterations and samples."),
+    quick: bool = _QUICK,
     seeds: int = typer.Option(None, "--seeds", help="Use seeds 0..N-1 instead of the suite's seeds."),
     from_checkpoint: Path = typer.Option(None, "--from-checkpoint", help="Evaluate this checkpoint (e.g. an imported "
                                          "official one) at each of the suite's points instead of training."),
-    tracking_uri: str = typer.Option(None, "--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI, "
-                                                                  "else sqlite:///mlflow.db)."),
+    tracking_uri: str = _TRACKING_URI,
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where training run folders go."),
-    data_dir: Path = typer.Option(None, "--data-dir", help="Folder holding the dataset's files (default ./data)."),
-    device: str = typer.Option(None, "--device", help="cpu or cuda[:N] (default: cuda when available)."),
+    data_dir: Path = _DATA_DIR,
+    device: str = _DEVICE,
 ) -> None:
     """Run a benchmark suite: train, score and log every run to MLflow; finished runs are skipped (resumable)."""
     from benchmarks.runner import run_plan
@@ -221,9 +230,8 @@ def table(
     out: Path = typer.Option(None, "--out", help="Write the table to this file instead of printing it."),
     plot: Path = typer.Option(None, "--plot", help="Where the suite's plot goes (default: beside --out as .png, "
                                                    "else runs/tables/SUITE.png)."),
-    quick: bool = typer.Option(False, "--quick", help="Tabulate the runs of the quick profile."),
-    tracking_uri: str = typer.Option(None, "--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI, "
-                                                                  "else sqlite:///mlflow.db)."),
+    quick: bool = _QUICK_RUNS,
+    tracking_uri: str = _TRACKING_URI,
 ) -> None:
     """Paper-style table of a suite: the paper's numbers beside the measured ones (mean ± std over seeds)."""
     from benchmarks.suite import load_suite
@@ -258,9 +266,8 @@ def check(
     tolerances: list[str] = typer.Option([], "--tolerance", help="Override a tolerance, metric=value "
                                                                  "(absolute; repeatable)."),
     update: bool = typer.Option(False, "--update", help="Write the current MLflow results to --baseline instead."),
-    quick: bool = typer.Option(False, "--quick", help="Use the runs of the quick profile."),
-    tracking_uri: str = typer.Option(None, "--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI, "
-                                                                  "else sqlite:///mlflow.db)."),
+    quick: bool = _QUICK_RUNS,
+    tracking_uri: str = _TRACKING_URI,
 ) -> None:
     """Regression check: exit 1 naming each metric worse than the baseline by more than its tolerance."""
     from benchmarks.regression import compare, read_results, results_from_table, write_results
@@ -305,7 +312,7 @@ def perf(
     batch_size: int = typer.Option(8, "--batch-size", help="Training batch size (and sampling batch by default)."),
     overrides: list[str] = typer.Option([], "--set", help="Config override key=value, e.g. "
                                                           "performance.channels_last=true (repeatable)."),
-    device: str = typer.Option(None, "--device", help="cpu or cuda[:N] (default: cuda if available)."),
+    device: str = _DEVICE,
     threads: int = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice)."),
     warmup: int = typer.Option(1, "--warmup", help="Untimed training iterations first (compilation happens here)."),
     iterations: int = typer.Option(2, "--iterations", help="Timed training iterations."),

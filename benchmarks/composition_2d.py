@@ -13,16 +13,14 @@ concept alone does. Run::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import time
 from pathlib import Path
 
 import torch
 
 from cdrl.config import ExperimentConfig, apply_overrides, preset
-from cdrl.guidance import Concept, guided_callables
-from cdrl.noise import GeneratorNoise
-from cdrl.sampler import sample
+from cdrl.guidance import Concept
+from cdrl.train_loop import draw_samples
 from cdrl.training import CooperativeTrainer
 
 #: The concepts, as class labels of the conditional model.
@@ -71,23 +69,10 @@ def train_concept_model(iterations: int, seed: int = 0, config: ExperimentConfig
     return trainer
 
 
-@torch.no_grad()
 def sample_concepts(trainer: CooperativeTrainer, concepts: list[Concept], n_samples: int,
                     seed: int = 0) -> torch.Tensor:
     """Samples of the trainer's EMA networks combined over ``concepts`` (cdrl.guidance)."""
-    averaged = [trainer.ebm_ema.average_parameters()]
-    if trainer.initializer is not None:
-        averaged.append(trainer.initializer_ema.average_parameters())
-    with contextlib.ExitStack() as stack:
-        for context in averaged:
-            stack.enter_context(context)
-        trainer.ebm.eval()
-        if trainer.initializer is not None:
-            trainer.initializer.eval()
-        energy, proposal = guided_callables(trainer.ebm, trainer.initializer, concepts)
-        config = trainer.config
-        return sample(energy, proposal, (n_samples, 2), trainer.schedule, config.langevin, config.sampler,
-                      noise=GeneratorNoise(torch.Generator().manual_seed(seed)))
+    return draw_samples(trainer, n_samples, seed, concepts)
 
 
 def intersection_fraction(samples: torch.Tensor) -> float:

@@ -56,6 +56,7 @@ METRICS: dict[str, MetricInfo] = {
     "in_support_fraction": MetricInfo("in-support", True, 3),
     "mode_coverage": MetricInfo("mode coverage", True, 3),
     "energy_distance": MetricInfo("energy distance", False, 4),
+    "class_accuracy": MetricInfo("class accuracy", True, 3),
 }
 
 

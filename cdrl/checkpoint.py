@@ -13,7 +13,6 @@ keys prefixed ``module.`` by DDP) and torch_ema states whose ``shadow_params`` f
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from torch import nn
 from cdrl.config import ExperimentConfig, preset
 from cdrl.ema import EMA
 from cdrl.errors import CdrlBenchError
+from cdrl.files import atomic_write
 from cdrl.networks import build_energy_net, build_initializer
 
 FORMAT = "cdrl-bench/1"
@@ -34,23 +34,8 @@ class CheckpointError(CdrlBenchError):
 
 
 def save_atomic(payload: Any, path: str | os.PathLike) -> Path:
-    """torch.save to a temporary file in the same folder, fsync, then rename over ``path``.
-
-    A crash at any moment leaves either the old file or the new one, never a partial file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(payload, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    """torch.save ``payload`` to ``path`` atomically: a crash leaves the old file or the new one."""
+    return atomic_write(path, lambda stream: torch.save(payload, stream))
 
 
 def read_checkpoint_file(path: str | os.PathLike) -> dict:

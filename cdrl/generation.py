@@ -25,6 +25,9 @@ from cdrl.performance import ChainEnergy, configure_device, prepare_network
 from cdrl.sampler import ProposalFn, sample
 from cdrl.schedule import LogSNRSchedule
 
+#: The energy network as chains call it: energy(y, logsnr, labels=None).
+ChainEnergyFn = Callable[..., torch.Tensor]
+
 
 def example_seed(seed: int, index: int) -> int:
     """The noise seed of sample ``index`` in a run seeded by ``seed``.
@@ -50,12 +53,13 @@ def _gather_by_index(local: torch.Tensor, total: int, rank: int, world_size: int
 @torch.no_grad()
 def generate(model: LoadedModel, n_samples: int, *, steps_per_level: int | None = None, seed: int = 0,
              batch_size: int = 256, device: torch.device | str = "cpu",
-             callables: Callable[[torch.Tensor], tuple[EnergyFn, ProposalFn | None]] | None = None,
+             callables: Callable[[torch.Tensor, ChainEnergyFn], tuple[EnergyFn, ProposalFn | None]] | None = None,
              progress: Callable[[int], None] | None = None) -> torch.Tensor:
     """``n_samples`` samples (float, on the CPU) of a loaded model, in index order.
 
-    ``callables(indices)`` may supply (energy, proposal) per batch, e.g. guided ones for a
-    class; by default the model's own networks are used. ``progress(k)`` is told of every
+    ``callables(indices, chain_energy)`` may supply (energy, proposal) per batch, e.g. guided
+    ones for a class, built on ``chain_energy(y, logsnr, labels)``, the energy network with
+    the run's speed options; by default the model's own networks are used. ``progress(k)`` is told of every
     ``k`` samples drawn on this rank.
     """
     if n_samples < 1:
@@ -76,7 +80,8 @@ def generate(model: LoadedModel, n_samples: int, *, steps_per_level: int | None 
     with ChainEnergy(model.ebm, config.performance, device).frozen() as chain_energy:
         for start in range(0, len(indices), batch_size):
             batch_indices = indices[start:start + batch_size]
-            energy, proposal = callables(batch_indices) if callables else (chain_energy, model.initializer)
+            energy, proposal = (callables(batch_indices, chain_energy) if callables
+                                else (chain_energy, model.initializer))
             noise = PerExampleNoise([example_seed(seed, int(i)) for i in batch_indices], device=device)
             pieces.append(sample(energy, proposal, (len(batch_indices), *shape), schedule, config.langevin,
                                  sampler_config, noise=noise, device=device).cpu())

@@ -53,7 +53,8 @@ class Concept:
     weight: float = 1.0
 
 
-def _embedding_labels(label: ClassLabel | None, batch: int, device: torch.device) -> torch.Tensor:
+def embedding_labels(label: ClassLabel | None, batch: int, device: torch.device) -> torch.Tensor:
+    """Embedding indices of dataset class(es) ``label`` (class c is index c + 1), or the null class for None."""
     if label is None:
         return torch.full((batch,), NULL_LABEL, dtype=torch.long, device=device)
     if isinstance(label, torch.Tensor):
@@ -80,7 +81,7 @@ def combine(network: ConditionalNetwork, concepts: Sequence[Concept]) -> BoundNe
 
     def combined(x: torch.Tensor, logsnr: torch.Tensor) -> torch.Tensor:
         batch = x.shape[0]
-        labels = torch.cat([_embedding_labels(label, batch, x.device) for label, _ in terms])
+        labels = torch.cat([embedding_labels(label, batch, x.device) for label, _ in terms])
         if len(terms) == 1:  # its coefficient is exactly 1: the coefficients sum to 1
             return network(x, logsnr, labels)
         count = len(terms)
@@ -116,12 +117,13 @@ def _check_classes(concepts: Sequence[Concept], num_classes: int) -> None:
                                 f"pick a class in that range")
 
 
-def build_guided_model(model: LoadedModel, guidance: float,
-                       class_label: ClassLabel | Sequence[ClassLabel]) -> tuple[EnergyFn, ProposalFn | None]:
+def build_guided_model(model: LoadedModel, guidance: float, class_label: ClassLabel | Sequence[ClassLabel],
+                       ebm: ConditionalNetwork | None = None) -> tuple[EnergyFn, ProposalFn | None]:
     """(energy, proposal) of a loaded conditional model guided at scale ``guidance`` towards ``class_label``.
 
     ``class_label``: a dataset class (0-based), a (B,) tensor of them (one per example), or a
     list of classes to compose (f(c₁) + f(c₂) − f(∅) at w = 0), each guided at 1 + w.
+    ``ebm`` replaces ``model.ebm`` as the energy network, e.g. a chain energy with speed options.
     """
     num_classes = model.config.energy.num_classes
     if num_classes is None:
@@ -129,4 +131,4 @@ def build_guided_model(model: LoadedModel, guidance: float,
                             f"model (a preset with energy.num_classes set, e.g. digits-cond)")
     concepts = guidance_concepts(class_label, guidance)
     _check_classes(concepts, num_classes)
-    return guided_callables(model.ebm, model.initializer, concepts)
+    return guided_callables(ebm or model.ebm, model.initializer, concepts)

@@ -33,23 +33,34 @@ class ScoreResult:
     run_id: str | None = None
 
 
-def reference_batches(data: DataConfig, n_images: int | None, batch_size: int = 500) -> Iterator[torch.Tensor]:
-    """uint8 batches of the first ``n_images`` images of a dataset split (never flipped), loaded when iterated."""
+def reference_images(data: DataConfig, n_images: int | None, batch_size: int = 500
+                     ) -> tuple[int, Iterator[torch.Tensor]]:
+    """(count, uint8 batches) of the first ``n_images`` images of a dataset split (all when None; never flipped).
+
+    The batches are loaded as they are iterated, so cached statistics cost no data loading.
+    """
     from cdrl.evaluation import to_uint8
 
     dataset = build_dataset(replace(data, horizontal_flip=False))
     total = len(dataset) if n_images is None else min(n_images, len(dataset))
-    for start in range(0, total, batch_size):
-        images = torch.stack([dataset[i][0] for i in range(start, min(start + batch_size, total))])
-        yield to_uint8(images)
+
+    def batches() -> Iterator[torch.Tensor]:
+        for start in range(0, total, batch_size):
+            yield to_uint8(torch.stack([dataset[i][0] for i in range(start, min(start + batch_size, total))]))
+
+    return total, batches()
 
 
 def score_samples(samples: torch.Tensor, config: ExperimentConfig, *, backend: str = "torch-fidelity",
                   mode: str | None = None, reference: str | None = None, reference_split: str = "train",
                   n_reference: int | None = None, seed: int = 0, data_dir: str | None = None,
-                  device: str | torch.device | None = None, weights: str | None = None
-                  ) -> tuple[dict[str, float], dict[str, Any], str]:
-    """(metrics, protocol, protocol line) of samples drawn from a model with ``config``."""
+                  device: str | torch.device | None = None, weights: str | None = None,
+                  classes: torch.Tensor | None = None) -> tuple[dict[str, float], dict[str, Any], str]:
+    """(metrics, protocol, protocol line) of samples drawn from a model with ``config``.
+
+    ``classes``: the class each sample was asked for, if any; digits samples then also get
+    ``class_accuracy``, the share that a small digit classifier assigns to that class.
+    """
     dataset = reference or config.data.dataset
     if not dataset_info(dataset).is_image:
         metrics = toy_metrics(dataset, samples, seed=seed, scale=config.data.toy_scale, n_reference=n_reference)
@@ -63,14 +74,23 @@ def score_samples(samples: torch.Tensor, config: ExperimentConfig, *, backend: s
     from cdrl.evaluation import compute_metrics, reference_statistics, to_uint8
 
     data = replace(config.data, dataset=dataset, split=reference_split, data_dir=data_dir or config.data.data_dir)
-    statistics = reference_statistics(
-        dataset, reference_batches(data, n_reference), split=reference_split, n_images=n_reference, backend=backend,
-        mode=mode, weights=weights, device=device)
+    total, batches = reference_images(data, n_reference)
+    statistics = reference_statistics(dataset, batches, split=reference_split, n_images=total, backend=backend,
+                                      mode=mode, weights=weights, device=device)
     result = compute_metrics(to_uint8(samples), statistics, backend=backend, mode=mode, weights=weights,
                              device=device, reference_name=dataset, reference_split=reference_split, seed=seed)
     metrics = {name: float(getattr(result, name)) for name in IMAGE_METRICS if getattr(result, name, None) is not None}
     protocol = {key: value for key, value in vars(result.protocol).items()}
-    return metrics, protocol, result.line()
+    line = result.line()
+    if classes is not None and dataset == "digits":
+        from cdrl.evaluation.digits_classifier import class_accuracy, default_classifier, held_out_accuracy
+
+        classifier = default_classifier(samples.shape[1], samples.shape[-1])
+        metrics["class_accuracy"] = class_accuracy(samples, classes, classifier)
+        protocol["classifier_held_out_accuracy"] = round(held_out_accuracy(classifier), 4)
+        line += (f" | class accuracy {metrics['class_accuracy']:.3f} (digit CNN, "
+                 f"{protocol['classifier_held_out_accuracy']:.3f} on held-out digits)")
+    return metrics, protocol, line
 
 
 def build_statistics(dataset: str, *, split: str = "train", n_images: int | None = None,
@@ -83,9 +103,9 @@ def build_statistics(dataset: str, *, split: str = "train", n_images: int | None
     data = DataConfig(dataset=dataset, split=split, data_dir=data_dir)
     if not dataset_info(dataset).is_image:
         raise CdrlBenchError(f"{dataset} is a 2-D toy density: it is scored exactly, with no reference statistics")
-    total = len(build_dataset(data)) if n_images is None else n_images
+    total, batches = reference_images(data, n_images)
     key = ReferenceKey.for_extractor(dataset, split, total, resolve_extractor(backend, mode, weights))
-    return build_reference_statistics(key, reference_batches(data, total), weights=weights, device=device)
+    return build_reference_statistics(key, batches, weights=weights, device=device)
 
 
 def _flatten(prefix: str, values: dict[str, Any]) -> dict[str, str]:
@@ -96,7 +116,11 @@ def draw_samples(checkpoint: str | os.PathLike, *, n_samples: int, steps_per_lev
                  seed: int = 0, batch_size: int = 256, guidance: float = 0.0, class_label: int | None = None,
                  use_ema: bool = True, device: str | torch.device | None = None,
                  progress: Callable[[int], None] | None = None) -> tuple[torch.Tensor, ExperimentConfig, dict]:
-    """(samples, the model's config, the sampling protocol) of a checkpoint."""
+    """(samples, the model's config, the sampling protocol) of a checkpoint.
+
+    A class-conditional model draws sample i of class ``class_label``, or of class i mod
+    (number of classes) when none is given; :func:`requested_classes` says which.
+    """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = load_model(checkpoint, use_ema=use_ema, device=device)
     steps = steps_per_level or model.config.sampler.steps_per_level or model.config.langevin.n_steps
@@ -125,7 +149,8 @@ def score_checkpoint(checkpoint: str | os.PathLike, *, steps_per_level: int | No
                                              progress=progress)
     metrics, protocol, line = score_samples(samples, config, backend=backend, mode=mode, reference=reference,
                                             reference_split=reference_split, n_reference=n_reference, seed=seed,
-                                            data_dir=data_dir, device=device)
+                                            data_dir=data_dir, device=device,
+                                            classes=requested_classes(torch.arange(n_samples), class_label, config))
     protocol.update(sampling, checkpoint_selection=checkpoint_selection)
     line = (f"{line} | {sampling['noise_levels']}x{sampling['steps_per_level']} steps, {sampling['weights']} "
             f"weights, seed {seed}")
@@ -133,18 +158,26 @@ def score_checkpoint(checkpoint: str | os.PathLike, *, steps_per_level: int | No
     return ScoreResult(metrics, protocol, line, run_id)
 
 
+def requested_classes(indices: torch.Tensor, class_label: int | None, config: ExperimentConfig
+                      ) -> torch.Tensor | None:
+    """The class that samples ``indices`` are drawn for: ``class_label``, or all classes in turn; None if unconditional."""
+    num_classes = config.energy.num_classes
+    if num_classes is None:
+        return None
+    return torch.full_like(indices, class_label) if class_label is not None else indices % num_classes
+
+
 def _callables(model: LoadedModel, guidance: float, class_label: int | None):
     """Per-batch (energy, proposal) of a conditional model: one class, or all classes in turn; guided at w."""
-    num_classes = model.config.energy.num_classes
-    if num_classes is None:
+    if model.config.energy.num_classes is None:
         if guidance or class_label is not None:
             raise CdrlBenchError("--guidance/--class need a class-conditional checkpoint (e.g. preset imagenet32-cond)")
         return None
     from cdrl.guidance import build_guided_model
 
-    def for_batch(indices: torch.Tensor):
-        classes = torch.full_like(indices, class_label) if class_label is not None else indices % num_classes
-        return build_guided_model(model, guidance, classes)
+    def for_batch(indices: torch.Tensor, chain_energy):
+        return build_guided_model(model, guidance, requested_classes(indices, class_label, model.config),
+                                  ebm=chain_energy)
 
     return for_batch
 

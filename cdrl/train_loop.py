@@ -43,6 +43,8 @@ from cdrl.checkpoint import CheckpointError, load_checkpoint, make_checkpoint, s
 from cdrl.config import ConfigError, ExperimentConfig, RunConfig, apply_overrides
 from cdrl.data import build_dataset, dataset_info, infinite_batches, item_shape, toy_in_support
 from cdrl.errors import CdrlBenchError
+from cdrl.files import PARTIAL_SUFFIX
+from cdrl.guidance import Concept, guidance_concepts, guided_callables
 from cdrl.noise import GeneratorNoise
 from cdrl.sampler import sample
 from cdrl.tracking import (DIVERGED_METRIC, TAG_CHECKPOINT_DIR, TAG_DIVERGED, TAG_KIND, TAG_METHOD, TAG_PRESET,
@@ -124,7 +126,7 @@ def _save_checkpoint(payload: dict, folder: Path, iteration: int, keep: int) -> 
 
 def _remove_partial_files(folder: Path) -> None:
     """Temporary files of a save_atomic that a crash interrupted (never valid checkpoints)."""
-    for partial in folder.glob(".*.partial"):
+    for partial in folder.glob(f".*{PARTIAL_SUFFIX}"):
         partial.unlink()
 
 
@@ -227,28 +229,25 @@ def _any_rank(flag: torch.Tensor, ranks: _Ranks) -> bool:
 # --------------------------------------------------------------------------- samples
 
 @torch.no_grad()
-def draw_samples(trainer: CooperativeTrainer, n_samples: int, seed: int) -> torch.Tensor:
-    """Samples of the trainer's EMA networks (Algorithm 2), on the CPU; the training RNGs are left untouched."""
+def draw_samples(trainer: CooperativeTrainer, n_samples: int, seed: int,
+                 concepts: Sequence[Concept] | None = None) -> torch.Tensor:
+    """Samples of the trainer's EMA networks (Algorithm 2), on the CPU; the training RNGs are left untouched.
+
+    A conditional model samples ``concepts`` (cdrl.guidance: one guided class, or a composition);
+    by default sample i is of class i mod (number of classes), one grid row per class.
+    """
     config = trainer.config
-    labels = None
-    if trainer.conditional:
-        # One grid row per class, cycling: embedding index c + 1 for class c.
-        labels = torch.arange(n_samples, device=trainer.device) % config.energy.num_classes + 1
-    averaged = [trainer.ebm_ema.average_parameters()]
-    if trainer.initializer is not None:
-        averaged.append(trainer.initializer_ema.average_parameters())
-    with contextlib.ExitStack() as stack:
-        for context in averaged:
-            stack.enter_context(context)
-        trainer.ebm.eval()
-        proposal = None
-        if trainer.initializer is not None:
-            trainer.initializer.eval()
-            proposal = lambda x, logsnr: trainer.initializer(x, logsnr, labels)  # noqa: E731
+    if concepts is None and trainer.conditional:
+        classes = torch.arange(n_samples, device=trainer.device) % config.energy.num_classes
+        concepts = guidance_concepts(classes, 0.0)
+    with trainer.ema_networks():
+        if concepts is None:
+            energy, proposal = trainer.ebm, trainer.initializer
+        else:
+            energy, proposal = guided_callables(trainer.ebm, trainer.initializer, concepts)
         generator = torch.Generator(device=trainer.device).manual_seed(seed)
-        samples = sample(lambda y, logsnr: trainer.ebm(y, logsnr, labels), proposal,
-                         (n_samples, *item_shape(config.data)), trainer.schedule, config.langevin, config.sampler,
-                         noise=GeneratorNoise(generator), device=trainer.device)
+        samples = sample(energy, proposal, (n_samples, *item_shape(config.data)), trainer.schedule, config.langevin,
+                         config.sampler, noise=GeneratorNoise(generator), device=trainer.device)
     return samples.cpu()
 
 

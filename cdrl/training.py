@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 from torch import nn
 
 from cdrl.config import ExperimentConfig
 from cdrl.ema import EMA
+from cdrl.guidance import embedding_labels
 from cdrl.langevin import langevin_revision
 from cdrl.networks import build_energy_net, build_initializer
 from cdrl.noise import GeneratorNoise
@@ -99,7 +101,7 @@ class CooperativeTrainer:
             return None
         if labels is None:
             raise ValueError("a class-conditional preset needs labels: use a labelled dataset")
-        condition = labels.to(self.device).long() + 1
+        condition = embedding_labels(labels, batch, self.device)
         keep = torch.rand(batch, generator=self.generator, device=self.device) >= self.config.training.label_dropout
         return torch.where(keep, condition, torch.zeros_like(condition))
 
@@ -178,6 +180,17 @@ class CooperativeTrainer:
             ebm_lr=self.ebm_scheduler.get_last_lr()[0],
             initializer_lr=self.initializer_scheduler.get_last_lr()[0] if self.initializer is not None else None,
         )
+
+    @contextlib.contextmanager
+    def ema_networks(self) -> Iterator[None]:
+        """The EMA weights in both networks, in eval mode (for sampling); the live weights come back on exit."""
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(self.ebm_ema.average_parameters())
+            self.ebm.eval()
+            if self.initializer is not None:
+                stack.enter_context(self.initializer_ema.average_parameters())
+                self.initializer.eval()
+            yield
 
     def state_dict(self) -> dict:
         state = {"iteration": self.iteration, "ebm": self.ebm.state_dict(),

@@ -15,7 +15,9 @@ from typer.testing import CliRunner
 
 from cdrl.checkpoint import make_checkpoint, save_atomic
 from cdrl.config import apply_overrides, preset
+from cdrl.data import DataConfig, build_dataset
 from cdrl.errors import CdrlBenchError
+from cdrl.scoring import reference_images, requested_classes, score_samples
 from cdrl.training import CooperativeTrainer
 from cli import app
 
@@ -64,6 +66,7 @@ def test_eval_prints_fid_with_its_protocol_and_logs_it(checkpoint, isolated_cach
     assert np.isfinite(run["metrics.fid"])
     assert run["params.eval.steps_per_level"] == "1" and run["params.eval.backend"] == "torch-fidelity"
     assert run["params.eval.weights_sha256"] and run["params.eval.n_reference"] == "6"
+    assert "metrics.class_accuracy" not in runs.columns  # an unconditional model
 
 
 def test_stats_caches_reference_statistics(isolated_cache):
@@ -89,3 +92,53 @@ def test_the_console_script_prints_one_line_and_exits_2(tmp_path):
     assert completed.returncode == 2
     lines = completed.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "missing.pt" in lines[0], completed.stderr
+
+
+def test_guided_eval_of_a_conditional_digits_model_reports_class_accuracy(isolated_cache):
+    config = apply_overrides(preset("tiny"), ["energy.num_classes=10", "initializer.num_classes=10",
+                                              "data.class_conditional=true", "sampler.steps_per_level=2"])
+    torch.manual_seed(0)
+    trainer = CooperativeTrainer(config)
+    trainer.step(torch.rand(8, 1, 8, 8) * 2 - 1, torch.arange(8))
+    path = save_atomic(make_checkpoint(config, trainer.state_dict()), isolated_cache / "cond.pt")
+    uri = f"sqlite:///{isolated_cache / 'mlflow.db'}"
+    result = runner.invoke(app, ["eval", str(path), "--n-samples", "10", "--n-reference", "10", "--steps", "1",
+                                 "--guidance", "1.0", "--tracking-uri", uri])
+    assert result.exit_code == 0, result.output
+    assert "class accuracy" in result.output
+    mlflow.set_tracking_uri(uri)
+    run = mlflow.search_runs(experiment_names=["cdrl-bench"]).iloc[0]
+    assert 0.0 <= run["metrics.class_accuracy"] <= 1.0
+    assert float(run["params.eval.classifier_held_out_accuracy"]) >= 0.9
+    assert run["params.eval.guidance"] == "1.0" and run["params.eval.class_label"] == "all"
+
+
+def test_class_accuracy_is_scored_against_the_requested_classes(isolated_cache):
+    config = apply_overrides(preset("tiny"), ["energy.num_classes=10", "data.class_conditional=true"])
+    digits = build_dataset(DataConfig(dataset="digits", split="test", image_size=8, class_conditional=True))
+    images, labels = digits.x[:24], digits.labels[:24]
+    assert torch.equal(requested_classes(torch.arange(12), None, config), torch.arange(12) % 10)
+    assert torch.equal(requested_classes(torch.arange(3), 7, config), torch.full((3,), 7))
+    assert requested_classes(torch.arange(3), None, preset("tiny")) is None
+    right, _, line = score_samples(images, config, n_reference=24, classes=labels)
+    wrong, _, _ = score_samples(images, config, n_reference=24, classes=(labels + 1) % 10)
+    assert right["class_accuracy"] >= 0.9 and wrong["class_accuracy"] <= 0.2, (right, wrong)
+    assert f"class accuracy {right['class_accuracy']:.3f}" in line
+
+
+def test_scoring_against_a_whole_split_counts_its_images(monkeypatch):
+    import cdrl.evaluation
+
+    total, batches = reference_images(DataConfig(dataset="digits", split="test", image_size=8), None, batch_size=100)
+    sizes = [len(batch) for batch in batches]
+    assert total == 360 and sum(sizes) == 360 and sizes[0] == 100
+    seen = {}
+
+    def stop(dataset, images, **options):
+        seen.update(options)
+        raise RuntimeError("stop after the reference")
+
+    monkeypatch.setattr(cdrl.evaluation, "reference_statistics", stop)
+    with pytest.raises(RuntimeError, match="stop after the reference"):
+        score_samples(torch.zeros(4, 1, 8, 8), preset("tiny"), reference_split="test")
+    assert seen["n_images"] == 360

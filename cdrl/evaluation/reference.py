@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import zipfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -24,6 +23,7 @@ from cdrl.evaluation.extractors import ExtractorSpec, extract_features, resolve_
 from cdrl.evaluation.images import ImageArray, as_uint8_nchw
 from cdrl.evaluation.statistics import feature_statistics
 from cdrl.evaluation.weights import cache_dir
+from cdrl.files import atomic_write
 
 KID_FEATURES_CAP = 10_000
 """Reference features kept for KID: 10k × 2048 float32 is 80 MB; KID subsets hold 1000."""
@@ -67,25 +67,9 @@ class ReferenceStatistics:
     kid_features: np.ndarray
 
     def save(self, path: Path) -> None:
-        """Write atomically: a temporary file in the target directory, then os.replace."""
-        path.parent.mkdir(parents=True, exist_ok=True)
         metadata = json.dumps({"key": asdict(self.key), "extractor_name": self.extractor_name})
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "wb") as stream:
-                np.savez(
-                    stream,
-                    metadata=np.array(metadata),
-                    mu=self.mu,
-                    sigma=self.sigma,
-                    kid_features=self.kid_features,
-                )
-                stream.flush()
-                os.fsync(stream.fileno())
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        atomic_write(path, lambda stream: np.savez(stream, metadata=np.array(metadata), mu=self.mu,
+                                                   sigma=self.sigma, kid_features=self.kid_features))
 
     @classmethod
     def load(cls, path: Path) -> ReferenceStatistics:

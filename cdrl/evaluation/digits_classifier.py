@@ -2,7 +2,8 @@
 
 The ``digits-cfg`` suite reports the accuracy-vs-FID trade-off over the guidance scale w:
 ``class_accuracy(samples, labels)`` is the share of samples that this classifier, trained on
-the digits training split at the samples' size and channels, assigns to the requested class.
+the digits training split at the samples' size and channels, assigns to the requested class
+(:func:`cdrl.scoring.score_samples` adds it for class-conditional digits models).
 """
 
 from __future__ import annotations
