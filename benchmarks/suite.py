@@ -102,6 +102,8 @@ class PlotSpec:
     paper: str | None = None
     #: x axis: total Langevin steps (levels x steps per level) or the guidance weight.
     x: str = "total_steps"
+    #: A second measured metric on the right axis (e.g. class accuracy against FID: a trade-off).
+    secondary: str | None = None
 
 
 @dataclass(frozen=True)
@@ -302,13 +304,16 @@ def load_suite(name: str | os.PathLike) -> Suite:
     plot = None
     if "plot" in values:
         plot_table = top.table("plot")
-        plot_table.check_known({"metric", "paper", "x"})
+        plot_table.check_known({"metric", "paper", "x", "secondary"})
         plot = PlotSpec(plot_table.get("metric", str), plot_table.get("paper", str, None),
-                        plot_table.get("x", str, "total_steps"))
+                        plot_table.get("x", str, "total_steps"), plot_table.get("secondary", str, None))
         if plot.x not in PLOT_AXES:
             raise plot_table._fail("x", f"must be one of {', '.join(PLOT_AXES)}, got {plot.x!r}")
+        if plot.secondary and plot.paper not in (None, plot.metric):
+            raise plot_table._fail("secondary", "and a paper column of another metric would share the right "
+                                                "axis: keep one of them")
     tolerances = {str(k): float(v) for k, v in check.get("tolerances", dict, {}).items()}
-    for metric in (*metrics, *tolerances, *([plot.metric] if plot else [])):
+    for metric in (*metrics, *tolerances, *([plot.metric, plot.secondary or plot.metric] if plot else [])):
         if metric not in METRICS:
             raise SuiteError(f"{path.name}: unknown metric {metric!r}: use one of {', '.join(METRICS)}")
     suite = Suite(

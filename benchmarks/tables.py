@@ -244,7 +244,17 @@ def save_plot(table: SuiteTable, path: Path) -> Path | None:
         rows = rows.sort_values(spec.x)
         lines.append(axes.errorbar(rows[spec.x], rows[f"{spec.metric}_mean"],
                                    yerr=rows[f"{spec.metric}_std"].fillna(0), marker="o", capsize=3,
-                                   color=colours[label], label=f"{label} (measured)"))
+                                   color=colours[label], label=f"{label} {info.label} (measured)"))
+    if spec.secondary and f"{spec.secondary}_mean" in frame:
+        secondary_axes, secondary = axes.twinx(), METRICS[spec.secondary]
+        for label, rows in frame.dropna(subset=[f"{spec.secondary}_mean"]).groupby("method", sort=False):
+            rows = rows.sort_values(spec.x)
+            lines.append(secondary_axes.errorbar(rows[spec.x], rows[f"{spec.secondary}_mean"],
+                                                 yerr=rows[f"{spec.secondary}_std"].fillna(0), marker="^",
+                                                 linestyle="-.", capsize=3, color=colours[label],
+                                                 label=f"{label} {secondary.label} (measured)"))
+        secondary_axes.set_ylabel(f"{secondary.label} ({'higher' if secondary.higher_is_better else 'lower'} "
+                                  "is better)")
     paper_column = f"paper_{spec.paper}" if spec.paper else None
     if paper_column in frame:
         paper_axes = axes if spec.paper == spec.metric else axes.twinx()

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from cdrl.errors import CdrlBenchError
-from cdrl.networks import frozen_spectral_norm
+from cdrl.networks import EnergyConditioning, EnergyNet, frozen_spectral_norm
 
 
 class PerformanceError(CdrlBenchError):
@@ -85,31 +85,46 @@ class ChainEnergy:
 
     ``with chain.frozen() as energy:`` yields ``energy(y, logsnr, labels=None)`` backed by
     weights frozen for the context (:func:`cdrl.networks.frozen_spectral_norm`), compiled,
-    autocast and channels-last as configured. Keep one instance per network: compiled code
-    is cached on it. The network must be in eval mode inside the context.
+    autocast and channels-last as configured. The network's conditioning on (logsnr, labels)
+    is computed once for as long as the chain passes the same two tensor objects, as a chain
+    at one level does (:meth:`cdrl.networks.EnergyNet.conditioning`); same arithmetic, bit for
+    bit. Keep one instance per network: compiled code is cached on it. The network must be in
+    eval mode inside the context.
     """
 
-    def __init__(self, network: nn.Module, config: PerformanceConfig, device: torch.device | str):
+    def __init__(self, network: EnergyNet, config: PerformanceConfig, device: torch.device | str):
         self.network = network
         self.config = config
         self.device = torch.device(device)
+        self._cached: tuple[torch.Tensor, torch.Tensor | None, EnergyConditioning] | None = None
         if config.chain_compile == "off":
-            self._forward: Callable[..., torch.Tensor] = network
+            self._body: Callable[..., torch.Tensor] = network.energy
         else:
             # dynamic=False: every batch shape gets its own specialised graph (and CUDA graph),
             # which is what CUDA graphs require; training and sampling use one or two shapes.
             mode = "reduce-overhead" if config.chain_compile == "cuda-graphs" else None
-            self._forward = torch.compile(network, mode=mode, dynamic=False)
+            self._body = torch.compile(network.energy, mode=mode, dynamic=False)
+
+    def _conditioning(self, logsnr: torch.Tensor, labels: torch.Tensor | None) -> EnergyConditioning:
+        # Keyed on the tensor objects themselves (held here, so their ids cannot be reused).
+        if self._cached is None or self._cached[0] is not logsnr or self._cached[1] is not labels:
+            with torch.no_grad():  # chains differentiate with respect to y only
+                self._cached = (logsnr, labels, self.network.conditioning(logsnr, labels))
+        return self._cached[2]
 
     def _energy(self, y: torch.Tensor, logsnr: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        if self.config.chain_compile == "cuda-graphs":
-            # Each call starts a new graph replay: the previous step's outputs are no longer read.
-            torch.compiler.cudagraph_mark_step_begin()
         with ebm_autocast(self.config, self.device):
-            energy = self._forward(as_network_input(y, self.config), logsnr, labels)
+            conditioning = self._conditioning(logsnr, labels)
+            if self.config.chain_compile == "cuda-graphs":
+                # Each call starts a new graph replay: the previous step's outputs are no longer read.
+                torch.compiler.cudagraph_mark_step_begin()
+            energy = self._body(as_network_input(y, self.config), conditioning)
         return energy.float()
 
     @contextlib.contextmanager
     def frozen(self) -> Iterator[Callable[..., torch.Tensor]]:
-        with frozen_spectral_norm(self.network):
-            yield self._energy
+        try:
+            with frozen_spectral_norm(self.network):
+                yield self._energy
+        finally:
+            self._cached = None  # the weights may change after the context

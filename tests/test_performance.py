@@ -229,3 +229,31 @@ def test_compiled_chain_matches_the_exact_chain():
     with chain.frozen() as chain_energy:
         compiled = energy_gradient(chain_energy, start, level.logsnr_s)
     torch.testing.assert_close(compiled, exact, rtol=1e-5, atol=1e-5 * exact.abs().max().item())
+
+
+@pytest.mark.parametrize("name", ["tiny", "toy-checkerboard", "digits-cond"])
+def test_chain_computes_the_conditioning_once_per_chain_bit_for_bit(name, monkeypatch):
+    config = apply_overrides(preset(name), ["langevin.n_steps=4"])
+    torch.manual_seed(0)
+    ebm = build_energy_net(config.energy)
+    ebm(torch.randn(4, *((2,) if name.startswith("toy") else (1, config.data.image_size, config.data.image_size))),
+        torch.zeros(4), torch.arange(4) if config.energy.num_classes else None)  # one power iteration
+    ebm.eval()
+    schedule = LogSNRSchedule(config.schedule)
+    level = schedule.level(torch.tensor([1, 3, 5, 6]))
+    shape = (4, 2) if name.startswith("toy") else (4, 1, config.data.image_size, config.data.image_size)
+    start, x_t = torch.randn(shape), torch.randn(shape)
+    labels = torch.tensor([1, 0, 2, 3]) if config.energy.num_classes else None
+
+    def chain(energy):
+        return langevin_revision(lambda y, logsnr: energy(y, logsnr, labels), start, x_t, level, config.langevin,
+                                 config.schedule.logsnr_max, noise=GeneratorNoise(torch.Generator().manual_seed(5)))
+
+    exact = chain(ebm)
+    calls = []
+    real = type(ebm).conditioning
+    monkeypatch.setattr(type(ebm), "conditioning", lambda self, *args: calls.append(1) or real(self, *args))
+    with ChainEnergy(ebm, config.performance, "cpu").frozen() as chain_energy:
+        cached = chain(chain_energy)
+    assert torch.equal(cached, exact)
+    assert len(calls) == 1  # 4 steps, one conditioning

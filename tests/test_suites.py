@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,8 @@ from typer.testing import CliRunner
 from baselines import ABLATIONS, apply_ablations, drl
 from benchmarks import runner
 from benchmarks.regression import compare, read_results, results_from_table, write_results
-from benchmarks.suite import METRICS, SuiteError, available_suites, expand, load_suite
-from benchmarks.tables import build_table, render
+from benchmarks.suite import METRICS, PlotSpec, SuiteError, available_suites, expand, load_suite
+from benchmarks.tables import build_table, render, save_plot
 from cdrl.config import preset
 from cdrl.langevin import multiplier_for_steps
 from cli import app
@@ -122,6 +123,8 @@ def test_bad_suite_files_name_the_problem(tmp_path):
     assert "no-such" in attempt(TINY_SUITE.replace('key = "drl"', 'key = "drl"\nablations = ["no-such"]'))
     assert "trainig" in attempt(TINY_SUITE.replace('[train]', '[trainig]'))
     assert "energy.widht" in attempt(TINY_SUITE.replace("energy.width=16", "energy.widht=16"))
+    assert "right axis" in attempt(TINY_SUITE.replace(
+        "[train]", '[plot]\nmetric = "energy_distance"\npaper = "fid"\nsecondary = "mode_coverage"\n\n[train]'))
     with pytest.raises(SuiteError, match="unknown suite"):
         load_suite("no-such-suite")
 
@@ -185,6 +188,8 @@ def test_interrupted_run_finishes_only_the_remaining_runs(tmp_path, monkeypatch)
     assert (third.trained, third.evaluated, third.already_finished) == ([], [], 3)
 
     table = build_table(suite, tracking_uri=uri)
+    trade_off = replace(suite, plot=PlotSpec("energy_distance", secondary="in_support_fraction"))
+    assert save_plot(build_table(trade_off, tracking_uri=uri), tmp_path / "trade-off.png").stat().st_size > 0
     measured = table.frame.set_index(["model", "steps_per_level"])
     assert list(measured["n_seeds"]) == [1, 1, 1]
     assert all(0.0 <= value <= 1.0 for value in measured["in_support_fraction_mean"])
