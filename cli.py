@@ -30,6 +30,7 @@ _TRACKING_URI = typer.Option(None, "--tracking-uri", help="MLflow store (default
                                                          "else sqlite:///mlflow.db).")
 _DEVICE = typer.Option(None, "--device", help="cpu or cuda[:N] (default: cuda when available).")
 _DATA_DIR = typer.Option(None, "--data-dir", help="Folder holding the dataset's files (default ./data).")
+_SUITE = typer.Option(..., "--suite", help="Suite name (benchmarks/suites/NAME.toml) or path of a suite file.")
 _QUICK = typer.Option(False, "--quick", help="The suite's quick profile: fewer iterations and samples.")
 _QUICK_RUNS = typer.Option(False, "--quick", help="Use the runs of the suite's quick profile.")
 _CHECKPOINT = typer.Argument(..., help="Checkpoint file, run folder (its newest checkpoint) or MLflow run id.")
@@ -192,12 +193,9 @@ def stats(
                   f"({statistics.key.n_images} images, {statistics.extractor_name})", highlight=False)
 
 
-_SUITE_HELP = "Suite name (benchmarks/suites/NAME.toml) or path of a suite file."
-
-
 @app.command("run")
 def run_suite(
-    suite: str = typer.Option(..., "--suite", help=_SUITE_HELP),
+    suite: str = _SUITE,
     quick: bool = _QUICK,
     seeds: int = typer.Option(None, "--seeds", help="Use seeds 0..N-1 instead of the suite's seeds."),
     from_checkpoint: Path = typer.Option(None, "--from-checkpoint", help="Evaluate this checkpoint (e.g. an imported "
@@ -225,7 +223,7 @@ def run_suite(
 
 @app.command()
 def table(
-    suite: str = typer.Option(..., "--suite", help=_SUITE_HELP),
+    suite: str = _SUITE,
     output_format: str = typer.Option("rich", "--format", help="rich, markdown, latex or csv."),
     out: Path = typer.Option(None, "--out", help="Write the table to this file instead of printing it."),
     plot: Path = typer.Option(None, "--plot", help="Where the suite's plot goes (default: beside --out as .png, "
@@ -259,7 +257,7 @@ def table(
 
 @app.command()
 def check(
-    suite: str = typer.Option(..., "--suite", help=_SUITE_HELP),
+    suite: str = _SUITE,
     baseline: Path = typer.Option(..., "--baseline", help="Stored results to compare with, e.g. "
                                                           "results/baselines/ci-smoke.json."),
     results: Path = typer.Option(None, "--results", help="Compare this results file instead of the runs in MLflow."),

@@ -20,7 +20,7 @@ import torch
 
 from cdrl.config import ExperimentConfig, apply_overrides, preset
 from cdrl.guidance import Concept
-from cdrl.train_loop import draw_samples
+from cdrl.train_loop import sample_ema
 from cdrl.training import CooperativeTrainer
 
 #: The concepts, as class labels of the conditional model.
@@ -72,7 +72,7 @@ def train_concept_model(iterations: int, seed: int = 0, config: ExperimentConfig
 def sample_concepts(trainer: CooperativeTrainer, concepts: list[Concept], n_samples: int,
                     seed: int = 0) -> torch.Tensor:
     """Samples of the trainer's EMA networks combined over ``concepts`` (cdrl.guidance)."""
-    return draw_samples(trainer, n_samples, seed, concepts)
+    return sample_ema(trainer, n_samples, seed, concepts)
 
 
 def intersection_fraction(samples: torch.Tensor) -> float:

@@ -229,7 +229,7 @@ def _any_rank(flag: torch.Tensor, ranks: _Ranks) -> bool:
 # --------------------------------------------------------------------------- samples
 
 @torch.no_grad()
-def draw_samples(trainer: CooperativeTrainer, n_samples: int, seed: int,
+def sample_ema(trainer: CooperativeTrainer, n_samples: int, seed: int,
                  concepts: Sequence[Concept] | None = None) -> torch.Tensor:
     """Samples of the trainer's EMA networks (Algorithm 2), on the CPU; the training RNGs are left untouched.
 
@@ -480,7 +480,7 @@ def _train(config: ExperimentConfig, dataset, run_dir: Path, checkpoint_path: Pa
 
 def _log_samples(trainer: CooperativeTrainer, run_dir: Path, iteration: int, run: TrackedRun) -> None:
     config = trainer.config
-    samples = draw_samples(trainer, config.run.n_samples, seed=_rank_seed(config.training.seed, iteration))
+    samples = sample_ema(trainer, config.run.n_samples, seed=_rank_seed(config.training.seed, iteration))
     metrics = _sample_metrics(samples, config)
     title = f"{config.name}, iteration {iteration}" + "".join(f", {k} {v:.3f}" for k, v in metrics.items())
     path = save_sample_figure(samples, config, run_dir / SAMPLE_FOLDER / f"samples-{iteration:08d}.png", title)
