@@ -318,16 +318,19 @@ def perf(
                                                                         "'' for none."),
     sample_batch: int = typer.Option(None, "--sample-batch", help="Samples per sampling run (default: batch size)."),
     inception: bool = typer.Option(False, "--inception", help="Also time Inception features (cdrl.evaluation)."),
+    breakdown: bool = typer.Option(False, "--breakdown", help="Profile one more iteration: time and GFLOP/s by "
+                                                              "kind of operation (convolutions, matmuls, other)."),
     peak_tflops: float = typer.Option(None, "--peak-tflops", help="Peak TFLOP/s to compare with (default: "
-                                                                  "datasheet for H100/H200, measured sgemm on CPU)."),
+                                                                  "datasheet for H100/H200; on CPU the measured "
+                                                                  "FMA peak, python -m benchmarks.cpu_peak)."),
+    options_matrix: bool = typer.Option(False, "--options-matrix", help="Time the exact path, each speed option "
+                                                                        "alone and all together; print a table."),
     json_out: Path = typer.Option(None, "--json", help="Also write the report as JSON here."),
 ) -> None:
     """Training s/iteration, Langevin steps/s, sampling images/s, FLOPs and the fraction of peak of a preset."""
-    import json
-
     import torch
 
-    from benchmarks.perf import PerfSettings, run
+    from benchmarks.perf import PerfSettings, execute
 
     if min(batch_size, iterations) < 1 or warmup < 0:
         raise CdrlBenchError("--batch-size and --iterations must be at least 1, --warmup at least 0")
@@ -336,15 +339,13 @@ def perf(
     except ValueError:
         raise CdrlBenchError(f"--sampling-steps {sampling_steps!r} is not comma-separated integers: "
                              "write e.g. --sampling-steps 15,5") from None
-    report = run(PerfSettings(
+    settings = PerfSettings(
         preset=preset, batch_size=batch_size, overrides=tuple(overrides),
         device=device or ("cuda" if torch.cuda.is_available() else "cpu"), threads=threads, warmup=warmup,
         iterations=iterations, sampling_steps=steps, sample_batch=sample_batch, inception=inception,
-        peak_tflops=peak_tflops))
-    console.print("\n".join(report.lines()), highlight=False, soft_wrap=True)
-    if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        peak_tflops=peak_tflops, breakdown=breakdown)
+    console.print(execute(settings, options_matrix=options_matrix, json_path=json_out), highlight=False,
+                  soft_wrap=True)
 
 
 def main() -> None:

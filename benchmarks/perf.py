@@ -6,8 +6,14 @@ For one preset and batch size: training iterations/s, Langevin steps/s, sampling
 fraction of the device's peak FLOP/s. Speed options come in as config overrides
 (``performance.channels_last=true`` ...), so the numbers are those of the real training step.
 
-    python -m benchmarks.perf --preset cifar10 --batch-size 8 --threads 2
+    python -m benchmarks.perf --preset cifar10 --batch-size 8 --threads 2 --breakdown
     python -m benchmarks.perf --preset tiny --json perf.json --set performance.channels_last=true
+    python -m benchmarks.perf --preset cifar10 --batch-size 128 --options-matrix   # on a GPU
+
+``--breakdown`` profiles one more iteration and splits its time by kind of operation
+(convolution forward and backward, matmuls, the rest) with the FLOP/s of each;
+``--options-matrix`` runs the exact path, each speed option alone and all of them together,
+and prints one table.
 
 On a shared machine wall time depends on the load: the report carries the process CPU
 seconds and the load average next to every wall-clock number.
@@ -21,15 +27,19 @@ import json
 import os
 import platform
 import resource
+import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
+from benchmarks.cpu_peak import fma_peak_tflops
 from cdrl.checkpoint import LoadedModel
 from cdrl.config import ExperimentConfig, apply_overrides, preset
 from cdrl.data import item_shape
@@ -69,7 +79,10 @@ class PerfSettings:
     sample_batch: int | None = None
     inception: bool = False
     inception_images: int = 32
-    #: Peak TFLOP/s to compare with; None: the table for known GPUs, a measured sgemm on CPU.
+    #: Profile one more training iteration and split its time by kind of operation.
+    breakdown: bool = False
+    #: Peak TFLOP/s to compare with; None: the table for known GPUs, on CPU the measured FMA
+    #: peak (benchmarks.cpu_peak), or a measured sgemm where that cannot run.
     peak_tflops: float | None = None
     seed: int = 0
 
@@ -81,13 +94,27 @@ class Timing:
 
 
 @dataclass
+class OperationShare:
+    """One kind of operation in a profiled training iteration (self time of its ATen ops)."""
+
+    kind: str
+    seconds: float
+    fraction_of_time: float
+    flops: int
+    tflops_per_second: float | None
+
+
+@dataclass
 class PerfReport:
     settings: dict[str, Any]
     environment: dict[str, Any]
     flops_per_iteration: int
     flops_per_langevin_step: int
     flops_per_image_sample: dict[str, int]
+    #: Median of ``iteration_seconds``; the wall time of every timed iteration is kept.
     seconds_per_iteration: float
+    best_seconds_per_iteration: float
+    iteration_seconds: list[float]
     cpu_seconds_per_iteration: float
     iterations_per_second: float
     langevin_steps_per_second: float
@@ -100,6 +127,9 @@ class PerfReport:
     peak_source: str
     achieved_tflops: float
     fraction_of_peak: float
+    breakdown: list[OperationShare] | None = None
+    #: 50,000 samples at 6x15 plus their Inception features at the rates above (both measured).
+    minutes_for_50k_samples_and_features: float | None = None
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -112,7 +142,8 @@ class PerfReport:
         return [
             f"{self.settings['preset']} batch {self.settings['batch_size']} on {self.environment['device_name']} "
             f"({self.environment['threads']} threads, load {self.environment['load_average_1min']:.1f})",
-            f"training: {self.seconds_per_iteration:.3f} s/iteration ({self.iterations_per_second:.3g} it/s, "
+            f"training: {self.seconds_per_iteration:.3f} s/iteration, median of {len(self.iteration_seconds)} "
+            f"(best {self.best_seconds_per_iteration:.3f}; {self.iterations_per_second:.3g} it/s, "
             f"{self.cpu_seconds_per_iteration:.3f} CPU s/iteration)",
             f"FLOPs: {self.flops_per_iteration / 1e12:.4g} TFLOP/iteration "
             f"({self.flops_per_iteration / self.settings['batch_size'] / 1e9:.4g} GFLOP/image), "
@@ -121,8 +152,22 @@ class PerfReport:
             f"{self.peak_tflops:.3g} TFLOP/s ({self.peak_source})",
             f"Langevin: {self.langevin_steps_per_second:.3g} steps/s; sampling: {samples or 'not measured'}{inception}",
             f"peak memory: {self.peak_memory_bytes / 2**20:.0f} MiB ({self.peak_memory_kind})",
+            *([] if self.minutes_for_50k_samples_and_features is None else [
+                f"50,000 samples at 6x15 and their Inception features, at these rates: "
+                f"{self.minutes_for_50k_samples_and_features:.1f} min"]),
+            *self._breakdown_lines(),
             *self.notes,
         ]
+
+    def _breakdown_lines(self) -> list[str]:
+        if self.breakdown is None:
+            return []
+        lines = ["time by operation (one profiled iteration, self time of the ATen ops):"]
+        for share in self.breakdown:
+            rate = "" if share.tflops_per_second is None else (
+                f", {share.flops / 1e12:.4g} TFLOP at {1000 * share.tflops_per_second:.4g} GFLOP/s")
+            lines.append(f"  {share.kind}: {share.seconds:.3f} s ({100 * share.fraction_of_time:.1f}%{rate})")
+        return lines
 
 
 # --------------------------------------------------------------------------- FLOPs
@@ -140,33 +185,99 @@ class _WholeProgram:
         return None
 
 
-def count_flops(run: Callable[[], object]) -> int:
-    """FLOPs of ``run()`` as torch.utils.flop_counter counts them (matmuls and convolutions)."""
+def count_flops_by_operation(run: Callable[[], object]) -> dict[str, int]:
+    """FLOPs of ``run()`` per ATen operation ("aten.convolution" ...), as torch.utils.flop_counter counts them."""
     counter = FlopCounterMode(display=False)
     counter.mod_tracker = _WholeProgram()
     with counter:
         run()
-    return counter.get_total_flops()
+    return {str(operation): flops for operation, flops in counter.get_flop_counts()["Global"].items()}
+
+
+def count_flops(run: Callable[[], object]) -> int:
+    """FLOPs of ``run()`` as torch.utils.flop_counter counts them (matmuls and convolutions)."""
+    return sum(count_flops_by_operation(run).values())
 
 
 def _meta_trainer(config: ExperimentConfig) -> CooperativeTrainer:
-    # Only the exact path: compiled code and autocast are not needed to count the same math.
-    plain = apply_overrides(config, ["performance.chain_compile=off", "performance.ebm_precision=float32"])
+    # Only the exact path: compiled code, autocast and fused optimiser kernels (which refuse the meta
+    # device) are not needed to count the same math.
+    plain = apply_overrides(config, ["performance.chain_compile=off", "performance.ebm_precision=float32",
+                                     "performance.fused_optimizer=false"])
     return CooperativeTrainer(plain, device="meta")
+
+
+def _meta_batch(config: ExperimentConfig, batch_size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    x = torch.zeros((batch_size, *item_shape(config.data)), device="meta")
+    labels = (torch.zeros(batch_size, dtype=torch.long, device="meta")
+              if config.energy.num_classes is not None else None)
+    return x, labels
+
+
+def training_flops_by_operation(config: ExperimentConfig, batch_size: int) -> dict[str, int]:
+    """FLOPs of one training iteration of a batch per ATen operation, on the meta device."""
+    trainer = _meta_trainer(config)
+    x, labels = _meta_batch(config, batch_size)
+    return count_flops_by_operation(lambda: trainer.step(x, labels))
 
 
 def training_flops(config: ExperimentConfig, batch_size: int) -> tuple[int, int]:
     """(per training iteration, per Langevin step) of a batch, on the meta device."""
+    per_iteration = sum(training_flops_by_operation(config, batch_size).values())
     trainer = _meta_trainer(config)
-    shape = (batch_size, *item_shape(config.data))
-    x = torch.zeros(shape, device="meta")
-    labels = (torch.zeros(batch_size, dtype=torch.long, device="meta")
-              if config.energy.num_classes is not None else None)
-    per_iteration = count_flops(lambda: trainer.step(x, labels))
     trainer.ebm.eval()
+    x, labels = _meta_batch(config, batch_size)
     logsnr = torch.zeros(batch_size, device="meta")
     per_step = count_flops(lambda: energy_gradient(lambda y, s: trainer.ebm(y, s, labels), x, logsnr))
     return per_iteration, per_step
+
+
+# --------------------------------------------------------------------------- time by operation
+
+#: Kinds of operation in the time breakdown; an ATen name ("aten::mkldnn_convolution",
+#: "aten.convolution" from the FLOP counter) takes the first kind with a matching fragment.
+OPERATION_KINDS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("convolution backward", ("convolution_backward",)),
+    ("convolution forward", ("convolution",)),
+    ("matmul and attention", ("aten.mm", "aten.bmm", "aten.addmm", "aten.baddbmm", "aten.addmv", "aten.mv",
+                              "scaled_dot_product")),
+)
+OTHER_OPERATIONS = "everything else (element-wise, normalisation, optimisers, EMA)"
+
+
+def operation_kind(name: str) -> str:
+    name = name.replace("::", ".")
+    for kind, fragments in OPERATION_KINDS:
+        if any(fragment == name or (fragment in name and not fragment.startswith("aten.")) for fragment in fragments):
+            return kind
+    return OTHER_OPERATIONS
+
+
+def time_by_operation(step: Callable[[], object], device: torch.device,
+                      flops_by_operation: dict[str, int]) -> list[OperationShare]:
+    """Profile ``step()`` once; its self time and FLOP/s per kind of operation."""
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as profiler:
+        step()
+        _synchronize(device)
+    seconds: dict[str, float] = {}
+    for event in profiler.key_averages():
+        if event.device_type != DeviceType.CPU:
+            continue  # kernel rows: their time is already the self device time of the op that launched them
+        self_us = event.self_device_time_total if device.type == "cuda" else event.self_cpu_time_total
+        kind = operation_kind(event.key)
+        seconds[kind] = seconds.get(kind, 0.0) + self_us / 1e6
+    flops: dict[str, int] = {}
+    for name, count in flops_by_operation.items():
+        flops[operation_kind(name)] = flops.get(operation_kind(name), 0) + count
+    total = sum(seconds.values())
+    kinds = [kind for kind, _ in OPERATION_KINDS] + [OTHER_OPERATIONS]
+    return [OperationShare(kind=kind, seconds=seconds.get(kind, 0.0),
+                           fraction_of_time=seconds.get(kind, 0.0) / total if total else 0.0,
+                           flops=flops.get(kind, 0),
+                           tflops_per_second=(flops[kind] / seconds[kind] / 1e12
+                                              if flops.get(kind) and seconds.get(kind) else None))
+            for kind in kinds]
 
 
 def sample_flops(config: ExperimentConfig, steps: int) -> int:
@@ -199,7 +310,7 @@ def _timed(device: torch.device) -> Iterator[Timing]:
 
 
 def measured_cpu_peak_tflops(size: int = 2048, repeats: int = 3) -> float:
-    """Best sgemm rate of ``size``³ float32 matmuls on the current threads: this CPU's practical peak."""
+    """Best sgemm rate of ``size``³ float32 matmuls on the current threads: the peak where no FMA probe runs."""
     a, b = torch.randn(size, size), torch.randn(size, size)
     a @ b
     best = float("inf")
@@ -214,7 +325,11 @@ def device_peak(device: torch.device, config: ExperimentConfig, override: float 
     if override is not None:
         return override, "--peak-tflops"
     if device.type == "cpu":
-        return measured_cpu_peak_tflops(), "measured float32 sgemm 2048^3 on these threads"
+        threads = torch.get_num_threads()
+        fma = fma_peak_tflops(threads)
+        if fma is not None:
+            return fma, f"measured float32 AVX2 FMA peak on {threads} threads (benchmarks.cpu_peak)"
+        return measured_cpu_peak_tflops(), "measured float32 sgemm 2048^3 on these threads (no FMA probe here)"
     arithmetic = ("bfloat16" if config.performance.ebm_precision == "bfloat16"
                   else "tf32" if config.performance.tf32 else "float32")
     name = torch.cuda.get_device_name(device)
@@ -263,10 +378,17 @@ def run(settings: PerfSettings) -> PerfReport:
                             device=device) if config.energy.num_classes is not None else None)
     for _ in range(settings.warmup):
         trainer.step(x, labels)
+    iteration_seconds = []
     with _timed(device) as training:
         for _ in range(settings.iterations):
-            trainer.step(x, labels)
-    seconds = training.wall_seconds / settings.iterations
+            with _timed(device) as iteration:
+                trainer.step(x, labels)
+            iteration_seconds.append(iteration.wall_seconds)
+    # The median: a shared machine's stalls inflate single iterations.
+    seconds = statistics.median(iteration_seconds)
+    breakdown = (time_by_operation(lambda: trainer.step(x, labels), device,
+                                   training_flops_by_operation(config, settings.batch_size))
+                 if settings.breakdown else None)
 
     trainer.ebm.eval()
     if trainer.initializer is not None:
@@ -314,11 +436,85 @@ def run(settings: PerfSettings) -> PerfReport:
         settings={**asdict(settings), "config": config.name}, environment=environment,
         flops_per_iteration=flops_iteration, flops_per_langevin_step=flops_step,
         flops_per_image_sample=flops_sample, seconds_per_iteration=seconds,
+        best_seconds_per_iteration=min(iteration_seconds), iteration_seconds=iteration_seconds,
         cpu_seconds_per_iteration=training.cpu_seconds / settings.iterations,
         iterations_per_second=1.0 / seconds, langevin_steps_per_second=steps_per_second,
         sampling_images_per_second=sampling, inception_features_per_second=inception,
         peak_memory_bytes=memory, peak_memory_kind=memory_kind, peak_tflops=peak, peak_source=peak_source,
-        achieved_tflops=achieved, fraction_of_peak=achieved / peak, notes=notes)
+        achieved_tflops=achieved, fraction_of_peak=achieved / peak, breakdown=breakdown,
+        minutes_for_50k_samples_and_features=(
+            (50_000 / sampling["6x15"] + 50_000 / inception) / 60 if "6x15" in sampling and inception else None),
+        notes=notes)
+
+
+# --------------------------------------------------------------------------- options matrix
+
+#: What ``--options-matrix`` times, one run each: the exact path, each speed option alone, all together.
+OPTION_MATRIX: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("plain (eager float32)", ()),
+    ("channels_last", ("performance.channels_last=true",)),
+    ("tf32", ("performance.tf32=true",)),
+    ("fused_optimizer", ("performance.fused_optimizer=true",)),
+    ("chain_compile=inductor", ("performance.chain_compile=inductor",)),
+    ("chain_compile=cuda-graphs", ("performance.chain_compile=cuda-graphs",)),
+    ("ebm_precision=bfloat16", ("performance.ebm_precision=bfloat16",)),
+    ("all but bfloat16", ("performance.channels_last=true", "performance.tf32=true",
+                          "performance.fused_optimizer=true", "performance.chain_compile=cuda-graphs")),
+)
+#: Options that only exist on CUDA: dropped from the matrix on other devices.
+CUDA_ONLY_OPTIONS = ("performance.tf32=true", "performance.chain_compile=cuda-graphs")
+
+
+def matrix_runs(device: torch.device) -> list[tuple[str, tuple[str, ...]]]:
+    """OPTION_MATRIX for ``device``: on CPU without the CUDA-only options and the sets left empty by that."""
+    if device.type == "cuda":
+        return list(OPTION_MATRIX)
+    runs = []
+    for name, overrides in OPTION_MATRIX:
+        kept = tuple(item for item in overrides if item not in CUDA_ONLY_OPTIONS)
+        if kept or not overrides:
+            runs.append((name, kept))
+    return runs
+
+
+def run_matrix(settings: PerfSettings) -> list[tuple[str, PerfReport]]:
+    """One :func:`run` per option set, each on top of ``settings.overrides``."""
+    device = torch.device(settings.device)
+    return [(name, run(replace(settings, overrides=settings.overrides + overrides)))
+            for name, overrides in matrix_runs(device)]
+
+
+def matrix_table(rows: list[tuple[str, PerfReport]]) -> str:
+    """Markdown: per option set, s/iteration, speed-up over the first row, TFLOP/s, % of peak, chain and sampling rates."""
+    baseline = rows[0][1].seconds_per_iteration
+    sampled = sorted({key for _, report in rows for key in report.sampling_images_per_second})
+    header = ["options", "s/iteration", "speed-up", "TFLOP/s", "% of peak", "Langevin steps/s",
+              *(f"images/s {key}" for key in sampled)]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for name, report in rows:
+        cells = [name, f"{report.seconds_per_iteration:.4g}", f"{baseline / report.seconds_per_iteration:.2f}x",
+                 f"{report.achieved_tflops:.3g}", f"{100 * report.fraction_of_peak:.1f}",
+                 f"{report.langevin_steps_per_second:.3g}",
+                 *(f"{report.sampling_images_per_second[key]:.3g}" if key in report.sampling_images_per_second
+                   else "—" for key in sampled)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def execute(settings: PerfSettings, options_matrix: bool = False, json_path: Path | None = None) -> str:
+    """Run the benchmark (or the options matrix), write the JSON if asked; returns the text to print."""
+    if options_matrix:
+        rows = run_matrix(settings)
+        text = "\n\n".join(["\n".join([f"## {name}", *report.lines()]) for name, report in rows]
+                           + [matrix_table(rows)])
+        data: Any = [{"options": name, **report.to_dict()} for name, report in rows]
+    else:
+        report = run(settings)
+        text, data = "\n".join(report.lines()), report.to_dict()
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(data, indent=2) + "\n")
+    return text
 
 
 def _integers(text: str) -> tuple[int, ...]:
@@ -338,9 +534,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample-batch", type=int, default=None, help="samples per sampling run (default: batch)")
     parser.add_argument("--inception", action="store_true", help="also time Inception features (cdrl.evaluation)")
     parser.add_argument("--inception-images", type=int, default=32)
-    parser.add_argument("--peak-tflops", type=float, default=None, help="peak to compare with (default: table/sgemm)")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="profile one more iteration: time and GFLOP/s by kind of operation")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="peak to compare with (default: GPU datasheet; CPU measured FMA peak)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override, e.g. performance.channels_last=true (repeatable)")
+    parser.add_argument("--options-matrix", action="store_true",
+                        help="time the exact path, each speed option alone and all together; print a table")
     parser.add_argument("--json", type=Path, default=None, help="also write the report as JSON here")
     arguments = parser.parse_args(argv)
     if min(arguments.batch_size, arguments.iterations, arguments.inception_images) < 1 or arguments.warmup < 0:
@@ -350,12 +551,9 @@ def main(argv: list[str] | None = None) -> int:
         device=arguments.device, threads=arguments.threads, warmup=arguments.warmup,
         iterations=arguments.iterations, sampling_steps=arguments.sampling_steps,
         sample_batch=arguments.sample_batch, inception=arguments.inception,
-        inception_images=arguments.inception_images, peak_tflops=arguments.peak_tflops)
-    report = run(settings)
-    print("\n".join(report.lines()))
-    if arguments.json is not None:
-        arguments.json.parent.mkdir(parents=True, exist_ok=True)
-        arguments.json.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        inception_images=arguments.inception_images, peak_tflops=arguments.peak_tflops,
+        breakdown=arguments.breakdown)
+    print(execute(settings, options_matrix=arguments.options_matrix, json_path=arguments.json))
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 
 import pytest
@@ -52,9 +53,13 @@ def test_frozen_spectral_norm_is_bit_identical_and_restores_the_hooks():
                                  noise=GeneratorNoise(torch.Generator().manual_seed(5)))
 
     exact = revise(lambda y, logsnr: ebm(y, logsnr))
+    ebm.temb_final.weight.requires_grad_(False)  # a flag of the caller's, kept as it was
     with ChainEnergy(ebm, config.performance, "cpu").frozen() as chain_energy:
+        assert not any(parameter.requires_grad for parameter in ebm.parameters())
         frozen = revise(lambda y, logsnr: chain_energy(y, logsnr))
     assert torch.equal(exact, frozen)
+    assert [name for name, parameter in ebm.named_parameters() if not parameter.requires_grad] == [
+        "temb_final.weight"]
     assert {name: list(module._forward_pre_hooks) for name, module in ebm.named_modules()} == hooks_before
     # Power iterations run again in train mode after the context.
     u_before = ebm.temb_map1.weight_u.clone()
@@ -186,20 +191,26 @@ def test_flop_count_of_a_langevin_step_is_forward_plus_input_gradient():
     assert iteration > config.langevin.n_steps * step
 
 
-def test_perf_cli_on_tiny_writes_a_json_report(tmp_path):
+def _perf_cli(*arguments: str):
+    """``cdrl-bench perf`` on the tiny preset, one thread (restored after), a fixed peak; asserts success."""
     from typer.testing import CliRunner
 
     from cli import app
 
-    out = tmp_path / "perf.json"
     threads = torch.get_num_threads()
     try:
         result = CliRunner().invoke(app, ["perf", "--preset", "tiny", "--batch-size", "4", "--warmup", "0",
-                                          "--iterations", "1", "--sampling-steps", "1", "--threads", "1",
-                                          "--peak-tflops", "0.1", "--json", str(out)])
+                                          "--sampling-steps", "1", "--threads", "1", "--peak-tflops", "0.1",
+                                          *arguments])
     finally:
         torch.set_num_threads(threads)
     assert result.exit_code == 0, result.output
+    return result
+
+
+def test_perf_cli_on_tiny_writes_a_json_report(tmp_path):
+    out = tmp_path / "perf.json"
+    result = _perf_cli("--iterations", "2", "--breakdown", "--json", str(out))
     assert "s/iteration" in result.output
     report = json.loads(out.read_text())
     assert report["flops_per_iteration"] > 0 and report["seconds_per_iteration"] > 0
@@ -207,6 +218,27 @@ def test_perf_cli_on_tiny_writes_a_json_report(tmp_path):
         report["flops_per_iteration"] / report["seconds_per_iteration"] / 1e12 / 0.1)
     assert set(report["sampling_images_per_second"]) == {"6x1"}
     assert report["peak_source"] == "--peak-tflops"
+    assert len(report["iteration_seconds"]) == 2
+    assert report["best_seconds_per_iteration"] == min(report["iteration_seconds"])
+    assert "time by operation" in result.output
+    shares = {share["kind"]: share for share in report["breakdown"]}
+    assert list(shares) == [kind for kind, _ in perf.OPERATION_KINDS] + [perf.OTHER_OPERATIONS]
+    assert sum(share["fraction_of_time"] for share in shares.values()) == pytest.approx(1.0)
+    # Every counted FLOP lands in a kind: the tiny networks' convolutions, their backward, the linear layers.
+    assert sum(share["flops"] for share in shares.values()) == report["flops_per_iteration"]
+    for kind in ("convolution forward", "convolution backward", "matmul and attention"):
+        assert shares[kind]["flops"] > 0 and shares[kind]["tflops_per_second"] > 0, kind
+    assert shares[perf.OTHER_OPERATIONS]["flops"] == 0
+
+
+def test_operation_kinds_of_profiler_and_flop_counter_names():
+    assert perf.operation_kind("aten::mkldnn_convolution") == "convolution forward"
+    assert perf.operation_kind("aten.convolution") == "convolution forward"
+    assert perf.operation_kind("aten::cudnn_convolution") == "convolution forward"
+    assert perf.operation_kind("aten::convolution_backward") == "convolution backward"
+    assert perf.operation_kind("aten.addmm") == perf.operation_kind("aten::mm") == "matmul and attention"
+    assert perf.operation_kind("aten::_scaled_dot_product_flash_attention_for_cpu") == "matmul and attention"
+    assert perf.operation_kind("aten::mmx") == perf.operation_kind("aten::leaky_relu") == perf.OTHER_OPERATIONS
 
 
 @pytest.mark.slow
@@ -257,3 +289,34 @@ def test_chain_computes_the_conditioning_once_per_chain_bit_for_bit(name, monkey
         cached = chain(chain_energy)
     assert torch.equal(cached, exact)
     assert len(calls) == 1  # 4 steps, one conditioning
+
+
+def test_cpu_fma_peak_probe_measures_or_says_it_cannot(monkeypatch):
+    from benchmarks import cpu_peak
+
+    peak = cpu_peak.fma_peak_tflops(threads=1, rounds=200_000, repeats=2)
+    if cpu_peak._has_avx2_fma() and shutil.which("cc"):
+        assert peak is not None and 0.001 < peak < 10
+    else:
+        assert peak is None
+    monkeypatch.setattr(cpu_peak.shutil, "which", lambda name: None)
+    assert cpu_peak.fma_peak_tflops(threads=1, rounds=1000, repeats=1) is None
+
+
+def test_options_matrix_times_each_set_and_drops_cuda_only_options_on_cpu(tmp_path, monkeypatch):
+    monkeypatch.setattr(perf, "OPTION_MATRIX", (
+        ("plain", ()),
+        ("channels_last", ("performance.channels_last=true",)),
+        ("tf32", ("performance.tf32=true",)),
+        ("all", ("performance.channels_last=true", "performance.tf32=true", "performance.fused_optimizer=true")),
+    ))
+    assert [name for name, _ in perf.matrix_runs(torch.device("cuda"))] == ["plain", "channels_last", "tf32", "all"]
+    out = tmp_path / "matrix.json"
+    result = _perf_cli("--iterations", "1", "--options-matrix", "--json", str(out))
+    reports = json.loads(out.read_text())
+    assert [report["options"] for report in reports] == ["plain", "channels_last", "all"]
+    assert reports[2]["settings"]["overrides"] == ["performance.channels_last=true", "performance.fused_optimizer=true"]
+    table = result.output[result.output.index("| options"):].splitlines()
+    assert table[0].startswith("| options | s/iteration | speed-up")
+    assert [line.split(" | ")[0] for line in table[2:5]] == ["| plain", "| channels_last", "| all"]
+    assert table[2].split(" | ")[2] == "1.00x"
