@@ -221,15 +221,13 @@ def training_flops_by_operation(config: ExperimentConfig, batch_size: int) -> di
     return count_flops_by_operation(lambda: trainer.step(x, labels))
 
 
-def training_flops(config: ExperimentConfig, batch_size: int) -> tuple[int, int]:
-    """(per training iteration, per Langevin step) of a batch, on the meta device."""
-    per_iteration = sum(training_flops_by_operation(config, batch_size).values())
+def langevin_step_flops(config: ExperimentConfig, batch_size: int) -> int:
+    """FLOPs of one Langevin step (energy and input gradient) of a batch, on the meta device."""
     trainer = _meta_trainer(config)
     trainer.ebm.eval()
     x, labels = _meta_batch(config, batch_size)
     logsnr = torch.zeros(batch_size, device="meta")
-    per_step = count_flops(lambda: energy_gradient(lambda y, s: trainer.ebm(y, s, labels), x, logsnr))
-    return per_iteration, per_step
+    return count_flops(lambda: energy_gradient(lambda y, s: trainer.ebm(y, s, labels), x, logsnr))
 
 
 # --------------------------------------------------------------------------- time by operation
@@ -269,7 +267,8 @@ def time_by_operation(step: Callable[[], object], device: torch.device,
         seconds[kind] = seconds.get(kind, 0.0) + self_us / 1e6
     flops: dict[str, int] = {}
     for name, count in flops_by_operation.items():
-        flops[operation_kind(name)] = flops.get(operation_kind(name), 0) + count
+        kind = operation_kind(name)
+        flops[kind] = flops.get(kind, 0) + count
     total = sum(seconds.values())
     kinds = [kind for kind, _ in OPERATION_KINDS] + [OTHER_OPERATIONS]
     return [OperationShare(kind=kind, seconds=seconds.get(kind, 0.0),
@@ -364,7 +363,9 @@ def run(settings: PerfSettings) -> PerfReport:
     device = torch.device(settings.device)
     config = apply_overrides(preset(settings.preset),
                              [f"training.batch_size={settings.batch_size}", *settings.overrides])
-    flops_iteration, flops_step = training_flops(config, settings.batch_size)
+    flops_by_operation = training_flops_by_operation(config, settings.batch_size)
+    flops_iteration = sum(flops_by_operation.values())
+    flops_step = langevin_step_flops(config, settings.batch_size)
     flops_sample = {f"6x{steps}": sample_flops(config, steps) for steps in settings.sampling_steps}
 
     torch.manual_seed(settings.seed)
@@ -386,8 +387,7 @@ def run(settings: PerfSettings) -> PerfReport:
             iteration_seconds.append(iteration.wall_seconds)
     # The median: a shared machine's stalls inflate single iterations.
     seconds = statistics.median(iteration_seconds)
-    breakdown = (time_by_operation(lambda: trainer.step(x, labels), device,
-                                   training_flops_by_operation(config, settings.batch_size))
+    breakdown = (time_by_operation(lambda: trainer.step(x, labels), device, flops_by_operation)
                  if settings.breakdown else None)
 
     trainer.ebm.eval()

@@ -19,14 +19,12 @@ import torch.distributed as dist
 from cdrl.checkpoint import LoadedModel
 from cdrl.data import item_shape
 from cdrl.errors import CdrlBenchError
+from cdrl.guidance import ConditionalNetwork
 from cdrl.langevin import EnergyFn
 from cdrl.noise import PerExampleNoise
 from cdrl.performance import ChainEnergy, configure_device, prepare_network
 from cdrl.sampler import ProposalFn, sample
 from cdrl.schedule import LogSNRSchedule
-
-#: The energy network as chains call it: energy(y, logsnr, labels=None).
-ChainEnergyFn = Callable[..., torch.Tensor]
 
 
 def example_seed(seed: int, index: int) -> int:
@@ -53,7 +51,7 @@ def _gather_by_index(local: torch.Tensor, total: int, rank: int, world_size: int
 @torch.no_grad()
 def generate(model: LoadedModel, n_samples: int, *, steps_per_level: int | None = None, seed: int = 0,
              batch_size: int = 256, device: torch.device | str = "cpu",
-             callables: Callable[[torch.Tensor, ChainEnergyFn], tuple[EnergyFn, ProposalFn | None]] | None = None,
+             callables: Callable[[torch.Tensor, ConditionalNetwork], tuple[EnergyFn, ProposalFn | None]] | None = None,
              progress: Callable[[int], None] | None = None) -> torch.Tensor:
     """``n_samples`` samples (float, on the CPU) of a loaded model, in index order.
 

@@ -24,6 +24,7 @@ from typing import Callable, Sequence
 import torch
 
 from cdrl.checkpoint import LoadedModel
+from cdrl.config import ExperimentConfig
 from cdrl.errors import CdrlBenchError
 from cdrl.langevin import EnergyFn
 from cdrl.sampler import ProposalFn
@@ -51,6 +52,15 @@ class Concept:
 
     label: ClassLabel
     weight: float = 1.0
+
+
+def requested_classes(indices: torch.Tensor, class_label: int | None, config: ExperimentConfig
+                      ) -> torch.Tensor | None:
+    """The class that samples ``indices`` are drawn for: ``class_label``, or all classes in turn; None if unconditional."""
+    num_classes = config.energy.num_classes
+    if num_classes is None:
+        return None
+    return torch.full_like(indices, class_label) if class_label is not None else indices % num_classes
 
 
 def embedding_labels(label: ClassLabel | None, batch: int, device: torch.device) -> torch.Tensor:

@@ -20,6 +20,7 @@ from cdrl.config import ExperimentConfig
 from cdrl.errors import CdrlBenchError
 from cdrl.data import DataConfig, build_dataset, dataset_info
 from cdrl.generation import generate
+from cdrl.guidance import ConditionalNetwork, build_guided_model, requested_classes
 from cdrl.toy_metrics import toy_metrics
 
 IMAGE_METRICS = ("fid", "kid_mean", "kid_std", "inception_score")
@@ -119,7 +120,7 @@ def draw_samples(checkpoint: str | os.PathLike, *, n_samples: int, steps_per_lev
     """(samples, the model's config, the sampling protocol) of a checkpoint.
 
     A class-conditional model draws sample i of class ``class_label``, or of class i mod
-    (number of classes) when none is given; :func:`requested_classes` says which.
+    (number of classes) when none is given; :func:`cdrl.guidance.requested_classes` says which.
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = load_model(checkpoint, use_ema=use_ema, device=device)
@@ -158,24 +159,13 @@ def score_checkpoint(checkpoint: str | os.PathLike, *, steps_per_level: int | No
     return ScoreResult(metrics, protocol, line, run_id)
 
 
-def requested_classes(indices: torch.Tensor, class_label: int | None, config: ExperimentConfig
-                      ) -> torch.Tensor | None:
-    """The class that samples ``indices`` are drawn for: ``class_label``, or all classes in turn; None if unconditional."""
-    num_classes = config.energy.num_classes
-    if num_classes is None:
-        return None
-    return torch.full_like(indices, class_label) if class_label is not None else indices % num_classes
-
-
 def _callables(model: LoadedModel, guidance: float, class_label: int | None):
     """Per-batch (energy, proposal) of a conditional model: one class, or all classes in turn; guided at w."""
     if model.config.energy.num_classes is None:
         if guidance or class_label is not None:
             raise CdrlBenchError("--guidance/--class need a class-conditional checkpoint (e.g. preset imagenet32-cond)")
         return None
-    from cdrl.guidance import build_guided_model
-
-    def for_batch(indices: torch.Tensor, chain_energy):
+    def for_batch(indices: torch.Tensor, chain_energy: ConditionalNetwork):
         return build_guided_model(model, guidance, requested_classes(indices, class_label, model.config),
                                   ebm=chain_energy)
 

@@ -44,7 +44,7 @@ from cdrl.config import ConfigError, ExperimentConfig, RunConfig, apply_override
 from cdrl.data import build_dataset, dataset_info, infinite_batches, item_shape, toy_in_support
 from cdrl.errors import CdrlBenchError
 from cdrl.files import PARTIAL_SUFFIX
-from cdrl.guidance import Concept, guidance_concepts, guided_callables
+from cdrl.guidance import Concept, guidance_concepts, guided_callables, requested_classes
 from cdrl.noise import GeneratorNoise
 from cdrl.sampler import sample
 from cdrl.tracking import (DIVERGED_METRIC, TAG_CHECKPOINT_DIR, TAG_DIVERGED, TAG_KIND, TAG_METHOD, TAG_PRESET,
@@ -230,7 +230,7 @@ def _any_rank(flag: torch.Tensor, ranks: _Ranks) -> bool:
 
 @torch.no_grad()
 def sample_ema(trainer: CooperativeTrainer, n_samples: int, seed: int,
-                 concepts: Sequence[Concept] | None = None) -> torch.Tensor:
+               concepts: Sequence[Concept] | None = None) -> torch.Tensor:
     """Samples of the trainer's EMA networks (Algorithm 2), on the CPU; the training RNGs are left untouched.
 
     A conditional model samples ``concepts`` (cdrl.guidance: one guided class, or a composition);
@@ -238,7 +238,7 @@ def sample_ema(trainer: CooperativeTrainer, n_samples: int, seed: int,
     """
     config = trainer.config
     if concepts is None and trainer.conditional:
-        classes = torch.arange(n_samples, device=trainer.device) % config.energy.num_classes
+        classes = requested_classes(torch.arange(n_samples, device=trainer.device), None, config)
         concepts = guidance_concepts(classes, 0.0)
     with trainer.ema_networks():
         if concepts is None:

@@ -17,7 +17,8 @@ from cdrl.checkpoint import make_checkpoint, save_atomic
 from cdrl.config import apply_overrides, preset
 from cdrl.data import DataConfig, build_dataset
 from cdrl.errors import CdrlBenchError
-from cdrl.scoring import reference_images, requested_classes, score_samples
+from cdrl.guidance import requested_classes
+from cdrl.scoring import reference_images, score_samples
 from cdrl.training import CooperativeTrainer
 from cli import app
 

@@ -186,7 +186,8 @@ def test_flop_count_of_a_langevin_step_is_forward_plus_input_gradient():
     step = perf.count_flops(lambda: energy_gradient(lambda y, s: ebm(y, s), x, logsnr))
     # The input gradient costs one more pass through the convolutions; no weight gradients.
     assert 1.9 * forward < step < 2.0 * forward
-    iteration, per_step = perf.training_flops(config, 4)
+    iteration = sum(perf.training_flops_by_operation(config, 4).values())
+    per_step = perf.langevin_step_flops(config, 4)
     assert per_step == step
     assert iteration > config.langevin.n_steps * step
 
