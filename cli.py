@@ -198,6 +198,7 @@ def run_suite(
     suite: str = _SUITE,
     quick: bool = _QUICK,
     seeds: int = typer.Option(None, "--seeds", help="Use seeds 0..N-1 instead of the suite's seeds."),
+    seed_offset: int = typer.Option(0, "--seed-offset", help="Add this to every seed (rerun on other seeds)."),
     from_checkpoint: Path = typer.Option(None, "--from-checkpoint", help="Evaluate this checkpoint (e.g. an imported "
                                          "official one) at each of the suite's points instead of training."),
     tracking_uri: str = _TRACKING_URI,
@@ -209,7 +210,7 @@ def run_suite(
     from benchmarks.runner import run_plan
     from benchmarks.suite import expand, load_suite
 
-    plan = expand(load_suite(suite), quick=quick, seeds=seeds, checkpoint=from_checkpoint)
+    plan = expand(load_suite(suite), quick=quick, seeds=seeds, seed_offset=seed_offset, checkpoint=from_checkpoint)
     try:
         summary = run_plan(plan, tracking_uri=tracking_uri, runs_dir=runs_dir,
                            data_dir=str(data_dir) if data_dir else None, device=device, console=console)
@@ -259,49 +260,74 @@ def table(
 def check(
     suite: str = _SUITE,
     baseline: Path = typer.Option(..., "--baseline", help="Stored results to compare with, e.g. "
-                                                          "results/baselines/ci-smoke.json."),
+                                                          "results/baselines/gate.json."),
     results: Path = typer.Option(None, "--results", help="Compare this results file instead of the runs in MLflow."),
-    tolerances: list[str] = typer.Option([], "--tolerance", help="Override a tolerance, metric=value "
-                                                                 "(absolute; repeatable)."),
-    update: bool = typer.Option(False, "--update", help="Write the current MLflow results to --baseline instead."),
+    k: float = typer.Option(None, "--k", help="Standard errors of tolerance (default: the suite's [check] k)."),
+    update: bool = typer.Option(False, "--update", help="Write the current MLflow results (and fingerprints) to "
+                                                        "--baseline instead."),
     quick: bool = _QUICK_RUNS,
     tracking_uri: str = _TRACKING_URI,
 ) -> None:
-    """Regression check: exit 1 naming each metric worse than the baseline by more than its tolerance."""
-    from benchmarks.regression import compare, read_results, results_from_table, write_results
+    """Regression check: exit 1 naming each metric worse than the baseline by more than k standard errors.
+
+    The tolerance of each metric is derived from the seed-to-seed spread stored in the baseline:
+    k * sigma * sqrt(1/n_baseline + 1/n_current). Suites with stored checkpoints also compare
+    numerical fingerprints (fixed-seed samples, a few training steps) with the baseline's.
+    """
+    from benchmarks.fingerprint import fingerprints
+    from benchmarks.regression import compare, compare_fingerprints, read_results, results_from_runs, write_results
     from benchmarks.suite import load_suite
-    from benchmarks.tables import build_table
 
     definition = load_suite(suite)
-    limits = {}
-    for item in tolerances:
-        metric, _, value = item.partition("=")
-        try:
-            limits[metric] = float(value)
-        except ValueError:
-            raise CdrlBenchError(f"--tolerance {item!r} is not metric=number: write e.g. --tolerance fid=0.5") from None
-    if results is not None:
-        current = read_results(results)
-    else:
-        current = results_from_table(build_table(definition, quick=quick, tracking_uri=tracking_uri))
+    if k is not None and not k > 0:
+        raise CdrlBenchError(f"--k must be positive, got {k}: it is the number of standard errors of tolerance")
+    current = read_results(results) if results is not None else \
+        results_from_runs(definition, "quick" if quick else "full", tracking_uri)
     if update:
-        console.print(f"wrote {write_results(current, baseline)} ({len(current['metrics'])} points)", highlight=False)
+        if definition.fingerprint_tolerance is not None:
+            current["fingerprints"] = fingerprints(definition)
+        console.print(f"wrote {write_results(current, baseline)} ({len(current['points'])} points"
+                      f"{', %d fingerprints' % len(current['fingerprints']) if 'fingerprints' in current else ''})",
+                      highlight=False)
         return
-    comparisons = compare(definition, read_results(baseline), current, limits)
-    report = Table(title=f"{definition.name}: current vs {baseline}")
-    for column in ("point", "metric", "baseline", "current", "tolerance", "status"):
-        report.add_column(column)
+    stored = read_results(baseline)
+    comparisons = compare(definition, stored, current, k)
+    drifts = compare_fingerprints(definition, stored, fingerprints(definition)) \
+        if definition.fingerprint_tolerance is not None else []
+    report = Table(title=f"{definition.name} ({current['profile']}): current vs {baseline}",
+                   caption=f"tolerance = k·σ·√(1/n_baseline + 1/n_current), k = {comparisons[0].k:g}; "
+                           "σ: seed-to-seed std in the baseline; ± standard error", caption_justify="left")
+    for column in ("point", "metric", "baseline", "current", "σ", "tolerance", "worse by", "status"):
+        report.add_column(column, justify="left" if column in ("point", "metric") else "right")
+
+    def mean_and_error(values: tuple[float, ...]) -> str:
+        import statistics
+
+        if not values:
+            return "missing"
+        error = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else float("nan")
+        return f"{statistics.fmean(values):.4g} ± {error:.2g} ({len(values)})"
+
     for item in comparisons:
-        report.add_row(item.point, item.metric, f"{item.baseline:.4g}",
-                       "missing" if item.current is None else f"{item.current:.4g}", f"{item.tolerance:g}",
+        report.add_row(item.point, item.metric, mean_and_error(item.baseline), mean_and_error(item.current),
+                       f"{item.sigma:.2g}", f"{item.tolerance:.2g}", f"{item.worse_by:+.2g}",
                        "[red]REGRESSED[/]" if item.regressed else "[green]ok[/]")
-    console.print(report)
-    regressions = [item for item in comparisons if item.regressed]
-    if regressions:
-        for item in regressions:
+    console.print(report, width=max(console.width, 150))  # one line per metric, also in CI logs
+    if drifts:
+        prints = Table(title="fingerprints: relative drift from the baseline (fixed seeds, stored checkpoints)")
+        for column in ("fingerprint", "drift", "tolerance", "status"):
+            prints.add_column(column, justify="left" if column == "fingerprint" else "right")
+        for item in drifts:
+            prints.add_row(item.name, f"{item.drift:.2g}", f"{item.tolerance:g}",
+                           "[red]DRIFTED[/]" if item.regressed else "[green]ok[/]")
+        console.print(prints)
+    failures = [item for item in (*comparisons, *drifts) if item.regressed]
+    if failures:
+        for item in failures:
             error_console.print(f"[bold red]regression:[/] {item.describe()}", highlight=False, soft_wrap=True)
         raise SystemExit(1)
-    console.print(f"check passed: {len(comparisons)} metrics within tolerance", highlight=False)
+    console.print(f"check passed: {len(comparisons)} metrics within tolerance"
+                  f"{f', {len(drifts)} fingerprints unchanged' if drifts else ''}", highlight=False)
 
 
 @app.command()

@@ -1,15 +1,23 @@
-"""Regression check of a suite's measured metrics against a stored baseline (CI).
+"""Regression check of a suite against a stored baseline: a test over seeds, plus fingerprints.
 
-A results file (JSON) holds one suite's measured means per evaluation point::
+A results document (JSON, format 2) holds one suite's measured values, one per seed, at
+every evaluation point::
 
-    {"suite": "ci-smoke", "suite_version": 1, "profile": "full",
-     "metrics": {"cdrl/K5": {"in_support_fraction": 0.83, "energy_distance": 0.011, ...}, ...},
-     "recorded": {"date": ..., "torch": ..., "python": ..., "machine": ...}}
+    {"suite": "gate", "suite_version": 1, "profile": "full", "format": 2,
+     "points": {"toy-cdrl/K15@checkpoint-3f2a…": {"seeds": [0, 1, 2],
+                                                  "metrics": {"energy_distance": [0.0021, 0.0009, 0.0017]}}},
+     "fingerprints": {"samples:toy-cdrl/K15/w0": [...], ...},
+     "recorded": {"date": ..., "torch": ..., "threads": ..., ...}}
 
 ``results/baselines/<suite>.json`` is such a file, written by ``cdrl-bench check --update``.
-A metric regresses when it is worse than the baseline by more than its tolerance (absolute;
-the suite's ``[check] tolerances``, or ``--tolerance``), in its own direction: lower is
-better for FID, KID and energy distance, higher for IS, in-support fraction and coverage.
+
+The test: a metric regresses when the current mean is worse than the baseline's mean, in the
+metric's own direction, by more than ``k`` standard errors of the difference of two means,
+``k * sigma * sqrt(1/n_baseline + 1/n_current)``, where sigma is the seed-to-seed standard
+deviation measured in the baseline (so a baseline needs at least :data:`MIN_BASELINE_SEEDS`
+seeds) and k is the suite's ``[check] k``; a metric whose sigma can be 0 gets the suite's
+``tolerance_floors`` as its smallest tolerance. Fingerprints (:mod:`benchmarks.fingerprint`)
+fail when they drift by more than the suite's ``fingerprint_tolerance``.
 """
 
 from __future__ import annotations
@@ -17,77 +25,67 @@ from __future__ import annotations
 import json
 import math
 import platform
+import statistics
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
+from benchmarks.records import TAG_GUIDANCE, TAG_MODEL, TAG_SEED, TAG_SOURCE, TAG_STEPS, finished_eval_runs, \
+    latest_per_key
 from benchmarks.suite import METRICS, Suite, SuiteError
-from benchmarks.tables import SuiteTable
+
+FORMAT = 2
+#: A tolerance derived from the seed-to-seed spread needs that spread measured on this many seeds.
+MIN_BASELINE_SEEDS = 3
 
 
-@dataclass(frozen=True)
-class Comparison:
-    point: str
-    metric: str
-    baseline: float
-    current: float | None
-    tolerance: float
-
-    @property
-    def regressed(self) -> bool:
-        if self.current is None or math.isnan(self.current):
-            return True
-        worse_by = self.baseline - self.current if METRICS[self.metric].higher_is_better \
-            else self.current - self.baseline
-        return worse_by > self.tolerance
-
-    def describe(self) -> str:
-        info = METRICS[self.metric]
-        if self.current is None or math.isnan(self.current):
-            return f"{self.metric} of {self.point} is missing from the results (baseline {self.baseline:.4g})"
-        sign = "-" if info.higher_is_better else "+"
-        return (f"{self.metric} of {self.point} is {self.current:.4g} (baseline {self.baseline:.4g}, tolerance "
-                f"{sign}{self.tolerance:g}, {'higher' if info.higher_is_better else 'lower'} is better)")
+def point_key(model: str, steps: int, guidance: float, source: str) -> str:
+    """A table row's key: ``model/K15`` (+ ``/w2``) (+ ``@checkpoint-…`` for a given or stored checkpoint)."""
+    if source == "data":
+        return f"{model}/floor"
+    key = f"{model}/K{steps}" + (f"/w{guidance:g}" if guidance else "")
+    return key if source in ("", "trained") else f"{key}@{source}"
 
 
-def point_key(row) -> str:
-    key = f"{row['model']}/K{int(row['steps_per_level'])}"
-    if "guidance" in row and not math.isnan(row["guidance"]) and row["guidance"]:
-        key += f"/w{row['guidance']:g}"
-    if row["source"] not in ("", "trained"):
-        key += f"@{row['source']}"
-    return key
+def results_from_runs(suite: Suite, profile: str, tracking_uri: str | None = None) -> dict:
+    """Every finished evaluation of a suite profile, per point and seed, as a results document."""
+    runs = latest_per_key(finished_eval_runs(suite.experiment, suite.name, suite.version, profile, tracking_uri))
+    points: dict[str, dict] = {}
+    if not runs.empty:
+        runs = runs.assign(_seed=runs[f"tags.{TAG_SEED}"].astype(int)).sort_values("_seed")
+        for _, run in runs.iterrows():
+            key = point_key(run[f"tags.{TAG_MODEL}"], int(run[f"tags.{TAG_STEPS}"]),
+                            float(run[f"tags.{TAG_GUIDANCE}"]), run[f"tags.{TAG_SOURCE}"])
+            point = points.setdefault(key, {"seeds": [], "metrics": {}})
+            point["seeds"].append(int(run["_seed"]))
+            for metric in suite.metrics:
+                # Not finite: not reported. A point whose metric no seed reported fails the check.
+                value = run.get(f"metrics.{metric}")
+                if value is not None and math.isfinite(value):
+                    point["metrics"].setdefault(metric, []).append(round(float(value), 7))
+    return {"suite": suite.name, "suite_version": suite.version, "profile": profile, "format": FORMAT,
+            "points": points, "recorded": _environment()}
 
 
-def results_from_table(table: SuiteTable) -> dict:
-    """The measured means of a suite table as a results document (rows without runs left out)."""
-    metrics: dict[str, dict[str, float]] = {}
-    for _, row in table.frame.iterrows():
-        if not row["model"] or not row["n_seeds"]:
-            continue
-        values = {metric: round(float(row[f"{metric}_mean"]), 6) for metric in table.suite.metrics
-                  if not math.isnan(row[f"{metric}_mean"])}
-        if values:
-            metrics[point_key(row)] = values
-    return {"suite": table.suite.name, "suite_version": table.suite.version, "profile": table.profile,
-            "metrics": metrics,
-            "recorded": {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                         "torch": torch.__version__, "python": platform.python_version(),
-                         "machine": platform.machine()}}
+def _environment() -> dict:
+    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
+            "python": platform.python_version(), "machine": platform.machine(), "threads": torch.get_num_threads()}
 
 
 def write_results(document: dict, path: Path) -> Path:
-    if not document["metrics"]:
-        raise SuiteError(f"suite {document['suite']} has no finished runs to record: run "
-                         f"`cdrl-bench run --suite {document['suite']}` first")
+    if not document["points"]:
+        raise SuiteError(f"suite {document['suite']} ({document['profile']}) has no finished runs to record: run "
+                         f"`cdrl-bench run --suite {document['suite']}"
+                         f"{' --quick' if document['profile'] == 'quick' else ''}` first")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(document, indent=2, sort_keys=False) + "\n")
+    path.write_text(json.dumps(document, indent=1) + "\n")
     return path
 
 
 def read_results(path: Path) -> dict:
+    """A results document, refused with the fix when it cannot be checked against."""
     if not path.is_file():
         raise SuiteError(f"results file {path} does not exist: write one with `cdrl-bench check --update "
                          f"--baseline {path}`")
@@ -95,29 +93,115 @@ def read_results(path: Path) -> dict:
         document = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise SuiteError(f"{path} is not valid JSON ({error}): rewrite it with `cdrl-bench check --update`") from None
-    if not isinstance(document, dict) or not isinstance(document.get("metrics"), dict):
-        raise SuiteError(f"{path} has no 'metrics' table: rewrite it with `cdrl-bench check --update`")
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise SuiteError(f"{path} is not a format-{FORMAT} results file (per-seed values): rewrite it with "
+                         "`cdrl-bench check --update`")
+    if not isinstance(document.get("points"), dict) or not any(
+            point.get("metrics") for point in document["points"].values()):
+        raise SuiteError(f"{path} checks nothing (no points with metrics): rewrite it with "
+                         "`cdrl-bench check --update` after running the suite")
     return document
 
 
-def compare(suite: Suite, baseline: dict, current: dict, tolerances: dict[str, float] | None = None
-            ) -> list[Comparison]:
-    """Every (point, metric) of the baseline, compared with the current results."""
+@dataclass(frozen=True)
+class Comparison:
+    point: str
+    metric: str
+    baseline: tuple[float, ...]
+    current: tuple[float, ...]
+    k: float
+    floor: float = 0.0
+
+    @property
+    def baseline_mean(self) -> float:
+        return statistics.fmean(self.baseline)
+
+    @property
+    def current_mean(self) -> float:
+        return statistics.fmean(self.current) if self.current else math.nan
+
+    @property
+    def sigma(self) -> float:
+        """Seed-to-seed standard deviation measured in the baseline."""
+        return statistics.stdev(self.baseline)
+
+    @property
+    def tolerance(self) -> float:
+        standard_error = self.sigma * math.sqrt(1 / len(self.baseline) + 1 / max(len(self.current), 1))
+        return max(self.k * standard_error, self.floor)
+
+    @property
+    def worse_by(self) -> float:
+        difference = self.current_mean - self.baseline_mean
+        return -difference if METRICS[self.metric].higher_is_better else difference
+
+    @property
+    def regressed(self) -> bool:
+        return not math.isfinite(self.current_mean) or self.worse_by > self.tolerance
+
+    def describe(self) -> str:
+        direction = "higher" if METRICS[self.metric].higher_is_better else "lower"
+        return (f"{self.metric} of {self.point} is {self.current_mean:.4g} over {len(self.current)} seeds, worse "
+                f"than the baseline's {self.baseline_mean:.4g} by {self.worse_by:.3g} > tolerance "
+                f"{self.tolerance:.3g} ({direction} is better)")
+
+
+@dataclass(frozen=True)
+class FingerprintComparison:
+    name: str
+    drift: float
+    tolerance: float
+
+    @property
+    def regressed(self) -> bool:
+        return not self.drift <= self.tolerance
+
+    def describe(self) -> str:
+        return (f"fingerprint {self.name} drifted by {self.drift:.3g} (relative) > tolerance {self.tolerance:g}: "
+                "the method's numbers changed")
+
+
+def compare(suite: Suite, baseline: dict, current: dict, k: float | None = None) -> list[Comparison]:
+    """Every (point, metric) of the baseline, compared with the current results; refuses what cannot be compared."""
     for document, name in ((baseline, "baseline"), (current, "results")):
         if (document.get("suite"), document.get("suite_version")) != (suite.name, suite.version):
             raise SuiteError(f"the {name} are of suite {document.get('suite')} v{document.get('suite_version')}, "
                              f"not {suite.name} v{suite.version}: regenerate the baseline with "
                              f"`cdrl-bench check --suite {suite.name} --update --baseline FILE`")
-    limits = {**suite.tolerances, **(tolerances or {})}
+    if baseline.get("profile") != current.get("profile"):
+        flag = " --quick" if baseline.get("profile") == "quick" else ""
+        raise SuiteError(f"the baseline is of the {baseline.get('profile')} profile and the results of the "
+                         f"{current.get('profile')} profile: pass a {current.get('profile')}-profile baseline, "
+                         f"or check with `cdrl-bench check{flag}` after `cdrl-bench run{flag}`")
+    missing = [point for point in baseline["points"] if not current["points"].get(point, {}).get("metrics")]
+    if missing:
+        raise SuiteError(f"no current result for {len(missing)} baseline point(s) ({', '.join(missing[:4])}"
+                         f"{', …' if len(missing) > 4 else ''}): run `cdrl-bench run --suite {suite.name}"
+                         f"{' --quick' if current.get('profile') == 'quick' else ''}` first")
     comparisons = []
-    for point, values in baseline["metrics"].items():
-        for metric, value in values.items():
+    for point, values in baseline["points"].items():
+        for metric, measured in values["metrics"].items():
             if metric not in METRICS:
                 raise SuiteError(f"the baseline names an unknown metric {metric!r}: regenerate it with --update")
-            if metric not in limits:
-                raise SuiteError(f"no tolerance for {metric}: add it to [check] tolerances of {suite.path.name} "
-                                 f"or pass --tolerance {metric}=VALUE")
-            found = current["metrics"].get(point, {}).get(metric)
-            comparisons.append(Comparison(point, metric, float(value), None if found is None else float(found),
-                                          limits[metric]))
+            if len(measured) < MIN_BASELINE_SEEDS:
+                raise SuiteError(f"the baseline has {len(measured)} seed(s) of {metric} at {point}: a tolerance needs "
+                                 f"the seed-to-seed spread of at least {MIN_BASELINE_SEEDS}; rebuild it with "
+                                 f"`cdrl-bench run --suite {suite.name} --seeds 10` and `check --update`")
+            found = current["points"][point]["metrics"].get(metric, [])
+            comparisons.append(Comparison(point, metric, tuple(measured), tuple(found), suite.check_k if k is None
+                                          else k, suite.tolerance_floors.get(metric, 0.0)))
     return comparisons
+
+
+def compare_fingerprints(suite: Suite, baseline: dict, current: dict[str, list[float]]
+                         ) -> list[FingerprintComparison]:
+    from benchmarks.fingerprint import drift
+
+    stored = baseline.get("fingerprints") or {}
+    if suite.fingerprint_tolerance is None:
+        return []
+    if not stored:
+        raise SuiteError(f"suite {suite.name} checks fingerprints but the baseline has none: rewrite it with "
+                         "`cdrl-bench check --update`")
+    return [FingerprintComparison(name, drift(current.get(name, []), values), suite.fingerprint_tolerance)
+            for name, values in stored.items()]

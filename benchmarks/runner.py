@@ -35,9 +35,9 @@ def run_folder(plan: Plan, job: TrainingJob, runs_dir: Path) -> Path:
         f"seed{job.seed}"
 
 
-def _tags(plan: Plan, key: str, model_key: str, seed: int) -> dict[str, str]:
+def _tags(plan: Plan, key: str, model_key: str, seed: int, source: str) -> dict[str, str]:
     return {TAG_SUITE: plan.suite.name, TAG_SUITE_VERSION: str(plan.suite.version), TAG_PROFILE: plan.profile,
-            TAG_RUN_KEY: key, TAG_MODEL: model_key, TAG_SEED: str(seed), TAG_SOURCE: plan.source}
+            TAG_RUN_KEY: key, TAG_MODEL: model_key, TAG_SEED: str(seed), TAG_SOURCE: source}
 
 
 def _train(plan: Plan, job: TrainingJob, runs_dir: Path, tracking_uri: str | None, data_dir: str | None,
@@ -49,7 +49,7 @@ def _train(plan: Plan, job: TrainingJob, runs_dir: Path, tracking_uri: str | Non
     # train loop refuses it if the model's config has changed since, beyond the iteration budget.
     result = train_loop.train(config, resume=folder if started else None, out=None if started else folder,
                               tracking_uri=tracking_uri, experiment_name=plan.suite.experiment,
-                              tags=_tags(plan, job.key, job.model.key, job.seed), device=device, show_progress=False)
+                              tags=_tags(plan, job.key, job.model.key, job.seed, "trained"), device=device, show_progress=False)
     return result.checkpoint
 
 
@@ -70,6 +70,8 @@ def run_plan(plan: Plan, *, tracking_uri: str | None = None, runs_dir: Path = Pa
     by_training: dict[str | None, list[EvalJob]] = {}
     for job in pending:
         by_training.setdefault(job.training.key if job.training else None, []).append(job)
+    if None in by_training:  # stored checkpoints and floors first: they cost no training
+        by_training = {None: by_training.pop(None), **by_training}
     trainings = [job for job in plan.trainings if job.key in by_training]
     for skipped in plan.skipped:
         console.print(f"[yellow]skipped[/] {skipped}: the given checkpoint does not fit it", highlight=False)
@@ -82,7 +84,7 @@ def run_plan(plan: Plan, *, tracking_uri: str | None = None, runs_dir: Path = Pa
         overall = progress.add_task(f"{suite.name}", total=len(trainings) + len(pending))
         for training_key, jobs in by_training.items():
             if training_key is None:
-                checkpoint, selection = plan.checkpoint, "given"
+                checkpoint, selection = None, "given"
             else:
                 training = jobs[0].training
                 progress.update(overall, description=f"{suite.name}: training {training.key}")
@@ -97,16 +99,19 @@ def run_plan(plan: Plan, *, tracking_uri: str | None = None, runs_dir: Path = Pa
             for job in jobs:
                 progress.update(overall, description=f"{suite.name}: scoring {job.key}")
                 samples = progress.add_task(f"  samples of {job.key}", total=job.n_samples)
-                result = scoring.score_checkpoint(
-                    checkpoint, steps_per_level=job.steps_per_level, n_samples=job.n_samples,
-                    backend=suite.backend, reference_split=suite.reference_split,
-                    n_reference=suite.profiles[plan.profile].n_reference, seed=job.seed,
-                    batch_size=suite.batch_size, guidance=job.guidance, device=device,
-                    checkpoint_selection=selection, data_dir=data_dir, tracking_uri=tracking_uri,
-                    experiment_name=suite.experiment,
-                    tags={**_tags(plan, job.key, job.model.key, job.seed), TAG_METHOD: job.model.method,
-                          TAG_STEPS: str(job.steps_per_level), TAG_GUIDANCE: f"{job.guidance:g}"},
-                    progress=lambda count, task=samples: progress.advance(task, count))
+                common = dict(backend=suite.backend, reference_split=suite.reference_split,
+                              n_reference=suite.profiles[plan.profile].n_reference, seed=job.seed, device=device,
+                              data_dir=data_dir, tracking_uri=tracking_uri, experiment_name=suite.experiment,
+                              tags={**_tags(plan, job.key, job.model.key, job.seed, job.source),
+                                    TAG_METHOD: "data" if job.floor_config else job.model.method,
+                                    TAG_STEPS: str(job.steps_per_level), TAG_GUIDANCE: f"{job.guidance:g}"})
+                if job.floor_config is not None:
+                    result = scoring.score_data(job.floor_config, n_samples=job.n_samples, **common)
+                else:
+                    result = scoring.score_checkpoint(
+                        checkpoint or job.checkpoint, steps_per_level=job.steps_per_level, n_samples=job.n_samples,
+                        batch_size=suite.batch_size, guidance=job.guidance, checkpoint_selection=selection,
+                        progress=lambda count, task=samples: progress.advance(task, count), **common)
                 progress.remove_task(samples)
                 summary.evaluated.append(job.key)
                 progress.console.print(f"scored {job.key}: {_metrics_line(result.metrics)}", highlight=False,

@@ -89,9 +89,26 @@ class ModelSpec:
     guidance: tuple[float, ...] = (0.0,)
     #: Columns and values that pick this model's row in the reference CSV (e.g. method = "CDRL").
     paper: dict[str, str] = field(default_factory=dict)
+    #: A stored checkpoint (relative to the repository) sampled instead of training the model.
+    checkpoint: str | None = None
+    #: The data-vs-data floor: real data scored as if it were samples (the preset names the data).
+    floor: bool = False
+    #: At most this many samples per evaluation (e.g. fewer images than 2-D points in one suite).
+    n_samples: int | None = None
+
+    def samples(self, profile: "Profile") -> int:
+        return min(profile.n_samples, self.n_samples or profile.n_samples)
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        if self.checkpoint is None:
+            return None
+        path = Path(self.checkpoint)
+        return path if path.is_absolute() else REPO_FOLDER / path
 
 
 PLOT_AXES = ("total_steps", "guidance")
+REPO_FOLDER = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)
@@ -128,8 +145,14 @@ class Suite:
     #: Also list the reference rows no model matches (the rest of the paper's table).
     context_rows: bool = False
     plot: PlotSpec | None = None
-    #: Regression-check tolerances per metric (absolute).
-    tolerances: dict[str, float] = field(default_factory=dict)
+    #: Regression check: a metric fails when worse than the baseline's mean by more than
+    #: k standard errors of the difference of means (seed-to-seed std measured in the baseline).
+    check_k: float = 4.0
+    #: Smallest tolerance per metric, for metrics whose seed-to-seed std can be 0 (e.g. coverage).
+    tolerance_floors: dict[str, float] = field(default_factory=dict)
+    #: Also compare numerical fingerprints of the stored checkpoints (benchmarks.fingerprint): the
+    #: largest relative drift allowed; None: no fingerprints.
+    fingerprint_tolerance: float | None = None
     notes: str = ""
 
     @property
@@ -149,13 +172,19 @@ class TrainingJob:
 class EvalJob:
     key: str
     model: ModelSpec
-    #: The run that produces the checkpoint; None when evaluating a given checkpoint.
+    #: The run that produces the checkpoint; None when evaluating a given or stored checkpoint, or data.
     training: TrainingJob | None
     steps_per_level: int
     noise_levels: int
     guidance: float
     seed: int
     n_samples: int
+    #: "trained", "checkpoint-<sha256 prefix>" (a given or stored checkpoint) or "data" (a floor row).
+    source: str = "trained"
+    #: The checkpoint to sample when there is no training.
+    checkpoint: Path | None = None
+    #: The config of a floor row (its data); None otherwise.
+    floor_config: ExperimentConfig | None = None
 
     @property
     def point(self) -> tuple[str, int, float]:
@@ -253,23 +282,35 @@ def _profile(table: _Table, fallback: Profile | None) -> Profile:
 
 
 def _model(table: _Table, default_preset: str | None) -> ModelSpec:
-    table.check_known({"key", "label", "method", "preset", "ablations", "overrides", "steps", "guidance", "paper"})
+    table.check_known({"key", "label", "method", "preset", "ablations", "overrides", "steps", "guidance", "paper",
+                       "checkpoint", "floor", "n_samples"})
     key = table.get("key", str)
     if not key or "/" in key or " " in key:
         raise table._fail("key", f"{key!r} must be a non-empty word without '/' or spaces")
     model_preset = table.get("preset", str, default_preset)
-    if model_preset is None:
+    if model_preset is None and "checkpoint" not in table.values:
         raise table._fail("preset", "is missing: set [train] preset or the model's own preset")
     paper = table.get("paper", dict, {})
     if any(steps < 1 for steps in table.items("steps", int)):
         raise table._fail("steps", "must all be at least 1 (Langevin steps per level)")
-    return ModelSpec(
-        key=key, label=table.get("label", str, key), method=table.get("method", str, "cdrl"), preset=model_preset,
+    checkpoint, floor = table.get("checkpoint", str, None), table.get("floor", bool, False)
+    if checkpoint is not None and floor:
+        raise table._fail("floor", "and checkpoint exclude each other: a floor row scores data, not a model")
+    spec = ModelSpec(
+        key=key, label=table.get("label", str, key), method=table.get("method", str, "cdrl"),
+        preset=model_preset or "",
         ablations=table.items("ablations", str), overrides=table.items("overrides", str),
         steps=table.items("steps", int),
         guidance=tuple(float(w) for w in table.items("guidance", (int, float), (0.0,))),
-        paper={str(k): str(v) for k, v in paper.items()},
+        paper={str(k): str(v) for k, v in paper.items()}, checkpoint=checkpoint, floor=floor,
+        n_samples=table.get("n_samples", int, None),
     )
+    if spec.n_samples is not None and spec.n_samples < 1:
+        raise table._fail("n_samples", f"must be at least 1, got {spec.n_samples}")
+    if spec.checkpoint_path is not None and not spec.checkpoint_path.is_file():
+        raise table._fail("checkpoint", f"names {checkpoint}, which does not exist: fix the path (relative to the "
+                                        "repository) or train it with the command in results/gate/README.md")
+    return spec
 
 
 def load_suite(name: str | os.PathLike) -> Suite:
@@ -287,7 +328,7 @@ def load_suite(name: str | os.PathLike) -> Suite:
     train.check_known({"preset", "overrides"})
     evaluation.check_known({"backend", "reference_split", "batch_size"})
     profiles.check_known(set(PROFILES))
-    check.check_known({"tolerances"})
+    check.check_known({"k", "tolerance_floors", "fingerprint_tolerance"})
     full = _profile(profiles.table("full"), None)
     suite_name = top.get("name", str)
     default_preset = train.get("preset", str, None)
@@ -312,8 +353,14 @@ def load_suite(name: str | os.PathLike) -> Suite:
         if plot.secondary and plot.paper not in (None, plot.metric):
             raise plot_table._fail("secondary", "and a paper column of another metric would share the right "
                                                 "axis: keep one of them")
-    tolerances = {str(k): float(v) for k, v in check.get("tolerances", dict, {}).items()}
-    for metric in (*metrics, *tolerances, *([plot.metric, plot.secondary or plot.metric] if plot else [])):
+    floors = {str(k): float(v) for k, v in check.get("tolerance_floors", dict, {}).items()}
+    check_k = float(check.get("k", (int, float), 4.0))
+    if check_k <= 0:
+        raise check._fail("k", f"must be positive (standard errors of tolerance), got {check_k}")
+    fingerprint_tolerance = check.get("fingerprint_tolerance", float, None)
+    if fingerprint_tolerance is not None and not fingerprint_tolerance > 0:
+        raise check._fail("fingerprint_tolerance", f"must be positive, got {fingerprint_tolerance}")
+    for metric in (*metrics, *floors, *([plot.metric, plot.secondary or plot.metric] if plot else [])):
         if metric not in METRICS:
             raise SuiteError(f"{path.name}: unknown metric {metric!r}: use one of {', '.join(METRICS)}")
     suite = Suite(
@@ -324,13 +371,17 @@ def load_suite(name: str | os.PathLike) -> Suite:
         reference_split=evaluation.get("reference_split", str, "train"),
         batch_size=evaluation.get("batch_size", int, 256), reference=top.get("reference", str, None),
         reference_label=top.get("reference_label", str, "paper"), context_rows=top.get("context_rows", bool, False),
-        plot=plot, tolerances=tolerances, notes=top.get("notes", str, ""),
+        plot=plot, check_k=check_k, tolerance_floors=floors,
+        fingerprint_tolerance=fingerprint_tolerance,
+        notes=top.get("notes", str, ""),
     )
     if plot is not None and plot.x == "guidance" and not any(len(model.guidance) > 1 for model in models):
         raise SuiteError(f"{path.name}: plot.x = \"guidance\" needs a model with several guidance weights")
     if suite.reference_path is not None and not suite.reference_path.is_file():
         raise top._fail("reference", f"names {suite.reference}, which is not in results/paper/: fix the file name")
     for model in models:  # bad presets, methods, ablations and overrides fail here, not mid-suite
+        if model.checkpoint is not None:
+            continue
         try:
             model_config(suite, model, "full", seed=0)
             model_config(suite, model, "quick", seed=0)
@@ -371,19 +422,29 @@ def checkpoint_source(path: Path) -> str:
     return f"checkpoint-{digest.hexdigest()[:12]}"
 
 
-def expand(suite: Suite, *, quick: bool = False, seeds: int | None = None,
+def expand(suite: Suite, *, quick: bool = False, seeds: int | None = None, seed_offset: int = 0,
            checkpoint: str | os.PathLike | None = None) -> Plan:
-    """The runs of a suite: trainings and evaluations, or only evaluations of ``checkpoint``."""
+    """The runs of a suite: trainings and evaluations, or only evaluations of ``checkpoint``.
+
+    ``seeds`` replaces the profile's seeds by 0..N-1; ``seed_offset`` adds to every seed (a
+    rerun on other seeds, e.g. to measure false alarms of the regression check).
+    """
     profile = "quick" if quick else "full"
     settings = suite.profiles[profile]
     if seeds is not None:
         if seeds < 1:
             raise SuiteError(f"--seeds must be at least 1, got {seeds}")
         settings = replace(settings, seeds=tuple(range(seeds)))
+    if seed_offset < 0:
+        raise SuiteError(f"--seed-offset must be at least 0, got {seed_offset}")
+    settings = replace(settings, seeds=tuple(seed + seed_offset for seed in settings.seeds))
     if checkpoint is not None:
         return _expand_checkpoint(suite, profile, settings, Path(checkpoint))
     trainings, evaluations = [], []
     for model in suite.models:
+        if model.checkpoint is not None or model.floor:
+            evaluations += _untrained_evaluations(suite, model, profile, settings)
+            continue
         for seed in settings.seeds:
             config = model_config(suite, model, profile, seed)
             job = TrainingJob(f"{model.key}/seed{seed}", model, seed, config)
@@ -391,8 +452,23 @@ def expand(suite: Suite, *, quick: bool = False, seeds: int | None = None,
             for steps in eval_steps(model, config):
                 for guidance in model.guidance:
                     evaluations.append(EvalJob(_eval_key("", model, steps, guidance, seed), model, job, steps,
-                                               config.schedule.n_levels, guidance, seed, settings.n_samples))
+                                               config.schedule.n_levels, guidance, seed, model.samples(settings)))
     return Plan(suite, profile, "trained", tuple(trainings), tuple(evaluations))
+
+
+def _untrained_evaluations(suite: Suite, model: ModelSpec, profile: str, settings: Profile) -> list[EvalJob]:
+    """A stored checkpoint's evaluations at each of its points, or a floor row's (data scored as samples)."""
+    if model.floor:
+        config = model_config(suite, model, profile, seed=0)
+        return [EvalJob(f"{model.key}/seed{seed}", model, None, 0, 0, 0.0, seed, model.samples(settings), source="data",
+                        floor_config=config) for seed in settings.seeds]
+    from cdrl.checkpoint import load_checkpoint
+
+    saved, _ = load_checkpoint(model.checkpoint_path)
+    source = checkpoint_source(model.checkpoint_path)
+    return [EvalJob(_eval_key("", model, steps, guidance, seed), model, None, steps, saved.schedule.n_levels,
+                    guidance, seed, model.samples(settings), source=source, checkpoint=model.checkpoint_path)
+            for seed in settings.seeds for steps in eval_steps(model, saved) for guidance in model.guidance]
 
 
 def _expand_checkpoint(suite: Suite, profile: str, settings: Profile, path: Path) -> Plan:
@@ -400,8 +476,11 @@ def _expand_checkpoint(suite: Suite, profile: str, settings: Profile, path: Path
 
     saved, _ = load_checkpoint(path)
     source = checkpoint_source(path)
-    evaluations, skipped = [], []
+    evaluations, skipped, stored = [], [], []
     for model in suite.models:
+        if model.checkpoint is not None or model.floor:
+            stored += _untrained_evaluations(suite, model, profile, settings)
+            continue
         if model.preset != saved.name or model.method != saved.training.method or model.ablations:
             skipped.append(f"{model.label} (needs a {model.method} model of preset {model.preset}"
                            f"{' with ' + ', '.join(model.ablations) if model.ablations else ''})")
@@ -410,9 +489,10 @@ def _expand_checkpoint(suite: Suite, profile: str, settings: Profile, path: Path
             for steps in eval_steps(model, saved):
                 for guidance in model.guidance:
                     evaluations.append(EvalJob(_eval_key(f"{source}/", model, steps, guidance, seed), model, None,
-                                               steps, saved.schedule.n_levels, guidance, seed, settings.n_samples))
+                                               steps, saved.schedule.n_levels, guidance, seed, model.samples(settings),
+                                               source=source, checkpoint=path))
     if not evaluations:
         raise SuiteError(f"checkpoint {path} ({saved.training.method}, preset {saved.name}) matches no model of suite "
                          f"{suite.name}: pass a checkpoint of one of its presets "
-                         f"({', '.join(sorted({m.preset for m in suite.models}))})")
-    return Plan(suite, profile, source, (), tuple(evaluations), checkpoint=path, skipped=tuple(skipped))
+                         f"({', '.join(sorted({m.preset for m in suite.models if m.preset}))})")
+    return Plan(suite, profile, source, (), tuple(evaluations + stored), checkpoint=path, skipped=tuple(skipped))

@@ -4,7 +4,7 @@ One row per evaluation point of the suite (model, steps per level, guidance weig
 source (trained here, or a given checkpoint), in the suite's order; with ``context_rows``
 the reference rows no model matches follow (the rest of the paper's table). Columns: the
 paper's values as printed in ``results/paper/`` (with their confidence), each measured
-metric as mean ± std over seeds, the number of seeds and the evaluation protocol (samples,
+metric as mean ± standard error over seeds, the number of seeds and the evaluation protocol (samples,
 reference, backend). With no runs recorded the paper column is still shown.
 """
 
@@ -78,7 +78,10 @@ def _points(suite: Suite) -> list[EvalJob]:
 
 def _protocol(runs: pd.DataFrame) -> str:
     def describe(run: pd.Series) -> str:
-        value = lambda name: run.get(f"params.eval.{name}")  # noqa: E731
+        def value(name: str):
+            found = run.get(f"params.eval.{name}")
+            return None if found is None or (isinstance(found, float) and math.isnan(found)) else found
+
         reference = value("reference_name") or value("reference")
         return (f"{value('n_generated') or value('n_samples')} samples vs {value('n_reference')} {reference}/"
                 f"{value('reference_split')}, {value('backend')}")
@@ -92,6 +95,7 @@ def _measured(runs: pd.DataFrame, metrics: tuple[str, ...]) -> dict[str, object]
         finite = column.dropna() if column is not None else pd.Series(dtype=float)
         values[f"{metric}_mean"] = float(finite.mean()) if len(finite) else math.nan
         values[f"{metric}_std"] = float(finite.std(ddof=1)) if len(finite) > 1 else math.nan
+        values[f"{metric}_sem"] = values[f"{metric}_std"] / math.sqrt(len(finite)) if len(finite) > 1 else math.nan
     return values
 
 
@@ -104,7 +108,8 @@ def build_table(suite: Suite, *, quick: bool = False, tracking_uri: str | None =
     guided = any(len(model.guidance) > 1 or any(model.guidance) for model in suite.models)
     rows, matched = [], set()
     for job in _points(suite):
-        base = {"method": job.model.label, "model": job.model.key, "noise_levels": job.noise_levels,
+        base = {"method": job.model.label, "model": job.model.key, "floor": job.floor_config is not None,
+                "noise_levels": job.noise_levels,
                 "steps_per_level": job.steps_per_level, "total_steps": job.noise_levels * job.steps_per_level}
         if guided:
             base["guidance"] = job.guidance
@@ -150,10 +155,11 @@ def _format(mean: float, std: float, decimals: int) -> str:
 def _display(suite: Suite, frame: pd.DataFrame, paper_metrics: list[str], guided: bool) -> pd.DataFrame:
     display = pd.DataFrame(index=frame.index)
     display["method"] = frame["method"]
-    display["levels × steps"] = [f"{int(r.noise_levels)}×{int(r.steps_per_level)}" if r.model else ""
-                                 for r in frame.itertuples()]
+    display["levels × steps"] = [f"{int(r.noise_levels)}×{int(r.steps_per_level)}" if r.model and not r.floor
+                                 else "" for r in frame.itertuples()]
     if guided:
-        display["w"] = [f"{w:g}" if isinstance(w, float) and not math.isnan(w) else "" for w in frame["guidance"]]
+        display["w"] = [f"{r.guidance:g}" if isinstance(r.guidance, float) and not math.isnan(r.guidance)
+                        and r.floor is not True else "" for r in frame.itertuples()]
     for metric in paper_metrics:
         display[f"{suite.reference_label} {METRICS[metric].label}"] = [value or MISSING
                                                                        for value in frame[f"paper_{metric}"]]
@@ -162,7 +168,7 @@ def _display(suite: Suite, frame: pd.DataFrame, paper_metrics: list[str], guided
     for metric in suite.metrics:
         info = METRICS[metric]
         display[f"{info.label} (measured)"] = [
-            _format(r[f"{metric}_mean"], r[f"{metric}_std"], info.decimals) if r["model"] else ""
+            _format(r[f"{metric}_mean"], r[f"{metric}_sem"], info.decimals) if r["model"] else ""
             for _, r in frame.iterrows()]
     display["seeds"] = [str(int(n)) if model else "" for n, model in zip(frame["n_seeds"], frame["model"])]
     if not frame["source"].fillna("").isin(["", "trained"]).all():  # only when a given checkpoint was scored
@@ -182,8 +188,11 @@ def _notes(suite: Suite, profile: str, reference: pd.DataFrame, runs: pd.DataFra
         notes.append(f"No finished runs of this suite ({profile}) in {resolve_tracking_uri(tracking_uri)} yet: "
                      f"`cdrl-bench run --suite {suite.name}{quick}` measures them.")
     else:
-        notes.append(f"Measured: mean ± std over seeds of {len(runs)} finished evaluation runs; "
+        notes.append(f"Measured: mean ± standard error over seeds of {len(runs)} finished evaluation runs; "
                      "protocol per row (samples, reference images, backend).")
+        if any(model.floor for model in suite.models):
+            notes.append("Floor rows score real data exactly as samples are scored (fresh draws of a 2-D density, "
+                         "or the other split's images): the best each metric can read at this sample size.")
     if suite.notes:
         notes.append(suite.notes.strip())
     return notes
@@ -230,6 +239,8 @@ def save_plot(table: SuiteTable, path: Path) -> Path | None:
     beside it, on a second axis when they are another metric); None when the suite has none or nothing to draw."""
     spec = table.suite.plot
     frame = table.frame[table.frame["model"] != ""] if not table.frame.empty else table.frame
+    floors = frame[frame["floor"] == True] if "floor" in frame else frame.iloc[:0]  # noqa: E712 (NaN-safe)
+    frame = frame.drop(floors.index)
     if spec is None or frame.empty:
         return None
     from matplotlib.figure import Figure  # a bare Figure renders with Agg: no display needed
@@ -245,6 +256,10 @@ def save_plot(table: SuiteTable, path: Path) -> Path | None:
         lines.append(axes.errorbar(rows[spec.x], rows[f"{spec.metric}_mean"],
                                    yerr=rows[f"{spec.metric}_std"].fillna(0), marker="o", capsize=3,
                                    color=colours[label], label=f"{label} {info.label} (measured)"))
+    for row in floors.dropna(subset=[f"{spec.metric}_mean"]).itertuples():
+        axes.axhline(getattr(row, f"{spec.metric}_mean"), color="grey", linestyle=":", linewidth=1)
+        axes.annotate(f"{row.method}", (0, getattr(row, f"{spec.metric}_mean")), xycoords=("axes fraction", "data"),
+                      textcoords="offset points", xytext=(3, 3), fontsize=7, color="grey")
     if spec.secondary and f"{spec.secondary}_mean" in frame:
         secondary_axes, secondary = axes.twinx(), METRICS[spec.secondary]
         for label, rows in frame.dropna(subset=[f"{spec.secondary}_mean"]).groupby("method", sort=False):

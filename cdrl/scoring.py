@@ -18,12 +18,15 @@ import torch
 from cdrl.checkpoint import LoadedModel, load_model
 from cdrl.config import ExperimentConfig
 from cdrl.errors import CdrlBenchError
-from cdrl.data import DataConfig, build_dataset, dataset_info
+from cdrl.data import DataConfig, build_dataset, dataset_info, toy_sample
 from cdrl.generation import generate
 from cdrl.guidance import ConditionalNetwork, build_guided_model, requested_classes
 from cdrl.toy_metrics import toy_metrics
 
 IMAGE_METRICS = ("fid", "kid_mean", "kid_std", "inception_score")
+
+#: Floor rows of 2-D toys draw their "samples" from this seed + the run's seed, apart from the reference's.
+FLOOR_SEED_OFFSET = 1_000_003
 
 
 @dataclass
@@ -155,6 +158,45 @@ def score_checkpoint(checkpoint: str | os.PathLike, *, steps_per_level: int | No
     protocol.update(sampling, checkpoint_selection=checkpoint_selection)
     line = (f"{line} | {sampling['noise_levels']}x{sampling['steps_per_level']} steps, {sampling['weights']} "
             f"weights, seed {seed}")
+    run_id = _log_score(metrics, protocol, config, tracking_uri, experiment_name, tags) if log else None
+    return ScoreResult(metrics, protocol, line, run_id)
+
+
+def data_as_samples(config: ExperimentConfig, n_samples: int, seed: int, reference_split: str
+                    ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, Any]]:
+    """Real data in place of samples, for the data-vs-data floor of every metric.
+
+    2-D toys: fresh draws of the density (independent of the reference's). Images: the first
+    ``n_samples`` images of the other split (test against a train reference: the classic floor),
+    with their labels (class accuracy's floor is the classifier's accuracy on real digits).
+    """
+    data = config.data
+    if not dataset_info(data.dataset).is_image:
+        points, _ = toy_sample(data.dataset, n_samples, torch.Generator().manual_seed(FLOOR_SEED_OFFSET + seed),
+                               data.toy_scale)
+        return points, None, {"floor": f"{n_samples} fresh draws of {data.dataset}"}
+    split = "test" if reference_split == "train" else "train"
+    dataset = build_dataset(replace(data, split=split, horizontal_flip=False, class_conditional=True))
+    count = min(n_samples, len(dataset))
+    items = [dataset[i] for i in range(count)]
+    images, labels = torch.stack([item[0] for item in items]), torch.as_tensor([int(item[1]) for item in items])
+    return images, labels, {"floor": f"the first {count} {data.dataset}/{split} images"}
+
+
+def score_data(config: ExperimentConfig, *, n_samples: int, backend: str = "torch-fidelity",
+               reference_split: str = "train", n_reference: int | None = None, seed: int = 0,
+               data_dir: str | None = None, device: str | torch.device | None = None,
+               tracking_uri: str | None = None, experiment_name: str | None = None,
+               tags: dict[str, str] | None = None, log: bool = True) -> ScoreResult:
+    """Score real data exactly as samples are scored: the best value each metric can reach here."""
+    if data_dir is not None:
+        config = replace(config, data=replace(config.data, data_dir=data_dir))
+    samples, labels, floor = data_as_samples(config, n_samples, seed, reference_split)
+    metrics, protocol, line = score_samples(samples, config, backend=backend, reference_split=reference_split,
+                                            n_reference=n_reference, seed=seed, data_dir=data_dir, device=device,
+                                            classes=labels)
+    protocol.update(floor, seed=seed)
+    line = f"{line} | floor: {floor['floor']}"
     run_id = _log_score(metrics, protocol, config, tracking_uri, experiment_name, tags) if log else None
     return ScoreResult(metrics, protocol, line, run_id)
 

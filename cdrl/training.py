@@ -192,6 +192,15 @@ class CooperativeTrainer:
                 self.initializer.eval()
             yield
 
+    def start_from(self, state: dict) -> None:
+        """Continue from stored network weights only (e.g. an exported model): optimisers fresh, EMAs restarted there."""
+        training = self.config.training
+        self.ebm.load_state_dict(state["ebm"])
+        self.ebm_ema = EMA(self.ebm, training.ema_decay, training.ema_warmup)
+        if self.initializer is not None:
+            self.initializer.load_state_dict(state["initializer"])
+            self.initializer_ema = EMA(self.initializer, training.ema_decay, training.ema_warmup)
+
     def state_dict(self) -> dict:
         state = {"iteration": self.iteration, "ebm": self.ebm.state_dict(),
                  "ebm_optimizer": self.ebm_optimizer.state_dict(), "ebm_scheduler": self.ebm_scheduler.state_dict(),

@@ -1,0 +1,96 @@
+"""Numerical fingerprints of a suite's stored checkpoints: what statistics over seeds cannot see.
+
+Quality metrics over seeds catch a method that got worse; a change that leaves quality
+within the seed-to-seed noise (a loss weighting, the initializer's proposal noise, an EMA
+detail) passes them. A fingerprint pins the numbers themselves, on trained and therefore
+well-conditioned models, where float32 rounding (other thread counts, other CPUs) moves
+them by orders of magnitude less than any change of the method:
+
+* ``samples``: for each evaluation point of a stored checkpoint (steps per level, guidance),
+  the first :data:`SAMPLES` samples drawn with the fixed seed :data:`SEED`;
+* ``training``: :data:`TRAINING_STEPS` cooperative training steps from the stored weights
+  (fresh optimisers) with a fixed seed: per-step losses and energies, then the norms of the
+  live and EMA weights of both networks.
+
+``drift`` is the largest absolute deviation from the baseline's fingerprint relative to the
+baseline's largest magnitude; the check fails a fingerprint whose drift exceeds the suite's
+``[check] fingerprint_tolerance`` (see results/gate/README.md for how it was measured).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from benchmarks.suite import Suite, eval_steps
+from cdrl.checkpoint import load_checkpoint
+from cdrl.data import build_dataset, dataset_info, infinite_batches
+
+SEED = 20240507
+#: Samples per point: 2-D points are cheap; images are 8x8 to 32x32 pixels each.
+SAMPLES = {"2d": 64, "image": 8}
+TRAINING_STEPS = 4
+#: Training fingerprints use a smaller batch than the preset's: the same code paths, seconds on a CPU.
+TRAINING_BATCH = 32
+
+
+def drift(current: list[float], baseline: list[float]) -> float:
+    """max |current - baseline| / max |baseline| (inf when the shapes differ or a value is not finite)."""
+    if len(current) != len(baseline):
+        return float("inf")
+    now, then = torch.tensor(current, dtype=torch.float64), torch.tensor(baseline, dtype=torch.float64)
+    if not torch.isfinite(now).all():
+        return float("inf")
+    return float((now - then).abs().max() / then.abs().max().clamp_min(1e-30))
+
+
+def sample_fingerprints(suite: Suite) -> dict[str, list[float]]:
+    from cdrl.scoring import draw_samples
+
+    prints = {}
+    for model in suite.models:
+        if model.checkpoint_path is None:
+            continue
+        config, _ = load_checkpoint(model.checkpoint_path)
+        count = SAMPLES["image" if dataset_info(config.data.dataset).is_image else "2d"]
+        for steps in eval_steps(model, config):
+            for guidance in model.guidance:
+                samples, _, _ = draw_samples(model.checkpoint_path, n_samples=count, steps_per_level=steps,
+                                             seed=SEED, batch_size=count, guidance=guidance, device="cpu")
+                prints[f"samples:{model.key}/K{steps}/w{guidance:g}"] = samples.flatten().tolist()
+    return prints
+
+
+def _training_fingerprint(checkpoint: Path) -> list[float]:
+    from cdrl.training import CooperativeTrainer
+
+    config, payload = load_checkpoint(checkpoint)
+    config = replace(config, training=replace(config.training, batch_size=TRAINING_BATCH))
+    torch.manual_seed(SEED)
+    trainer = CooperativeTrainer(config, "cpu", generator=torch.Generator().manual_seed(SEED))
+    trainer.start_from(payload["trainer"])
+    batches = infinite_batches(build_dataset(config.data), TRAINING_BATCH, SEED)
+    values: list[float] = []
+    for _ in range(TRAINING_STEPS):
+        stats = trainer.step(*next(batches)).as_floats()
+        values += [stats["ebm_loss"], stats["positive_energy"], stats["negative_energy"],
+                   stats.get("initializer_loss", 0.0)]
+    for network, ema in ((trainer.ebm, trainer.ebm_ema), (trainer.initializer, getattr(trainer, "initializer_ema", None))):
+        if network is None:
+            continue
+        values.append(float(torch.cat([p.detach().flatten() for p in network.parameters()]).norm()))
+        with ema.average_parameters():
+            values.append(float(torch.cat([p.detach().flatten() for p in network.parameters()]).norm()))
+    return values
+
+
+def training_fingerprints(suite: Suite) -> dict[str, list[float]]:
+    return {f"training:{model.key}": _training_fingerprint(model.checkpoint_path)
+            for model in suite.models if model.checkpoint_path is not None}
+
+
+def fingerprints(suite: Suite) -> dict[str, list[float]]:
+    """Every fingerprint of a suite's stored checkpoints (empty when it has none)."""
+    return {**sample_fingerprints(suite), **training_fingerprints(suite)}

@@ -1,0 +1,112 @@
+"""The regression gate's stored models: one command trains each and writes it to ``results/gate/``.
+
+    python -m benchmarks.gate_models toy-cdrl            # train (resumably), then export
+    python -m benchmarks.gate_models toy-cdrl --export-only runs/gate/toy-cdrl
+
+Each model is a preset trained with fixed settings and seed (:data:`GATE_MODELS`); the run
+folder, its checkpoints and its MLflow run are ordinary ``cdrl-bench train`` ones. The
+exported file keeps only what sampling and the gate's fingerprints need: the config and
+the EMA weights of both networks (with their spectral-norm buffers), stored in float16 to
+keep the repository small. Loading casts them back to float32, so the stored model *is*
+the float16-rounded one, exactly, on every machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from baselines import apply_method
+from cdrl.checkpoint import load_checkpoint, make_checkpoint, save_atomic
+from cdrl.config import ExperimentConfig, apply_overrides, preset
+from cdrl.ema import EMA
+from cdrl.networks import build_energy_net, build_initializer
+from cdrl.train_loop import CHECKPOINT_FOLDER, checkpoint_paths, train
+
+GATE_FOLDER = Path(__file__).resolve().parent.parent / "results" / "gate"
+
+
+@dataclass(frozen=True)
+class GateModel:
+    preset: str
+    method: str
+    iterations: int
+    overrides: tuple[str, ...] = ()
+
+    def config(self) -> ExperimentConfig:
+        config = apply_method(apply_overrides(preset(self.preset), list(self.overrides)), self.method)
+        return apply_overrides(config, [f"training.iterations={self.iterations}", "training.seed=0"])
+
+
+_CADENCE = ("run.checkpoint_every=1000", "run.sample_every=500")
+_DIGITS_8X8 = ("data.image_size=8", "energy.channel_mults=[1,2]", "initializer.image_size=8",
+               "initializer.attention_resolutions=[4]", "training.ebm_lr=5e-4", "training.initializer_lr=5e-4",
+               "training.warmup_iterations=100", "run.sample_every=500", "run.checkpoint_every=500")
+
+GATE_MODELS: dict[str, GateModel] = {
+    # The published toy networks and chains (6 x 15) at the toy preset's CPU-scale settings.
+    "toy-cdrl": GateModel("toy-checkerboard", "cdrl", 4000, _CADENCE),
+    # DRL: no initializer, 6 x 30 steps, otherwise the same.
+    "toy-drl": GateModel("toy-checkerboard", "drl", 3000, _CADENCE),
+    # Class-conditional digits at their native 8 x 8, as the digits-cfg suite trains them.
+    "digits-cond": GateModel("digits-cond", "cdrl", 2000, _DIGITS_8X8),
+}
+
+
+def _ema_state(module: torch.nn.Module, state: dict, ema_state: dict | None) -> dict[str, torch.Tensor]:
+    module.load_state_dict(state)
+    if ema_state is None:
+        return dict(module.state_dict())
+    ema = EMA(module)
+    ema.load_state_dict(ema_state)
+    return ema.averaged_state_dict()
+
+
+def _half(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {name: tensor.half() if tensor.is_floating_point() else tensor for name, tensor in state.items()}
+
+
+def export(checkpoint: Path, out: Path) -> Path:
+    """Write the EMA weights of a training checkpoint (float16) with its config: a stored gate model."""
+    config, payload = load_checkpoint(checkpoint)
+    trainer = payload["trainer"]
+    state = {"iteration": trainer["iteration"],
+             "ebm": _half(_ema_state(build_energy_net(config.energy), trainer["ebm"], trainer.get("ebm_ema")))}
+    if "initializer" in trainer:
+        state["initializer"] = _half(_ema_state(build_initializer(config.initializer), trainer["initializer"],
+                                                trainer.get("initializer_ema")))
+    return save_atomic(make_checkpoint(config, state, exported_from=checkpoint.name,
+                                       storage="EMA weights in float16"), out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", choices=sorted(GATE_MODELS))
+    parser.add_argument("--runs-dir", default="runs/gate", help="where the training run folder goes")
+    parser.add_argument("--tracking-uri", default=None, help="MLflow store (default: as cdrl-bench train)")
+    parser.add_argument("--export-only", metavar="RUN_FOLDER", help="export the newest checkpoint of this run")
+    parser.add_argument("--out", default=None, help="exported file (default results/gate/MODEL.pt)")
+    arguments = parser.parse_args(argv)
+    out = Path(arguments.out) if arguments.out else GATE_FOLDER / f"{arguments.model}.pt"
+    if arguments.export_only:
+        checkpoints = checkpoint_paths(Path(arguments.export_only) / CHECKPOINT_FOLDER)
+        if not checkpoints:
+            parser.error(f"{arguments.export_only} holds no checkpoints: train it first")
+        checkpoint = checkpoints[-1]
+    else:
+        folder = Path(arguments.runs_dir) / arguments.model
+        started = checkpoint_paths(folder / CHECKPOINT_FOLDER)
+        result = train(GATE_MODELS[arguments.model].config(), resume=folder if started else None,
+                       out=None if started else folder, tracking_uri=arguments.tracking_uri,
+                       experiment_name="cdrl-gate-models", tags={"cdrl.gate_model": arguments.model})
+        checkpoint = result.checkpoint
+    print(f"wrote {export(checkpoint, out)} from {checkpoint}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""Measure the regression gate's power: plant each mutation in a scratch copy, run the gate, print a kill table.
+
+    python -m benchmarks.mutations                        # every mutation, then nothing else
+    python -m benchmarks.mutations --clean 10             # plus 10 unmutated reruns (seeds and threads varied)
+    python -m benchmarks.mutations --only no-step-scaling --only guidance-sign --json kills.json
+
+The gate is what CI runs: ``cdrl-bench run --suite SUITE`` then ``cdrl-bench check --suite
+SUITE --baseline BASELINE``, each in the scratch copy with its own MLflow store. A mutation is
+killed when the check exits non-zero (a regressed metric, a drifted fingerprint) or the run
+crashes; a clean rerun that fails is a false alarm. Not part of .ci/run: each gate run takes
+minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from benchmarks.mutations import Mutation, by_name
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Outcome:
+    name: str
+    description: str
+    verdict: str  # "killed", "survived", "crashed" (killed by an error), "false alarm", "clean"
+    quality_failures: int
+    fingerprint_failures: int
+    first_failure: str
+    seconds: float
+    threads: int
+    seed_offset: int
+    equivalent: str = ""
+
+
+def _scratch_copy(destination: Path) -> Path:
+    """The tracked files of the repository (and untracked, unignored ones), as they are in the working tree."""
+    if destination.exists():
+        shutil.rmtree(destination)
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        source = REPO / name
+        if source.is_file():
+            target = destination / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    return destination
+
+
+def _run_gate(root: Path, suite: str, baseline: str, threads: int, seed_offset: int) -> tuple[int, str, float]:
+    environment = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": str(threads),
+                   "MKL_NUM_THREADS": str(threads), "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}
+    # The scratch copy's own code must be the one imported, not the installed checkout's.
+    where = subprocess.run([sys.executable, "-c", "import cdrl; print(cdrl.__file__)"], cwd=root, env=environment,
+                           capture_output=True, text=True, check=True).stdout.strip()
+    if not Path(where).resolve().is_relative_to(root.resolve()):
+        raise RuntimeError(f"the scratch copy imports cdrl from {where}, not from {root}")
+    started = time.monotonic()
+    run = subprocess.run([sys.executable, "-m", "cli", "run", "--suite", suite, "--runs-dir", str(root / "runs"),
+                          "--seed-offset", str(seed_offset)], cwd=root, env=environment, capture_output=True, text=True)
+    log = run.stdout + run.stderr
+    if run.returncode != 0:
+        return -run.returncode or -1, log, time.monotonic() - started
+    check = subprocess.run([sys.executable, "-m", "cli", "check", "--suite", suite, "--baseline", baseline],
+                           cwd=root, env=environment, capture_output=True, text=True)
+    return check.returncode, log + check.stdout + check.stderr, time.monotonic() - started
+
+
+def _outcome(name: str, description: str, code: int, log: str, seconds: float, threads: int, seed_offset: int,
+             mutated: bool, equivalent: str) -> Outcome:
+    failures = [line.split("regression:", 1)[1].strip() for line in log.splitlines() if "regression:" in line]
+    fingerprint_failures = sum(failure.startswith("fingerprint") for failure in failures)
+    if code < 0:
+        verdict = "crashed"
+        errors = [line for line in log.splitlines() if line.strip()]
+        failures = [errors[-1][:160] if errors else f"exit {code}"]
+    elif code == 0:
+        verdict = "survived" if mutated else "clean"
+    else:
+        verdict = "killed" if mutated else "false alarm"
+        if not failures:
+            failures = [re.sub(r"\s+", " ", log.strip().splitlines()[-1])[:160]]
+    return Outcome(name, description, verdict, len(failures) - fingerprint_failures if code > 0 else 0,
+                   fingerprint_failures, failures[0] if failures else "", round(seconds, 1), threads, seed_offset,
+                   equivalent)
+
+
+def _table(outcomes: list[Outcome]) -> str:
+    lines = ["| mutation | verdict | quality metrics failed | fingerprints drifted | first failure | s |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for item in outcomes:
+        verdict = item.verdict + (f" (equivalent: {item.equivalent})" if item.equivalent else "")
+        lines.append(f"| {item.name} | {verdict} | {item.quality_failures} | {item.fingerprint_failures} | "
+                     f"{item.first_failure.replace('|', '/')} | {item.seconds:.0f} |")
+    mutated = [item for item in outcomes if item.verdict in ("killed", "crashed", "survived")]
+    clean = [item for item in outcomes if item.verdict in ("clean", "false alarm")]
+    killed = sum(item.verdict != "survived" for item in mutated)
+    lines.append("")
+    lines.append(f"killed {killed} of {len(mutated)} mutations "
+                 f"({sum(item.quality_failures > 0 or item.verdict == 'crashed' for item in mutated)} by quality "
+                 f"metrics or a crash); false alarms {sum(item.verdict == 'false alarm' for item in clean)} "
+                 f"of {len(clean)} clean reruns")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--suite", default="gate", help="suite of the gate (default gate)")
+    parser.add_argument("--baseline", default="results/baselines/gate.json", help="baseline, relative to the repo")
+    parser.add_argument("--only", action="append", help="run only this mutation (repeatable)")
+    parser.add_argument("--no-mutations", action="store_true", help="run only the clean reruns")
+    parser.add_argument("--clean", type=int, default=0, help="unmutated reruns: seed offsets 100, 200, ...; "
+                                                             "threads alternate 1 and 2")
+    parser.add_argument("--threads", type=int, default=1, help="threads of the mutation runs (default 1)")
+    parser.add_argument("--workers", type=int, default=1, help="gate runs at once (default 1; e.g. 2 on 2 cores "
+                                                               "with --threads 1)")
+    parser.add_argument("--scratch", default="runs/mutations", help="where the scratch copies go")
+    parser.add_argument("--json", help="also write the outcomes as JSON here")
+    arguments = parser.parse_args(argv)
+    if arguments.clean < 0 or arguments.threads < 1 or arguments.workers < 1:
+        parser.error("--clean must be at least 0, --threads and --workers at least 1")
+    scratch = Path(arguments.scratch).resolve()
+    jobs: list[tuple[str, Mutation | None, int, int]] = []
+    if not arguments.no_mutations:
+        jobs += [(mutation.name, mutation, arguments.threads, 0) for mutation in by_name(arguments.only)]
+    jobs += [(f"clean-{index + 1}", None, 1 + index % 2, 100 * (index + 1)) for index in range(arguments.clean)]
+
+    def gate(job: tuple[str, Mutation | None, int, int]) -> Outcome:
+        name, mutation, threads, seed_offset = job
+        root = _scratch_copy(scratch / name)
+        if mutation is not None:
+            mutation.apply(root)
+        code, log, seconds = _run_gate(root, arguments.suite, arguments.baseline, threads, seed_offset)
+        (root / "gate.log").write_text(log)
+        outcome = _outcome(name, mutation.description if mutation else f"unmutated, {threads} thread(s), "
+                           f"seeds +{seed_offset}", code, log, seconds, threads, seed_offset, mutation is not None,
+                           mutation.equivalent.get(arguments.suite, "") if mutation else "")
+        print(f"{name}: {outcome.verdict} ({outcome.quality_failures} metrics, {outcome.fingerprint_failures} "
+              f"fingerprints, {outcome.seconds:.0f} s) {outcome.first_failure}", flush=True)
+        return outcome
+
+    with ThreadPoolExecutor(arguments.workers) as pool:  # each gate run is its own process
+        outcomes = list(pool.map(gate, jobs))
+    print()
+    print(_table(outcomes))
+    if arguments.json:
+        Path(arguments.json).write_text(json.dumps([asdict(item) for item in outcomes], indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""The regression check: tolerances derived from seed-to-seed spread, refusals, fingerprints, the stored gate."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from benchmarks.fingerprint import drift
+from benchmarks.regression import Comparison, compare, compare_fingerprints, read_results
+from benchmarks.suite import SuiteError, load_suite
+from cdrl.data import toy_sample
+from cdrl.toy_metrics import energy_distance, toy_metrics
+from cli import app
+
+REPO = Path(__file__).resolve().parent.parent
+GATE_BASELINE = REPO / "results" / "baselines" / "gate.json"
+
+SUITE = """
+name = "check-test"
+version = 1
+metrics = ["in_support_fraction", "mode_coverage", "energy_distance"]
+
+[train]
+preset = "toy-checkerboard"
+
+[profiles.full]
+iterations = 3
+n_samples = 64
+seeds = [0]
+
+[check]
+k = 4
+tolerance_floors = { mode_coverage = 0.05 }
+
+[[models]]
+key = "cdrl"
+steps = [15]
+"""
+
+
+def _document(values: dict[str, list[float]], profile: str = "full") -> dict:
+    seeds = list(range(len(next(iter(values.values())))))
+    return {"suite": "check-test", "suite_version": 1, "profile": profile, "format": 2,
+            "points": {"cdrl/K15": {"seeds": seeds, "metrics": values}}}
+
+
+@pytest.fixture
+def suite(tmp_path):
+    path = tmp_path / "check-test.toml"
+    path.write_text(SUITE)
+    return load_suite(path)
+
+
+BASELINE = {"energy_distance": [0.010, 0.012, 0.011, 0.009, 0.013], "in_support_fraction": [0.90, 0.91, 0.92, 0.90, 0.91],
+            "mode_coverage": [1.0] * 5}
+
+
+def test_the_tolerance_is_k_standard_errors_of_the_difference_of_means(suite):
+    current = {"energy_distance": [0.011, 0.012, 0.010], "in_support_fraction": [0.91, 0.90, 0.92],
+               "mode_coverage": [1.0] * 3}
+    comparisons = {item.metric: item for item in compare(suite, _document(BASELINE), _document(current))}
+    distance = comparisons["energy_distance"]
+    sigma = statistics.stdev(BASELINE["energy_distance"])
+    assert distance.tolerance == pytest.approx(4 * sigma * math.sqrt(1 / 5 + 1 / 3))
+    assert not any(item.regressed for item in comparisons.values())
+    assert comparisons["mode_coverage"].tolerance == 0.05  # sigma 0: the floor
+
+
+@pytest.mark.parametrize("metric, shift, fails", [
+    ("energy_distance", +0.006, True),    # lower is better: higher by > 4 SE (0.0047) fails
+    ("energy_distance", +0.004, False),
+    ("energy_distance", -0.050, False),   # better never fails
+    ("in_support_fraction", -0.04, True),  # higher is better: lower by > 4 SE (0.024) fails
+    ("in_support_fraction", +0.05, False),
+    ("mode_coverage", -0.125, True),       # one of 8 modes lost at every seed
+])
+def test_a_metric_fails_only_when_worse_by_more_than_its_tolerance(suite, metric, shift, fails):
+    current = {name: [value + (shift if name == metric else 0.0) for value in values[:3]]
+               for name, values in BASELINE.items()}
+    regressed = [item.metric for item in compare(suite, _document(BASELINE), _document(current)) if item.regressed]
+    assert regressed == ([metric] if fails else [])
+
+
+def test_a_metric_no_seed_reported_fails(suite):
+    current = {"in_support_fraction": [0.9] * 3, "mode_coverage": [1.0] * 3}  # energy distance: NaN, not reported
+    failed = [item for item in compare(suite, _document(BASELINE), _document(current)) if item.regressed]
+    assert [item.metric for item in failed] == ["energy_distance"]
+    assert math.isnan(failed[0].current_mean)
+
+
+def test_baselines_that_cannot_check_are_refused(suite, tmp_path):
+    empty = tmp_path / "empty.json"
+    empty.write_text("")
+    with pytest.raises(SuiteError, match="not valid JSON"):
+        read_results(empty)
+    nothing = tmp_path / "nothing.json"
+    nothing.write_text(json.dumps({**_document(BASELINE), "points": {}}))
+    with pytest.raises(SuiteError, match="checks nothing"):
+        read_results(nothing)
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"suite": "check-test", "metrics": {"cdrl/K15": {"fid": 3.0}}}))
+    with pytest.raises(SuiteError, match="format-2"):
+        read_results(old)
+    with pytest.raises(SuiteError, match="at least 3"):
+        compare(suite, _document({"energy_distance": [0.01, 0.02]}), _document({"energy_distance": [0.01]}))
+    with pytest.raises(SuiteError, match="quick profile"):
+        compare(suite, _document(BASELINE, "quick"), _document(BASELINE))
+    missing = {**_document(BASELINE), "points": {}}
+    with pytest.raises(SuiteError, match="no current result for 1 baseline point"):
+        compare(suite, _document(BASELINE), missing)
+
+
+def test_check_command_exit_codes_and_report(suite, tmp_path):
+    baseline, current = tmp_path / "baseline.json", tmp_path / "current.json"
+    baseline.write_text(json.dumps(_document(BASELINE)))
+    cli = CliRunner()
+
+    def check(values: dict | None, *extra: str):
+        if values is not None:
+            current.write_text(json.dumps(values))
+        return cli.invoke(app, ["check", "--suite", str(suite.path), "--baseline", str(baseline),
+                                "--results", str(current), *extra])
+
+    same = check(_document(BASELINE))
+    assert same.exit_code == 0 and "check passed: 3 metrics" in same.output
+    assert "k = 4" in same.output and " ± " in same.output
+    worse = {name: [value + 0.01 for value in values] for name, values in BASELINE.items()}
+    failed = check(_document(worse))
+    assert failed.exit_code == 1
+    assert "regression: energy_distance of cdrl/K15 is 0.021" in " ".join(failed.output.split())
+    assert check(None, "--k", "40").exit_code == 0  # the same results, a looser k
+    refused = check(_document(BASELINE, "quick"))
+    # cli.main turns this error into one `error: ...` line and exit status 2.
+    assert isinstance(refused.exception, SuiteError) and "quick-profile baseline" in str(refused.exception)
+
+
+def test_unbiased_energy_distance_is_centred_on_zero_for_one_density():
+    values = []
+    for seed in range(20):
+        first, _ = toy_sample("toy-checkerboard", 500, torch.Generator().manual_seed(seed))
+        second, _ = toy_sample("toy-checkerboard", 500, torch.Generator().manual_seed(1000 + seed))
+        values.append(energy_distance(first, second))
+    # The V-statistic's bias at n = 500 is about 0.03 here; the U-statistic's mean is 0 within its error.
+    assert abs(statistics.fmean(values)) < 3 * statistics.stdev(values) / math.sqrt(len(values))
+    assert min(values) < 0 < max(values)
+    noise = toy_metrics("toy-checkerboard", torch.randn(500, 2) * 4)["energy_distance"]
+    assert noise > 10 * statistics.stdev(values)
+
+
+def test_fingerprint_drift_is_relative_and_catches_shape_and_nan():
+    assert drift([1.0, 2.0], [1.0, 2.0]) == 0.0
+    assert drift([1.0, 2.0002], [1.0, 2.0]) == pytest.approx(1e-4)
+    assert drift([1.0], [1.0, 2.0]) == math.inf
+    assert drift([float("nan"), 2.0], [1.0, 2.0]) == math.inf
+
+
+def test_stored_gate_checks_itself_and_its_fingerprints_are_unchanged():
+    """The committed baseline against itself passes, and the method reproduces its fingerprints here."""
+    from benchmarks.fingerprint import fingerprints
+
+    gate = load_suite("gate")
+    stored = read_results(GATE_BASELINE)
+    assert not any(item.regressed for item in compare(gate, stored, stored))
+    drifts = compare_fingerprints(gate, stored, fingerprints(gate))
+    assert len(drifts) == len(stored["fingerprints"]) >= 9
+    assert not [item.describe() for item in drifts if item.regressed]
+
+
+def test_comparison_of_a_nan_mean_regresses():
+    item = Comparison("p", "fid", (1.0, 2.0, 3.0), (float("nan"),), k=4)
+    assert item.regressed
