@@ -254,7 +254,7 @@ def save_plot(table: SuiteTable, path: Path) -> Path | None:
     for label, rows in frame.dropna(subset=[f"{spec.metric}_mean"]).groupby("method", sort=False):
         rows = rows.sort_values(spec.x)
         lines.append(axes.errorbar(rows[spec.x], rows[f"{spec.metric}_mean"],
-                                   yerr=rows[f"{spec.metric}_std"].fillna(0), marker="o", capsize=3,
+                                   yerr=rows[f"{spec.metric}_sem"].fillna(0), marker="o", capsize=3,
                                    color=colours[label], label=f"{label} {info.label} (measured)"))
     for row in floors.dropna(subset=[f"{spec.metric}_mean"]).itertuples():
         axes.axhline(getattr(row, f"{spec.metric}_mean"), color="grey", linestyle=":", linewidth=1)
@@ -265,7 +265,7 @@ def save_plot(table: SuiteTable, path: Path) -> Path | None:
         for label, rows in frame.dropna(subset=[f"{spec.secondary}_mean"]).groupby("method", sort=False):
             rows = rows.sort_values(spec.x)
             lines.append(secondary_axes.errorbar(rows[spec.x], rows[f"{spec.secondary}_mean"],
-                                                 yerr=rows[f"{spec.secondary}_std"].fillna(0), marker="^",
+                                                 yerr=rows[f"{spec.secondary}_sem"].fillna(0), marker="^",
                                                  linestyle="-.", capsize=3, color=colours[label],
                                                  label=f"{label} {secondary.label} (measured)"))
         secondary_axes.set_ylabel(f"{secondary.label} ({'higher' if secondary.higher_is_better else 'lower'} "

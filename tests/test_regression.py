@@ -175,3 +175,35 @@ def test_stored_gate_checks_itself_and_its_fingerprints_are_unchanged():
 def test_comparison_of_a_nan_mean_regresses():
     item = Comparison("p", "fid", (1.0, 2.0, 3.0), (float("nan"),), k=4)
     assert item.regressed
+
+
+def test_every_catalogued_mutation_applies_to_the_current_code(tmp_path):
+    """The power benchmark's mutations track the code: each snippet is found exactly once."""
+    import shutil
+
+    from benchmarks.mutations import MUTATIONS, Mutation, MutationError
+
+    assert len(MUTATIONS) >= 12 and len({mutation.name for mutation in MUTATIONS}) == len(MUTATIONS)
+    for mutation in MUTATIONS:
+        root = tmp_path / mutation.name
+        (root / mutation.path).parent.mkdir(parents=True)
+        shutil.copy(REPO / mutation.path, root / mutation.path)
+        mutation.apply(root)
+        assert (root / mutation.path).read_text() != (REPO / mutation.path).read_text()
+    stale = Mutation("stale", "a snippet the code no longer has", "cdrl/langevin.py", "no such line", "")
+    with pytest.raises(MutationError, match="0 times"):
+        stale.apply(tmp_path / MUTATIONS[0].name)
+
+
+def test_fingerprints_catch_a_bug_that_only_changes_fewer_step_sampling(monkeypatch):
+    """Drop the sqrt(15/K) step-size rule in the sampler: 6x15 is untouched, every K < 15 drifts."""
+    import cdrl.sampler
+    from benchmarks.fingerprint import sample_fingerprints
+
+    gate = load_suite("gate")
+    stored = read_results(GATE_BASELINE)["fingerprints"]
+    monkeypatch.setattr(cdrl.sampler, "multiplier_for_steps", lambda steps, config: config.step_multiplier)
+    current = sample_fingerprints(gate)
+    drifted = {name for name, values in current.items() if drift(values, stored[name]) > gate.fingerprint_tolerance}
+    assert drifted == {"samples:toy-cdrl/K8/w0", "samples:toy-cdrl/K5/w0", "samples:toy-cdrl/K3/w0",
+                       "samples:toy-drl/K5/w0"}

@@ -60,8 +60,10 @@ def _scratch_copy(destination: Path) -> Path:
 
 
 def _run_gate(root: Path, suite: str, baseline: str, threads: int, seed_offset: int) -> tuple[int, str, float]:
+    # PASSIVE: gate runs share the machine (--workers), where spinning OpenMP threads waste the cores.
     environment = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": str(threads),
-                   "MKL_NUM_THREADS": str(threads), "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}
+                   "MKL_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
+                   "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}
     # The scratch copy's own code must be the one imported, not the installed checkout's.
     where = subprocess.run([sys.executable, "-c", "import cdrl; print(cdrl.__file__)"], cwd=root, env=environment,
                            capture_output=True, text=True, check=True).stdout.strip()
@@ -123,19 +125,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-mutations", action="store_true", help="run only the clean reruns")
     parser.add_argument("--clean", type=int, default=0, help="unmutated reruns: seed offsets 100, 200, ...; "
                                                              "threads alternate 1 and 2")
+    parser.add_argument("--clean-from", type=int, default=1, help="number of the first clean rerun (to continue "
+                                                                   "an interrupted series)")
     parser.add_argument("--threads", type=int, default=1, help="threads of the mutation runs (default 1)")
     parser.add_argument("--workers", type=int, default=1, help="gate runs at once (default 1; e.g. 2 on 2 cores "
                                                                "with --threads 1)")
     parser.add_argument("--scratch", default="runs/mutations", help="where the scratch copies go")
     parser.add_argument("--json", help="also write the outcomes as JSON here")
     arguments = parser.parse_args(argv)
-    if arguments.clean < 0 or arguments.threads < 1 or arguments.workers < 1:
-        parser.error("--clean must be at least 0, --threads and --workers at least 1")
+    if arguments.clean < 0 or min(arguments.threads, arguments.workers, arguments.clean_from) < 1:
+        parser.error("--clean must be at least 0; --threads, --workers and --clean-from at least 1")
     scratch = Path(arguments.scratch).resolve()
     jobs: list[tuple[str, Mutation | None, int, int]] = []
     if not arguments.no_mutations:
         jobs += [(mutation.name, mutation, arguments.threads, 0) for mutation in by_name(arguments.only)]
-    jobs += [(f"clean-{index + 1}", None, 1 + index % 2, 100 * (index + 1)) for index in range(arguments.clean)]
+    jobs += [(f"clean-{number}", None, 2 - number % 2, 100 * number)
+             for number in range(arguments.clean_from, arguments.clean_from + arguments.clean)]
 
     def gate(job: tuple[str, Mutation | None, int, int]) -> Outcome:
         name, mutation, threads, seed_offset = job
