@@ -262,7 +262,8 @@ def check(
     baseline: Path = typer.Option(..., "--baseline", help="Stored results to compare with, e.g. "
                                                           "results/baselines/gate.json."),
     results: Path = typer.Option(None, "--results", help="Compare this results file instead of the runs in MLflow."),
-    k: float = typer.Option(None, "--k", help="Standard errors of tolerance (default: the suite's [check] k)."),
+    k: float = typer.Option(None, "--k", help="Standard errors of tolerance (default: the k of the suite's "
+                                              "check section)."),
     update: bool = typer.Option(False, "--update", help="Write the current MLflow results (and fingerprints) to "
                                                         "--baseline instead."),
     quick: bool = _QUICK_RUNS,

@@ -15,8 +15,9 @@ The test: a metric regresses when the current mean is worse than the baseline's 
 metric's own direction, by more than ``k`` standard errors of the difference of two means,
 ``k * sigma * sqrt(1/n_baseline + 1/n_current)``, where sigma is the seed-to-seed standard
 deviation measured in the baseline (so a baseline needs at least :data:`MIN_BASELINE_SEEDS`
-seeds) and k is the suite's ``[check] k``; a metric whose sigma can be 0 gets the suite's
-``tolerance_floors`` as its smallest tolerance. Fingerprints (:mod:`benchmarks.fingerprint`)
+seeds; for a share of samples, such as the in-support fraction, at least the binomial
+sqrt(p (1 - p) / n), which a few seeds can underestimate) and k is the suite's ``[check] k``;
+a metric whose sigma can be 0 gets the suite's ``tolerance_floors`` as its smallest tolerance. Fingerprints (:mod:`benchmarks.fingerprint`)
 fail when they drift by more than the suite's ``fingerprint_tolerance``.
 """
 
@@ -60,6 +61,9 @@ def results_from_runs(suite: Suite, profile: str, tracking_uri: str | None = Non
                             float(run[f"tags.{TAG_GUIDANCE}"]), run[f"tags.{TAG_SOURCE}"])
             point = points.setdefault(key, {"seeds": [], "metrics": {}})
             point["seeds"].append(int(run["_seed"]))
+            generated = run.get("params.eval.n_generated")
+            if isinstance(generated, str) and generated.isdigit():
+                point["n_samples"] = int(generated)
             for metric in suite.metrics:
                 # Not finite: not reported. A point whose metric no seed reported fails the check.
                 value = run.get(f"metrics.{metric}")
@@ -111,6 +115,8 @@ class Comparison:
     current: tuple[float, ...]
     k: float
     floor: float = 0.0
+    #: Samples per evaluation, for the binomial bound of a proportion's std (None: unknown).
+    n_samples: int | None = None
 
     @property
     def baseline_mean(self) -> float:
@@ -122,8 +128,13 @@ class Comparison:
 
     @property
     def sigma(self) -> float:
-        """Seed-to-seed standard deviation measured in the baseline."""
-        return statistics.stdev(self.baseline)
+        """Seed-to-seed standard deviation measured in the baseline; for a share of n independent
+        samples at least the binomial sqrt(p (1 - p) / n), which a few seeds can underestimate."""
+        measured = statistics.stdev(self.baseline)
+        if not METRICS[self.metric].proportion or not self.n_samples:
+            return measured
+        share = min(max(self.baseline_mean, 0.0), 1.0)
+        return max(measured, math.sqrt(share * (1 - share) / self.n_samples))
 
     @property
     def tolerance(self) -> float:
@@ -189,7 +200,8 @@ def compare(suite: Suite, baseline: dict, current: dict, k: float | None = None)
                                  f"`cdrl-bench run --suite {suite.name} --seeds 10` and `check --update`")
             found = current["points"][point]["metrics"].get(metric, [])
             comparisons.append(Comparison(point, metric, tuple(measured), tuple(found), suite.check_k if k is None
-                                          else k, suite.tolerance_floors.get(metric, 0.0)))
+                                          else k, suite.tolerance_floors.get(metric, 0.0),
+                                          values.get("n_samples")))
     return comparisons
 
 

@@ -46,6 +46,8 @@ class MetricInfo:
     higher_is_better: bool
     #: Decimal places in tables.
     decimals: int
+    #: A share of samples: its seed-to-seed std is at least the binomial sqrt(p (1 - p) / n).
+    proportion: bool = False
 
 
 #: Every metric a suite can tabulate or check; the one source of their directions.
@@ -53,10 +55,10 @@ METRICS: dict[str, MetricInfo] = {
     "fid": MetricInfo("FID", False, 2),
     "kid_mean": MetricInfo("KID", False, 4),
     "inception_score": MetricInfo("IS", True, 2),
-    "in_support_fraction": MetricInfo("in-support", True, 3),
+    "in_support_fraction": MetricInfo("in-support", True, 3, proportion=True),
     "mode_coverage": MetricInfo("mode coverage", True, 3),
     "energy_distance": MetricInfo("energy distance", False, 4),
-    "class_accuracy": MetricInfo("class accuracy", True, 3),
+    "class_accuracy": MetricInfo("class accuracy", True, 3, proportion=True),
 }
 
 

@@ -207,3 +207,12 @@ def test_fingerprints_catch_a_bug_that_only_changes_fewer_step_sampling(monkeypa
     drifted = {name for name, values in current.items() if drift(values, stored[name]) > gate.fingerprint_tolerance}
     assert drifted == {"samples:toy-cdrl/K8/w0", "samples:toy-cdrl/K5/w0", "samples:toy-cdrl/K3/w0",
                        "samples:toy-drl/K5/w0"}
+
+
+def test_a_share_of_samples_is_never_given_less_spread_than_binomial():
+    """Eight seeds can underestimate the spread of an in-support fraction; sqrt(p (1 - p) / n) bounds it."""
+    lucky = (0.835, 0.836, 0.835, 0.834, 0.835, 0.836, 0.835, 0.835)  # std 0.0006 by chance
+    item = Comparison("toy/K30", "in_support_fraction", lucky, (0.82,), k=5, n_samples=2000)
+    assert item.sigma == pytest.approx(math.sqrt(0.835 * 0.165 / 2000), rel=1e-3)
+    assert not item.regressed  # 0.015 below: within 5 binomial standard errors
+    assert Comparison("toy/K30", "energy_distance", lucky, (0.82,), k=5, n_samples=2000).sigma < 0.001
