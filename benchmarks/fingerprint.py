@@ -10,10 +10,10 @@ them by orders of magnitude less than any change of the method:
   the first :data:`SAMPLES` samples drawn with the fixed seed :data:`SEED`;
 * ``training``: :data:`TRAINING_STEPS` cooperative training steps from the stored weights
   (fresh optimisers) with a fixed seed: per-step losses and energies, then the norms of the
-  live and EMA weights of both networks.
+  live and EMA weights of both networks and of their difference (the EMA's lag).
 
-``drift`` is the largest absolute deviation from the baseline's fingerprint relative to the
-baseline's largest magnitude; the check fails a fingerprint whose drift exceeds the suite's
+``drift`` is the largest deviation of an entry from the baseline's, relative to that entry
+(see :func:`drift`); the check fails a fingerprint whose drift exceeds the suite's
 ``[check] fingerprint_tolerance`` (see results/gate/README.md for how it was measured).
 """
 
@@ -37,13 +37,18 @@ TRAINING_BATCH = 32
 
 
 def drift(current: list[float], baseline: list[float]) -> float:
-    """max |current - baseline| / max |baseline| (inf when the shapes differ or a value is not finite)."""
+    """Largest deviation of an entry relative to its own baseline value (inf: other shape, or not finite).
+
+    Entries far smaller than the largest (a loss beside a weight norm, a point near the origin)
+    are measured against 1e-3 of the largest, so that rounding near zero does not count.
+    """
     if len(current) != len(baseline):
         return float("inf")
     now, then = torch.tensor(current, dtype=torch.float64), torch.tensor(baseline, dtype=torch.float64)
     if not torch.isfinite(now).all():
         return float("inf")
-    return float((now - then).abs().max() / then.abs().max().clamp_min(1e-30))
+    scale = then.abs().clamp_min(1e-3 * float(then.abs().max())).clamp_min(1e-30)
+    return float(((now - then).abs() / scale).max())
 
 
 def sample_fingerprints(suite: Suite) -> dict[str, list[float]]:
@@ -80,9 +85,10 @@ def _training_fingerprint(checkpoint: Path) -> list[float]:
     for network, ema in ((trainer.ebm, trainer.ebm_ema), (trainer.initializer, getattr(trainer, "initializer_ema", None))):
         if network is None:
             continue
-        values.append(float(torch.cat([p.detach().flatten() for p in network.parameters()]).norm()))
-        with ema.average_parameters():
-            values.append(float(torch.cat([p.detach().flatten() for p in network.parameters()]).norm()))
+        live = torch.cat([p.detach().flatten() for p in network.parameters()])
+        average = torch.cat([shadow.flatten() for shadow in ema.shadow])
+        # The EMA's lag behind the live weights: what an EMA bug changes first.
+        values += [float(live.norm()), float(average.norm()), float((average - live).norm())]
     return values
 
 
