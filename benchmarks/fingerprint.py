@@ -82,9 +82,10 @@ def _training_fingerprint(checkpoint: Path) -> list[float]:
         stats = trainer.step(*next(batches)).as_floats()
         values += [stats["ebm_loss"], stats["positive_energy"], stats["negative_energy"],
                    stats.get("initializer_loss", 0.0)]
-    for network, ema in ((trainer.ebm, trainer.ebm_ema), (trainer.initializer, getattr(trainer, "initializer_ema", None))):
-        if network is None:
-            continue
+    networks = [(trainer.ebm, trainer.ebm_ema)]
+    if trainer.initializer is not None:
+        networks.append((trainer.initializer, trainer.initializer_ema))
+    for network, ema in networks:
         live = torch.cat([p.detach().flatten() for p in network.parameters()])
         average = torch.cat([shadow.flatten() for shadow in ema.shadow])
         # The EMA's lag behind the live weights: what an EMA bug changes first.

@@ -49,7 +49,8 @@ def _train(plan: Plan, job: TrainingJob, runs_dir: Path, tracking_uri: str | Non
     # train loop refuses it if the model's config has changed since, beyond the iteration budget.
     result = train_loop.train(config, resume=folder if started else None, out=None if started else folder,
                               tracking_uri=tracking_uri, experiment_name=plan.suite.experiment,
-                              tags=_tags(plan, job.key, job.model.key, job.seed, "trained"), device=device, show_progress=False)
+                              tags=_tags(plan, job.key, job.model.key, job.seed, "trained"), device=device,
+                              show_progress=False)
     return result.checkpoint
 
 
@@ -83,7 +84,7 @@ def run_plan(plan: Plan, *, tracking_uri: str | None = None, runs_dir: Path = Pa
     with progress:
         overall = progress.add_task(f"{suite.name}", total=len(trainings) + len(pending))
         for training_key, jobs in by_training.items():
-            if training_key is None:
+            if training_key is None:  # each job names its given or stored checkpoint
                 checkpoint, selection = None, "given"
             else:
                 training = jobs[0].training
@@ -109,7 +110,7 @@ def run_plan(plan: Plan, *, tracking_uri: str | None = None, runs_dir: Path = Pa
                     result = scoring.score_data(job.floor_config, n_samples=job.n_samples, **common)
                 else:
                     result = scoring.score_checkpoint(
-                        checkpoint or job.checkpoint, steps_per_level=job.steps_per_level, n_samples=job.n_samples,
+                        job.checkpoint or checkpoint, steps_per_level=job.steps_per_level, n_samples=job.n_samples,
                         batch_size=suite.batch_size, guidance=job.guidance, checkpoint_selection=selection,
                         progress=lambda count, task=samples: progress.advance(task, count), **common)
                 progress.remove_task(samples)

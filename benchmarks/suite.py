@@ -202,7 +202,6 @@ class Plan:
     source: str
     trainings: tuple[TrainingJob, ...]
     evaluations: tuple[EvalJob, ...]
-    checkpoint: Path | None = None
     #: Models left out because the given checkpoint does not match them, with the reason.
     skipped: tuple[str, ...] = ()
 
@@ -497,4 +496,4 @@ def _expand_checkpoint(suite: Suite, profile: str, settings: Profile, path: Path
         raise SuiteError(f"checkpoint {path} ({saved.training.method}, preset {saved.name}) matches no model of suite "
                          f"{suite.name}: pass a checkpoint of one of its presets "
                          f"({', '.join(sorted({m.preset for m in suite.models if m.preset}))})")
-    return Plan(suite, profile, source, (), tuple(evaluations + stored), checkpoint=path, skipped=tuple(skipped))
+    return Plan(suite, profile, source, (), tuple(evaluations + stored), skipped=tuple(skipped))
