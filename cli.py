@@ -11,6 +11,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from cdrl.errors import CdrlBenchError
@@ -63,14 +64,28 @@ def import_checkpoint(
     path: Path = typer.Argument(..., help="Checkpoint saved by the authors' published CDRL code (.pth.tar)."),
     preset: str = typer.Option(..., "--preset", help="Preset whose networks the checkpoint holds, e.g. cifar10."),
     out: Path = typer.Option(..., "--out", help="Where to write the cdrl-bench checkpoint."),
+    class_map_from: Path = typer.Option(
+        None, "--class-map-from", help="Class-conditional ImageNet only: the published code's class order, Keras' "
+                                       "imagenet_class_index.json (WNIDs sorted). With --class-map-to, the "
+                                       "checkpoint's classes are reordered to our npz labels, so that --class c "
+                                       "draws npz label c + 1; without both, they stay in the published order."),
+    class_map_to: Path = typer.Option(
+        None, "--class-map-to", help="Class-conditional ImageNet only: our class order, the map_clsloc.txt that "
+                                     "numbers the downsampled-ImageNet npz labels (lines 'n02119789 1 kit_fox')."),
 ) -> None:
     """Convert a published-code checkpoint (live and EMA weights) into cdrl-bench's format."""
     from cdrl.checkpoint import import_official_checkpoint, save_atomic
+    from cdrl.imagenet_classes import load_class_map
 
-    payload = import_official_checkpoint(path, preset)
+    if (class_map_from is None) != (class_map_to is None):
+        raise CdrlBenchError("--class-map-from and --class-map-to go together: pass imagenet_class_index.json "
+                             "and map_clsloc.txt, or neither")
+    class_map = load_class_map(class_map_from, class_map_to) if class_map_from is not None else None
+    payload = import_official_checkpoint(path, preset, class_map)
     save_atomic(payload, out)
+    classes = f", classes: {payload['class_order']['description']}" if "class_order" in payload else ""
     console.print(f"wrote {out} (preset {preset}, EMA weights: "
-                  f"{'yes' if 'ebm_ema' in payload['trainer'] else 'no'})")
+                  f"{'yes' if 'ebm_ema' in payload['trainer'] else 'no'}{classes})", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -220,6 +235,36 @@ def run_suite(
     console.print(f"suite {plan.suite.name}: {len(summary.trained)} trained, {len(summary.evaluated)} scored, "
                   f"{summary.already_finished} already finished; `cdrl-bench table --suite {suite}"
                   f"{' --quick' if quick else ''}` shows the table", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def plan(
+    suite: str = _SUITE,
+    quick: bool = _QUICK,
+    seeds: int = typer.Option(None, "--seeds", help="Use seeds 0..N-1 instead of the suite's seeds."),
+    world_size: int = typer.Option(None, "--world-size", help="Processes per training (default $WORLD_SIZE, else 1): "
+                                                              "sets the per-process batch shown."),
+) -> None:
+    """Show what `run --suite` would do, running nothing: every training (iterations, global batch and each
+    process's share, which checkpoint is scored) and its evaluation points.
+
+    Example: cdrl-bench plan --suite cifar10-steps --world-size 8
+    """
+    import os
+
+    from benchmarks.suite import expand, load_suite, plan_rows
+
+    planned = expand(load_suite(suite), quick=quick, seeds=seeds)
+    world_size = world_size or int(os.environ.get("WORLD_SIZE", "1"))
+    rows = plan_rows(planned, world_size)
+    view = Table(title=f"suite {planned.suite.name} v{planned.suite.version} ({planned.profile}): "
+                       f"{len(planned.trainings)} trainings, {len(planned.evaluations)} evaluations, "
+                       f"{world_size} process{'es' if world_size > 1 else ''} per training")
+    for column in rows[0]:
+        view.add_column(column, overflow="fold", no_wrap=column not in ("run", "preset", "checkpoint", "points"))
+    for row in rows:
+        view.add_row(*row.values())
+    console.print(view)
 
 
 @app.command()
@@ -379,7 +424,8 @@ def main() -> None:
     try:
         app()
     except CdrlBenchError as error:
-        error_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        # The message is plain text: "[train]" in it is a TOML table, not console markup.
+        error_console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from baselines import apply_method
+from baselines import ABLATIONS, apply_method
 from cdrl.checkpoint import load_checkpoint, make_checkpoint, save_atomic
 from cdrl.config import ExperimentConfig, apply_overrides, preset
 from cdrl.ema import EMA
@@ -50,8 +50,9 @@ _DIGITS_8X8 = ("data.image_size=8", "energy.channel_mults=[1,2]", "initializer.i
 GATE_MODELS: dict[str, GateModel] = {
     # The published toy networks and chains (6 x 15) at the toy preset's CPU-scale settings.
     "toy-cdrl": GateModel("toy-checkerboard", "cdrl", 4000, _CADENCE),
-    # DRL: no initializer, 6 x 30 steps, otherwise the same.
-    "toy-drl": GateModel("toy-checkerboard", "drl", 3000, _CADENCE),
+    # CDRL without initializer (chains start at x_t, 6 x 30 steps), otherwise the same: the
+    # DRL algorithm on CDRL's schedule and step size, as DRL was run here before baselines.drl.
+    "toy-drl": GateModel("toy-checkerboard", "cdrl", 3000, (*ABLATIONS["no-initializer"], *_CADENCE)),
     # Class-conditional digits at their native 8 x 8, as the digits-cfg suite trains them.
     "digits-cond": GateModel("digits-cond", "cdrl", 2000, _DIGITS_8X8),
 }

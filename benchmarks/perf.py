@@ -401,7 +401,7 @@ def run(settings: PerfSettings) -> PerfReport:
     with trainer.chain_ebm.frozen() as chain_energy:
         def chain(steps: int) -> torch.Tensor:
             return langevin_revision(lambda y, logsnr: chain_energy(y, logsnr, condition), x, x, level,
-                                     config.langevin, config.schedule.logsnr_max, n_steps=steps, noise=noise)
+                                     config.langevin, schedule.logsnr_max, n_steps=steps, noise=noise)
         chain(1)
         with _timed(device) as langevin:
             chain(config.langevin.n_steps)

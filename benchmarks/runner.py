@@ -17,10 +17,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from benchmarks.records import (TAG_GUIDANCE, TAG_MODEL, TAG_PROFILE, TAG_SEED, TAG_SOURCE, TAG_STEPS,
                                 TAG_SUITE_VERSION, finished_eval_runs)
-from benchmarks.suite import METRICS, EvalJob, Plan, TrainingJob
+from benchmarks.suite import METRICS, EvalJob, Plan, SuiteError, TrainingJob, selection_rule
 from cdrl import scoring, train_loop
 from cdrl.config import apply_overrides
-from cdrl.tracking import TAG_METHOD, TAG_RUN_KEY, TAG_SUITE
+from cdrl.tracking import TAG_GLOBAL_BATCH, TAG_METHOD, TAG_RUN_KEY, TAG_SUITE
 
 
 @dataclass
@@ -41,7 +41,8 @@ def _tags(plan: Plan, key: str, model_key: str, seed: int, source: str) -> dict[
 
 
 def _train(plan: Plan, job: TrainingJob, runs_dir: Path, tracking_uri: str | None, data_dir: str | None,
-           device: str | None) -> Path:
+           device: str | None) -> tuple[Path, str]:
+    """(the checkpoint to score, how it was selected): the best one when the suite asks for it."""
     config = job.config if data_dir is None else apply_overrides(job.config, [f"data.data_dir={data_dir}"])
     folder = run_folder(plan, job, runs_dir)
     started = train_loop.checkpoint_paths(folder / train_loop.CHECKPOINT_FOLDER)
@@ -51,7 +52,13 @@ def _train(plan: Plan, job: TrainingJob, runs_dir: Path, tracking_uri: str | Non
                               tracking_uri=tracking_uri, experiment_name=plan.suite.experiment,
                               tags=_tags(plan, job.key, job.model.key, job.seed, "trained"), device=device,
                               show_progress=False)
-    return result.checkpoint
+    rule = selection_rule(config, plan.suite.checkpoint_selection)
+    if rule == "last":
+        return result.checkpoint, "last"
+    if result.best_checkpoint is None:
+        raise SuiteError(f"{job.key}: the suite scores the best checkpoint but {folder} holds none: "
+                         "rerun it with run.select_every > 0")
+    return result.best_checkpoint, rule
 
 
 def _metrics_line(metrics: dict[str, float]) -> str:
@@ -90,28 +97,33 @@ def run_plan(plan: Plan, *, tracking_uri: str | None = None, runs_dir: Path = Pa
                 training = jobs[0].training
                 progress.update(overall, description=f"{suite.name}: training {training.key}")
                 started = time.monotonic()
-                checkpoint = _train(plan, training, runs_dir, tracking_uri, data_dir, device)
-                selection = "last"
+                checkpoint, selection = _train(plan, training, runs_dir, tracking_uri, data_dir, device)
                 summary.trained.append(training.key)
                 progress.console.print(f"trained {training.key} ({training.config.training.iterations} iterations, "
-                                       f"{time.monotonic() - started:.0f} s): {checkpoint}", highlight=False,
-                                       soft_wrap=True)
+                                       f"{time.monotonic() - started:.0f} s): scoring {checkpoint} ({selection})",
+                                       highlight=False, soft_wrap=True)
                 progress.advance(overall)
             for job in jobs:
                 progress.update(overall, description=f"{suite.name}: scoring {job.key}")
                 samples = progress.add_task(f"  samples of {job.key}", total=job.n_samples)
-                common = dict(backend=suite.backend, reference_split=suite.reference_split,
-                              n_reference=suite.profiles[plan.profile].n_reference, seed=job.seed, device=device,
+                common = dict(backend=suite.backend,
+                              reference_split=job.model.reference_split or suite.reference_split,
+                              n_reference=job.model.n_reference or suite.profiles[plan.profile].n_reference,
+                              seed=job.seed, device=device,
                               data_dir=data_dir, tracking_uri=tracking_uri, experiment_name=suite.experiment,
                               tags={**_tags(plan, job.key, job.model.key, job.seed, job.source),
-                                    TAG_METHOD: "data" if job.floor_config else job.model.method,
-                                    TAG_STEPS: str(job.steps_per_level), TAG_GUIDANCE: f"{job.guidance:g}"})
+                                    TAG_METHOD: "data" if job.floor_config else (
+                                        job.training.config.training.method if job.training else job.model.method),
+                                    TAG_STEPS: str(job.steps_per_level), TAG_GUIDANCE: f"{job.guidance:g}",
+                                    **({TAG_GLOBAL_BATCH: str(job.training.config.training.batch_size)}
+                                       if job.training else {})})
                 if job.floor_config is not None:
                     result = scoring.score_data(job.floor_config, n_samples=job.n_samples, **common)
                 else:
                     result = scoring.score_checkpoint(
                         job.checkpoint or checkpoint, steps_per_level=job.steps_per_level, n_samples=job.n_samples,
                         batch_size=suite.batch_size, guidance=job.guidance, checkpoint_selection=selection,
+                        reference_overrides=job.model.reference_overrides,
                         progress=lambda count, task=samples: progress.advance(task, count), **common)
                 progress.remove_task(samples)
                 summary.evaluated.append(job.key)

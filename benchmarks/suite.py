@@ -34,6 +34,7 @@ else:  # Python 3.10: the same parser, from PyPI
 SUITES_FOLDER = Path(__file__).resolve().parent / "suites"
 PAPER_FOLDER = Path(__file__).resolve().parent.parent / "results" / "paper"
 PROFILES = ("full", "quick")
+CHECKPOINT_SELECTIONS = ("best", "last")
 
 
 class SuiteError(CdrlBenchError):
@@ -74,6 +75,9 @@ class Profile:
     n_reference: int | None = None
     #: Extra training overrides of this profile (e.g. a smaller batch).
     overrides: tuple[str, ...] = ()
+    #: Best-checkpoint selection: score every this many iterations on this many samples (None: the preset's).
+    select_every: int | None = None
+    select_samples: int | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,15 @@ class ModelSpec:
     floor: bool = False
     #: At most this many samples per evaluation (e.g. fewer images than 2-D points in one suite).
     n_samples: int | None = None
+    #: The global training batch (all processes together); None: the suite's.
+    global_batch: int | None = None
+    #: Score the trainings of that model (by key) instead of training one: another protocol, one model.
+    scores: str | None = None
+    #: This row's evaluation protocol where it differs from the suite's: the reference split, the
+    #: number of reference images, and overrides of the reference data (e.g. another image pipeline).
+    reference_split: str | None = None
+    n_reference: int | None = None
+    reference_overrides: tuple[str, ...] = ()
 
     def samples(self, profile: "Profile") -> int:
         return min(profile.n_samples, self.n_samples or profile.n_samples)
@@ -140,6 +153,10 @@ class Suite:
     backend: str = "torch-fidelity"
     reference_split: str = "train"
     batch_size: int = 256
+    #: The global training batch of every model without its own (``training.batch_size``).
+    global_batch: int | None = None
+    #: Which checkpoint of a training is scored: "best" (by the selection score) or "last".
+    checkpoint_selection: str = "best"
     #: CSV of results/paper/ with the paper's numbers; None: no paper column.
     reference: str | None = None
     #: Heading of the paper columns (e.g. "paper CIFAR-10" for a CPU-scale trend study).
@@ -187,6 +204,18 @@ class EvalJob:
     checkpoint: Path | None = None
     #: The config of a floor row (its data); None otherwise.
     floor_config: ExperimentConfig | None = None
+    #: The config saved in ``checkpoint``, when there is no training.
+    checkpoint_config: ExperimentConfig | None = None
+
+    def training_summary(self, policy: str) -> tuple[str, str]:
+        """(global batch, checkpoint selection) of the model this job scores, for plans and tables."""
+        if self.floor_config is not None:
+            return "", "data"
+        if self.training is None:
+            batch = self.checkpoint_config.training.batch_size if self.checkpoint_config else None
+            return (str(batch) if batch else "?"), "given"
+        config = self.training.config
+        return str(config.training.batch_size), selection_rule(config, policy)
 
     @property
     def point(self) -> tuple[str, int, float]:
@@ -265,7 +294,8 @@ class _Table:
 
 
 def _profile(table: _Table, fallback: Profile | None) -> Profile:
-    table.check_known({"iterations", "n_samples", "seeds", "n_reference", "overrides"})
+    table.check_known({"iterations", "n_samples", "seeds", "n_reference", "overrides", "select_every",
+                       "select_samples"})
     base = fallback or Profile(iterations=None, n_samples=5000, seeds=(0,))
     profile = Profile(
         iterations=table.get("iterations", int, base.iterations),
@@ -273,8 +303,12 @@ def _profile(table: _Table, fallback: Profile | None) -> Profile:
         seeds=table.items("seeds", int, base.seeds),
         n_reference=table.get("n_reference", int, base.n_reference),
         overrides=table.items("overrides", str, base.overrides),
+        select_every=table.get("select_every", int, base.select_every),
+        select_samples=table.get("select_samples", int, base.select_samples),
     )
-    for name in ("iterations", "n_samples", "n_reference"):
+    if profile.select_every is not None and profile.select_every < 0:
+        raise table._fail("select_every", f"must be 0 (no selection) or more, got {profile.select_every}")
+    for name in ("iterations", "n_samples", "n_reference", "select_samples"):
         if getattr(profile, name) is not None and getattr(profile, name) < 1:
             raise table._fail(name, f"must be at least 1, got {getattr(profile, name)}")
     if not profile.seeds:
@@ -284,7 +318,8 @@ def _profile(table: _Table, fallback: Profile | None) -> Profile:
 
 def _model(table: _Table, default_preset: str | None) -> ModelSpec:
     table.check_known({"key", "label", "method", "preset", "ablations", "overrides", "steps", "guidance", "paper",
-                       "checkpoint", "floor", "n_samples"})
+                       "checkpoint", "floor", "n_samples", "global_batch", "scores", "reference_split",
+                       "n_reference", "reference_overrides"})
     key = table.get("key", str)
     if not key or "/" in key or " " in key:
         raise table._fail("key", f"{key!r} must be a non-empty word without '/' or spaces")
@@ -304,10 +339,18 @@ def _model(table: _Table, default_preset: str | None) -> ModelSpec:
         steps=table.items("steps", int),
         guidance=tuple(float(w) for w in table.items("guidance", (int, float), (0.0,))),
         paper={str(k): str(v) for k, v in paper.items()}, checkpoint=checkpoint, floor=floor,
-        n_samples=table.get("n_samples", int, None),
+        n_samples=table.get("n_samples", int, None), global_batch=table.get("global_batch", int, None),
+        scores=table.get("scores", str, None), reference_split=table.get("reference_split", str, None),
+        n_reference=table.get("n_reference", int, None),
+        reference_overrides=table.items("reference_overrides", str),
     )
-    if spec.n_samples is not None and spec.n_samples < 1:
-        raise table._fail("n_samples", f"must be at least 1, got {spec.n_samples}")
+    if spec.scores is not None and (checkpoint is not None or floor):
+        raise table._fail("scores", "excludes checkpoint and floor: it scores another model's trainings")
+    if any(not override.startswith("data.") for override in spec.reference_overrides):
+        raise table._fail("reference_overrides", "may only change data.* settings (the reference images)")
+    for name in ("n_samples", "global_batch", "n_reference"):
+        if getattr(spec, name) is not None and getattr(spec, name) < 1:
+            raise table._fail(name, f"must be at least 1, got {getattr(spec, name)}")
     if spec.checkpoint_path is not None and not spec.checkpoint_path.is_file():
         raise table._fail("checkpoint", f"names {checkpoint}, which does not exist: fix the path (relative to the "
                                         "repository) or train it with the command in results/gate/README.md")
@@ -326,8 +369,8 @@ def load_suite(name: str | os.PathLike) -> Suite:
                      "context_rows", "plot", "train", "eval", "profiles", "models", "check"})
     train, evaluation = top.table("train"), top.table("eval")
     profiles, check = top.table("profiles"), top.table("check")
-    train.check_known({"preset", "overrides"})
-    evaluation.check_known({"backend", "reference_split", "batch_size"})
+    train.check_known({"preset", "overrides", "global_batch"})
+    evaluation.check_known({"backend", "reference_split", "batch_size", "checkpoint"})
     profiles.check_known(set(PROFILES))
     check.check_known({"k", "tolerance_floors", "fingerprint_tolerance"})
     full = _profile(profiles.table("full"), None)
@@ -342,6 +385,11 @@ def load_suite(name: str | os.PathLike) -> Suite:
     if len(set(keys)) != len(keys):
         raise top._fail("models", f"repeat a key ({', '.join(sorted({k for k in keys if keys.count(k) > 1}))}): "
                                   "give every model its own key")
+    for model in (model for model in models if model.scores is not None):
+        target = next((other for other in models if other.key == model.scores), None)
+        if target is None or target.scores is not None or target.checkpoint is not None or target.floor:
+            raise SuiteError(f"{path.name}: model {model.key!r}: scores = {model.scores!r} must name a model of this "
+                             "suite that is trained here")
     metrics = top.items("metrics", str, ("fid",))
     plot = None
     if "plot" in values:
@@ -370,22 +418,40 @@ def load_suite(name: str | os.PathLike) -> Suite:
         metrics=metrics, profiles={"full": full, "quick": _profile(profiles.table("quick"), full)},
         overrides=train.items("overrides", str), backend=evaluation.get("backend", str, "torch-fidelity"),
         reference_split=evaluation.get("reference_split", str, "train"),
-        batch_size=evaluation.get("batch_size", int, 256), reference=top.get("reference", str, None),
+        batch_size=evaluation.get("batch_size", int, 256), global_batch=train.get("global_batch", int, None),
+        checkpoint_selection=evaluation.get("checkpoint", str, "best"), reference=top.get("reference", str, None),
         reference_label=top.get("reference_label", str, "paper"), context_rows=top.get("context_rows", bool, False),
         plot=plot, check_k=check_k, tolerance_floors=floors,
         fingerprint_tolerance=fingerprint_tolerance,
         notes=top.get("notes", str, ""),
     )
+    if suite.checkpoint_selection not in CHECKPOINT_SELECTIONS:
+        raise evaluation._fail("checkpoint", f"must be one of {', '.join(CHECKPOINT_SELECTIONS)}, "
+                                             f"got {suite.checkpoint_selection!r}")
+    if suite.global_batch is not None and suite.global_batch < 1:
+        raise train._fail("global_batch", f"must be at least 1, got {suite.global_batch}")
     if plot is not None and plot.x == "guidance" and not any(len(model.guidance) > 1 for model in models):
         raise SuiteError(f"{path.name}: plot.x = \"guidance\" needs a model with several guidance weights")
     if suite.reference_path is not None and not suite.reference_path.is_file():
         raise top._fail("reference", f"names {suite.reference}, which is not in results/paper/: fix the file name")
     for model in models:  # bad presets, methods, ablations and overrides fail here, not mid-suite
-        if model.checkpoint is not None:
+        if model.checkpoint is not None or model.floor or model.scores:
             continue
+        if any(override.startswith("training.batch_size=")
+               for override in (*suite.overrides, *model.overrides,
+                                *(o for p in suite.profiles.values() for o in p.overrides))):
+            raise SuiteError(f"{path.name}: model {model.key!r}: set the batch with global_batch, not an override of "
+                             "training.batch_size")
+        if (model.global_batch or suite.global_batch) is None:
+            raise SuiteError(f"{path.name}: model {model.key!r} declares no global batch: add global_batch = N to "
+                             "[train] (all processes together; the paper: 256) or to the model")
         try:
-            model_config(suite, model, "full", seed=0)
-            model_config(suite, model, "quick", seed=0)
+            for profile in PROFILES:
+                config = model_config(suite, model, profile, seed=0)
+                if suite.checkpoint_selection == "best" and config.run.select_every == 0:
+                    raise SuiteError(f"[eval] checkpoint = \"best\" but the {profile} profile selects no checkpoint: "
+                                     "set select_every and select_samples in [profiles." + profile + "], or "
+                                     "checkpoint = \"last\"")
         except CdrlBenchError as error:
             raise SuiteError(f"{path.name}: model {model.key!r}: {error}") from None
     return suite
@@ -393,16 +459,50 @@ def load_suite(name: str | os.PathLike) -> Suite:
 
 # --------------------------------------------------------------------------- expansion
 
+def base_config(suite: Suite, model: ModelSpec, profile: str) -> ExperimentConfig:
+    """The model's preset with the suite's and the profile's overrides: what its method and ablations change."""
+    return apply_overrides(preset(model.preset), [*suite.overrides, *suite.profiles[profile].overrides])
+
+
 def model_config(suite: Suite, model: ModelSpec, profile: str, seed: int) -> ExperimentConfig:
-    """preset -> suite overrides -> profile overrides -> method -> ablations -> model overrides -> budget, seed."""
+    """base_config -> method -> ablations -> model overrides -> global batch, selection, budget, seed."""
     settings = suite.profiles[profile]
-    config = apply_overrides(preset(model.preset), [*suite.overrides, *settings.overrides])
-    config = apply_method(config, model.method)
+    config = apply_method(base_config(suite, model, profile), model.method)
     config = apply_overrides(config, [*ablation_overrides(model.ablations), *model.overrides])
     budget = [f"training.seed={seed}"]
+    if model.global_batch or suite.global_batch:
+        budget.append(f"training.batch_size={model.global_batch or suite.global_batch}")
     if settings.iterations is not None:
         budget.append(f"training.iterations={settings.iterations}")
+    if settings.select_every is not None:
+        budget.append(f"run.select_every={settings.select_every}")
+    if settings.select_samples is not None:
+        budget.append(f"run.select_samples={settings.select_samples}")
     return apply_overrides(config, budget)
+
+
+def config_delta(suite: Suite, model: ModelSpec, profile: str = "full") -> list[str]:
+    """``key=value`` of every setting the model's method, ablations and overrides change from its base config."""
+    base = base_config(suite, model, profile)
+    changed = apply_overrides(apply_method(base, model.method), [*ablation_overrides(model.ablations),
+                                                                 *model.overrides]).flat()
+    before = base.flat()
+    return [f"{key}={value}" for key, value in changed.items() if before.get(key) != value]
+
+
+def selection_rule(config: ExperimentConfig, policy: str) -> str:
+    """How a training's scored checkpoint is chosen, briefly: "last", or "best FID (5k every 20k it)"."""
+    if policy == "last" or config.run.select_every == 0:
+        return "last"
+    from cdrl.train_loop import selection_metric
+
+    metric = selection_metric(config)
+    return (f"best {METRICS[metric].label} ({_count(config.run.select_samples)} every "
+            f"{_count(config.run.select_every)} it)")
+
+
+def _count(value: int) -> str:
+    return f"{value // 1000}k" if value >= 1000 and value % 1000 == 0 else str(value)
 
 
 def eval_steps(model: ModelSpec, config: ExperimentConfig) -> tuple[int, ...]:
@@ -441,20 +541,22 @@ def expand(suite: Suite, *, quick: bool = False, seeds: int | None = None, seed_
     settings = replace(settings, seeds=tuple(seed + seed_offset for seed in settings.seeds))
     if checkpoint is not None:
         return _expand_checkpoint(suite, profile, settings, Path(checkpoint))
-    trainings, evaluations = [], []
+    trainings = {(model.key, seed): TrainingJob(f"{model.key}/seed{seed}", model, seed,
+                                                model_config(suite, model, profile, seed))
+                 for model in suite.models if model.checkpoint is None and not model.floor and model.scores is None
+                 for seed in settings.seeds}
+    evaluations = []
     for model in suite.models:
         if model.checkpoint is not None or model.floor:
             evaluations += _untrained_evaluations(suite, model, profile, settings)
             continue
         for seed in settings.seeds:
-            config = model_config(suite, model, profile, seed)
-            job = TrainingJob(f"{model.key}/seed{seed}", model, seed, config)
-            trainings.append(job)
-            for steps in eval_steps(model, config):
+            job = trainings[model.scores or model.key, seed]
+            for steps in eval_steps(model, job.config):
                 for guidance in model.guidance:
                     evaluations.append(EvalJob(_eval_key("", model, steps, guidance, seed), model, job, steps,
-                                               config.schedule.n_levels, guidance, seed, model.samples(settings)))
-    return Plan(suite, profile, "trained", tuple(trainings), tuple(evaluations))
+                                               job.config.schedule.n_levels, guidance, seed, model.samples(settings)))
+    return Plan(suite, profile, "trained", tuple(trainings.values()), tuple(evaluations))
 
 
 def _untrained_evaluations(suite: Suite, model: ModelSpec, profile: str, settings: Profile) -> list[EvalJob]:
@@ -468,7 +570,8 @@ def _untrained_evaluations(suite: Suite, model: ModelSpec, profile: str, setting
     saved, _ = load_checkpoint(model.checkpoint_path)
     source = checkpoint_source(model.checkpoint_path)
     return [EvalJob(_eval_key("", model, steps, guidance, seed), model, None, steps, saved.schedule.n_levels,
-                    guidance, seed, model.samples(settings), source=source, checkpoint=model.checkpoint_path)
+                    guidance, seed, model.samples(settings), source=source, checkpoint=model.checkpoint_path,
+                    checkpoint_config=saved)
             for seed in settings.seeds for steps in eval_steps(model, saved) for guidance in model.guidance]
 
 
@@ -482,18 +585,62 @@ def _expand_checkpoint(suite: Suite, profile: str, settings: Profile, path: Path
         if model.checkpoint is not None or model.floor:
             stored += _untrained_evaluations(suite, model, profile, settings)
             continue
-        if model.preset != saved.name or model.method != saved.training.method or model.ablations:
-            skipped.append(f"{model.label} (needs a {model.method} model of preset {model.preset}"
-                           f"{' with ' + ', '.join(model.ablations) if model.ablations else ''})")
+        trained = next(other for other in suite.models if other.key == model.scores) if model.scores else model
+        if trained.preset != saved.name or trained.method != saved.training.method or trained.ablations:
+            skipped.append(f"{model.label} (needs a {trained.method} model of preset {trained.preset}"
+                           f"{' with ' + ', '.join(trained.ablations) if trained.ablations else ''})")
             continue
         for seed in settings.seeds:
             for steps in eval_steps(model, saved):
                 for guidance in model.guidance:
                     evaluations.append(EvalJob(_eval_key(f"{source}/", model, steps, guidance, seed), model, None,
                                                steps, saved.schedule.n_levels, guidance, seed, model.samples(settings),
-                                               source=source, checkpoint=path))
+                                               source=source, checkpoint=path, checkpoint_config=saved))
     if not evaluations:
         raise SuiteError(f"checkpoint {path} ({saved.training.method}, preset {saved.name}) matches no model of suite "
                          f"{suite.name}: pass a checkpoint of one of its presets "
                          f"({', '.join(sorted({m.preset for m in suite.models if m.preset}))})")
     return Plan(suite, profile, source, (), tuple(evaluations + stored), skipped=tuple(skipped))
+
+
+def plan_rows(plan: Plan, world_size: int = 1) -> list[dict[str, str]]:
+    """One row per training (and per untrained model) of a plan: what ``cdrl-bench plan`` prints."""
+    if world_size < 1:
+        raise SuiteError(f"--world-size must be at least 1, got {world_size}")
+    rows = []
+    for key, jobs in _by_source(plan).items():
+        first = jobs[0]
+        global_batch, selection = first.training_summary(plan.suite.checkpoint_selection)
+        config = first.training.config if first.training else first.checkpoint_config or first.floor_config
+        per_process = ""
+        if first.training is not None:
+            batch = config.training.batch_size
+            per_process = str(batch // world_size) if batch % world_size == 0 and batch >= world_size \
+                else "does not split"
+        rows.append({
+            "run": key, "preset": config.name if config else "",
+            "iterations": f"{config.training.iterations:,}" if first.training else "",
+            "batch": global_batch, "per process": per_process, "checkpoint": selection, "evals": str(len(jobs)),
+            "points": _points_line(jobs) if first.floor_config is None else "data floor",
+        })
+    return rows
+
+
+def _points_line(jobs: list[EvalJob]) -> str:
+    """Evaluation points per model, briefly: "cdrl 6x3/5/8/15", "cond 6x15, 13 w from 0 to 3"."""
+    parts = []
+    for model in dict.fromkeys(job.model.key for job in jobs):
+        mine = [job for job in jobs if job.model.key == model]
+        steps = "/".join(str(k) for k in sorted({job.steps_per_level for job in mine}))
+        weights = sorted({job.guidance for job in mine})
+        guidance = (f", {len(weights)} w from {weights[0]:g} to {weights[-1]:g}" if len(weights) > 1
+                    else f", w {weights[0]:g}" if weights[0] else "")
+        parts.append(f"{model} {mine[0].noise_levels}x{steps}{guidance}")
+    return "; ".join(parts)
+
+
+def _by_source(plan: Plan) -> dict[str, list[EvalJob]]:
+    groups: dict[str, list[EvalJob]] = {job.key: [] for job in plan.trainings}
+    for job in plan.evaluations:
+        groups.setdefault(job.training.key if job.training else f"{job.model.key} ({job.source})", []).append(job)
+    return {key: jobs for key, jobs in groups.items() if jobs}

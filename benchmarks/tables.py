@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks.records import TAG_GUIDANCE, TAG_MODEL, TAG_SOURCE, TAG_STEPS, finished_eval_runs, latest_per_key
-from benchmarks.suite import METRICS, EvalJob, SuiteError, Suite, expand
+from benchmarks.suite import METRICS, EvalJob, SuiteError, Suite, config_delta, expand
 from cdrl.tracking import resolve_tracking_uri
 
 FORMATS = ("rich", "markdown", "latex", "csv")
@@ -108,8 +108,9 @@ def build_table(suite: Suite, *, quick: bool = False, tracking_uri: str | None =
     guided = any(len(model.guidance) > 1 or any(model.guidance) for model in suite.models)
     rows, matched = [], set()
     for job in _points(suite):
+        global_batch, selection = job.training_summary(suite.checkpoint_selection)
         base = {"method": job.model.label, "model": job.model.key, "floor": job.floor_config is not None,
-                "noise_levels": job.noise_levels,
+                "global_batch": global_batch, "checkpoint_selection": selection, "noise_levels": job.noise_levels,
                 "steps_per_level": job.steps_per_level, "total_steps": job.noise_levels * job.steps_per_level}
         if guided:
             base["guidance"] = job.guidance
@@ -171,6 +172,8 @@ def _display(suite: Suite, frame: pd.DataFrame, paper_metrics: list[str], guided
             _format(r[f"{metric}_mean"], r[f"{metric}_sem"], info.decimals) if r["model"] else ""
             for _, r in frame.iterrows()]
     display["seeds"] = [str(int(n)) if model else "" for n, model in zip(frame["n_seeds"], frame["model"])]
+    display["batch"] = frame["global_batch"].fillna("")
+    display["checkpoint"] = frame["checkpoint_selection"].fillna("")
     if not frame["source"].fillna("").isin(["", "trained"]).all():  # only when a given checkpoint was scored
         display["source"] = frame["source"].fillna("")
     display["protocol"] = frame["protocol"].fillna("")
@@ -195,6 +198,13 @@ def _notes(suite: Suite, profile: str, reference: pd.DataFrame, runs: pd.DataFra
                          "or the other split's images): the best each metric can read at this sample size.")
     if suite.notes:
         notes.append(suite.notes.strip())
+    notes.append("batch: the global training batch (all processes together); checkpoint: which checkpoint of each "
+                 "training is scored (the best by the named score, measured during training, or the last).")
+    for model in suite.models:
+        if model.checkpoint is None and not model.floor and model.scores is None:
+            delta = config_delta(suite, model)
+            if delta:
+                notes.append(f"{model.label}: {', '.join(delta)}.")
     return notes
 
 

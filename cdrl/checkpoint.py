@@ -7,7 +7,9 @@ Our format is a plain dict (loadable with ``weights_only=True``)::
 
 The published code saves ``pi_state_dict``/``p_state_dict`` (energy network / initializer,
 keys prefixed ``module.`` by DDP) and torch_ema states whose ``shadow_params`` follow
-``parameters()`` order; :func:`import_official_checkpoint` maps them onto our networks.
+``parameters()`` order; :func:`import_official_checkpoint` maps them onto our networks, and
+:func:`permute_classes` reorders a class-conditional one's classes from the published code's
+ImageNet order to our npz label order (:mod:`cdrl.imagenet_classes`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from cdrl.config import ExperimentConfig, preset
 from cdrl.ema import EMA
 from cdrl.errors import CdrlBenchError
 from cdrl.files import atomic_write
+from cdrl.imagenet_classes import ClassMap, published_order_record
 from cdrl.networks import build_energy_net, build_initializer
 
 FORMAT = "cdrl-bench/1"
@@ -75,6 +78,8 @@ class LoadedModel:
     initializer: nn.Module | None
     iteration: int
     uses_ema: bool
+    #: Which class order the labels follow, for imported class-conditional checkpoints (import_official_checkpoint).
+    class_order: str | None = None
 
 
 def _with_ema(module: nn.Module, state: dict, ema_state: dict | None, use_ema: bool) -> nn.Module:
@@ -96,7 +101,8 @@ def load_model(path: str | os.PathLike, use_ema: bool = True, device: torch.devi
         initializer = _with_ema(build_initializer(config.initializer), state["initializer"],
                                 state.get("initializer_ema"), use_ema)
         initializer.to(device)
-    return LoadedModel(config, ebm.to(device), initializer, state["iteration"], use_ema)
+    return LoadedModel(config, ebm.to(device), initializer, state["iteration"], use_ema,
+                       payload.get("class_order", {}).get("description"))
 
 
 # --------------------------------------------------------------------------- published checkpoints
@@ -132,9 +138,81 @@ def _official_ema(ema_state: Any, module: nn.Module, network: str) -> dict:
     return ema.state_dict()
 
 
-def import_official_checkpoint(path: str | os.PathLike, preset_name: str) -> dict:
-    """Convert a published-code checkpoint into a cdrl-bench checkpoint payload (live and EMA weights)."""
+# The class-embedding layer of each network: a Linear on the one-hot label (index 0: the null
+# class), so column k of its weight is the embedding of label k.
+_CLASS_EMBEDDINGS = {"ebm": "y_map", "initializer": "y_mlp.0"}
+
+
+def _check_class_map(config: ExperimentConfig, class_map: ClassMap) -> None:
+    num_classes = config.energy.num_classes
+    if num_classes is None:
+        raise CheckpointError(f"preset {config.name!r} is unconditional: a class map applies only to "
+                              f"class-conditional checkpoints; drop the class map (--class-map-from/--class-map-to)")
+    if len(class_map.published_index) != num_classes:
+        raise CheckpointError(f"the class map lists {len(class_map.published_index)} classes but preset "
+                              f"{config.name!r} has {num_classes}: pass the class files of its dataset")
+
+
+def _move_columns(state: dict[str, torch.Tensor], layer: str, columns: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``state`` with the input columns of ``layer`` taken in the order ``columns``.
+
+    Spectral norm's ``weight_v`` is a vector over the same inputs: moved alike, the normalised
+    weight is the same matrix with its columns moved (sigma is unchanged).
+    """
+    moved = dict(state)
+    for name in (f"{layer}.weight", f"{layer}.weight_orig"):
+        if name in moved:
+            moved[name] = moved[name][:, columns]
+    if f"{layer}.weight_v" in moved:
+        moved[f"{layer}.weight_v"] = moved[f"{layer}.weight_v"][columns]
+    return moved
+
+
+def _parameter_names(config: ExperimentConfig, network: str) -> list[str]:
+    """A network's parameter names in parameters() order, the order of its EMA's shadow_params."""
+    module = build_energy_net(config.energy) if network == "ebm" else build_initializer(config.initializer)
+    return [name for name, _ in module.named_parameters()]
+
+
+def permute_classes(payload: dict, class_map: ClassMap) -> dict:
+    """A copy of checkpoint ``payload`` whose class c uses the published class ``class_map.published_index[c]``.
+
+    Our class c is embedding index c + 1, so column c + 1 of each network's class embedding
+    (live and EMA weights) becomes the published column ``published_index[c] + 1``; the null
+    class (column 0) keeps its own. The map is recorded as ``payload["class_order"]``.
+    """
+    config = ExperimentConfig.from_dict(payload["config"])
+    _check_class_map(config, class_map)
+    if payload.get("class_order", {}).get("permuted"):
+        raise CheckpointError("the checkpoint's classes are already permuted (see its class_order): import the "
+                              "published checkpoint again instead of permuting twice")
+    trainer = dict(payload["trainer"])
+    if "ebm_optimizer" in trainer:
+        raise CheckpointError("the checkpoint holds optimizer states, which would not follow the permuted "
+                              "classes: permute an imported checkpoint, before any training")
+    columns = torch.tensor([0] + [index + 1 for index in class_map.published_index])
+    for network, layer in _CLASS_EMBEDDINGS.items():
+        if network not in trainer:
+            continue
+        trainer[network] = _move_columns(trainer[network], layer, columns)
+        if f"{network}_ema" in trainer:
+            names = _parameter_names(config, network)
+            shadow = dict(zip(names, trainer[f"{network}_ema"]["shadow_params"], strict=True))
+            trainer[f"{network}_ema"] = {**trainer[f"{network}_ema"],
+                                         "shadow_params": list(_move_columns(shadow, layer, columns).values())}
+    return {**payload, "trainer": trainer, "class_order": class_map.record()}
+
+
+def import_official_checkpoint(path: str | os.PathLike, preset_name: str, class_map: ClassMap | None = None) -> dict:
+    """Convert a published-code checkpoint into a cdrl-bench checkpoint payload (live and EMA weights).
+
+    A class-conditional checkpoint keeps the published code's class order unless ``class_map``
+    is given (:func:`cdrl.imagenet_classes.load_class_map`): then its classes are reordered to
+    our npz label order (:func:`permute_classes`). Either way ``payload["class_order"]`` says which.
+    """
     config = preset(preset_name)
+    if class_map is not None:
+        _check_class_map(config, class_map)  # before reading a large file
     payload = read_checkpoint_file(path)
     required = ("pi_state_dict", "p_state_dict")
     if any(key not in payload for key in required):
@@ -152,4 +230,9 @@ def import_official_checkpoint(path: str | os.PathLike, preset_name: str) -> dic
         trainer_state["ebm_ema"] = _official_ema(payload["pi_ema_state_dict"], ebm, "energy network")
     if "p_ema_state_dict" in payload:
         trainer_state["initializer_ema"] = _official_ema(payload["p_ema_state_dict"], initializer, "initializer")
-    return make_checkpoint(config, trainer_state, imported_from=str(Path(path).resolve()))
+    imported = make_checkpoint(config, trainer_state, imported_from=str(Path(path).resolve()))
+    if class_map is not None:
+        return permute_classes(imported, class_map)
+    if config.energy.num_classes is not None:
+        imported["class_order"] = published_order_record()
+    return imported

@@ -30,13 +30,14 @@ class TrainingConfig:
     #: "cdrl": initializer + short Langevin (cooperative); "drl": chains start at x_t, no initializer.
     method: Literal["cdrl", "drl"] = "cdrl"
     iterations: int = 500_000
-    #: Per-process batch size (the paper: 32 per GPU x 8 GPUs).
-    batch_size: int = 32
+    #: The global batch: each of N processes trains on batch_size / N examples (the paper: 8 GPUs x 32 = 256).
+    batch_size: int = 256
     ebm_lr: float = 1e-4
     initializer_lr: float = 1e-5
     adam_betas: tuple[float, float] = (0.9, 0.999)
     initializer_weight_decay: float = 0.0
-    grad_clip: float = 1.0
+    #: Largest gradient norm of each network; None: no clipping (DRL).
+    grad_clip: float | None = 1.0
     ema_decay: float = 0.9999
     #: torch_ema's decay warm-up min(decay, (1 + n) / (10 + n)), as published.
     ema_warmup: bool = True
@@ -75,6 +76,16 @@ class RunConfig:
     rollback_lr_factor: float = 0.5
     #: Stop after this many rollbacks in one run.
     max_rollbacks: int = 3
+    #: Score EMA samples every this many iterations (and at the last) and keep the best-scoring
+    #: checkpoint as checkpoints/best.pt, as the published code does (FID every 20k iterations); 0: off.
+    select_every: int = 0
+    #: Samples per selection score; FID's reference is the first this many training images.
+    select_samples: int = 5000
+    #: The selection score: "auto" is fid for images (kid_mean the alternative) and the exact
+    #: energy_distance for 2-D toy presets. Only lower-is-better metrics, so no second table of
+    #: directions beside benchmarks.suite.METRICS (which cdrl must not import); in_support_fraction
+    #: is left out: it saturates at 1, where it cannot tell checkpoints apart.
+    select_metric: Literal["auto", "fid", "kid_mean", "energy_distance"] = "auto"
 
 
 @dataclass(frozen=True)
@@ -99,16 +110,36 @@ class ExperimentConfig:
     def from_dict(cls, values: dict[str, Any]) -> "ExperimentConfig":
         return _build(cls, values, "")
 
+    def flat(self) -> dict[str, Any]:
+        """``{"training.ebm_lr": 1e-4, ...}``: every setting under its override key (MLflow params, diffs)."""
+        return flatten(self.to_dict())
+
+
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> one level, keys joined by dots."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
 
 # --------------------------------------------------------------------------- presets
+
+#: The published code keeps the checkpoint with the best FID of 5,000 samples, measured every 20k iterations.
+PUBLISHED_SELECTION = RunConfig(select_every=20_000, select_samples=5000)
+
 
 def _cifar10() -> ExperimentConfig:
     return ExperimentConfig(
         name="cifar10",
-        description="paper: unconditional CIFAR-10, 6 levels x 15 steps, 8 GPUs x batch 32",
+        description="paper: unconditional CIFAR-10, 6 levels x 15 steps, global batch 256 (8 GPUs x 32), 500k its",
         data=DataConfig(dataset="cifar10", image_size=32, channels=3, horizontal_flip=True),
         energy=EnergyNetConfig(),
         initializer=InitializerConfig(),
+        run=PUBLISHED_SELECTION,
     )
 
 
@@ -124,11 +155,14 @@ def _cifar10_large() -> ExperimentConfig:
 def _imagenet32_cond() -> ExperimentConfig:
     return ExperimentConfig(
         name="imagenet32-cond",
-        description="paper: class-conditional ImageNet 32x32 (1000 classes + null) for guidance",
+        description="paper: class-conditional ImageNet 32x32 (1000 classes + null) for guidance, 1M its",
         data=DataConfig(dataset="imagenet32", image_size=32, channels=3, horizontal_flip=True,
                         class_conditional=True),
         energy=EnergyNetConfig(num_classes=1000),
         initializer=InitializerConfig(blocks_per_level=2, num_classes=1000),
+        # The published run: 1M iterations (CIFAR-10: 500k).
+        training=TrainingConfig(iterations=1_000_000),
+        run=PUBLISHED_SELECTION,
     )
 
 

@@ -32,9 +32,11 @@ import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, default_collate
 from torchvision import transforms
@@ -46,6 +48,8 @@ from cdrl.errors import CdrlBenchError
 UNCONDITIONAL_LABEL = -1
 SPLITS = ("train", "test")
 DEFAULT_DATA_DIR = Path("data")
+# Which downsampled-ImageNet files imagenet32 reads (DataConfig.imagenet_source).
+ImagenetSource = Literal["npz32", "npz64-resized"]
 
 
 class DatasetError(CdrlBenchError):
@@ -57,11 +61,20 @@ class DataConfig:
     """What to load. ``None`` means "the dataset's own default" (see each field)."""
 
     dataset: str
-    # Folder holding the raw files (cifar-10-batches-py/, Imagenet32_*_npz/);
-    # None means ./data. Toy sets and digits need no files.
+    # Folder holding the raw files (cifar-10-batches-py/, Imagenet32_*_npz/,
+    # Imagenet64_*_npz/); None means ./data. Toy sets and digits need no files.
     data_dir: str | None = None
     # "train" or "test" (ImageNet32's "test" is its official validation set).
     split: str = "train"
+    # imagenet32 only: where its 32x32 images come from. The two differ pixel for pixel,
+    # so FIDs against one are not comparable with FIDs against the other:
+    # "npz32": the Imagenet32_*_npz batches, box-downsampled to 32x32 by their authors;
+    #   cheap (memory-mapped, no per-image work), the default for training and scoring.
+    # "npz64-resized": the Imagenet64_*_npz batches (64x64), each image resized by
+    #   torchvision's Resize(32) + CenterCrop(32) (antialiased bilinear, on a PIL image),
+    #   as the published CDRL code prepares ImageNet; its guidance sweep scores FID
+    #   against 5,000 validation ("test") images made this way.
+    imagenet_source: ImagenetSource = "npz32"
     # Side of the square images. None: native 32 for cifar10/imagenet32 (the only
     # size they accept), 16 for digits. Ignored by toy sets.
     image_size: int | None = None
@@ -105,7 +118,8 @@ class DatasetInfo:
 class ImageArrayDataset(Dataset):
     """uint8 CHW-planar images stored as rows of one or more (n_i, C*H*W) arrays.
 
-    The arrays may be memory-mapped; a row is read and scaled to [-1, 1] only
+    The arrays may be memory-mapped; a row is read, resized (when ``resize`` is
+    given: uint8 CHW image in, uint8 CHW image out) and scaled to [-1, 1] only
     when its item is requested.
     """
 
@@ -116,11 +130,13 @@ class ImageArrayDataset(Dataset):
         image_shape: tuple[int, int, int],
         horizontal_flip: bool,
         classes: Sequence[str],
+        resize: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
         self.chunks = list(chunks)
         self.labels = labels
-        self.image_shape = image_shape
+        self.image_shape = image_shape  # of the stored rows, before resize
         self.classes = list(classes)
+        self.resize = resize
         self.chunk_starts = np.cumsum([0] + [len(chunk) for chunk in self.chunks])
         # torchvision's transform, as in the published training; it draws from the
         # global torch RNG, which infinite_batches seeds per batch for resumability.
@@ -134,7 +150,10 @@ class ImageArrayDataset(Dataset):
             raise IndexError(f"index {index} out of range for {len(self)} images")
         chunk = int(np.searchsorted(self.chunk_starts, index, side="right")) - 1
         row = np.asarray(self.chunks[chunk][index - self.chunk_starts[chunk]])
-        image = torch.tensor(row).view(self.image_shape).float().div_(127.5).sub_(1.0)
+        pixels = torch.tensor(row).view(self.image_shape)
+        if self.resize is not None:
+            pixels = self.resize(pixels)
+        image = pixels.float().div_(127.5).sub_(1.0)
         if self.flip is not None:
             image = self.flip(image)
         return image, int(self.labels[index])
@@ -260,12 +279,47 @@ def _build_cifar10(config: DataConfig) -> Dataset:
 
 
 # ---------------------------------------------------------------------------
-# ImageNet 32x32: the downsampled npz batches (login required, so never downloaded)
+# ImageNet 32x32: the downsampled npz batches (login required, so never downloaded).
+# DataConfig.imagenet_source picks the 32x32 batches as they are ("npz32") or the 64x64
+# batches resized as the published CDRL code resizes them ("npz64-resized").
 
-IMAGENET32_TRAIN_FOLDER = "Imagenet32_train_npz"
-IMAGENET32_VAL_FOLDER = "Imagenet32_val_npz"
-IMAGENET32_TRAIN_BATCHES = 10
-_IMAGENET32_TRAIN_PATTERN = re.compile(r"train_data_batch_(\d+)\.npz")
+# The published code's test transform before ToTensor, applied to PIL images (ImageNetKaggle).
+_PUBLISHED_RESIZE = transforms.Compose([transforms.Resize(32, antialias=True), transforms.CenterCrop(32)])
+
+
+def resize_as_published(pixels: Tensor) -> Tensor:
+    """uint8 (3, H, W) image -> uint8 (3, 32, 32) by Resize(32) + CenterCrop(32) of its PIL image.
+
+    PIL, as in the published code: torchvision's antialiased resize of a uint8 tensor
+    rounds differently (64 -> 32: off by one in about one pixel value of six).
+    """
+    image = Image.fromarray(pixels.permute(1, 2, 0).numpy())
+    return torch.from_numpy(np.array(_PUBLISHED_RESIZE(image))).permute(2, 0, 1)
+
+
+@dataclass(frozen=True)
+class _ImagenetLayout:
+    """Where one imagenet_source's npz files lie under the data folder, as their zips unpack."""
+
+    name: str  # in messages
+    side: int  # of the stored images
+    train_folders: str  # glob of the folder(s) holding train_data_batch_N.npz
+    val_folder: str  # holds val_data.npz
+    archives: str  # what to download from image-net.org
+    resize: Callable[[Tensor], Tensor] | None  # to 32x32, per image when it is read
+
+
+_IMAGENET_LAYOUTS: dict[str, _ImagenetLayout] = {
+    "npz32": _ImagenetLayout("ImageNet32", 32, "Imagenet32_train_npz", "Imagenet32_val_npz",
+                             "Imagenet32_train_npz.zip and Imagenet32_val_npz.zip", resize=None),
+    # The 64x64 train set comes as two zips, unpacking to Imagenet64_train_part1_npz/ (batches
+    # 1-5) and Imagenet64_train_part2_npz/ (6-10); one merged Imagenet64_train_npz/ works too.
+    "npz64-resized": _ImagenetLayout("ImageNet64", 64, "Imagenet64_train*_npz", "Imagenet64_val_npz",
+                                     "Imagenet64_train_part1_npz.zip, Imagenet64_train_part2_npz.zip and "
+                                     "Imagenet64_val_npz.zip", resize=resize_as_published),
+}  # fmt: skip
+IMAGENET_TRAIN_BATCHES = 10
+_IMAGENET_TRAIN_PATTERN = re.compile(r"train_data_batch_(\d+)\.npz")
 _ZIP_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, 22 skipped bytes, name and extra lengths
 
 
@@ -286,51 +340,61 @@ def _npz_array(path: Path, key: str) -> np.ndarray:
         raw.seek(info.header_offset)
         signature, name_size, extra_size = _ZIP_LOCAL_HEADER.unpack(raw.read(_ZIP_LOCAL_HEADER.size))
     if signature != b"PK\x03\x04":
-        raise DatasetError(f"{path} is not a valid npz (zip) file: re-extract the ImageNet32 archive")
+        raise DatasetError(f"{path} is not a valid npz (zip) file: re-extract it from its downsampled-ImageNet zip")
     offset = info.header_offset + _ZIP_LOCAL_HEADER.size + name_size + extra_size + npy_header_size
     return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran_order else "C")
 
 
-def _imagenet32_files(config: DataConfig) -> list[Path]:
+def _imagenet_files(config: DataConfig, layout: _ImagenetLayout) -> list[Path]:
     root = _data_root(config)
     if config.split == "test":
-        files = [root / IMAGENET32_VAL_FOLDER / "val_data.npz"]
-        expected = f"{IMAGENET32_VAL_FOLDER}/val_data.npz"
+        files = [root / layout.val_folder / "val_data.npz"]
+        expected = f"{layout.val_folder}/val_data.npz"
     else:
-        folder = root / IMAGENET32_TRAIN_FOLDER
-        numbered = [
+        numbered = sorted(
             (int(match.group(1)), path)
-            for path in (folder.iterdir() if folder.is_dir() else [])
-            if (match := _IMAGENET32_TRAIN_PATTERN.fullmatch(path.name))
-        ]
-        files = [path for _, path in sorted(numbered)]
-        expected = f"{IMAGENET32_TRAIN_FOLDER}/train_data_batch_1.npz ... _{IMAGENET32_TRAIN_BATCHES}.npz"
+            for folder in root.glob(layout.train_folders)
+            if folder.is_dir()
+            for path in folder.iterdir()
+            if (match := _IMAGENET_TRAIN_PATTERN.fullmatch(path.name))
+        )
+        numbers = [number for number, _ in numbered]
+        duplicated = sorted({number for number in numbers if numbers.count(number) > 1})
+        if duplicated:
+            raise DatasetError(
+                f"{layout.name} train_data_batch_{duplicated[0]}.npz is in more than one {layout.train_folders} "
+                f"folder of {root}: keep one copy of each batch"
+            )
+        files = [path for _, path in numbered]
+        expected = f"{layout.train_folders}/train_data_batch_1.npz ... _{IMAGENET_TRAIN_BATCHES}.npz"
     if not files or not all(path.is_file() for path in files):
         raise DatasetError(
-            f"ImageNet32 {config.split} split not found in {root}: download Imagenet32_train_npz.zip and "
-            f"Imagenet32_val_npz.zip from image-net.org (login required), unzip them so that {root}/{expected} "
+            f"{layout.name} {config.split} split not found in {root}: download {layout.archives} from "
+            f"image-net.org (login required), unzip them so that {root}/{expected} "
             f"exist, or pass --data-dir pointing at the folder that holds them"
         )
-    if config.split == "train" and len(files) != IMAGENET32_TRAIN_BATCHES:
+    if config.split == "train" and len(files) != IMAGENET_TRAIN_BATCHES:
         # A partial copy is usable for smoke runs but is not the benchmark's training set.
         warnings.warn(
-            f"ImageNet32 train set in {root} has {len(files)} of {IMAGENET32_TRAIN_BATCHES} batch files",
+            f"{layout.name} train set in {root} has {len(files)} of {IMAGENET_TRAIN_BATCHES} batch files",
             stacklevel=3,
         )
     return files
 
 
-def _read_imagenet32_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _read_imagenet_file(path: Path, layout: _ImagenetLayout) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 (N, 3*side*side) CHW-planar rows, 0-based labels) of one npz batch."""
     try:
         with np.load(path) as npz:
             labels = np.asarray(npz["labels"], dtype=np.int64)
         data = _npz_array(path, "data")
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as err:
-        raise DatasetError(f"cannot read ImageNet32 file {path} ({err}): re-extract the ImageNet32 archive") from err
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(labels) != len(data):
+        raise DatasetError(f"cannot read {layout.name} file {path} ({err}): re-extract it from {layout.archives}") from err
+    row_size = 3 * layout.side * layout.side
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != row_size or len(labels) != len(data):
         raise DatasetError(
-            f"{path} is not an ImageNet32 batch (expected 'data' uint8 (N, 3072) and N 'labels'; "
-            f"got data {data.dtype} {data.shape}, {len(labels)} labels)"
+            f"{path} is not an {layout.name} batch (expected 'data' uint8 (N, {row_size}) and N 'labels'; "
+            f"got data {data.dtype} {data.shape}, {len(labels)} labels): check it came from {layout.archives}"
         )
     if len(labels) and (labels.min() < 1 or labels.max() > 1000):
         raise DatasetError(f"{path} has labels outside 1..1000 (the files use 1-based labels)")
@@ -339,14 +403,16 @@ def _read_imagenet32_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def _build_imagenet32(config: DataConfig) -> Dataset:
     _check_photo_options(config, "imagenet32")
-    batches = [_read_imagenet32_file(path) for path in _imagenet32_files(config)]
+    layout = _IMAGENET_LAYOUTS[config.imagenet_source]
+    batches = [_read_imagenet_file(path, layout) for path in _imagenet_files(config, layout)]
     # The train batches' 'mean' image is not used: images are scaled to [-1, 1] like CIFAR-10.
     return ImageArrayDataset(
         chunks=[data for data, _ in batches],
         labels=_labels_for(config, np.concatenate([labels for _, labels in batches])),
-        image_shape=(3, 32, 32),
+        image_shape=(3, layout.side, layout.side),
         horizontal_flip=_photo_flip(config),
         classes=[str(index) for index in range(1000)],
+        resize=layout.resize,
     )
 
 
@@ -494,7 +560,8 @@ DATASETS: dict[str, DatasetInfo] = {
     for info in (
         DatasetInfo("cifar10", "CIFAR-10 32x32 RGB, 50k train / 10k test; downloaded or --data-dir",
                     (3, 32, 32), 10, True, None, _build_cifar10),
-        DatasetInfo("imagenet32", "ImageNet 32x32 RGB (downsampled npz batches), 1.28M train / 50k val; --data-dir",
+        DatasetInfo("imagenet32", "ImageNet 32x32 RGB (downsampled npz batches, see imagenet_source), "
+                    "1.28M train / 50k val; --data-dir",
                     (3, 32, 32), 1000, True, None, _build_imagenet32),
         DatasetInfo("digits", "scikit-learn digits, 8x8 gray upsampled to image_size (default 16), 1437 train / 360 test",
                     (1, DIGITS_DEFAULT_SIZE, DIGITS_DEFAULT_SIZE), 10, True, None, _build_digits),
@@ -508,6 +575,13 @@ DATASETS: dict[str, DatasetInfo] = {
                     (2,), 4, False, 8, _build_toy),
     )
 }  # fmt: skip
+
+
+def reference_name(config: DataConfig) -> str:
+    """The name of a dataset as read under ``config``: what keys its cached reference statistics."""
+    if config.imagenet_source != "npz32":
+        return f"{config.dataset}-{config.imagenet_source}"
+    return config.dataset
 
 
 def dataset_info(name: str) -> DatasetInfo:
@@ -531,6 +605,12 @@ def build_dataset(config: DataConfig) -> Dataset:
     info = dataset_info(config.dataset)
     if config.split not in SPLITS:
         raise DatasetError(f"unknown split {config.split!r}: choose one of {', '.join(SPLITS)}")
+    if config.imagenet_source not in _IMAGENET_LAYOUTS:
+        raise DatasetError(f"unknown imagenet_source {config.imagenet_source!r}: "
+                           f"choose one of {', '.join(_IMAGENET_LAYOUTS)}")
+    if config.imagenet_source != "npz32" and config.dataset != "imagenet32":
+        raise DatasetError(f"imagenet_source={config.imagenet_source!r} applies to imagenet32 only: "
+                           f"drop it for {config.dataset}")
     return info.build(config)
 
 

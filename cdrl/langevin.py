@@ -66,7 +66,7 @@ class StepCoefficients:
 def step_coefficients(level: Level, config: LangevinConfig, logsnr_max: float) -> StepCoefficients:
     clean_variance = 1.0 - 1.0 / (1.0 + math.exp(-logsnr_max))
     if config.step_scales_with_noise:
-        noise_scale = torch.sqrt(1.0 - level.alpha_bar_s) / math.sqrt(clean_variance)
+        noise_scale = torch.sqrt(level.variance_s) / math.sqrt(clean_variance)
     else:
         noise_scale = torch.ones_like(level.beta) / math.sqrt(clean_variance)
     return StepCoefficients(noise_scale, 2.0 * config.step_constant * noise_scale * level.beta)
@@ -83,11 +83,12 @@ def energy_gradient(energy: EnergyFn, y: torch.Tensor, logsnr: torch.Tensor) -> 
 def langevin_revision(energy: EnergyFn, y: torch.Tensor, x_t: torch.Tensor, level: Level,
                       config: LangevinConfig, logsnr_max: float, n_steps: int | None = None,
                       step_multiplier: float | None = None, noise: NoiseSource | None = None,
-                      add_noise: bool = True) -> torch.Tensor:
+                      add_noise: bool = True, noise_scale: float = 1.0) -> torch.Tensor:
     """Run K Langevin steps from the proposal ``y`` (scaled space) and return x_s = y_K / sqrt(r_mul).
 
     ``n_steps`` defaults to ``config.n_steps``; ``step_multiplier`` defaults to the
-    sqrt(reference / K) rule for that K. The result is detached.
+    sqrt(reference / K) rule for that K. ``noise_scale`` shrinks the injected noise, not the
+    step (DRL samples at test time with 0.99). The result is detached.
     """
     n_steps = config.n_steps if n_steps is None else n_steps
     multiplier = multiplier_for_steps(n_steps, config) if step_multiplier is None else step_multiplier
@@ -98,7 +99,7 @@ def langevin_revision(energy: EnergyFn, y: torch.Tensor, x_t: torch.Tensor, leve
     gradient_scale = 0.5 * squared_multiplier * (
         torch.ones_like(coefficients.step_size) if config.energy_divided_by_step_size else coefficients.step_size)
     coupling = squared_multiplier * config.step_constant * coefficients.noise_scale * (1.0 - level.is_final)
-    noise_std = torch.sqrt(coefficients.step_size * squared_multiplier)
+    noise_std = torch.sqrt(coefficients.step_size * squared_multiplier) * noise_scale
     gradient_scale, coupling, noise_std = (broadcast(v, y) for v in (gradient_scale, coupling, noise_std))
     y = y.detach()
     for _ in range(n_steps):

@@ -32,6 +32,8 @@ class SamplerConfig:
     initializer_noise: bool = True
     #: Clamp the final samples to [-1, 1] (images; the toy data live on a wider range).
     clamp: bool = True
+    #: Multiplier on the Langevin noise when sampling (DRL's published evaluation: 0.99; training: 1).
+    langevin_noise_scale: float = 1.0
 
 
 def propose(proposal: ProposalFn | None, x_t: torch.Tensor, level: Level, noise: NoiseSource,
@@ -57,7 +59,7 @@ def tweedie_denoise(energy: EnergyFn, x: torch.Tensor, level: Level, langevin: L
     if langevin.energy_divided_by_step_size:
         coefficients = step_coefficients(level, langevin, logsnr_max)
         gradient = gradient / broadcast(0.5 * coefficients.step_size * step_multiplier ** 2, x)
-    return (x + broadcast(1.0 - level.alpha_bar_s, x) * gradient) / broadcast(torch.sqrt(level.alpha_bar_s), x)
+    return (x + broadcast(level.variance_s, x) * gradient) / broadcast(torch.sqrt(level.alpha_bar_s), x)
 
 
 @torch.no_grad()
@@ -78,10 +80,10 @@ def sample(energy: EnergyFn, proposal: ProposalFn | None, shape: Sequence[int], 
     for index in range(schedule.n_levels, 0, -1):
         level = schedule.level(index, batch, device)
         start = propose(proposal, x, level, noise, config.initializer_noise)
-        x = langevin_revision(energy, start, x, level, langevin, schedule.config.logsnr_max, n_steps=steps,
-                              step_multiplier=multiplier, noise=noise)
+        x = langevin_revision(energy, start, x, level, langevin, schedule.logsnr_max, n_steps=steps,
+                              step_multiplier=multiplier, noise=noise, noise_scale=config.langevin_noise_scale)
         if on_level is not None:
             on_level(index - 1, x)
     if config.tweedie_step and level is not None:
-        x = tweedie_denoise(energy, x, level, langevin, schedule.config.logsnr_max, multiplier)
+        x = tweedie_denoise(energy, x, level, langevin, schedule.logsnr_max, multiplier)
     return x.clamp(-1.0, 1.0) if config.clamp else x

@@ -1,26 +1,37 @@
-"""The logSNR noise schedule and the Gaussian diffusion around it.
+"""The noise schedule and the Gaussian diffusion around it.
 
 Conventions (METHOD.md): images in [-1, 1]; alpha_bar(logsnr) = sigmoid(logsnr),
-sigma^2 = sigmoid(-logsnr), x_logsnr = sqrt(alpha_bar) x + sigma eps. Time t = 0 is clean
-data (logsnr_max), t = 1 the noisiest level (logsnr_min). Training and sampling move between
-neighbouring levels s = t - 1/T and t; :class:`Level` holds every coefficient of such a pair.
+sigma^2 = sigmoid(-logsnr), x_logsnr = sqrt(alpha_bar) x + sigma eps. Level 0 is the least
+noisy (logsnr_max), level T the noisiest. Training and sampling move between neighbouring
+levels s = t - 1/T and t; :class:`Level` holds every coefficient of such a pair.
+
+Two schedules place the T + 1 levels: CDRL's "cosine logSNR" with endpoints, and DRL's
+DDPM linear beta (1e-4 -> 0.02 over 1000 steps) read at steps 0, d, 2d, ..., (T - 1) d and 999,
+d = 1000 // (2 (T - 1)) (Gao et al.'s published code: steps 0, 100, ..., 500, 999 for T = 6).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    """The "cosine logSNR" schedule with endpoints, sampled at ``n_levels`` noise levels."""
+    """Where the ``n_levels`` + 1 noise levels lie: CDRL's cosine logSNR, or DRL's DDPM linear beta."""
 
     n_levels: int = 6
+    kind: Literal["cosine-logsnr", "ddpm-linear"] = "cosine-logsnr"
+    #: cosine-logsnr: the logSNR of the noisiest and the least noisy level.
     logsnr_min: float = -5.1
     logsnr_max: float = 9.8
+    #: ddpm-linear: betas linear from beta_start to beta_end over ddpm_steps diffusion steps.
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    ddpm_steps: int = 1000
     #: Use r_mul = 1 instead of r at the noisiest level, as the published code does.
     final_level_unscaled: bool = True
 
@@ -42,6 +53,21 @@ class Level:
     beta_tilde: torch.Tensor
     #: 1.0 at the noisiest level, where the EBM models the marginal at s, else 0.0.
     is_final: torch.Tensor
+    #: 1 - alpha_bar_s, the noise variance at s (the Langevin step size's noise scale).
+    variance_s: torch.Tensor
+
+
+def ddpm_linear_alpha_bars(config: ScheduleConfig) -> list[float]:
+    """alpha_bar of levels 0..T under DRL's schedule, in float64 (as its published code computes them)."""
+    n_levels, steps = config.n_levels, config.ddpm_steps
+    if n_levels < 2 or (steps // (2 * (n_levels - 1))) * (n_levels - 1) >= steps - 1:
+        raise ValueError(f"a ddpm-linear schedule needs 2 <= n_levels and n_levels much below ddpm_steps, "
+                         f"got n_levels={n_levels}, ddpm_steps={steps}")
+    stride = steps // (2 * (n_levels - 1))
+    read_at = [level * stride for level in range(n_levels)] + [steps - 1]
+    betas = torch.linspace(config.beta_start, config.beta_end, steps, dtype=torch.float64)
+    alpha_bars = torch.cumprod(1.0 - betas, dim=0)
+    return [float(alpha_bars[step]) for step in read_at]
 
 
 class LogSNRSchedule:
@@ -49,14 +75,27 @@ class LogSNRSchedule:
 
     def __init__(self, config: ScheduleConfig = ScheduleConfig()):
         self.config = config
+        self._alpha_bars = (torch.tensor(ddpm_linear_alpha_bars(config), dtype=torch.float64)
+                            if config.kind == "ddpm-linear" else None)
 
     @property
     def n_levels(self) -> int:
         return self.config.n_levels
 
+    @property
+    def logsnr_max(self) -> float:
+        """The logSNR of level 0 (the least noisy), which anchors the Langevin step size."""
+        if self._alpha_bars is None:
+            return self.config.logsnr_max
+        alpha_bar = float(self._alpha_bars[0])
+        return math.log(alpha_bar) - math.log1p(-alpha_bar)
+
     def logsnr(self, t: torch.Tensor) -> torch.Tensor:
-        """lambda(t) = -2 log tan(a t + b), with lambda(0) = logsnr_max, lambda(1) = logsnr_min."""
+        """The logSNR at times t = level / T: -2 log tan(a t + b) (cosine) or the DDPM levels' (t on the grid)."""
         t = torch.as_tensor(t, dtype=torch.float32)
+        if self._alpha_bars is not None:
+            alpha_bars = self._alpha_bars[torch.round(t * self.n_levels).long()]
+            return (torch.log(alpha_bars) - torch.log1p(-alpha_bars)).float()
         b = math.atan(math.exp(-0.5 * self.config.logsnr_max))
         a = math.atan(math.exp(-0.5 * self.config.logsnr_min)) - b
         return -2.0 * torch.log(torch.tan(a * t + b))
@@ -79,18 +118,34 @@ class LogSNRSchedule:
             index = torch.full((batch_size or 1,), index, device=device)
         elif check and torch.any((index < 1) | (index > self.n_levels)):
             raise ValueError(f"noise level index must lie in 1..{self.n_levels}, got {index.tolist()}")
+        if self._alpha_bars is not None:
+            # DRL's coefficients in float64, rounded once (its code's precision: 1 - alpha_bar at
+            # level 0 is 1e-4, which float32 arithmetic would get only to ~1e-3 relative).
+            alpha_bars = self._alpha_bars.to(index.device)
+            alpha_bar_t, alpha_bar_s = alpha_bars[index], alpha_bars[index - 1]
+            return self._level(index, alpha_bar_t, alpha_bar_s, torch.log(alpha_bar_t) - torch.log1p(-alpha_bar_t),
+                               torch.log(alpha_bar_s) - torch.log1p(-alpha_bar_s), 1.0 - alpha_bar_s,
+                               1.0 - alpha_bar_t, rounded=True)
         t = index.to(torch.float32) / self.n_levels
         # s = t - 1/T as in the published training loop (not (index - 1) / T): identical
         # levels, and the same floating-point values as the reference fixtures.
         s = t - 1.0 / self.n_levels
         logsnr_t, logsnr_s = self.logsnr(t), self.logsnr(s)
         alpha_bar_t, alpha_bar_s = torch.sigmoid(logsnr_t), torch.sigmoid(logsnr_s)
+        return self._level(index, alpha_bar_t, alpha_bar_s, logsnr_t, logsnr_s, 1.0 - alpha_bar_s, 1.0 - alpha_bar_t)
+
+    def _level(self, index: torch.Tensor, alpha_bar_t: torch.Tensor, alpha_bar_s: torch.Tensor,
+               logsnr_t: torch.Tensor, logsnr_s: torch.Tensor, variance_s: torch.Tensor, variance_t: torch.Tensor,
+               rounded: bool = False) -> Level:
         r = alpha_bar_t / alpha_bar_s
-        is_final = (index == self.n_levels).to(torch.float32)
+        is_final = (index == self.n_levels).to(r.dtype)
         r_mul = torch.where(is_final > 0, torch.ones_like(r), r) if self.config.final_level_unscaled else r
         beta = 1.0 - r
-        beta_tilde = (1.0 - alpha_bar_s) / (1.0 - alpha_bar_t) * beta
-        return Level(logsnr_t, logsnr_s, alpha_bar_t, alpha_bar_s, r, r_mul, beta, beta_tilde, is_final)
+        beta_tilde = variance_s / variance_t * beta
+        values = (logsnr_t, logsnr_s, alpha_bar_t, alpha_bar_s, r, r_mul, beta, beta_tilde, is_final, variance_s)
+        if rounded:
+            values = tuple(value.float() for value in values)
+        return Level(*values)
 
     def sigma_lowest(self) -> float:
         """sqrt(beta) of the least noisy transition (t = 1/T), the loss weighting's unit."""

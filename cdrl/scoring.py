@@ -11,14 +11,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
 from cdrl.checkpoint import LoadedModel, load_model
-from cdrl.config import ExperimentConfig
+from cdrl.config import ExperimentConfig, apply_overrides
 from cdrl.errors import CdrlBenchError
-from cdrl.data import DataConfig, build_dataset, dataset_info, toy_sample
+from cdrl.data import DataConfig, build_dataset, dataset_info, reference_name, toy_sample
 from cdrl.generation import generate
 from cdrl.guidance import ConditionalNetwork, build_guided_model, requested_classes
 from cdrl.toy_metrics import toy_metrics
@@ -79,10 +79,12 @@ def score_samples(samples: torch.Tensor, config: ExperimentConfig, *, backend: s
 
     data = replace(config.data, dataset=dataset, split=reference_split, data_dir=data_dir or config.data.data_dir)
     total, batches = reference_images(data, n_reference)
-    statistics = reference_statistics(dataset, batches, split=reference_split, n_images=total, backend=backend,
+    # Another image pipeline of the same dataset is another reference: its own cached statistics.
+    name = reference_name(data)
+    statistics = reference_statistics(name, batches, split=reference_split, n_images=total, backend=backend,
                                       mode=mode, weights=weights, device=device)
     result = compute_metrics(to_uint8(samples), statistics, backend=backend, mode=mode, weights=weights,
-                             device=device, reference_name=dataset, reference_split=reference_split, seed=seed)
+                             device=device, reference_name=name, reference_split=reference_split, seed=seed)
     metrics = {name: float(getattr(result, name)) for name in IMAGE_METRICS if getattr(result, name, None) is not None}
     protocol = {key: value for key, value in vars(result.protocol).items()}
     line = result.line()
@@ -133,7 +135,8 @@ def draw_samples(checkpoint: str | os.PathLike, *, n_samples: int, steps_per_lev
     protocol = {"steps_per_level": steps, "noise_levels": model.config.schedule.n_levels, "seed": seed,
                 "checkpoint": str(Path(checkpoint).resolve()), "checkpoint_iteration": model.iteration,
                 "weights": "ema" if use_ema else "live", "guidance": guidance,
-                "class_label": "all" if class_label is None else class_label}
+                "class_label": "all" if class_label is None else class_label,
+                **({"class_order": model.class_order} if model.class_order else {})}
     return samples, model.config, protocol
 
 
@@ -142,20 +145,27 @@ def score_checkpoint(checkpoint: str | os.PathLike, *, steps_per_level: int | No
                      reference_split: str = "train", n_reference: int | None = None, seed: int = 0,
                      batch_size: int = 256, guidance: float = 0.0, class_label: int | None = None,
                      device: str | torch.device | None = None, use_ema: bool = True,
-                     checkpoint_selection: str = "given", data_dir: str | None = None,
+                     checkpoint_selection: str = "given", reference_overrides: Sequence[str] = (),
+                     data_dir: str | None = None,
                      tracking_uri: str | None = None, experiment_name: str | None = None,
                      tags: dict[str, str] | None = None, log: bool = True,
                      progress: Callable[[int], None] | None = None) -> ScoreResult:
-    """Sample ``n_samples`` from a checkpoint with K = ``steps_per_level`` and score them."""
+    """Sample ``n_samples`` from a checkpoint with K = ``steps_per_level`` and score them.
+
+    ``reference_overrides`` (``data.*`` settings) change how the reference images are read, e.g.
+    ``data.imagenet_source=npz64-resized`` for the published ImageNet evaluation pipeline.
+    """
     samples, config, sampling = draw_samples(checkpoint, n_samples=n_samples, steps_per_level=steps_per_level,
                                              seed=seed, batch_size=batch_size, guidance=guidance,
                                              class_label=class_label, use_ema=use_ema, device=device,
                                              progress=progress)
-    metrics, protocol, line = score_samples(samples, config, backend=backend, mode=mode, reference=reference,
-                                            reference_split=reference_split, n_reference=n_reference, seed=seed,
-                                            data_dir=data_dir, device=device,
+    reference_config = apply_overrides(config, list(reference_overrides))
+    metrics, protocol, line = score_samples(samples, reference_config, backend=backend, mode=mode,
+                                            reference=reference, reference_split=reference_split,
+                                            n_reference=n_reference, seed=seed, data_dir=data_dir, device=device,
                                             classes=requested_classes(torch.arange(n_samples), class_label, config))
-    protocol.update(sampling, checkpoint_selection=checkpoint_selection)
+    protocol.update(sampling, checkpoint_selection=checkpoint_selection,
+                    **({"reference_overrides": " ".join(reference_overrides)} if reference_overrides else {}))
     line = (f"{line} | {sampling['noise_levels']}x{sampling['steps_per_level']} steps, {sampling['weights']} "
             f"weights, seed {seed}")
     run_id = _log_score(metrics, protocol, config, tracking_uri, experiment_name, tags) if log else None

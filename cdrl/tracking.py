@@ -43,6 +43,9 @@ TAG_CHECKPOINT_DIR = "cdrl.checkpoint_dir"
 TAG_SUITE = "cdrl.suite"
 TAG_RUN_KEY = "cdrl.run_key"
 TAG_DIVERGED = "cdrl.diverged"
+#: training.batch_size (the global batch) and each process's share of it.
+TAG_GLOBAL_BATCH = "cdrl.global_batch"
+TAG_PER_PROCESS_BATCH = "cdrl.per_process_batch"
 #: Metric logged (value 1) at the step where a non-finite value was seen.
 DIVERGED_METRIC = "diverged"
 

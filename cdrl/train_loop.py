@@ -7,6 +7,7 @@ draws samples under EMA weights and writes checkpoints. A run lives in one folde
 
     RUN/config.json                      the resolved ExperimentConfig
     RUN/checkpoints/ckpt-00005000.pt     newest ``run.keep_checkpoints``, written atomically
+    RUN/checkpoints/best.pt              with ``run.select_every``: the best-scoring one (FID; toys: energy distance)
     RUN/samples/samples-00005000.png     image grid, or scatter plot for 2-D toy presets
 
 Every checkpoint holds the config, networks, EMAs, optimisers, schedulers, every rank's RNG
@@ -47,8 +48,9 @@ from cdrl.files import PARTIAL_SUFFIX
 from cdrl.guidance import Concept, guidance_concepts, guided_callables, requested_classes
 from cdrl.noise import GeneratorNoise
 from cdrl.sampler import sample
-from cdrl.tracking import (DIVERGED_METRIC, TAG_CHECKPOINT_DIR, TAG_DIVERGED, TAG_KIND, TAG_METHOD, TAG_PRESET,
-                           TrackedRun, get_run_tags, tracked_run)
+from cdrl.scoring import score_samples
+from cdrl.tracking import (DIVERGED_METRIC, TAG_CHECKPOINT_DIR, TAG_DIVERGED, TAG_GLOBAL_BATCH, TAG_KIND, TAG_METHOD,
+                           TAG_PER_PROCESS_BATCH, TAG_PRESET, TrackedRun, get_run_tags, tracked_run)
 from cdrl.training import CooperativeTrainer, StepStats
 
 CHECKPOINT_FOLDER = "checkpoints"
@@ -56,6 +58,14 @@ SAMPLE_FOLDER = "samples"
 DEFAULT_RUNS_FOLDER = Path("runs")
 _CHECKPOINT_NAME = re.compile(r"ckpt-(\d+)\.pt")
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
+#: The best-scoring checkpoint (run.select_every); not a ckpt-*.pt, so rotation and rollback never touch it.
+BEST_CHECKPOINT = "best.pt"
+#: Selection samples are drawn this many at a time (cdrl.scoring.draw_samples' default), to bound memory.
+_SELECTION_BATCH = 256
+#: Noise stream of selection samples, apart from the training and sample-grid streams.
+_SELECTION_STREAM = 0x5E1EC7
+#: Selection metrics by "is an image dataset", the default first; all lower-is-better (RunConfig.select_metric).
+_SELECTION_METRICS = {True: ("fid", "kid_mean"), False: ("energy_distance",)}
 
 
 class TrainingDiverged(CdrlBenchError):
@@ -71,6 +81,10 @@ class TrainResult:
     #: The MLflow run (None on ranks other than 0).
     run_id: str | None
     trainer: CooperativeTrainer
+    #: checkpoints/best.pt, the best-scoring checkpoint (None without run.select_every, or on ranks other than 0).
+    best_checkpoint: Path | None
+    #: Which checkpoint is the run's result, e.g. "best: fid 41.7 at iteration 2000 of 4000 (...)".
+    selection: str
 
 
 @dataclass(frozen=True)
@@ -117,6 +131,12 @@ def locate_checkpoint(resume: str | os.PathLike, tracking_uri: str | None = None
     return checkpoints[-1]
 
 
+def best_checkpoint(run_folder: str | os.PathLike) -> Path | None:
+    """A run's best-scoring checkpoint (kept when run.select_every > 0), or None when it has none."""
+    path = _checkpoint_folder(Path(run_folder)) / BEST_CHECKPOINT
+    return path if path.is_file() else None
+
+
 def _save_checkpoint(payload: dict, folder: Path, iteration: int, keep: int) -> Path:
     path = save_atomic(payload, folder / f"ckpt-{iteration:08d}.pt")
     for old in checkpoint_paths(folder)[:-keep]:
@@ -132,6 +152,15 @@ def _remove_partial_files(folder: Path) -> None:
 
 # --------------------------------------------------------------------------- config checks
 
+def per_process_batch(global_batch: int, world_size: int) -> int:
+    """Each process's share of the global batch ``training.batch_size``; it must divide evenly."""
+    if global_batch < world_size or global_batch % world_size:
+        raise ConfigError(f"training.batch_size={global_batch} (the global batch) does not split evenly over "
+                          f"{world_size} processes: run a number of processes that divides it, or set "
+                          f"training.batch_size to a multiple of {world_size}")
+    return global_batch // world_size
+
+
 def _check_run_config(run: RunConfig) -> None:
     for name in ("log_every", "sample_every", "checkpoint_every", "keep_checkpoints", "n_samples"):
         if getattr(run, name) < 1:
@@ -139,6 +168,25 @@ def _check_run_config(run: RunConfig) -> None:
     if not 0.0 < run.rollback_lr_factor < 1.0:
         raise ConfigError(f"run.rollback_lr_factor must lie in (0, 1), got {run.rollback_lr_factor}: "
                           "set e.g. run.rollback_lr_factor=0.5")
+    if run.select_every < 0:
+        raise ConfigError(f"run.select_every must be 0 (no checkpoint selection) or more, got {run.select_every}: "
+                          "set e.g. run.select_every=20000")
+    # FID needs a covariance and the energy distance pairs of distinct samples: one sample scores nothing.
+    if run.select_samples < 2:
+        raise ConfigError(f"run.select_samples must be at least 2, got {run.select_samples}: "
+                          "set e.g. run.select_samples=5000")
+
+
+def selection_metric(config: ExperimentConfig) -> str:
+    """The metric that run.select_metric names for this data ("auto": fid for images, energy_distance for toys)."""
+    allowed = _SELECTION_METRICS[dataset_info(config.data.dataset).is_image]
+    chosen = config.run.select_metric
+    if chosen == "auto":
+        return allowed[0]
+    if chosen not in allowed:
+        raise ConfigError(f"run.select_metric={chosen} cannot score {config.data.dataset} samples: "
+                          f"set run.select_metric to auto or {' or '.join(allowed)}")
+    return chosen
 
 
 def _resumed_config(saved: ExperimentConfig, requested: ExperimentConfig) -> ExperimentConfig:
@@ -279,6 +327,49 @@ def _sample_metrics(samples: torch.Tensor, config: ExperimentConfig) -> dict[str
     return {"in_support_fraction": float(inside.float().mean())}
 
 
+# --------------------------------------------------------------------------- checkpoint selection
+
+def _selection_score(trainer: CooperativeTrainer, metric: str) -> float:
+    """``metric`` of ``run.select_samples`` EMA samples, drawn from the same noise at every selection."""
+    config = trainer.config
+    n_samples, seed = config.run.select_samples, config.training.seed
+    pieces = []
+    for batch, start in enumerate(range(0, n_samples, _SELECTION_BATCH)):
+        indices = torch.arange(start, min(start + _SELECTION_BATCH, n_samples), device=trainer.device)
+        # Conditional models: sample i of class i mod (number of classes), as one unbatched sample_ema call.
+        classes = requested_classes(indices, None, config)
+        concepts = None if classes is None else guidance_concepts(classes, 0.0)
+        noise_seed = int(np.random.SeedSequence((seed, _SELECTION_STREAM, batch)).generate_state(1)[0])
+        pieces.append(sample_ema(trainer, len(indices), noise_seed, concepts))
+    # Images: against the first n_samples training images (the published protocol); toys: fresh draws seeded here.
+    metrics, _, _ = score_samples(torch.cat(pieces), config, reference_split="train", n_reference=n_samples,
+                                  seed=seed, device=trainer.device)
+    return metrics[metric]
+
+
+def _restored_selection(payload: dict | None, metric: str, run: RunConfig) -> dict | None:
+    """The best score so far of a resumed run, when it was measured as this run measures it."""
+    saved = (payload or {}).get("selection")
+    # Another metric or sample count gives incomparable scores (FID's bias depends on N): selection starts over.
+    # A best.pt written after this checkpoint (then killed) is scored again as the resumed run replays its iterations.
+    if saved is not None and (saved["metric"], saved["samples"]) == (metric, run.select_samples):
+        return saved
+    return None
+
+
+def _selection_rule(run: RunConfig, metric: str) -> str:
+    return f"lowest {metric} of {run.select_samples} EMA samples, every {run.select_every} iterations and at the last"
+
+
+def _selection_summary(run: RunConfig, best: dict | None, iteration: int) -> str:
+    if run.select_every == 0:
+        return "last (no selection)"
+    if best is None:
+        return "last (no selection score yet)"
+    return (f"best: {best['metric']} {best['value']:.4g} at iteration {best['iteration']} of {iteration} "
+            f"({run.select_samples} samples every {run.select_every} iterations)")
+
+
 # --------------------------------------------------------------------------- environment
 
 def _git_commit() -> str | None:
@@ -368,6 +459,7 @@ def train(config: ExperimentConfig | None = None, *, resume: str | os.PathLike |
     else:
         config = apply_overrides(config, list(overrides))
     _check_run_config(config.run)
+    selection_metric(config)  # a metric that cannot score this data fails before any folder or run exists
     # Bad data paths fail here, before any folder, process group or MLflow run exists.
     dataset = build_dataset(config.data)
     ranks, device, started_group = _init_distributed(device)
@@ -393,6 +485,7 @@ def _train(config: ExperimentConfig, dataset, run_dir: Path, checkpoint_path: Pa
            ranks: _Ranks, device: torch.device, tracking_uri: str | None, experiment_name: str | None,
            tags: dict[str, str], show_progress: bool | None) -> TrainResult:
     training, cadence = config.training, config.run
+    batch = per_process_batch(training.batch_size, ranks.world_size)
     rank_seed = _rank_seed(training.seed, ranks.rank)
     torch.manual_seed(training.seed)  # the same initial weights on every rank
     trainer = CooperativeTrainer(config, device, distributed=ranks.world_size > 1,
@@ -403,6 +496,8 @@ def _train(config: ExperimentConfig, dataset, run_dir: Path, checkpoint_path: Pa
         trainer.load_state_dict(payload["trainer"])
         _restore_rng(trainer, payload["rng"][ranks.rank])
         rollbacks = payload["rollbacks"]
+    metric = selection_metric(config)
+    best = _restored_selection(payload, metric, cadence)
     checkpoint_folder = run_dir / CHECKPOINT_FOLDER
     last_checkpoint = checkpoint_path if ranks.is_main else None
     if ranks.is_main:
@@ -411,7 +506,10 @@ def _train(config: ExperimentConfig, dataset, run_dir: Path, checkpoint_path: Pa
         (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
 
     run_tags = {TAG_KIND: "train", TAG_PRESET: config.name, TAG_METHOD: training.method,
-                TAG_CHECKPOINT_DIR: str(checkpoint_folder), **_environment_tags(device, ranks.world_size), **tags}
+                TAG_CHECKPOINT_DIR: str(checkpoint_folder), TAG_GLOBAL_BATCH: str(training.batch_size),
+                TAG_PER_PROCESS_BATCH: str(batch), **_environment_tags(device, ranks.world_size), **tags}
+    if cadence.select_every:
+        run_tags["cdrl.selection"] = _selection_rule(cadence, metric)
     tracking = (tracked_run(tracking_uri=tracking_uri, experiment_name=experiment_name,
                             run_id=payload["mlflow_run_id"] if payload else None, run_name=run_dir.name,
                             tags=run_tags, flush_seconds=cadence.flush_seconds)
@@ -424,7 +522,7 @@ def _train(config: ExperimentConfig, dataset, run_dir: Path, checkpoint_path: Pa
             run.log_dict(config.to_dict(), "config.json")
         task = progress.add_task(config.name, total=training.iterations, completed=trainer.iteration,
                                  rate="", losses="")
-        batches = infinite_batches(dataset, training.batch_size, training.seed, ranks.rank, ranks.world_size,
+        batches = infinite_batches(dataset, batch, training.seed, ranks.rank, ranks.world_size,
                                    start_iteration=trainer.iteration)
         nonfinite = torch.zeros((), dtype=torch.bool, device=device)
         clock, clock_iteration, rate = time.monotonic(), trainer.iteration, 0.0
@@ -438,13 +536,15 @@ def _train(config: ExperimentConfig, dataset, run_dir: Path, checkpoint_path: Pa
             log_due = iteration % cadence.log_every == 0
             sample_due = iteration % cadence.sample_every == 0 or last
             checkpoint_due = iteration % cadence.checkpoint_every == 0 or last
+            select_due = cadence.select_every > 0 and (iteration % cadence.select_every == 0 or last)
             progress.advance(task)
-            if not (log_due or sample_due or checkpoint_due):
+            # Selection is due only where divergence is checked: a non-finite model is never scored.
+            if not (log_due or sample_due or checkpoint_due or select_due):
                 continue
             if _any_rank(nonfinite, ranks):
                 rollbacks = _on_divergence(trainer, cadence, checkpoint_folder, iteration, rollbacks, ranks, run,
                                            progress.console)
-                batches = infinite_batches(dataset, training.batch_size, training.seed, ranks.rank, ranks.world_size,
+                batches = infinite_batches(dataset, batch, training.seed, ranks.rank, ranks.world_size,
                                            start_iteration=trainer.iteration)
                 nonfinite.zero_()
                 progress.update(task, completed=trainer.iteration)
@@ -462,20 +562,44 @@ def _train(config: ExperimentConfig, dataset, run_dir: Path, checkpoint_path: Pa
                     run.log_metrics({**values, "iterations_per_second": rate}, step=iteration)
             if sample_due and ranks.is_main:
                 _log_samples(trainer, run_dir, iteration, run)
-            if checkpoint_due:
+            if checkpoint_due or select_due:
                 states = _gathered(_rng_state(trainer), ranks)
+            if select_due:
+                if ranks.is_main:
+                    started = time.monotonic()
+                    score = _selection_score(trainer, metric)
+                    run.log_metrics({f"selection_{metric}": score,
+                                     "selection_seconds": time.monotonic() - started}, step=iteration)
+                    # Lower is better (RunConfig.select_metric); a tie keeps the earlier checkpoint.
+                    if math.isfinite(score) and (best is None or score < best["value"]):
+                        best = {"metric": metric, "value": score, "iteration": iteration,
+                                "samples": cadence.select_samples}
+                        path = save_atomic(_payload(trainer, states, ranks, run, rollbacks, best),
+                                           checkpoint_folder / BEST_CHECKPOINT)
+                        run.set_tags({"cdrl.best_checkpoint": path, "cdrl.best_iteration": iteration,
+                                      f"cdrl.best_{metric}": score})
+                # The other ranks wait here while rank 0 scores, and keep its record for their result.
+                best = _shared(best, ranks)
+            if checkpoint_due:
                 if ranks.is_main:
                     run.flush()  # metrics up to here are stored before the checkpoint a resume restarts from
-                    last_checkpoint = _save_checkpoint(
-                        make_checkpoint(config, trainer.state_dict(), rng=states, world_size=ranks.world_size,
-                                        mlflow_run_id=run.run_id, rollbacks=rollbacks),
-                        checkpoint_folder, iteration, cadence.keep_checkpoints)
+                    last_checkpoint = _save_checkpoint(_payload(trainer, states, ranks, run, rollbacks, best),
+                                                       checkpoint_folder, iteration, cadence.keep_checkpoints)
                     run.set_tags({"cdrl.last_checkpoint": str(last_checkpoint)})
                     if not progress_bar:  # a line per checkpoint in logs
                         progress.console.print(f"{config.name} {iteration}/{training.iterations} "
                                                f"{progress.tasks[0].fields['losses']} | {rate:.2f} it/s | "
                                                f"checkpoint {last_checkpoint}", highlight=False, soft_wrap=True)
-        return TrainResult(run_dir, trainer.iteration, last_checkpoint, run.run_id if run else None, trainer)
+        return TrainResult(run_dir, trainer.iteration, last_checkpoint, run.run_id if run else None, trainer,
+                           best_checkpoint(run_dir) if cadence.select_every and ranks.is_main else None,
+                           _selection_summary(cadence, best, trainer.iteration))
+
+
+def _payload(trainer: CooperativeTrainer, states: list[dict], ranks: _Ranks, run: TrackedRun, rollbacks: int,
+             best: dict | None) -> dict:
+    """A full, resumable checkpoint; ``selection`` carries the best score so far across a resume."""
+    return make_checkpoint(trainer.config, trainer.state_dict(), rng=states, world_size=ranks.world_size,
+                           mlflow_run_id=run.run_id, rollbacks=rollbacks, selection=best)
 
 
 def _log_samples(trainer: CooperativeTrainer, run_dir: Path, iteration: int, run: TrackedRun) -> None:
@@ -491,7 +615,10 @@ def _log_samples(trainer: CooperativeTrainer, run_dir: Path, iteration: int, run
 
 def _on_divergence(trainer: CooperativeTrainer, cadence: RunConfig, checkpoint_folder: Path, iteration: int,
                    rollbacks: int, ranks: _Ranks, run: TrackedRun | None, console: Console) -> int:
-    """Record the divergence, then stop or reload the newest checkpoint with lower learning rates."""
+    """Record the divergence, then stop or reload the newest checkpoint with lower learning rates.
+
+    The newest rolling ckpt-*.pt, never best.pt (an older state); the best score so far stays as it is.
+    """
     message = f"non-finite loss or energy by iteration {iteration}"
     if run is not None:
         run.log_metrics({DIVERGED_METRIC: 1.0}, step=iteration)

@@ -150,12 +150,13 @@ class CooperativeTrainer:
         self.ebm.eval()
         with self.chain_ebm.frozen() as chain_energy:
             revised = langevin_revision(lambda y, logsnr: chain_energy(y, logsnr, condition), start, x_t, level,
-                                        config.langevin, config.schedule.logsnr_max, noise=self.noise)
+                                        config.langevin, self.schedule.logsnr_max, noise=self.noise)
         with ebm_autocast(performance, self.device):
             negative = self.ebm_for_loss(revised * root_r, level.logsnr_s, condition).float()
         negative_loss = (negative * weight).mean()
         negative_loss.backward()
-        nn.utils.clip_grad_norm_(self.ebm.parameters(), training.grad_clip)
+        if training.grad_clip is not None:
+            nn.utils.clip_grad_norm_(self.ebm.parameters(), training.grad_clip)
         self.ebm_optimizer.step()
         self.ebm_scheduler.step()
         self.ebm_ema.update()
@@ -165,7 +166,8 @@ class CooperativeTrainer:
             # Regress the proposal onto the revised sample (scaled space), summed over pixels.
             initializer_loss = (revised * root_r - initializer_start).pow(2).flatten(1).sum(dim=1).mean()
             initializer_loss.backward()
-            nn.utils.clip_grad_norm_(self.initializer.parameters(), training.grad_clip)
+            if training.grad_clip is not None:
+                nn.utils.clip_grad_norm_(self.initializer.parameters(), training.grad_clip)
             self.initializer_optimizer.step()
             self.initializer_scheduler.step()
             self.initializer_ema.update()

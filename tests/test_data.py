@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+from torchvision import transforms
 
 from cdrl import data
 from cdrl.data import (
@@ -22,6 +24,7 @@ from cdrl.data import (
     dataset_info,
     infinite_batches,
     item_shape,
+    resize_as_published,
     toy_in_support,
     toy_mode_index,
     toy_sample,
@@ -73,6 +76,37 @@ def imagenet_dir(tmp_path: Path) -> Path:
 
 def expected_image(row: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(row.reshape(3, 32, 32).astype(np.float32)) / 127.5 - 1.0
+
+
+def images64(count: int, seed: int) -> np.ndarray:
+    """uint8 (count, 12288) CHW-planar 64x64 rows: random pixels, 8 black columns left and 8 white right."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, size=(count, 3, 64, 64), dtype=np.uint8)
+    images[..., :8] = 0  # wider than the 64 -> 32 filter, so the resized image still spans 0..255
+    images[..., -8:] = 255
+    images[:, 1] //= 2  # channels differ, so a planar/interleaved mix-up shows
+    return images.reshape(count, -1)
+
+
+def published_image(row: np.ndarray) -> torch.Tensor:
+    """What the published code's test transform makes of one 64x64 row: a (3, 32, 32) tensor in [-1, 1]."""
+    transform = transforms.Compose([transforms.Resize(32, antialias=True), transforms.CenterCrop(32),
+                                    transforms.ToTensor(), transforms.Normalize((0.5,) * 3, (0.5,) * 3)])
+    return transform(Image.fromarray(row.reshape(3, 64, 64).transpose(1, 2, 0)))
+
+
+@pytest.fixture
+def imagenet64_dir(tmp_path: Path) -> Path:
+    """Batches 1 (np.savez) and 6 (np.savez_compressed) in the two folders the train zips unpack to, and a val file."""
+    part1, part2, val = (tmp_path / name for name in
+                         ("Imagenet64_train_part1_npz", "Imagenet64_train_part2_npz", "Imagenet64_val_npz"))
+    for folder in (part1, part2, val):
+        folder.mkdir()
+    first, sixth = images64(3, seed=20), images64(2, seed=21)
+    np.savez(part1 / "train_data_batch_1.npz", data=first, labels=[1, 500, 1000], mean=first.mean(0))
+    np.savez_compressed(part2 / "train_data_batch_6.npz", data=sixth, labels=[2, 3], mean=sixth.mean(0))
+    np.savez(val / "val_data.npz", data=images64(2, seed=22), labels=[1000, 1])
+    return tmp_path
 
 
 # ---------------------------------------------------------------------------
@@ -173,6 +207,80 @@ def test_imagenet32_rejects_zero_based_labels(tmp_path: Path) -> None:
     np.savez(val / "val_data.npz", data=asymmetric_images(2, seed=0), labels=[0, 1])
     with pytest.raises(DatasetError, match="1-based"):
         build_dataset(DataConfig("imagenet32", data_dir=str(tmp_path), split="test"))
+
+
+# ---------------------------------------------------------------------------
+# ImageNet 64x64 resized to 32x32, as the published code prepares ImageNet
+
+
+def test_imagenet64_resized_train_reads_both_part_folders(imagenet64_dir: Path) -> None:
+    config = DataConfig("imagenet32", data_dir=str(imagenet64_dir), imagenet_source="npz64-resized",
+                        horizontal_flip=False, class_conditional=True)
+    with pytest.warns(UserWarning, match="2 of 10 batch files"):
+        dataset = build_dataset(config)
+    assert len(dataset) == 5 and item_shape(config) == (3, 32, 32)
+    assert isinstance(dataset.chunks[0], np.memmap)
+    assert [dataset[i][1] for i in range(5)] == [0, 499, 999, 1, 2]
+    for index, (rows, row) in {1: (images64(3, seed=20), 1), 4: (images64(2, seed=21), 1)}.items():
+        x, _ = dataset[index]
+        assert x.shape == (3, 32, 32) and x.dtype == torch.float32
+        assert torch.allclose(x, published_image(rows[row]), rtol=0, atol=1e-6)
+    assert x.min() == -1.0 and x.max() == 1.0
+
+
+def test_imagenet64_resized_val_split(imagenet64_dir: Path) -> None:
+    config = DataConfig("imagenet32", data_dir=str(imagenet64_dir), split="test", imagenet_source="npz64-resized",
+                        class_conditional=True)
+    dataset = build_dataset(config)
+    assert len(dataset) == 2 and [dataset[0][1], dataset[1][1]] == [999, 0]
+    assert torch.allclose(dataset[0][0], published_image(images64(2, seed=22)[0]), rtol=0, atol=1e-6)
+
+
+def test_resize_as_published_is_torchvisions_resize_and_centre_crop_of_the_pil_image() -> None:
+    rng = np.random.default_rng(0)
+    for height, width in ((64, 64), (64, 80)):  # the real images are square; 64x80 shows the crop
+        pixels = rng.integers(0, 256, size=(3, height, width), dtype=np.uint8)
+        pil = Image.fromarray(pixels.transpose(1, 2, 0))
+        expected = transforms.CenterCrop(32)(transforms.Resize(32, antialias=True)(pil))
+        resized = resize_as_published(torch.from_numpy(pixels))
+        assert resized.dtype == torch.uint8 and resized.shape == (3, 32, 32)
+        assert torch.equal(resized, torch.from_numpy(np.array(expected)).permute(2, 0, 1))
+
+
+def test_imagenet64_missing_names_where_files_go(tmp_path: Path) -> None:
+    for split, where in (("train", r"Imagenet64_train\*_npz/train_data_batch_1\.npz"),
+                         ("test", r"Imagenet64_val_npz/val_data\.npz")):
+        config = DataConfig("imagenet32", data_dir=str(tmp_path), split=split, imagenet_source="npz64-resized")
+        with pytest.raises(DatasetError, match=rf"ImageNet64 {split} split not found.*Imagenet64_val_npz\.zip.*"
+                                               rf"{where}.*--data-dir") as caught:
+            build_dataset(config)
+        assert "\n" not in str(caught.value)
+
+
+def test_imagenet64_rejects_32x32_rows_and_duplicated_batches(imagenet64_dir: Path) -> None:
+    np.savez(imagenet64_dir / "Imagenet64_val_npz" / "val_data.npz", data=asymmetric_images(2, seed=0), labels=[1, 2])
+    with pytest.raises(DatasetError, match=r"not an ImageNet64 batch \(expected 'data' uint8 \(N, 12288\)"):
+        build_dataset(DataConfig("imagenet32", data_dir=str(imagenet64_dir), split="test",
+                                 imagenet_source="npz64-resized"))
+    merged = imagenet64_dir / "Imagenet64_train_npz"
+    merged.mkdir()
+    (merged / "train_data_batch_6.npz").write_bytes(
+        (imagenet64_dir / "Imagenet64_train_part2_npz" / "train_data_batch_6.npz").read_bytes())
+    with pytest.raises(DatasetError, match=r"train_data_batch_6\.npz is in more than one"):
+        build_dataset(DataConfig("imagenet32", data_dir=str(imagenet64_dir), imagenet_source="npz64-resized"))
+
+
+def test_imagenet_source_is_a_checked_option_of_imagenet32_only() -> None:
+    from cdrl.config import ConfigError, apply_overrides, preset
+
+    config = apply_overrides(preset("imagenet32-cond"), ["data.imagenet_source=npz64-resized"])
+    assert config.data.imagenet_source == "npz64-resized"
+    with pytest.raises(ConfigError, match="must be one of npz32, npz64-resized"):
+        apply_overrides(preset("imagenet32-cond"), ["data.imagenet_source=npz64"])
+    with pytest.raises(DatasetError, match="applies to imagenet32 only"):
+        build_dataset(DataConfig("digits", imagenet_source="npz64-resized"))
+    with pytest.raises(DatasetError, match="unknown imagenet_source 'png'"):
+        build_dataset(DataConfig("imagenet32", imagenet_source="png"))
 
 
 # ---------------------------------------------------------------------------

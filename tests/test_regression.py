@@ -28,6 +28,10 @@ metrics = ["in_support_fraction", "mode_coverage", "energy_distance"]
 
 [train]
 preset = "toy-checkerboard"
+global_batch = 256
+
+[eval]
+checkpoint = "last"
 
 [profiles.full]
 iterations = 3

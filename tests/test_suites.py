@@ -7,14 +7,16 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from baselines import ABLATIONS, apply_ablations, drl
 from benchmarks import runner
 from benchmarks.regression import results_from_runs
-from benchmarks.suite import METRICS, PlotSpec, SuiteError, available_suites, expand, load_suite
+from benchmarks.suite import METRICS, PlotSpec, SuiteError, available_suites, expand, load_suite, plan_rows
 from benchmarks.tables import build_table, render, save_plot
-from cdrl.config import preset
+from cdrl.config import ConfigError, preset
+from cdrl.train_loop import per_process_batch
 from cdrl.langevin import multiplier_for_steps
 from cli import app
 
@@ -29,12 +31,14 @@ metrics = ["in_support_fraction", "mode_coverage", "energy_distance"]
 
 [train]
 preset = "toy-checkerboard"
-overrides = ["energy.width=16", "initializer.width=32", "training.batch_size=32",
+global_batch = 32
+overrides = ["energy.width=16", "initializer.width=32",
              "data.toy_size=256", "langevin.n_steps=2", "run.n_samples=16", "run.sample_every=1000",
              "run.checkpoint_every=1000"]
 
 [eval]
 batch_size = 64
+checkpoint = "last"
 
 [profiles.full]
 iterations = 3
@@ -74,22 +78,27 @@ def test_every_suite_parses_and_expands():
 
 def test_cifar10_steps_is_the_papers_step_table():
     plan = expand(load_suite("cifar10-steps"), seeds=2)
-    points = {(job.model.method, job.steps_per_level) for job in plan.evaluations}
-    assert points == {("drl", 30), ("cdrl", 15), ("cdrl", 8), ("cdrl", 5), ("cdrl", 3)}
-    assert len(plan.trainings) == 4 and len(plan.evaluations) == 10  # one CDRL model per seed serves every K
+    points = {(job.model.key, job.steps_per_level) for job in plan.evaluations}
+    assert points == {("drl", 30), ("cdrl-no-initializer", 30), ("cdrl", 15), ("cdrl", 8), ("cdrl", 5), ("cdrl", 3)}
+    assert len(plan.trainings) == 6 and len(plan.evaluations) == 12  # one CDRL model per seed serves every K
     for job in plan.evaluations:
-        langevin = job.training.config.langevin
-        expected = 1.0 if job.model.method == "drl" else math.sqrt(15 / job.steps_per_level)
+        langevin, training = job.training.config.langevin, job.training.config.training
+        expected = 1.0 if training.method == "drl" else math.sqrt(15 / job.steps_per_level)
         assert multiplier_for_steps(job.steps_per_level, langevin) == pytest.approx(expected)
-        assert job.training.config.training.seed == job.seed
+        assert training.seed == job.seed and training.batch_size == 256  # the paper's global batch
+        assert job.training.config.run.select_every == 20_000  # the published best-checkpoint selection
+    drl_config = next(job for job in plan.trainings if job.model.key == "drl").config
+    assert drl_config.schedule.kind == "ddpm-linear" and drl_config.training.iterations == 1_000_000
 
 
 def test_drl_is_a_config_transform_and_ablations_are_deltas():
     base = preset("cifar10")
     baseline = drl(base)
     assert baseline.training.method == "drl" and baseline.langevin.n_steps == 30
-    assert baseline.energy == base.energy and baseline.schedule == base.schedule
+    assert baseline.energy == base.energy and baseline.data == base.data
     changed = {
+        "ddpm-linear-schedule": lambda c: c.schedule.kind == "ddpm-linear",
+        "no-initializer": lambda c: c.training.method == "drl" and c.langevin.n_steps == 30,
         "no-initializer-noise": lambda c: not c.training.initializer_noise and not c.sampler.initializer_noise,
         "no-variance-reduction": lambda c: not c.training.variance_reduction,
         "no-loss-weighting": lambda c: not c.training.loss_weighting,
@@ -212,3 +221,82 @@ def test_interrupted_run_finishes_only_the_remaining_runs(tmp_path, monkeypatch)
 def test_metric_directions():
     assert not METRICS["fid"].higher_is_better and not METRICS["energy_distance"].higher_is_better
     assert METRICS["in_support_fraction"].higher_is_better and METRICS["mode_coverage"].higher_is_better
+
+
+def test_suites_declare_the_global_batch_and_the_checkpoint_they_score(tmp_path):
+    def attempt(text: str) -> str:
+        path = tmp_path / "bad.toml"
+        path.write_text(text)
+        with pytest.raises(SuiteError) as caught:
+            load_suite(path)
+        return str(caught.value)
+
+    assert "declares no global batch" in attempt(TINY_SUITE.replace("global_batch = 32\n", ""))
+    assert "not an override of training.batch_size" in attempt(
+        TINY_SUITE.replace('overrides = ["energy.width=16",', 'overrides = ["training.batch_size=8", "energy.width=16",'))
+    assert "selects no checkpoint" in attempt(TINY_SUITE.replace('checkpoint = "last"', 'checkpoint = "best"'))
+    assert "must name a model" in attempt(TINY_SUITE + '\n[[models]]\nkey = "other"\nscores = "nothing"\n')
+    with pytest.raises(ConfigError, match="does not split evenly over 3 processes"):
+        per_process_batch(256, 3)
+    assert per_process_batch(256, 8) == 32
+
+
+def test_plan_shows_global_and_per_process_batch_and_selection():
+    rows = {row["run"]: row for row in plan_rows(expand(load_suite("cifar10-steps")), world_size=8)}
+    assert {row["batch"] for row in rows.values()} == {"256"}
+    assert {row["per process"] for row in rows.values()} == {"32"}
+    assert rows["cdrl/seed0"]["checkpoint"] == "best FID (5k every 20k it)"
+    assert rows["drl/seed0"]["iterations"] == "1,000,000"
+    assert {row["per process"] for row in plan_rows(expand(load_suite("cifar10-steps")), 3)} == {"does not split"}
+    gate = {row["run"]: row for row in plan_rows(expand(load_suite("gate")))}
+    assert gate["toy-train/seed0"]["checkpoint"] == "last"
+    result = CliRunner().invoke(app, ["plan", "--suite", "imagenet32-cfg", "--world-size", "8"])
+    assert result.exit_code == 0 and "1,000,000" in result.output, result.output
+
+
+def test_one_model_scored_under_two_protocols():
+    plan = expand(load_suite("imagenet32-cfg"))
+    assert len(plan.trainings) == 1
+    published = [job for job in plan.evaluations if job.model.key == "cond-published"]
+    assert len(published) == 13 and all(job.training is plan.trainings[0] for job in published)
+    assert (published[0].model.reference_split, published[0].model.n_reference, published[0].n_samples) == (
+        "test", 5000, 5000)
+    assert published[0].model.reference_overrides == ("data.imagenet_source=npz64-resized",)
+
+
+def test_table_notes_print_every_rows_config_delta():
+    table = build_table(load_suite("cifar10-ablations"), tracking_uri="sqlite:////nonexistent/mlflow.db")
+    notes = "\n".join(table.notes)
+    assert "- variance reduction: training.variance_reduction=False." in notes
+    assert "schedule.kind=ddpm-linear" in notes and "training.method=drl" in notes
+    assert not any(note.startswith("CDRL (published details):") for note in table.notes)  # the base: no delta
+    assert set(table.display["batch"]) == {"256"} and set(table.display["checkpoint"]) == {"best FID (5k every 20k it)"}
+    steps = build_table(load_suite("cifar10-steps"), tracking_uri="sqlite:////nonexistent/mlflow.db")
+    drl_note = next(note for note in steps.notes if note.startswith("DRL:"))
+    for setting in ("schedule.kind=ddpm-linear", "langevin.step_constant=0.0001", "sampler.tweedie_step=False",
+                    "sampler.langevin_noise_scale=0.99", "training.variance_reduction=False", "training.grad_clip=None",
+                    "training.iterations=1000000"):
+        assert setting in drl_note, setting
+
+
+def test_suite_scores_the_best_checkpoint_it_selected(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "best.toml"
+    path.write_text(TINY_SUITE.replace('checkpoint = "last"', 'checkpoint = "best"').replace(
+        "seeds = [0]\n", "seeds = [0]\nselect_every = 1\nselect_samples = 16\n"))
+    suite = replace(load_suite(path), models=load_suite(path).models[:1])
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    runner.run_plan(expand(suite), tracking_uri=uri)
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(suite.experiment)
+    evals = client.search_runs([experiment.experiment_id], "tags.`cdrl.kind` = 'eval'")
+    train_run = client.search_runs([experiment.experiment_id], "tags.`cdrl.kind` = 'train'")[0]
+    history = client.get_metric_history(train_run.info.run_id, "selection_energy_distance")
+    best_iteration = min(history, key=lambda metric: metric.value).step
+    assert len(history) == 3 and len(evals) == 2
+    for run in evals:
+        assert run.data.params["eval.checkpoint"].endswith("best.pt")
+        assert run.data.params["eval.checkpoint_selection"] == "best energy distance (16 every 1 it)"
+        assert run.data.params["eval.checkpoint_iteration"] == str(best_iteration)
+    table = build_table(suite, tracking_uri=uri)
+    assert set(table.display["checkpoint"]) == {"best energy distance (16 every 1 it)"}

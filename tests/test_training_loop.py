@@ -138,10 +138,12 @@ def _ddp_rank(rank: int, world_size: int, port: int, out: Path, tracking_uri: st
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(world_size))
     torch.set_num_threads(1)
+    batch_sizes, step = [], CooperativeTrainer.step
+    CooperativeTrainer.step = lambda self, x, labels=None: batch_sizes.append(len(x)) or step(self, x, labels)
     result = train(preset("tiny"), overrides=[*QUICK, "training.iterations=3"], out=out, tracking_uri=tracking_uri,
                    device="cpu", show_progress=False)
     torch.save({"ebm": result.trainer.ebm.state_dict(), "initializer": result.trainer.initializer.state_dict(),
-                "run_id": result.run_id}, out / f"rank{rank}.pt")
+                "run_id": result.run_id, "batch_sizes": batch_sizes}, out / f"rank{rank}.pt")
 
 
 def test_two_process_gloo_ddp_keeps_ranks_in_sync(tmp_path, tracking_uri):
@@ -155,6 +157,9 @@ def test_two_process_gloo_ddp_keeps_ranks_in_sync(tmp_path, tracking_uri):
     assert second["run_id"] is None
     run = MlflowClient(tracking_uri).get_run(first["run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["cdrl.world_size"] == "2"
+    # training.batch_size is the global batch: the tiny preset's 8 is 4 per process, and both are recorded.
+    assert first["batch_sizes"] == second["batch_sizes"] == [4, 4, 4]
+    assert (run.data.tags["cdrl.global_batch"], run.data.tags["cdrl.per_process_batch"]) == ("8", "4")
     _, payload = load_checkpoint(checkpoint_paths(run_dir / "checkpoints")[-1])
     assert payload["world_size"] == 2 and len(payload["rng"]) == 2
 
