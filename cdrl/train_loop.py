@@ -196,8 +196,8 @@ def _resumed_config(saved: ExperimentConfig, requested: ExperimentConfig) -> Exp
                          training=replace(requested.training, iterations=saved.training.iterations),
                          data=replace(requested.data, data_dir=saved.data.data_dir, download=saved.data.download))
     if comparable != saved:
-        before = _flatten(saved.to_dict())
-        changed = [key for key, value in _flatten(comparable.to_dict()).items() if before.get(key) != value]
+        before = saved.flat()
+        changed = [key for key, value in comparable.flat().items() if before.get(key) != value]
         raise ConfigError(f"a resumed run keeps its config; {', '.join(changed)} differ from the checkpoint's: "
                           "change only run.*, training.iterations or data.data_dir, or start a new run")
     return requested
@@ -214,17 +214,6 @@ def _check_resumable(payload: dict, path: Path, ranks: _Ranks) -> None:
     if newest and newest[-1].resolve() != path.resolve():
         raise CheckpointError(f"{path} is not the newest checkpoint of its run ({newest[-1].name} is): "
                               "resume the run folder, or copy the checkpoint to a folder of its own")
-
-
-def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested config dict -> ``{"training.ebm_lr": 1e-4, ...}`` (MLflow params)."""
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 # --------------------------------------------------------------------------- RNG, learning rates, divergence
@@ -518,7 +507,7 @@ def _train(config: ExperimentConfig, dataset, run_dir: Path, checkpoint_path: Pa
     with tracking as run, _progress(progress_bar) as progress:
         if run is not None:
             if payload is None:
-                run.log_params(_flatten(config.to_dict()))
+                run.log_params(config.flat())
             run.log_dict(config.to_dict(), "config.json")
         task = progress.add_task(config.name, total=training.iterations, completed=trainer.iteration,
                                  rate="", losses="")

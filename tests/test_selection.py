@@ -11,7 +11,6 @@ import json
 import math
 import os
 import re
-import shutil
 import socket
 import typing
 from pathlib import Path
@@ -33,25 +32,8 @@ TOY = ["run.log_every=1", "run.n_samples=4", "run.sample_every=100", "training.b
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="session")
-def empty_store(tmp_path_factory) -> Path:
-    """A SQLite MLflow store with its schema created once (that takes seconds); tests copy it."""
-    database = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    MlflowClient(f"sqlite:///{database}").search_experiments()
-    return database
-
-
-@pytest.fixture
-def tracking_uri(tmp_path, empty_store) -> str:
-    shutil.copy(empty_store, tmp_path / "mlflow.db")
-    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+def _one_thread(one_thread):
+    """Every test here on one thread (tests/conftest.py)."""
 
 
 def history(tracking_uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
@@ -157,18 +139,9 @@ def test_resume_keeps_the_best_score_and_restarts_it_for_another_protocol(tmp_pa
     assert payload["trainer"]["iteration"] == 10 and payload["selection"]["samples"] == 100
 
 
-def test_divergence_rolls_back_to_the_newest_rolling_checkpoint_not_to_best(tmp_path, tracking_uri, monkeypatch):
+def test_divergence_rolls_back_to_the_newest_rolling_checkpoint_not_to_best(tmp_path, tracking_uri, monkeypatch, poison):
     scored = scripted(monkeypatch, {2: 0.1, 4: 0.5, 6: 0.6})
-    original, poisoned = CooperativeTrainer.step, [5]
-
-    def step(self, x, labels=None):
-        stats = original(self, x, labels)
-        if self.iteration in poisoned:
-            poisoned.remove(self.iteration)
-            stats.ebm_loss = torch.tensor(math.nan)
-        return stats
-
-    monkeypatch.setattr(CooperativeTrainer, "step", step)
+    poison(5)
     result = toy_train(tmp_path, tracking_uri, "training.iterations=6", "run.select_every=2",
                        "run.checkpoint_every=4", "run.keep_checkpoints=1")
     run = MlflowClient(tracking_uri).get_run(result.run_id)

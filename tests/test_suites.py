@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -117,14 +118,17 @@ def test_drl_is_a_config_transform_and_ablations_are_deltas():
     assert {a for model in ablation_suite.models for a in model.ablations} == set(ABLATIONS)
 
 
-def test_bad_suite_files_name_the_problem(tmp_path):
-    def attempt(text: str) -> str:
-        path = tmp_path / "bad.toml"
-        path.write_text(text)
-        with pytest.raises(SuiteError) as caught:
-            load_suite(path)
-        return str(caught.value)
+def _suite_error(folder: Path, text: str) -> str:
+    """The message of loading a suite file that holds ``text``, which must fail."""
+    path = folder / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(SuiteError) as caught:
+        load_suite(path)
+    return str(caught.value)
 
+
+def test_bad_suite_files_name_the_problem(tmp_path):
+    attempt = functools.partial(_suite_error, tmp_path)
     assert "seeds" in attempt(TINY_SUITE.replace("seeds = [0]", "seeds = 0"))
     assert "no-such" in attempt(TINY_SUITE.replace('key = "drl"', 'key = "drl"\nablations = ["no-such"]'))
     assert "trainig" in attempt(TINY_SUITE.replace('[train]', '[trainig]'))
@@ -224,13 +228,7 @@ def test_metric_directions():
 
 
 def test_suites_declare_the_global_batch_and_the_checkpoint_they_score(tmp_path):
-    def attempt(text: str) -> str:
-        path = tmp_path / "bad.toml"
-        path.write_text(text)
-        with pytest.raises(SuiteError) as caught:
-            load_suite(path)
-        return str(caught.value)
-
+    attempt = functools.partial(_suite_error, tmp_path)
     assert "declares no global batch" in attempt(TINY_SUITE.replace("global_batch = 32\n", ""))
     assert "not an override of training.batch_size" in attempt(
         TINY_SUITE.replace('overrides = ["energy.width=16",', 'overrides = ["training.batch_size=8", "energy.width=16",'))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -29,26 +28,8 @@ QUICK = ["run.log_every=1", "run.n_samples=4", "run.sample_every=100", "run.chec
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    # Subprocesses run with OMP_NUM_THREADS=1 too: equal thread counts give bit-equal float results.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="session")
-def empty_store(tmp_path_factory) -> Path:
-    """A SQLite MLflow store with its schema created once (that takes seconds); tests copy it."""
-    database = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    MlflowClient(f"sqlite:///{database}").search_experiments()
-    return database
-
-
-@pytest.fixture
-def tracking_uri(tmp_path, empty_store) -> str:
-    shutil.copy(empty_store, tmp_path / "mlflow.db")
-    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+def _one_thread(one_thread):
+    """Every test here on one thread (tests/conftest.py)."""
 
 
 def all_runs(tracking_uri: str):
@@ -164,22 +145,8 @@ def test_two_process_gloo_ddp_keeps_ranks_in_sync(tmp_path, tracking_uri):
     assert payload["world_size"] == 2 and len(payload["rng"]) == 2
 
 
-def poison(monkeypatch, iteration: int) -> None:
-    """Make the step that reaches ``iteration`` report a NaN loss, once."""
-    original, pending = CooperativeTrainer.step, [iteration]
-
-    def step(self, x, labels=None):
-        stats = original(self, x, labels)
-        if self.iteration in pending:
-            pending.remove(self.iteration)
-            stats.ebm_loss = torch.tensor(math.nan)
-        return stats
-
-    monkeypatch.setattr(CooperativeTrainer, "step", step)
-
-
-def test_divergence_rolls_back_to_the_last_checkpoint_with_lower_learning_rates(tmp_path, tracking_uri, monkeypatch):
-    poison(monkeypatch, 4)
+def test_divergence_rolls_back_to_the_last_checkpoint_with_lower_learning_rates(tmp_path, tracking_uri, poison):
+    poison(4)
     result = train(preset("tiny"), overrides=[*QUICK, "training.iterations=6", "run.checkpoint_every=2"],
                    out=tmp_path / "run", tracking_uri=tracking_uri, show_progress=False)
     run = MlflowClient(tracking_uri).get_run(result.run_id)
@@ -192,8 +159,8 @@ def test_divergence_rolls_back_to_the_last_checkpoint_with_lower_learning_rates(
     assert load_checkpoint(result.checkpoint)[1]["rollbacks"] == 1
 
 
-def test_divergence_stop_policy_fails_the_run_and_keeps_checkpoints_whole(tmp_path, tracking_uri, monkeypatch):
-    poison(monkeypatch, 3)
+def test_divergence_stop_policy_fails_the_run_and_keeps_checkpoints_whole(tmp_path, tracking_uri, poison):
+    poison(3)
     with pytest.raises(TrainingDiverged, match="iteration 3"):
         train(preset("tiny"), overrides=[*QUICK, "training.iterations=6", "run.checkpoint_every=2",
                                          "run.on_divergence=stop"],

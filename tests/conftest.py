@@ -1,0 +1,54 @@
+"""Fixtures shared by the training tests: one thread per test, and a fresh MLflow store per test."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+
+@pytest.fixture
+def one_thread():
+    # Subprocesses run with OMP_NUM_THREADS=1 too: equal thread counts give bit-equal float results.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory) -> Path:
+    """A SQLite MLflow store with its schema created once (that takes seconds); tests copy it."""
+    database = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{database}").search_experiments()
+    return database
+
+
+@pytest.fixture
+def tracking_uri(tmp_path, empty_store) -> str:
+    shutil.copy(empty_store, tmp_path / "mlflow.db")
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.fixture
+def poison(monkeypatch):
+    """``poison(iteration)``: the training step that reaches ``iteration`` reports a NaN loss, once."""
+    from cdrl.training import CooperativeTrainer
+
+    def arm(iteration: int) -> None:
+        original, pending = CooperativeTrainer.step, [iteration]
+
+        def step(self, x, labels=None):
+            stats = original(self, x, labels)
+            if self.iteration in pending:
+                pending.remove(self.iteration)
+                stats.ebm_loss = torch.tensor(math.nan)
+            return stats
+
+        monkeypatch.setattr(CooperativeTrainer, "step", step)
+
+    return arm
