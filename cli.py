@@ -42,9 +42,44 @@ _GUIDANCE = typer.Option(0.0, "--guidance", help="Classifier-free guidance weigh
 _LIVE = typer.Option(False, "--live", help="Use the live weights instead of the EMA weights.")
 
 
+def _print_version(requested: bool) -> None:
+    if requested:
+        import cdrl
+
+        typer.echo(f"cdrl-bench {cdrl.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                          help="Print the version and exit.")) -> None:
+    pass  # the options of `cdrl-bench` itself; its help is the app's
+
+
+@app.command()
+def suites() -> None:
+    """List the benchmark suites: name, version, title, models and the paper table each answers.
+
+    Example: cdrl-bench suites   (then: cdrl-bench plan --suite NAME)
+    """
+    from benchmarks.suite import available_suites, load_suite
+
+    view = Table(title="cdrl-bench suites (benchmarks/suites/)")
+    for column in ("suite", "version", "title", "models", "paper table"):
+        view.add_column(column, overflow="fold", no_wrap=column in ("suite", "version"))
+    for name in available_suites():
+        suite = load_suite(name)
+        view.add_row(name, str(suite.version), suite.title, ", ".join(model.key for model in suite.models),
+                     suite.reference or "")
+    console.print(view)
+
+
 @app.command()
 def presets() -> None:
-    """List the model presets with their parameter counts."""
+    """List the model presets with their parameter counts.
+
+    Example: cdrl-bench presets
+    """
     from cdrl.config import PRESETS, parameter_counts
 
     table = Table(title="cdrl-bench presets")
@@ -73,7 +108,10 @@ def import_checkpoint(
         None, "--class-map-to", help="Class-conditional ImageNet only: our class order, the map_clsloc.txt that "
                                      "numbers the downsampled-ImageNet npz labels (lines 'n02119789 1 kit_fox')."),
 ) -> None:
-    """Convert a published-code checkpoint (live and EMA weights) into cdrl-bench's format."""
+    """Convert a published-code checkpoint (live and EMA weights) into cdrl-bench's format.
+
+    Example: cdrl-bench import-checkpoint best.pth.tar --preset cifar10 --out cifar10.pt
+    """
     from cdrl.checkpoint import import_official_checkpoint, save_atomic
     from cdrl.imagenet_classes import load_class_map
 
@@ -102,7 +140,10 @@ def train(
     tags: list[str] = typer.Option([], "--tag", help="Extra MLflow tag key=value, e.g. cdrl.suite=toy (repeatable)."),
     device: str = typer.Option(None, "--device", help="cpu or cuda[:N] (default: this rank's GPU if any)."),
 ) -> None:
-    """Train a preset (or resume a run) with MLflow tracking and resumable checkpoints; works under torchrun."""
+    """Train a preset (or resume a run) with MLflow tracking and resumable checkpoints; works under torchrun.
+
+    Example: cdrl-bench train --preset toy-checkerboard --set run.select_every=500 --set run.select_samples=1000
+    """
     from cdrl.config import ConfigError, preset as build_preset
     from cdrl.train_loop import train as run_training
 
@@ -141,7 +182,10 @@ def sample(
     device: str = _DEVICE,
     tracking_uri: str = typer.Option(None, "--tracking-uri", help="MLflow store, to resolve a run id."),
 ) -> None:
-    """Draw samples from a checkpoint (EMA weights by default) and save them losslessly."""
+    """Draw samples from a checkpoint (EMA weights by default) and save them losslessly.
+
+    Example: cdrl-bench sample runs/digits-cond --n 64 --steps 5 --guidance 2 --class 7 --out sevens/
+    """
     from cdrl.generation import save_samples
     from cdrl.scoring import draw_samples
     from cdrl.train_loop import locate_checkpoint
@@ -174,7 +218,10 @@ def evaluate(
     tracking_uri: str = _TRACKING_URI,
     experiment: str = typer.Option(None, "--experiment", help="MLflow experiment for the score (default cdrl-bench)."),
 ) -> None:
-    """Score a checkpoint: FID/KID (IS when the extractor has logits), or exact metrics for 2-D toys; logs to MLflow."""
+    """Score a checkpoint: FID/KID (IS when the extractor has logits), or exact metrics for 2-D toys; logs to MLflow.
+
+    Example: cdrl-bench eval runs/c10 --n-samples 50000 --steps 15 --data-dir ~/data
+    """
     from cdrl.scoring import score_checkpoint
     from cdrl.train_loop import locate_checkpoint
 
@@ -199,7 +246,10 @@ def stats(
     data_dir: Path = typer.Option(None, "--data-dir", help="Folder holding the dataset's files."),
     device: str = _DEVICE,
 ) -> None:
-    """Build and cache FID reference statistics for (dataset, split, backend, mode, weights, N)."""
+    """Build and cache FID reference statistics for (dataset, split, backend, mode, weights, N).
+
+    Example: cdrl-bench stats --dataset cifar10 --data-dir ~/data
+    """
     from cdrl.scoring import build_statistics
 
     statistics = build_statistics(dataset, split=split, n_images=n_images, backend=backend, mode=mode,
@@ -221,7 +271,10 @@ def run_suite(
     data_dir: Path = _DATA_DIR,
     device: str = _DEVICE,
 ) -> None:
-    """Run a benchmark suite: train, score and log every run to MLflow; finished runs are skipped (resumable)."""
+    """Run a benchmark suite: train, score and log every run to MLflow; finished runs are skipped (resumable).
+
+    Example: cdrl-bench run --suite toy-steps --quick   (then: cdrl-bench table --suite toy-steps --quick)
+    """
     from benchmarks.runner import run_plan
     from benchmarks.suite import expand, load_suite
 
@@ -245,8 +298,10 @@ def plan(
     world_size: int = typer.Option(None, "--world-size", help="Processes per training (default $WORLD_SIZE, else 1): "
                                                               "sets the per-process batch shown."),
 ) -> None:
-    """Show what `run --suite` would do, running nothing: every training (iterations, global batch and each
-    process's share, which checkpoint is scored) and its evaluation points.
+    """Show what `run --suite` would run, without running it: trainings, batches, checkpoints, points.
+
+    Every training with its iterations, global batch and each process's share, and which of its
+    checkpoints is scored; then its evaluation points.
 
     Example: cdrl-bench plan --suite cifar10-steps --world-size 8
     """
@@ -277,7 +332,10 @@ def table(
     quick: bool = _QUICK_RUNS,
     tracking_uri: str = _TRACKING_URI,
 ) -> None:
-    """Paper-style table of a suite: the paper's numbers beside the measured ones (mean ± std over seeds)."""
+    """Paper-style table of a suite: the paper's numbers beside the measured ones (mean ± standard error over seeds).
+
+    Example: cdrl-bench table --suite cifar10-steps --format latex --out steps.tex
+    """
     from benchmarks.suite import load_suite
     from benchmarks.tables import FORMATS, build_table, render, rich_table, save_plot
 
@@ -319,6 +377,8 @@ def check(
     The tolerance of each metric is derived from the seed-to-seed spread stored in the baseline:
     k * sigma * sqrt(1/n_baseline + 1/n_current). Suites with stored checkpoints also compare
     numerical fingerprints (fixed-seed samples, a few training steps) with the baseline's.
+
+    Example: cdrl-bench check --suite gate --baseline results/baselines/gate.json
     """
     from benchmarks.fingerprint import fingerprints
     from benchmarks.regression import compare, compare_fingerprints, read_results, results_from_runs, write_results
@@ -399,7 +459,10 @@ def perf(
                                                                         "alone and all together; print a table."),
     json_out: Path = typer.Option(None, "--json", help="Also write the report as JSON here."),
 ) -> None:
-    """Training s/iteration, Langevin steps/s, sampling images/s, FLOPs and the fraction of peak of a preset."""
+    """Training s/iteration, Langevin steps/s, sampling images/s, FLOPs and the fraction of peak of a preset.
+
+    Example: cdrl-bench perf --preset digits --iterations 5
+    """
     import torch
 
     from benchmarks.perf import PerfSettings, execute

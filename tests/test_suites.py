@@ -298,3 +298,16 @@ def test_suite_scores_the_best_checkpoint_it_selected(tmp_path, monkeypatch):
         assert run.data.params["eval.checkpoint_iteration"] == str(best_iteration)
     table = build_table(suite, tracking_uri=uri)
     assert set(table.display["checkpoint"]) == {"best energy distance (16 every 1 it)"}
+
+
+def test_cli_version_suites_and_an_example_in_every_help():
+    import cdrl
+
+    runner_ = CliRunner()
+    assert runner_.invoke(app, ["--version"]).output.strip() == f"cdrl-bench {cdrl.__version__}"
+    listing = runner_.invoke(app, ["suites"], terminal_width=200)
+    assert listing.exit_code == 0 and all(name in listing.output for name in available_suites())
+    for command in app.registered_commands:
+        name = command.name or command.callback.__name__
+        help_text = runner_.invoke(app, [name, "--help"], terminal_width=200).output
+        assert "Example: cdrl-bench " in help_text, name
