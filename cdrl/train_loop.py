@@ -12,8 +12,8 @@ draws samples under EMA weights and writes checkpoints. A run lives in one folde
 
 Every checkpoint holds the config, networks, EMAs, optimisers, schedulers, every rank's RNG
 states and the MLflow run id, so ``train(resume=RUN)`` continues the same run and the same
-loss curve. Distributed: ``torchrun --nproc_per_node N -m cdrl.train_loop --preset NAME ...``
-(the options of ``cdrl-bench train``): NCCL on GPUs, Gloo on CPUs, one batch stream and RNG
+loss curve. Distributed: ``torchrun --nproc_per_node N --no-python cdrl-bench train --preset NAME ...``:
+NCCL on GPUs, Gloo on CPUs, one batch stream and RNG
 stream per rank; DDP's buffer broadcast keeps the spectral-norm u/v vectors in sync.
 """
 
@@ -633,11 +633,3 @@ def _on_divergence(trainer: CooperativeTrainer, cadence: RunConfig, checkpoint_f
         console.print(f"{message}: rolled back to {checkpoints[-1].name} with learning rates x{scale:g}",
                       highlight=False, soft_wrap=True)
     return rollbacks
-
-
-if __name__ == "__main__":
-    # `torchrun ... -m cdrl.train_loop --preset NAME ...` takes the options of `cdrl-bench train`.
-    from cli import main
-
-    sys.argv.insert(1, "train")
-    main()
