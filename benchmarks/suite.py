@@ -506,7 +506,7 @@ def _count(value: int) -> str:
 
 
 def eval_steps(model: ModelSpec, config: ExperimentConfig) -> tuple[int, ...]:
-    return model.steps or (config.sampler.steps_per_level or config.langevin.n_steps,)
+    return model.steps or (config.sampler.steps(config.langevin),)
 
 
 def _eval_key(prefix: str, model: ModelSpec, steps: int, guidance: float, seed: int) -> str:

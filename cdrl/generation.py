@@ -64,7 +64,7 @@ def generate(model: LoadedModel, n_samples: int, *, steps_per_level: int | None 
         raise ValueError(f"n_samples must be positive, got {n_samples}")
     rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     config = model.config
-    sampler_config = replace(config.sampler, steps_per_level=steps_per_level or config.sampler.steps_per_level)
+    sampler_config = replace(config.sampler, steps_per_level=config.sampler.steps(config.langevin, steps_per_level))
     schedule = LogSNRSchedule(config.schedule)
     shape = item_shape(config.data)
     indices = torch.arange(rank, n_samples, world_size)

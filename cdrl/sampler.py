@@ -35,6 +35,10 @@ class SamplerConfig:
     #: Multiplier on the Langevin noise when sampling (DRL's published evaluation: 0.99; training: 1).
     langevin_noise_scale: float = 1.0
 
+    def steps(self, langevin: LangevinConfig, requested: int | None = None) -> int:
+        """Langevin steps per level of a sampling run: the requested count, else this config's, else training's."""
+        return requested or self.steps_per_level or langevin.n_steps
+
 
 def propose(proposal: ProposalFn | None, x_t: torch.Tensor, level: Level, noise: NoiseSource,
             add_noise: bool) -> torch.Tensor:
@@ -72,7 +76,7 @@ def sample(energy: EnergyFn, proposal: ProposalFn | None, shape: Sequence[int], 
     ``on_level(index, x)`` is called with the state after each level (for plots).
     """
     noise = noise or GeneratorNoise()
-    steps = config.steps_per_level or langevin.n_steps
+    steps = config.steps(langevin)
     multiplier = multiplier_for_steps(steps, langevin)
     batch = shape[0]
     x = noise.randn_like(torch.empty(tuple(shape), device=device))

@@ -129,7 +129,7 @@ def draw_samples(checkpoint: str | os.PathLike, *, n_samples: int, steps_per_lev
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = load_model(checkpoint, use_ema=use_ema, device=device)
-    steps = steps_per_level or model.config.sampler.steps_per_level or model.config.langevin.n_steps
+    steps = model.config.sampler.steps(model.config.langevin, steps_per_level)
     samples = generate(model, n_samples, steps_per_level=steps, seed=seed, batch_size=batch_size, device=device,
                        callables=_callables(model, guidance, class_label), progress=progress)
     protocol = {"steps_per_level": steps, "noise_levels": model.config.schedule.n_levels, "seed": seed,
