@@ -34,12 +34,14 @@ _DATA_DIR = typer.Option(None, "--data-dir", help="Folder holding the dataset's 
 _SUITE = typer.Option(..., "--suite", help="Suite name (benchmarks/suites/NAME.toml) or path of a suite file.")
 _QUICK = typer.Option(False, "--quick", help="The suite's quick profile: fewer iterations and samples.")
 _QUICK_RUNS = typer.Option(False, "--quick", help="Use the runs of the suite's quick profile.")
-_CHECKPOINT = typer.Argument(..., help="Checkpoint file, run folder (its newest checkpoint) or MLflow run id.")
+_CHECKPOINT = typer.Argument(..., help="Checkpoint file, run folder (its newest or best checkpoint: --pick) or MLflow run id.")
 _STEPS = typer.Option(None, "--steps", help="Langevin steps per noise level K (default: the preset's; the step "
                                             "size scales by sqrt(15/K)).")
 _BATCH_SIZE = typer.Option(256, "--batch-size", help="Samples drawn at once.")
 _GUIDANCE = typer.Option(0.0, "--guidance", help="Classifier-free guidance weight w (conditional models).")
 _LIVE = typer.Option(False, "--live", help="Use the live weights instead of the EMA weights.")
+_PICK = typer.Option("newest", "--pick", help="With a run folder or MLflow run id: its newest checkpoint, or "
+                                              "its best (best.pt, kept when trained with run.select_every).")
 
 
 def _print_version(requested: bool) -> None:
@@ -181,6 +183,7 @@ def sample(
     live: bool = _LIVE,
     device: str = _DEVICE,
     tracking_uri: str = typer.Option(None, "--tracking-uri", help="MLflow store, to resolve a run id."),
+    pick: str = _PICK,
 ) -> None:
     """Draw samples from a checkpoint (EMA weights by default) and save them losslessly.
 
@@ -190,11 +193,12 @@ def sample(
     from cdrl.scoring import draw_samples
     from cdrl.train_loop import locate_checkpoint
 
-    path = locate_checkpoint(checkpoint, tracking_uri)
-    samples, config, protocol = draw_samples(path, n_samples=n, steps_per_level=steps, seed=seed,
+    located = locate_checkpoint(checkpoint, tracking_uri, _pick(pick))
+    samples, config, protocol = draw_samples(located.path, n_samples=n, steps_per_level=steps, seed=seed,
                                              batch_size=batch_size, guidance=guidance, class_label=class_label,
                                              use_ema=not live, device=device)
-    written = save_samples(samples, out, config.initializer.architecture == "unet", protocol)
+    written = save_samples(samples, out, config.initializer.architecture == "unet",
+                           {**protocol, "checkpoint_selection": located.selection})
     console.print(f"wrote {n} samples to {written} ({protocol['noise_levels']}x{protocol['steps_per_level']} steps, "
                   f"{protocol['weights']} weights, seed {seed})", highlight=False, soft_wrap=True)
 
@@ -217,6 +221,7 @@ def evaluate(
     device: str = _DEVICE,
     tracking_uri: str = _TRACKING_URI,
     experiment: str = typer.Option(None, "--experiment", help="MLflow experiment for the score (default cdrl-bench)."),
+    pick: str = _PICK,
 ) -> None:
     """Score a checkpoint: FID/KID (IS when the extractor has logits), or exact metrics for 2-D toys; logs to MLflow.
 
@@ -225,12 +230,12 @@ def evaluate(
     from cdrl.scoring import score_checkpoint
     from cdrl.train_loop import locate_checkpoint
 
-    path = locate_checkpoint(checkpoint, tracking_uri)
-    result = score_checkpoint(path, steps_per_level=steps, n_samples=n_samples, backend=backend, mode=mode,
+    located = locate_checkpoint(checkpoint, tracking_uri, _pick(pick))
+    result = score_checkpoint(located.path, steps_per_level=steps, n_samples=n_samples, backend=backend, mode=mode,
                               reference_split=reference_split, n_reference=n_reference, seed=seed,
                               batch_size=batch_size, guidance=guidance, class_label=class_label, use_ema=not live,
                               data_dir=str(data_dir) if data_dir else None, device=device,
-                              checkpoint_selection="newest" if Path(checkpoint).is_dir() else "given",
+                              checkpoint_selection=located.selection,
                               tracking_uri=tracking_uri, experiment_name=experiment)
     console.print(result.protocol_line, highlight=False, soft_wrap=True)
     console.print(f"MLflow run {result.run_id}", highlight=False)
@@ -481,6 +486,12 @@ def perf(
         peak_tflops=peak_tflops, breakdown=breakdown)
     console.print(execute(settings, options_matrix=options_matrix, json_path=json_out), highlight=False,
                   soft_wrap=True)
+
+
+def _pick(pick: str) -> str:
+    if pick not in ("newest", "best"):
+        raise CdrlBenchError(f"--pick {pick!r}: choose newest or best")
+    return pick
 
 
 def main() -> None:

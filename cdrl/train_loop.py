@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
@@ -111,24 +111,41 @@ def _checkpoint_folder(path: Path) -> Path:
     return path if path.name == CHECKPOINT_FOLDER else path / CHECKPOINT_FOLDER
 
 
-def locate_checkpoint(resume: str | os.PathLike, tracking_uri: str | None = None) -> Path:
-    """The checkpoint that ``--resume`` names: a checkpoint file, a run folder (its newest), or an MLflow run id."""
-    path = Path(resume)
+@dataclass(frozen=True)
+class LocatedCheckpoint:
+    path: Path
+    #: How it was picked, for protocols: "given file", "newest of run folder ...", "best of MLflow run ...".
+    selection: str
+
+
+def locate_checkpoint(name: str | os.PathLike, tracking_uri: str | None = None,
+                      pick: Literal["newest", "best"] = "newest") -> LocatedCheckpoint:
+    """The checkpoint that a checkpoint file, a run folder or an MLflow run id names, and how it was picked.
+
+    A run folder or run id gives its newest checkpoint, or with ``pick="best"`` its best.pt.
+    """
+    path = Path(name)
     if path.is_file():
-        return path
+        return LocatedCheckpoint(path, "given file")
     if path.is_dir():
-        folder = _checkpoint_folder(path)
-    elif _RUN_ID.fullmatch(str(resume)):
-        tags = get_run_tags(str(resume), tracking_uri)
+        folder, source = _checkpoint_folder(path), f"run folder {path}"
+    elif _RUN_ID.fullmatch(str(name)):
+        tags = get_run_tags(str(name), tracking_uri)
         if TAG_CHECKPOINT_DIR not in tags:
-            raise CheckpointError(f"MLflow run {resume} has no {TAG_CHECKPOINT_DIR} tag: it is not a training run")
-        folder = Path(tags[TAG_CHECKPOINT_DIR])
+            raise CheckpointError(f"MLflow run {name} has no {TAG_CHECKPOINT_DIR} tag: it is not a training run")
+        folder, source = Path(tags[TAG_CHECKPOINT_DIR]), f"MLflow run {name}"
     else:
-        raise CheckpointError(f"--resume {resume}: no such checkpoint file, run folder or MLflow run id")
+        raise CheckpointError(f"{name}: no such checkpoint file, run folder or MLflow run id")
+    if pick == "best":
+        best = best_checkpoint(folder)
+        if best is None:
+            raise CheckpointError(f"{source} has no {BEST_CHECKPOINT}: it was trained without run.select_every; "
+                                  "take its newest checkpoint instead")
+        return LocatedCheckpoint(best, f"best of {source}")
     checkpoints = checkpoint_paths(folder)
     if not checkpoints:
-        raise CheckpointError(f"{folder} holds no checkpoint (ckpt-*.pt) yet: start the run afresh instead of resuming")
-    return checkpoints[-1]
+        raise CheckpointError(f"{folder} holds no checkpoint (ckpt-*.pt) yet: start the run afresh instead")
+    return LocatedCheckpoint(checkpoints[-1], f"newest of {source}")
 
 
 def best_checkpoint(run_folder: str | os.PathLike) -> Path | None:
@@ -440,7 +457,7 @@ def train(config: ExperimentConfig | None = None, *, resume: str | os.PathLike |
     if resume is not None:
         if out is not None:
             raise ConfigError("--out cannot be combined with --resume: a resumed run continues in its own folder")
-        checkpoint_path = locate_checkpoint(resume, tracking_uri)
+        checkpoint_path = locate_checkpoint(resume, tracking_uri).path
         saved, payload = load_checkpoint(checkpoint_path)
         config = _resumed_config(saved, apply_overrides(config or saved, list(overrides)))
     elif config is None:

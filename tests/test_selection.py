@@ -22,9 +22,10 @@ from mlflow import MlflowClient
 
 import cdrl.train_loop as train_loop
 from benchmarks.suite import METRICS
-from cdrl.checkpoint import load_checkpoint
+from cdrl.checkpoint import CheckpointError, load_checkpoint
 from cdrl.config import ConfigError, RunConfig, preset
-from cdrl.train_loop import BEST_CHECKPOINT, best_checkpoint, checkpoint_paths, selection_metric, train
+from cdrl.train_loop import (BEST_CHECKPOINT, best_checkpoint, checkpoint_paths, locate_checkpoint, selection_metric,
+                             train)
 from cdrl.training import CooperativeTrainer
 
 #: A toy run of a few iterations: every iteration logged and checked, a sample plot only at the last.
@@ -216,3 +217,18 @@ def test_auto_selects_by_fid_or_energy_distance_and_every_choice_is_lower_is_bet
     choices = set(typing.get_args(typing.get_type_hints(RunConfig)["select_metric"])) - {"auto"}
     assert choices == {name for names in train_loop._SELECTION_METRICS.values() for name in names}
     assert not any(METRICS[name].higher_is_better for name in choices)
+
+
+def test_a_run_names_its_newest_or_best_checkpoint_and_says_which(tmp_path, tracking_uri, monkeypatch):
+    scripted(monkeypatch, {2: 0.2, 4: 0.5})
+    result = toy_train(tmp_path, tracking_uri, "training.iterations=4", "run.select_every=2",
+                       "run.checkpoint_every=2")
+    newest, best = locate_checkpoint(result.run_dir), locate_checkpoint(result.run_dir, pick="best")
+    assert (newest.path.name, newest.selection) == ("ckpt-00000004.pt", f"newest of run folder {result.run_dir}")
+    assert (best.path.name, best.selection) == (BEST_CHECKPOINT, f"best of run folder {result.run_dir}")
+    by_id = locate_checkpoint(result.run_id, tracking_uri, pick="best")
+    assert by_id.path == best.path and by_id.selection == f"best of MLflow run {result.run_id}"
+    assert locate_checkpoint(best.path).selection == "given file"
+    plain = toy_train(tmp_path / "plain", tracking_uri, "training.iterations=2")
+    with pytest.raises(CheckpointError, match="has no best.pt"):
+        locate_checkpoint(plain.run_dir, pick="best")
