@@ -455,6 +455,7 @@ def perf(
                                                                         "'' for none."),
     sample_batch: int = typer.Option(None, "--sample-batch", help="Samples per sampling run (default: batch size)."),
     inception: bool = typer.Option(False, "--inception", help="Also time Inception features (cdrl.evaluation)."),
+    inception_images: int = typer.Option(32, "--inception-images", help="Images of the timed Inception pass."),
     breakdown: bool = typer.Option(False, "--breakdown", help="Profile one more iteration: time and GFLOP/s by "
                                                               "kind of operation (convolutions, matmuls, other)."),
     peak_tflops: float = typer.Option(None, "--peak-tflops", help="Peak TFLOP/s to compare with (default: "
@@ -472,8 +473,9 @@ def perf(
 
     from benchmarks.perf import PerfSettings, execute
 
-    if min(batch_size, iterations) < 1 or warmup < 0:
-        raise CdrlBenchError("--batch-size and --iterations must be at least 1, --warmup at least 0")
+    if min(batch_size, iterations, inception_images) < 1 or warmup < 0:
+        raise CdrlBenchError("--batch-size, --iterations and --inception-images must be at least 1, --warmup at "
+                             "least 0")
     try:
         steps = tuple(int(item) for item in sampling_steps.split(",") if item.strip())
     except ValueError:
@@ -483,7 +485,7 @@ def perf(
         preset=preset, batch_size=batch_size, overrides=tuple(overrides),
         device=device or ("cuda" if torch.cuda.is_available() else "cpu"), threads=threads, warmup=warmup,
         iterations=iterations, sampling_steps=steps, sample_batch=sample_batch, inception=inception,
-        peak_tflops=peak_tflops, breakdown=breakdown)
+        inception_images=inception_images, peak_tflops=peak_tflops, breakdown=breakdown)
     console.print(execute(settings, options_matrix=options_matrix, json_path=json_out), highlight=False,
                   soft_wrap=True)
 

@@ -6,9 +6,9 @@ For one preset and batch size: training iterations/s, Langevin steps/s, sampling
 fraction of the device's peak FLOP/s. Speed options come in as config overrides
 (``performance.channels_last=true`` ...), so the numbers are those of the real training step.
 
-    python -m benchmarks.perf --preset cifar10 --batch-size 8 --threads 2 --breakdown
-    python -m benchmarks.perf --preset tiny --json perf.json --set performance.channels_last=true
-    python -m benchmarks.perf --preset cifar10 --batch-size 128 --options-matrix   # on a GPU
+    cdrl-bench perf --preset cifar10 --batch-size 8 --threads 2 --breakdown
+    cdrl-bench perf --preset tiny --json perf.json --set performance.channels_last=true
+    cdrl-bench perf --preset cifar10 --batch-size 128 --options-matrix   # on a GPU
 
 ``--breakdown`` profiles one more iteration and splits its time by kind of operation
 (convolution forward and backward, matmuls, the rest) with the FLOP/s of each;
@@ -21,14 +21,12 @@ seconds and the load average next to every wall-clock number.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
 import platform
 import resource
 import statistics
-import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -515,47 +513,3 @@ def execute(settings: PerfSettings, options_matrix: bool = False, json_path: Pat
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(data, indent=2) + "\n")
     return text
-
-
-def _integers(text: str) -> tuple[int, ...]:
-    return tuple(int(item) for item in text.split(",") if item.strip())
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed training iterations first")
-    parser.add_argument("--iterations", type=int, default=2, help="timed training iterations")
-    parser.add_argument("--sampling-steps", type=_integers, default=(15, 5),
-                        help="Langevin steps per level of each timed sampling run, e.g. 15,5; '' for none")
-    parser.add_argument("--sample-batch", type=int, default=None, help="samples per sampling run (default: batch)")
-    parser.add_argument("--inception", action="store_true", help="also time Inception features (cdrl.evaluation)")
-    parser.add_argument("--inception-images", type=int, default=32)
-    parser.add_argument("--breakdown", action="store_true",
-                        help="profile one more iteration: time and GFLOP/s by kind of operation")
-    parser.add_argument("--peak-tflops", type=float, default=None,
-                        help="peak to compare with (default: GPU datasheet; CPU measured FMA peak)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override, e.g. performance.channels_last=true (repeatable)")
-    parser.add_argument("--options-matrix", action="store_true",
-                        help="time the exact path, each speed option alone and all together; print a table")
-    parser.add_argument("--json", type=Path, default=None, help="also write the report as JSON here")
-    arguments = parser.parse_args(argv)
-    if min(arguments.batch_size, arguments.iterations, arguments.inception_images) < 1 or arguments.warmup < 0:
-        parser.error("--batch-size, --iterations and --inception-images must be at least 1, --warmup at least 0")
-    settings = PerfSettings(
-        preset=arguments.preset, batch_size=arguments.batch_size, overrides=tuple(arguments.overrides),
-        device=arguments.device, threads=arguments.threads, warmup=arguments.warmup,
-        iterations=arguments.iterations, sampling_steps=arguments.sampling_steps,
-        sample_batch=arguments.sample_batch, inception=arguments.inception,
-        inception_images=arguments.inception_images, peak_tflops=arguments.peak_tflops,
-        breakdown=arguments.breakdown)
-    print(execute(settings, options_matrix=arguments.options_matrix, json_path=arguments.json))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

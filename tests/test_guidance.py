@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from benchmarks.composition_2d import RIGHT, UP, intersection_fraction, sample_concepts, train_concept_model
+from examples.composition_2d import RIGHT, UP, intersection_fraction, sample_concepts, train_concept_model
 from cdrl.evaluation.digits_classifier import ClassifierError, class_accuracy, held_out_accuracy, train_digit_classifier
 from cdrl.checkpoint import LoadedModel
 from cdrl.config import preset

@@ -7,7 +7,7 @@ probability ``training.label_dropout``). Composing right and up, f(x | right) + 
 f(x | ∅) (METHOD.md), should put the samples in the upper-right quadrant, where neither
 concept alone does. Run::
 
-    python -m benchmarks.composition_2d --iterations 300 --out composition_2d.png
+    python -m examples.composition_2d --iterations 300 --out composition_2d.png
 """
 
 from __future__ import annotations
