@@ -21,13 +21,14 @@ from pathlib import Path
 import torch
 
 from baselines import ABLATIONS, apply_method
+from benchmarks.suite import results_path
 from cdrl.checkpoint import load_checkpoint, make_checkpoint, save_atomic
 from cdrl.config import ExperimentConfig, apply_overrides, preset
 from cdrl.ema import EMA
 from cdrl.networks import build_energy_net, build_initializer
 from cdrl.train_loop import CHECKPOINT_FOLDER, checkpoint_paths, train
 
-GATE_FOLDER = Path(__file__).resolve().parent.parent / "results" / "gate"
+GATE_FOLDER = results_path("results/gate")
 
 
 @dataclass(frozen=True)

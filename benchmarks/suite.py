@@ -31,8 +31,22 @@ if sys.version_info >= (3, 11):
 else:  # Python 3.10: the same parser, from PyPI
     import tomli as tomllib
 
+REPO_FOLDER = Path(__file__).resolve().parent.parent
+#: A wheel carries results/paper and results/gate as benchmarks/results/... (pyproject.toml).
+INSTALLED_RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def results_path(relative: str | os.PathLike) -> Path:
+    """``results/...`` of this checkout, or the copy an installed wheel carries when there is no checkout."""
+    checkout = REPO_FOLDER / relative
+    parts = Path(relative).parts
+    if checkout.exists() or not parts or parts[0] != "results":
+        return checkout
+    return INSTALLED_RESULTS.joinpath(*parts[1:])
+
+
 SUITES_FOLDER = Path(__file__).resolve().parent / "suites"
-PAPER_FOLDER = Path(__file__).resolve().parent.parent / "results" / "paper"
+PAPER_FOLDER = results_path("results/paper")
 PROFILES = ("full", "quick")
 CHECKPOINT_SELECTIONS = ("best", "last")
 
@@ -119,11 +133,10 @@ class ModelSpec:
         if self.checkpoint is None:
             return None
         path = Path(self.checkpoint)
-        return path if path.is_absolute() else REPO_FOLDER / path
+        return path if path.is_absolute() else results_path(path)
 
 
 PLOT_AXES = ("total_steps", "guidance")
-REPO_FOLDER = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)
