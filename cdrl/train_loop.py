@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
@@ -43,6 +43,7 @@ import cdrl
 from cdrl.checkpoint import CheckpointError, load_checkpoint, make_checkpoint, save_atomic
 from cdrl.config import ConfigError, ExperimentConfig, RunConfig, apply_overrides
 from cdrl.data import build_dataset, dataset_info, infinite_batches, item_shape, toy_in_support
+from cdrl.distributed import Ranks, any_rank, gathered, init_distributed, rank_seed, shared
 from cdrl.errors import CdrlBenchError
 from cdrl.files import PARTIAL_SUFFIX
 from cdrl.guidance import Concept, guidance_concepts, guided_callables, requested_classes
@@ -85,16 +86,6 @@ class TrainResult:
     best_checkpoint: Path | None
     #: Which checkpoint is the run's result, e.g. "best: fid 41.7 at iteration 2000 of 4000 (...)".
     selection: str
-
-
-@dataclass(frozen=True)
-class _Ranks:
-    rank: int
-    world_size: int
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
 
 
 # --------------------------------------------------------------------------- run folders and checkpoints
@@ -220,7 +211,7 @@ def _resumed_config(saved: ExperimentConfig, requested: ExperimentConfig) -> Exp
     return requested
 
 
-def _check_resumable(payload: dict, path: Path, ranks: _Ranks) -> None:
+def _check_resumable(payload: dict, path: Path, ranks: Ranks) -> None:
     if "ebm_optimizer" not in payload["trainer"] or "rng" not in payload:
         raise CheckpointError(f"{path} holds weights only (imported or exported), no optimiser or RNG state: "
                               "it cannot be resumed; start a new run")
@@ -234,10 +225,6 @@ def _check_resumable(payload: dict, path: Path, ranks: _Ranks) -> None:
 
 
 # --------------------------------------------------------------------------- RNG, learning rates, divergence
-
-def _rank_seed(seed: int, rank: int) -> int:
-    return int(np.random.SeedSequence((seed, rank)).generate_state(1)[0])
-
 
 def _rng_state(trainer: CooperativeTrainer) -> dict[str, torch.Tensor]:
     # Python's and numpy's global RNGs are not used in training (batches are seeded per batch).
@@ -271,13 +258,6 @@ def _watched(stats: StepStats) -> torch.Tensor:
     if stats.initializer_loss is not None:
         values.append(stats.initializer_loss)
     return torch.stack(values)
-
-
-def _any_rank(flag: torch.Tensor, ranks: _Ranks) -> bool:
-    if ranks.world_size > 1:
-        flag = flag.to(torch.int32)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return bool(flag)
 
 
 # --------------------------------------------------------------------------- samples
@@ -397,43 +377,6 @@ def _environment_tags(device: torch.device, world_size: int) -> dict[str, str]:
     return tags
 
 
-def _init_distributed(device: str | torch.device | None) -> tuple[_Ranks, torch.device, bool]:
-    """(ranks, this process's device, whether this call started the process group) from torchrun's variables."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device is None:
-        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank)
-    if world_size == 1:
-        return _Ranks(0, 1), device, False
-    started = False
-    if not dist.is_initialized():
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        started = True
-    return _Ranks(dist.get_rank(), dist.get_world_size()), device, started
-
-
-def _shared(value: Any, ranks: _Ranks) -> Any:
-    """Rank 0's value on every rank."""
-    if ranks.world_size == 1:
-        return value
-    holder = [value]
-    dist.broadcast_object_list(holder, src=0)
-    return holder[0]
-
-
-def _gathered(value: Any, ranks: _Ranks) -> list[Any]:
-    if ranks.world_size == 1:
-        return [value]
-    values: list[Any] = [None] * ranks.world_size
-    dist.all_gather_object(values, value)
-    return values
-
-
 def _progress(enabled: bool) -> Progress:
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), TextColumn("{task.fields[losses]}"),
@@ -468,7 +411,7 @@ def train(config: ExperimentConfig | None = None, *, resume: str | os.PathLike |
     selection_metric(config)  # a metric that cannot score this data fails before any folder or run exists
     # Bad data paths fail here, before any folder, process group or MLflow run exists.
     dataset = build_dataset(config.data)
-    ranks, device, started_group = _init_distributed(device)
+    ranks, device, started_group = init_distributed(device)
     try:
         if checkpoint_path is not None:
             _check_resumable(payload, checkpoint_path, ranks)
@@ -476,7 +419,7 @@ def train(config: ExperimentConfig | None = None, *, resume: str | os.PathLike |
                 else checkpoint_path.parent
         else:
             default = DEFAULT_RUNS_FOLDER / f"{config.name}-{datetime.now():%Y%m%d-%H%M%S}"
-            run_dir = Path(out) if out is not None else Path(_shared(str(default), ranks))
+            run_dir = Path(out) if out is not None else Path(shared(str(default), ranks))
             if checkpoint_paths(run_dir / CHECKPOINT_FOLDER):
                 raise ConfigError(f"{run_dir} already holds checkpoints: continue it with --resume {run_dir} "
                                   "or choose another --out")
@@ -488,15 +431,15 @@ def train(config: ExperimentConfig | None = None, *, resume: str | os.PathLike |
 
 
 def _train(config: ExperimentConfig, dataset, run_dir: Path, checkpoint_path: Path | None, payload: dict | None,
-           ranks: _Ranks, device: torch.device, tracking_uri: str | None, experiment_name: str | None,
+           ranks: Ranks, device: torch.device, tracking_uri: str | None, experiment_name: str | None,
            tags: dict[str, str], show_progress: bool | None) -> TrainResult:
     training, cadence = config.training, config.run
     batch = per_process_batch(training.batch_size, ranks.world_size)
-    rank_seed = _rank_seed(training.seed, ranks.rank)
+    seed = rank_seed(training.seed, ranks.rank)
     torch.manual_seed(training.seed)  # the same initial weights on every rank
     trainer = CooperativeTrainer(config, device, distributed=ranks.world_size > 1,
-                                 generator=torch.Generator(device=device).manual_seed(rank_seed))
-    torch.manual_seed(rank_seed)  # per-rank stream for dropout
+                                 generator=torch.Generator(device=device).manual_seed(seed))
+    torch.manual_seed(seed)  # per-rank stream for dropout
     rollbacks = 0
     if payload is not None:
         trainer.load_state_dict(payload["trainer"])
@@ -547,7 +490,7 @@ def _train(config: ExperimentConfig, dataset, run_dir: Path, checkpoint_path: Pa
             # Selection is due only where divergence is checked: a non-finite model is never scored.
             if not (log_due or sample_due or checkpoint_due or select_due):
                 continue
-            if _any_rank(nonfinite, ranks):
+            if any_rank(nonfinite, ranks):
                 rollbacks = _on_divergence(trainer, cadence, checkpoint_folder, iteration, rollbacks, ranks, run,
                                            progress.console)
                 batches = infinite_batches(dataset, batch, training.seed, ranks.rank, ranks.world_size,
@@ -569,7 +512,7 @@ def _train(config: ExperimentConfig, dataset, run_dir: Path, checkpoint_path: Pa
             if sample_due and ranks.is_main:
                 _log_samples(trainer, run_dir, iteration, run)
             if checkpoint_due or select_due:
-                states = _gathered(_rng_state(trainer), ranks)
+                states = gathered(_rng_state(trainer), ranks)
             if select_due:
                 if ranks.is_main:
                     started = time.monotonic()
@@ -585,7 +528,7 @@ def _train(config: ExperimentConfig, dataset, run_dir: Path, checkpoint_path: Pa
                         run.set_tags({"cdrl.best_checkpoint": path, "cdrl.best_iteration": iteration,
                                       f"cdrl.best_{metric}": score})
                 # The other ranks wait here while rank 0 scores, and keep its record for their result.
-                best = _shared(best, ranks)
+                best = shared(best, ranks)
             if checkpoint_due:
                 if ranks.is_main:
                     run.flush()  # metrics up to here are stored before the checkpoint a resume restarts from
@@ -601,7 +544,7 @@ def _train(config: ExperimentConfig, dataset, run_dir: Path, checkpoint_path: Pa
                            _selection_summary(cadence, best, trainer.iteration))
 
 
-def _payload(trainer: CooperativeTrainer, states: list[dict], ranks: _Ranks, run: TrackedRun, rollbacks: int,
+def _payload(trainer: CooperativeTrainer, states: list[dict], ranks: Ranks, run: TrackedRun, rollbacks: int,
              best: dict | None) -> dict:
     """A full, resumable checkpoint; ``selection`` carries the best score so far across a resume."""
     return make_checkpoint(trainer.config, trainer.state_dict(), rng=states, world_size=ranks.world_size,
@@ -610,7 +553,7 @@ def _payload(trainer: CooperativeTrainer, states: list[dict], ranks: _Ranks, run
 
 def _log_samples(trainer: CooperativeTrainer, run_dir: Path, iteration: int, run: TrackedRun) -> None:
     config = trainer.config
-    samples = sample_ema(trainer, config.run.n_samples, seed=_rank_seed(config.training.seed, iteration))
+    samples = sample_ema(trainer, config.run.n_samples, seed=rank_seed(config.training.seed, iteration))
     metrics = _sample_metrics(samples, config)
     title = f"{config.name}, iteration {iteration}" + "".join(f", {k} {v:.3f}" for k, v in metrics.items())
     path = save_sample_figure(samples, config, run_dir / SAMPLE_FOLDER / f"samples-{iteration:08d}.png", title)
@@ -620,7 +563,7 @@ def _log_samples(trainer: CooperativeTrainer, run_dir: Path, iteration: int, run
 
 
 def _on_divergence(trainer: CooperativeTrainer, cadence: RunConfig, checkpoint_folder: Path, iteration: int,
-                   rollbacks: int, ranks: _Ranks, run: TrackedRun | None, console: Console) -> int:
+                   rollbacks: int, ranks: Ranks, run: TrackedRun | None, console: Console) -> int:
     """Record the divergence, then stop or reload the newest checkpoint with lower learning rates.
 
     The newest rolling ckpt-*.pt, never best.pt (an older state); the best score so far stays as it is.

@@ -1,0 +1,76 @@
+"""Processes of a training run: which rank this is, the process group torchrun asks for, and the
+few collectives the training loop needs (everything else goes through DDP).
+
+Only rank 0 logs and writes; every rank draws its own batches and noise from ``rank_seed``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Ranks:
+    rank: int
+    world_size: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """A seed of its own for each (seed, rank) pair."""
+    return int(np.random.SeedSequence((seed, rank)).generate_state(1)[0])
+
+
+def init_distributed(device: str | torch.device | None) -> tuple[Ranks, torch.device, bool]:
+    """(ranks, this process's device, whether this call started the process group) from torchrun's variables."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device is None:
+        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
+    if world_size == 1:
+        return Ranks(0, 1), device, False
+    started = False
+    if not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        started = True
+    return Ranks(dist.get_rank(), dist.get_world_size()), device, started
+
+
+def shared(value: Any, ranks: Ranks) -> Any:
+    """Rank 0's value on every rank."""
+    if ranks.world_size == 1:
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def gathered(value: Any, ranks: Ranks) -> list[Any]:
+    """Every rank's value, in rank order, on every rank."""
+    if ranks.world_size == 1:
+        return [value]
+    values: list[Any] = [None] * ranks.world_size
+    dist.all_gather_object(values, value)
+    return values
+
+
+def any_rank(flag: torch.Tensor, ranks: Ranks) -> bool:
+    """Whether ``flag`` is set on any rank."""
+    if ranks.world_size > 1:
+        flag = flag.to(torch.int32)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag)
