@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from baselines import ablation_overrides, apply_method
-from cdrl.config import ExperimentConfig, apply_overrides, preset
+from cdrl.config import ConfigError, ExperimentConfig, apply_overrides, preset
 from cdrl.errors import CdrlBenchError
 
 if sys.version_info >= (3, 11):
@@ -618,6 +618,7 @@ def _expand_checkpoint(suite: Suite, profile: str, settings: Profile, path: Path
 
 def plan_rows(plan: Plan, world_size: int = 1) -> list[dict[str, str]]:
     """One row per training (and per untrained model) of a plan: what ``cdrl-bench plan`` prints."""
+    from cdrl.train_loop import per_process_batch
     if world_size < 1:
         raise SuiteError(f"--world-size must be at least 1, got {world_size}")
     rows = []
@@ -627,9 +628,10 @@ def plan_rows(plan: Plan, world_size: int = 1) -> list[dict[str, str]]:
         config = first.training.config if first.training else first.checkpoint_config or first.floor_config
         per_process = ""
         if first.training is not None:
-            batch = config.training.batch_size
-            per_process = str(batch // world_size) if batch % world_size == 0 and batch >= world_size \
-                else "does not split"
+            try:
+                per_process = str(per_process_batch(config.training.batch_size, world_size))
+            except ConfigError:  # the run itself would refuse this world size
+                per_process = "does not split"
         rows.append({
             "run": key, "preset": config.name if config else "",
             "iterations": f"{config.training.iterations:,}" if first.training else "",

@@ -57,7 +57,7 @@ class Level:
     variance_s: torch.Tensor
 
 
-def ddpm_linear_alpha_bars(config: ScheduleConfig) -> list[float]:
+def ddpm_linear_alpha_bars(config: ScheduleConfig) -> torch.Tensor:
     """alpha_bar of levels 0..T under DRL's schedule, in float64 (as its published code computes them)."""
     n_levels, steps = config.n_levels, config.ddpm_steps
     if n_levels < 2 or (steps // (2 * (n_levels - 1))) * (n_levels - 1) >= steps - 1:
@@ -67,7 +67,12 @@ def ddpm_linear_alpha_bars(config: ScheduleConfig) -> list[float]:
     read_at = [level * stride for level in range(n_levels)] + [steps - 1]
     betas = torch.linspace(config.beta_start, config.beta_end, steps, dtype=torch.float64)
     alpha_bars = torch.cumprod(1.0 - betas, dim=0)
-    return [float(alpha_bars[step]) for step in read_at]
+    return alpha_bars[read_at]
+
+
+def logsnr_of(alpha_bar: torch.Tensor) -> torch.Tensor:
+    """log(alpha_bar / (1 - alpha_bar)), without cancellation near alpha_bar = 1."""
+    return torch.log(alpha_bar) - torch.log1p(-alpha_bar)
 
 
 class LogSNRSchedule:
@@ -75,8 +80,7 @@ class LogSNRSchedule:
 
     def __init__(self, config: ScheduleConfig = ScheduleConfig()):
         self.config = config
-        self._alpha_bars = (torch.tensor(ddpm_linear_alpha_bars(config), dtype=torch.float64)
-                            if config.kind == "ddpm-linear" else None)
+        self._alpha_bars = ddpm_linear_alpha_bars(config) if config.kind == "ddpm-linear" else None
 
     @property
     def n_levels(self) -> int:
@@ -87,15 +91,13 @@ class LogSNRSchedule:
         """The logSNR of level 0 (the least noisy), which anchors the Langevin step size."""
         if self._alpha_bars is None:
             return self.config.logsnr_max
-        alpha_bar = float(self._alpha_bars[0])
-        return math.log(alpha_bar) - math.log1p(-alpha_bar)
+        return float(logsnr_of(self._alpha_bars[0]))
 
     def logsnr(self, t: torch.Tensor) -> torch.Tensor:
         """The logSNR at times t = level / T: -2 log tan(a t + b) (cosine) or the DDPM levels' (t on the grid)."""
         t = torch.as_tensor(t, dtype=torch.float32)
         if self._alpha_bars is not None:
-            alpha_bars = self._alpha_bars[torch.round(t * self.n_levels).long()]
-            return (torch.log(alpha_bars) - torch.log1p(-alpha_bars)).float()
+            return logsnr_of(self._alpha_bars[torch.round(t * self.n_levels).long()]).float()
         b = math.atan(math.exp(-0.5 * self.config.logsnr_max))
         a = math.atan(math.exp(-0.5 * self.config.logsnr_min)) - b
         return -2.0 * torch.log(torch.tan(a * t + b))
@@ -123,9 +125,8 @@ class LogSNRSchedule:
             # level 0 is 1e-4, which float32 arithmetic would get only to ~1e-3 relative).
             alpha_bars = self._alpha_bars.to(index.device)
             alpha_bar_t, alpha_bar_s = alpha_bars[index], alpha_bars[index - 1]
-            return self._level(index, alpha_bar_t, alpha_bar_s, torch.log(alpha_bar_t) - torch.log1p(-alpha_bar_t),
-                               torch.log(alpha_bar_s) - torch.log1p(-alpha_bar_s), 1.0 - alpha_bar_s,
-                               1.0 - alpha_bar_t, rounded=True)
+            return self._level(index, alpha_bar_t, alpha_bar_s, logsnr_of(alpha_bar_t), logsnr_of(alpha_bar_s),
+                               1.0 - alpha_bar_s, 1.0 - alpha_bar_t, rounded=True)
         t = index.to(torch.float32) / self.n_levels
         # s = t - 1/T as in the published training loop (not (index - 1) / T): identical
         # levels, and the same floating-point values as the reference fixtures.
