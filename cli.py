@@ -37,9 +37,11 @@ _QUICK_RUNS = typer.Option(False, "--quick", help="Use the runs of the suite's q
 _CHECKPOINT = typer.Argument(..., help="Checkpoint file, run folder (its newest or best checkpoint: --pick) or MLflow run id.")
 _STEPS = typer.Option(None, "--steps", help="Langevin steps per noise level K (default: the preset's; the step "
                                             "size scales by sqrt(15/K)).")
-_BATCH_SIZE = typer.Option(256, "--batch-size", help="Samples drawn at once.")
+_BATCH_SIZE = typer.Option(None, "--batch-size", help="Samples drawn at once (memory only: the samples do not depend on it).")
 _GUIDANCE = typer.Option(0.0, "--guidance", help="Classifier-free guidance weight w (conditional models).")
 _LIVE = typer.Option(False, "--live", help="Use the live weights instead of the EMA weights.")
+# None: cdrl.evaluation.DEFAULT_BACKEND, looked up when the command runs (importing it here would load torch).
+_BACKEND = typer.Option(None, "--backend", help="Evaluation backend: torch-fidelity (the default) or clean-fid.")
 _PICK = typer.Option("newest", "--pick", help="With a run folder or MLflow run id: its newest checkpoint, or "
                                               "its best (best.pt, kept when trained with run.select_every).")
 
@@ -191,7 +193,7 @@ def sample(
     """
     from cdrl.generation import save_samples
     from cdrl.scoring import draw_samples
-    from cdrl.train_loop import locate_checkpoint
+    from cdrl.run_folder import locate_checkpoint
 
     located = locate_checkpoint(checkpoint, tracking_uri, _pick(pick))
     samples, config, protocol = draw_samples(located.path, n_samples=n, steps_per_level=steps, seed=seed,
@@ -208,7 +210,7 @@ def evaluate(
     checkpoint: str = _CHECKPOINT,
     steps: int = _STEPS,
     n_samples: int = typer.Option(5000, "--n-samples", help="Generated images (the paper's tables use 50,000)."),
-    backend: str = typer.Option("torch-fidelity", "--backend", help="torch-fidelity or clean-fid."),
+    backend: str = _BACKEND,
     mode: str = typer.Option(None, "--mode", help="Resize mode: legacy_tensorflow or clean (default: the backend's)."),
     reference_split: str = typer.Option("train", "--reference-split", help="Reference split: train or test."),
     n_reference: int = typer.Option(None, "--n-reference", help="Reference images (default: the whole split)."),
@@ -227,11 +229,13 @@ def evaluate(
 
     Example: cdrl-bench eval runs/c10 --n-samples 50000 --steps 15 --data-dir ~/data
     """
+    from cdrl.evaluation import DEFAULT_BACKEND
+    from cdrl.run_folder import locate_checkpoint
     from cdrl.scoring import score_checkpoint
-    from cdrl.train_loop import locate_checkpoint
 
     located = locate_checkpoint(checkpoint, tracking_uri, _pick(pick))
-    result = score_checkpoint(located.path, steps_per_level=steps, n_samples=n_samples, backend=backend, mode=mode,
+    result = score_checkpoint(located.path, steps_per_level=steps, n_samples=n_samples,
+                              backend=backend or DEFAULT_BACKEND, mode=mode,
                               reference_split=reference_split, n_reference=n_reference, seed=seed,
                               batch_size=batch_size, guidance=guidance, class_label=class_label, use_ema=not live,
                               data_dir=str(data_dir) if data_dir else None, device=device,
@@ -246,7 +250,7 @@ def stats(
     dataset: str = typer.Option(..., "--dataset", help="Dataset whose reference statistics to build, e.g. cifar10."),
     split: str = typer.Option("train", "--split", help="train or test."),
     n_images: int = typer.Option(None, "--n", help="Use the first N images (default: the whole split)."),
-    backend: str = typer.Option("torch-fidelity", "--backend", help="torch-fidelity or clean-fid."),
+    backend: str = _BACKEND,
     mode: str = typer.Option(None, "--mode", help="Resize mode: legacy_tensorflow or clean (default: the backend's)."),
     data_dir: Path = typer.Option(None, "--data-dir", help="Folder holding the dataset's files."),
     device: str = _DEVICE,
@@ -255,9 +259,11 @@ def stats(
 
     Example: cdrl-bench stats --dataset cifar10 --data-dir ~/data
     """
+    from cdrl.evaluation import DEFAULT_BACKEND
     from cdrl.scoring import build_statistics
 
-    statistics = build_statistics(dataset, split=split, n_images=n_images, backend=backend, mode=mode,
+    statistics = build_statistics(dataset, split=split, n_images=n_images, backend=backend or DEFAULT_BACKEND,
+                                  mode=mode,
                                   data_dir=str(data_dir) if data_dir else None, device=device)
     console.print(f"cached reference statistics {statistics.key.filename()} "
                   f"({statistics.key.n_images} images, {statistics.extractor_name})", highlight=False)
@@ -460,7 +466,7 @@ def perf(
                                                               "kind of operation (convolutions, matmuls, other)."),
     peak_tflops: float = typer.Option(None, "--peak-tflops", help="Peak TFLOP/s to compare with (default: "
                                                                   "datasheet for H100/H200; on CPU the measured "
-                                                                  "FMA peak, python -m benchmarks.cpu_peak)."),
+                                                                  "FMA peak, benchmarks.speed.cpu_peak)."),
     options_matrix: bool = typer.Option(False, "--options-matrix", help="Time the exact path, each speed option "
                                                                         "alone and all together; print a table."),
     json_out: Path = typer.Option(None, "--json", help="Also write the report as JSON here."),
@@ -471,7 +477,7 @@ def perf(
     """
     import torch
 
-    from benchmarks.perf import PerfSettings, execute
+    from benchmarks.speed.perf import PerfSettings, execute
 
     if min(batch_size, iterations, inception_images) < 1 or warmup < 0:
         raise CdrlBenchError("--batch-size, --iterations and --inception-images must be at least 1, --warmup at "

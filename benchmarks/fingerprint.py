@@ -26,7 +26,7 @@ import torch
 
 from benchmarks.suite import Suite, eval_steps
 from cdrl.checkpoint import load_checkpoint
-from cdrl.data import build_dataset, dataset_info, infinite_batches
+from cdrl.datasets import build_dataset, dataset_info, infinite_batches
 
 SEED = 20240507
 #: Samples per point: 2-D points are cheap; images are 8x8 to 32x32 pixels each.

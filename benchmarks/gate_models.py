@@ -26,7 +26,8 @@ from cdrl.checkpoint import load_checkpoint, make_checkpoint, save_atomic
 from cdrl.config import ExperimentConfig, apply_overrides, preset
 from cdrl.ema import EMA
 from cdrl.networks import build_energy_net, build_initializer
-from cdrl.train_loop import CHECKPOINT_FOLDER, checkpoint_paths, train
+from cdrl.run_folder import RunFolder
+from cdrl.train_loop import train
 
 GATE_FOLDER = results_path("results/gate")
 
@@ -95,13 +96,13 @@ def main(argv: list[str] | None = None) -> int:
     arguments = parser.parse_args(argv)
     out = Path(arguments.out) if arguments.out else GATE_FOLDER / f"{arguments.model}.pt"
     if arguments.export_only:
-        checkpoints = checkpoint_paths(Path(arguments.export_only) / CHECKPOINT_FOLDER)
+        checkpoints = RunFolder(Path(arguments.export_only)).checkpoint_paths()
         if not checkpoints:
             parser.error(f"{arguments.export_only} holds no checkpoints: train it first")
         checkpoint = checkpoints[-1]
     else:
         folder = Path(arguments.runs_dir) / arguments.model
-        started = checkpoint_paths(folder / CHECKPOINT_FOLDER)
+        started = RunFolder(folder).checkpoint_paths()
         result = train(GATE_MODELS[arguments.model].config(), resume=folder if started else None,
                        out=None if started else folder, tracking_uri=arguments.tracking_uri,
                        experiment_name="cdrl-gate-models", tags={"cdrl.gate_model": arguments.model})

@@ -35,7 +35,8 @@ import torch
 
 from benchmarks.records import TAG_GUIDANCE, TAG_MODEL, TAG_SEED, TAG_SOURCE, TAG_STEPS, finished_eval_runs, \
     latest_per_key
-from benchmarks.suite import METRICS, Suite, SuiteError
+from benchmarks.suite import Suite, SuiteError
+from cdrl.metrics import METRICS
 
 FORMAT = 2
 #: A tolerance derived from the seed-to-seed spread needs that spread measured on this many seeds.

@@ -17,9 +17,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from benchmarks.records import (TAG_GUIDANCE, TAG_MODEL, TAG_PROFILE, TAG_SEED, TAG_SOURCE, TAG_STEPS,
                                 TAG_SUITE_VERSION, finished_eval_runs)
-from benchmarks.suite import METRICS, EvalJob, Plan, SuiteError, TrainingJob, selection_rule
+from benchmarks.suite import EvalJob, Plan, SuiteError, TrainingJob, selection_rule
 from cdrl import scoring, train_loop
+from cdrl.run_folder import RunFolder
 from cdrl.config import apply_overrides
+from cdrl.metrics import METRICS
 from cdrl.tracking import TAG_GLOBAL_BATCH, TAG_METHOD, TAG_RUN_KEY, TAG_SUITE
 
 
@@ -45,7 +47,7 @@ def _train(plan: Plan, job: TrainingJob, runs_dir: Path, tracking_uri: str | Non
     """(the checkpoint to score, how it was selected): the best one when the suite asks for it."""
     config = job.config if data_dir is None else apply_overrides(job.config, [f"data.data_dir={data_dir}"])
     folder = run_folder(plan, job, runs_dir)
-    started = train_loop.checkpoint_paths(folder / train_loop.CHECKPOINT_FOLDER)
+    started = RunFolder(folder).checkpoint_paths()
     # A folder with checkpoints is continued (or, when already complete, just reopened); the
     # train loop refuses it if the model's config has changed since, beyond the iteration budget.
     result = train_loop.train(config, resume=folder if started else None, out=None if started else folder,

@@ -20,11 +20,14 @@ import os
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from baselines import ablation_overrides, apply_method
 from cdrl.config import ConfigError, ExperimentConfig, apply_overrides, preset
 from cdrl.errors import CdrlBenchError
+from cdrl.evaluation.backends import DEFAULT_BACKEND
+from cdrl.metrics import METRICS
+from cdrl.typed import FieldError, above, at_least, build
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -48,7 +51,6 @@ def results_path(relative: str | os.PathLike) -> Path:
 SUITES_FOLDER = Path(__file__).resolve().parent / "suites"
 PAPER_FOLDER = results_path("results/paper")
 PROFILES = ("full", "quick")
-CHECKPOINT_SELECTIONS = ("best", "last")
 
 
 class SuiteError(CdrlBenchError):
@@ -56,42 +58,20 @@ class SuiteError(CdrlBenchError):
 
 
 @dataclass(frozen=True)
-class MetricInfo:
-    label: str
-    higher_is_better: bool
-    #: Decimal places in tables.
-    decimals: int
-    #: A share of samples: its seed-to-seed std is at least the binomial sqrt(p (1 - p) / n).
-    proportion: bool = False
-
-
-#: Every metric a suite can tabulate or check; the one source of their directions.
-METRICS: dict[str, MetricInfo] = {
-    "fid": MetricInfo("FID", False, 2),
-    "kid_mean": MetricInfo("KID", False, 4),
-    "inception_score": MetricInfo("IS", True, 2),
-    "in_support_fraction": MetricInfo("in-support", True, 3, proportion=True),
-    "mode_coverage": MetricInfo("mode coverage", True, 3),
-    "energy_distance": MetricInfo("energy distance", False, 4),
-    "class_accuracy": MetricInfo("class accuracy", True, 3, proportion=True),
-}
-
-
-@dataclass(frozen=True)
 class Profile:
     """Budget of one way of running a suite: ``full`` (the suite's own) or ``quick`` (``--quick``)."""
 
     #: Training iterations; None keeps the preset's.
-    iterations: int | None
-    n_samples: int
-    seeds: tuple[int, ...]
+    iterations: int | None = field(default=None, metadata=at_least(1))
+    n_samples: int = field(default=5000, metadata=at_least(1))
+    seeds: tuple[int, ...] = (0,)
     #: Reference images for image metrics; None: the whole split.
-    n_reference: int | None = None
+    n_reference: int | None = field(default=None, metadata=at_least(1))
     #: Extra training overrides of this profile (e.g. a smaller batch).
     overrides: tuple[str, ...] = ()
     #: Best-checkpoint selection: score every this many iterations on this many samples (None: the preset's).
-    select_every: int | None = None
-    select_samples: int | None = None
+    select_every: int | None = field(default=None, metadata=at_least(0))
+    select_samples: int | None = field(default=None, metadata=at_least(1))
 
 
 @dataclass(frozen=True)
@@ -99,13 +79,15 @@ class ModelSpec:
     """One trained model of a suite and where it is evaluated."""
 
     key: str
-    label: str
-    method: str
-    preset: str
+    #: Row label in tables; empty: the key.
+    label: str = ""
+    method: str = "cdrl"
+    #: The preset to train; empty: [train] preset.
+    preset: str = ""
     ablations: tuple[str, ...] = ()
     overrides: tuple[str, ...] = ()
     #: Langevin steps per level to sample with; empty: the training count.
-    steps: tuple[int, ...] = ()
+    steps: tuple[int, ...] = field(default=(), metadata=at_least(1))
     guidance: tuple[float, ...] = (0.0,)
     #: Columns and values that pick this model's row in the reference CSV (e.g. method = "CDRL").
     paper: dict[str, str] = field(default_factory=dict)
@@ -114,15 +96,15 @@ class ModelSpec:
     #: The data-vs-data floor: real data scored as if it were samples (the preset names the data).
     floor: bool = False
     #: At most this many samples per evaluation (e.g. fewer images than 2-D points in one suite).
-    n_samples: int | None = None
+    n_samples: int | None = field(default=None, metadata=at_least(1))
     #: The global training batch (all processes together); None: the suite's.
-    global_batch: int | None = None
+    global_batch: int | None = field(default=None, metadata=at_least(1))
     #: Score the trainings of that model (by key) instead of training one: another protocol, one model.
     scores: str | None = None
     #: This row's evaluation protocol where it differs from the suite's: the reference split, the
     #: number of reference images, and overrides of the reference data (e.g. another image pipeline).
-    reference_split: str | None = None
-    n_reference: int | None = None
+    reference_split: Literal["train", "test"] | None = None
+    n_reference: int | None = field(default=None, metadata=at_least(1))
     reference_overrides: tuple[str, ...] = ()
 
     def samples(self, profile: "Profile") -> int:
@@ -136,9 +118,6 @@ class ModelSpec:
         return path if path.is_absolute() else results_path(path)
 
 
-PLOT_AXES = ("total_steps", "guidance")
-
-
 @dataclass(frozen=True)
 class PlotSpec:
     #: Measured metric on the y axis.
@@ -146,7 +125,7 @@ class PlotSpec:
     #: Reference CSV column drawn beside it (on a second axis when it is another metric).
     paper: str | None = None
     #: x axis: total Langevin steps (levels x steps per level) or the guidance weight.
-    x: str = "total_steps"
+    x: Literal["total_steps", "guidance"] = "total_steps"
     #: A second measured metric on the right axis (e.g. class accuracy against FID: a trade-off).
     secondary: str | None = None
 
@@ -163,13 +142,14 @@ class Suite:
     profiles: dict[str, Profile]
     #: Training overrides shared by every model.
     overrides: tuple[str, ...] = ()
-    backend: str = "torch-fidelity"
+    backend: str = DEFAULT_BACKEND
     reference_split: str = "train"
-    batch_size: int = 256
+    #: Samples drawn at once when scoring (None: cdrl.generation's default).
+    batch_size: int | None = None
     #: The global training batch of every model without its own (``training.batch_size``).
     global_batch: int | None = None
     #: Which checkpoint of a training is scored: "best" (by the selection score) or "last".
-    checkpoint_selection: str = "best"
+    checkpoint_selection: Literal["best", "last"] = "best"
     #: CSV of results/paper/ with the paper's numbers; None: no paper column.
     reference: str | None = None
     #: Heading of the paper columns (e.g. "paper CIFAR-10" for a CPU-scale trend study).
@@ -268,106 +248,119 @@ def suite_path(name: str | os.PathLike) -> Path:
     return path
 
 
-class _Table:
-    """Typed access to one TOML table; every error names the file and the key."""
-
-    def __init__(self, values: dict[str, Any], path: Path, where: str):
-        self.values, self.path, self.where = values, path, where
-
-    def _fail(self, key: str, problem: str) -> SuiteError:
-        return SuiteError(f"{self.path.name}: {self.where}{key} {problem}")
-
-    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
-        """The value of ``key``; ``default`` when absent (no default: the key is required)."""
-        if key not in self.values:
-            if default is ...:
-                raise self._fail(key, "is missing: add it (see benchmarks/suites/README.md)")
-            return default
-        value = self.values[key]
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
-            raise self._fail(key, f"must be {' or '.join(k.__name__ for k in kinds)}, got {value!r}")
-        return value
-
-    def items(self, key: str, kind: type | tuple[type, ...], default: tuple = ()) -> tuple:
-        values = self.get(key, list, list(default))
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        for value in values:
-            if isinstance(value, bool) or not isinstance(value, kinds):
-                raise self._fail(key, f"must hold {' or '.join(k.__name__ for k in kinds)} values, got {value!r}")
-        return tuple(values)
-
-    def table(self, key: str) -> "_Table":
-        return _Table(self.get(key, dict, {}), self.path, f"{self.where}{key}.")
-
-    def check_known(self, known: set[str]) -> None:
-        unknown = sorted(set(self.values) - known)
-        if unknown:
-            raise self._fail(unknown[0], f"is not a suite key: use one of {', '.join(sorted(known))}")
+@dataclass(frozen=True)
+class _TrainSection:
+    preset: str | None = None
+    overrides: tuple[str, ...] = ()
+    global_batch: int | None = field(default=None, metadata=at_least(1))
 
 
-def _profile(table: _Table, fallback: Profile | None) -> Profile:
-    table.check_known({"iterations", "n_samples", "seeds", "n_reference", "overrides", "select_every",
-                       "select_samples"})
-    base = fallback or Profile(iterations=None, n_samples=5000, seeds=(0,))
-    profile = Profile(
-        iterations=table.get("iterations", int, base.iterations),
-        n_samples=table.get("n_samples", int, base.n_samples),
-        seeds=table.items("seeds", int, base.seeds),
-        n_reference=table.get("n_reference", int, base.n_reference),
-        overrides=table.items("overrides", str, base.overrides),
-        select_every=table.get("select_every", int, base.select_every),
-        select_samples=table.get("select_samples", int, base.select_samples),
-    )
-    if profile.select_every is not None and profile.select_every < 0:
-        raise table._fail("select_every", f"must be 0 (no selection) or more, got {profile.select_every}")
-    for name in ("iterations", "n_samples", "n_reference", "select_samples"):
-        if getattr(profile, name) is not None and getattr(profile, name) < 1:
-            raise table._fail(name, f"must be at least 1, got {getattr(profile, name)}")
-    if not profile.seeds:
-        raise table._fail("seeds", "is empty: list at least one seed, e.g. seeds = [0]")
-    return profile
+@dataclass(frozen=True)
+class _EvalSection:
+    backend: str = DEFAULT_BACKEND
+    reference_split: Literal["train", "test"] = "train"
+    batch_size: int | None = field(default=None, metadata=at_least(1))
+    checkpoint: Literal["best", "last"] = "best"
 
 
-def _model(table: _Table, default_preset: str | None) -> ModelSpec:
-    table.check_known({"key", "label", "method", "preset", "ablations", "overrides", "steps", "guidance", "paper",
-                       "checkpoint", "floor", "n_samples", "global_batch", "scores", "reference_split",
-                       "n_reference", "reference_overrides"})
-    key = table.get("key", str)
-    if not key or "/" in key or " " in key:
-        raise table._fail("key", f"{key!r} must be a non-empty word without '/' or spaces")
-    model_preset = table.get("preset", str, default_preset)
-    if model_preset is None and "checkpoint" not in table.values:
-        raise table._fail("preset", "is missing: set [train] preset or the model's own preset")
-    paper = table.get("paper", dict, {})
-    if any(steps < 1 for steps in table.items("steps", int)):
-        raise table._fail("steps", "must all be at least 1 (Langevin steps per level)")
-    checkpoint, floor = table.get("checkpoint", str, None), table.get("floor", bool, False)
-    if checkpoint is not None and floor:
-        raise table._fail("floor", "and checkpoint exclude each other: a floor row scores data, not a model")
-    spec = ModelSpec(
-        key=key, label=table.get("label", str, key), method=table.get("method", str, "cdrl"),
-        preset=model_preset or "",
-        ablations=table.items("ablations", str), overrides=table.items("overrides", str),
-        steps=table.items("steps", int),
-        guidance=tuple(float(w) for w in table.items("guidance", (int, float), (0.0,))),
-        paper={str(k): str(v) for k, v in paper.items()}, checkpoint=checkpoint, floor=floor,
-        n_samples=table.get("n_samples", int, None), global_batch=table.get("global_batch", int, None),
-        scores=table.get("scores", str, None), reference_split=table.get("reference_split", str, None),
-        n_reference=table.get("n_reference", int, None),
-        reference_overrides=table.items("reference_overrides", str),
-    )
-    if spec.scores is not None and (checkpoint is not None or floor):
-        raise table._fail("scores", "excludes checkpoint and floor: it scores another model's trainings")
+@dataclass(frozen=True)
+class _CheckSection:
+    k: float = field(default=4.0, metadata=above(0))
+    tolerance_floors: dict[str, float] = field(default_factory=dict)
+    fingerprint_tolerance: float | None = field(default=None, metadata=above(0))
+
+
+@dataclass(frozen=True)
+class _Profiles:
+    #: Raw tables: quick is full with quick's keys replaced, read as one Profile.
+    full: dict[str, Any] = field(default_factory=dict)
+    quick: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _SuiteFile:
+    """A suite file as written (benchmarks/suites/README.md describes every key)."""
+
+    name: str
+    version: int
+    models: tuple[dict[str, Any], ...]
+    title: str | None = None
+    notes: str = ""
+    experiment: str | None = None
+    metrics: tuple[str, ...] = ("fid",)
+    reference: str | None = None
+    reference_label: str = "paper"
+    context_rows: bool = False
+    plot: PlotSpec | None = None
+    train: _TrainSection = _TrainSection()
+    eval: _EvalSection = _EvalSection()
+    profiles: _Profiles = _Profiles()
+    check: _CheckSection = _CheckSection()
+
+
+def _model(values: dict[str, Any], where: str, default_preset: str | None) -> ModelSpec:
+    spec = build(ModelSpec, values, where)
+    spec = replace(spec, label=spec.label or spec.key, preset=spec.preset or default_preset or "")
+    if not spec.key or "/" in spec.key or " " in spec.key:
+        raise FieldError(f"{where}key", f"{spec.key!r} must be a non-empty word without '/' or spaces")
+    if not spec.preset and spec.checkpoint is None:
+        raise FieldError(f"{where}preset", "is missing: set [train] preset or the model's own preset")
+    if spec.checkpoint is not None and spec.floor:
+        raise FieldError(f"{where}floor", "and checkpoint exclude each other: a floor row scores data, not a model")
+    if spec.scores is not None and (spec.checkpoint is not None or spec.floor):
+        raise FieldError(f"{where}scores", "excludes checkpoint and floor: it scores another model's trainings")
     if any(not override.startswith("data.") for override in spec.reference_overrides):
-        raise table._fail("reference_overrides", "may only change data.* settings (the reference images)")
-    for name in ("n_samples", "global_batch", "n_reference"):
-        if getattr(spec, name) is not None and getattr(spec, name) < 1:
-            raise table._fail(name, f"must be at least 1, got {getattr(spec, name)}")
+        raise FieldError(f"{where}reference_overrides", "may only change data.* settings (the reference images)")
     if spec.checkpoint_path is not None and not spec.checkpoint_path.is_file():
-        raise table._fail("checkpoint", f"names {checkpoint}, which does not exist: fix the path (relative to the "
-                                        "repository) or train it with the command in results/gate/README.md")
+        raise FieldError(f"{where}checkpoint", f"names {spec.checkpoint}, which does not exist: fix the path "
+                                               "(relative to the repository) or train it with the command in "
+                                               "results/gate/README.md")
     return spec
+
+
+def _read_suite(path: Path, values: dict[str, Any]) -> Suite:
+    """The suite of a parsed file; a FieldError names the key at fault."""
+    written = build(_SuiteFile, values)
+    full = build(Profile, written.profiles.full, "profiles.full.")
+    quick = build(Profile, {**written.profiles.full, **written.profiles.quick}, "profiles.quick.")
+    for key, profile in (("profiles.full.seeds", full), ("profiles.quick.seeds", quick)):
+        if not profile.seeds:
+            raise FieldError(key, "is empty: list at least one seed, e.g. seeds = [0]")
+    models = tuple(_model(item, f"models[{index}].", written.train.preset)
+                   for index, item in enumerate(written.models))
+    if not models:
+        raise FieldError("models", "is empty: add at least one [[models]] table")
+    keys = [model.key for model in models]
+    if len(set(keys)) != len(keys):
+        raise FieldError("models", f"repeat a key ({', '.join(sorted({k for k in keys if keys.count(k) > 1}))}): "
+                                   "give every model its own key")
+    for model in (model for model in models if model.scores is not None):
+        target = next((other for other in models if other.key == model.scores), None)
+        if target is None or target.scores is not None or target.checkpoint is not None or target.floor:
+            raise FieldError(f"model {model.key!r}: scores", f"= {model.scores!r} must name a model of this suite "
+                                                               "that is trained here")
+    plot = written.plot
+    if plot is not None and plot.secondary and plot.paper not in (None, plot.metric):
+        raise FieldError("plot.secondary", "and a paper column of another metric would share the right axis: "
+                                           "keep one of them")
+    if plot is not None and plot.x == "guidance" and not any(len(model.guidance) > 1 for model in models):
+        raise FieldError("plot.x", "= \"guidance\" needs a model with several guidance weights")
+    floors = written.check.tolerance_floors
+    for metric in (*written.metrics, *floors, *([plot.metric, plot.secondary or plot.metric] if plot else [])):
+        if metric not in METRICS:
+            raise FieldError("metrics", f"name an unknown metric {metric!r}: use one of {', '.join(METRICS)}")
+    suite = Suite(
+        name=written.name, version=written.version, title=written.title or written.name, path=path,
+        experiment=written.experiment or f"cdrl-suite-{written.name}", models=models, metrics=written.metrics,
+        profiles={"full": full, "quick": quick}, overrides=written.train.overrides, backend=written.eval.backend,
+        reference_split=written.eval.reference_split, batch_size=written.eval.batch_size,
+        global_batch=written.train.global_batch, checkpoint_selection=written.eval.checkpoint,
+        reference=written.reference, reference_label=written.reference_label, context_rows=written.context_rows,
+        plot=plot, check_k=written.check.k, tolerance_floors=floors,
+        fingerprint_tolerance=written.check.fingerprint_tolerance, notes=written.notes)
+    if suite.reference_path is not None and not suite.reference_path.is_file():
+        raise FieldError("reference", f"names {suite.reference}, which is not in results/paper/: fix the file name")
+    return suite
 
 
 def load_suite(name: str | os.PathLike) -> Suite:
@@ -377,77 +370,11 @@ def load_suite(name: str | os.PathLike) -> Suite:
         values = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as error:
         raise SuiteError(f"{path.name} is not valid TOML ({error}): fix the file") from None
-    top = _Table(values, path, "")
-    top.check_known({"name", "version", "title", "notes", "experiment", "metrics", "reference", "reference_label",
-                     "context_rows", "plot", "train", "eval", "profiles", "models", "check"})
-    train, evaluation = top.table("train"), top.table("eval")
-    profiles, check = top.table("profiles"), top.table("check")
-    train.check_known({"preset", "overrides", "global_batch"})
-    evaluation.check_known({"backend", "reference_split", "batch_size", "checkpoint"})
-    profiles.check_known(set(PROFILES))
-    check.check_known({"k", "tolerance_floors", "fingerprint_tolerance"})
-    full = _profile(profiles.table("full"), None)
-    suite_name = top.get("name", str)
-    default_preset = train.get("preset", str, None)
-    models_raw = top.get("models", list)
-    models = tuple(_model(_Table(item if isinstance(item, dict) else {}, path, f"models[{index}]."), default_preset)
-                   for index, item in enumerate(models_raw))
-    if not models:
-        raise top._fail("models", "is empty: add at least one [[models]] table")
-    keys = [model.key for model in models]
-    if len(set(keys)) != len(keys):
-        raise top._fail("models", f"repeat a key ({', '.join(sorted({k for k in keys if keys.count(k) > 1}))}): "
-                                  "give every model its own key")
-    for model in (model for model in models if model.scores is not None):
-        target = next((other for other in models if other.key == model.scores), None)
-        if target is None or target.scores is not None or target.checkpoint is not None or target.floor:
-            raise SuiteError(f"{path.name}: model {model.key!r}: scores = {model.scores!r} must name a model of this "
-                             "suite that is trained here")
-    metrics = top.items("metrics", str, ("fid",))
-    plot = None
-    if "plot" in values:
-        plot_table = top.table("plot")
-        plot_table.check_known({"metric", "paper", "x", "secondary"})
-        plot = PlotSpec(plot_table.get("metric", str), plot_table.get("paper", str, None),
-                        plot_table.get("x", str, "total_steps"), plot_table.get("secondary", str, None))
-        if plot.x not in PLOT_AXES:
-            raise plot_table._fail("x", f"must be one of {', '.join(PLOT_AXES)}, got {plot.x!r}")
-        if plot.secondary and plot.paper not in (None, plot.metric):
-            raise plot_table._fail("secondary", "and a paper column of another metric would share the right "
-                                                "axis: keep one of them")
-    floors = {str(k): float(v) for k, v in check.get("tolerance_floors", dict, {}).items()}
-    check_k = float(check.get("k", (int, float), 4.0))
-    if check_k <= 0:
-        raise check._fail("k", f"must be positive (standard errors of tolerance), got {check_k}")
-    fingerprint_tolerance = check.get("fingerprint_tolerance", float, None)
-    if fingerprint_tolerance is not None and not fingerprint_tolerance > 0:
-        raise check._fail("fingerprint_tolerance", f"must be positive, got {fingerprint_tolerance}")
-    for metric in (*metrics, *floors, *([plot.metric, plot.secondary or plot.metric] if plot else [])):
-        if metric not in METRICS:
-            raise SuiteError(f"{path.name}: unknown metric {metric!r}: use one of {', '.join(METRICS)}")
-    suite = Suite(
-        name=suite_name, version=top.get("version", int), title=top.get("title", str, suite_name),
-        path=path, experiment=top.get("experiment", str, f"cdrl-suite-{suite_name}"), models=models,
-        metrics=metrics, profiles={"full": full, "quick": _profile(profiles.table("quick"), full)},
-        overrides=train.items("overrides", str), backend=evaluation.get("backend", str, "torch-fidelity"),
-        reference_split=evaluation.get("reference_split", str, "train"),
-        batch_size=evaluation.get("batch_size", int, 256), global_batch=train.get("global_batch", int, None),
-        checkpoint_selection=evaluation.get("checkpoint", str, "best"), reference=top.get("reference", str, None),
-        reference_label=top.get("reference_label", str, "paper"), context_rows=top.get("context_rows", bool, False),
-        plot=plot, check_k=check_k, tolerance_floors=floors,
-        fingerprint_tolerance=fingerprint_tolerance,
-        notes=top.get("notes", str, ""),
-    )
-    if suite.checkpoint_selection not in CHECKPOINT_SELECTIONS:
-        raise evaluation._fail("checkpoint", f"must be one of {', '.join(CHECKPOINT_SELECTIONS)}, "
-                                             f"got {suite.checkpoint_selection!r}")
-    if suite.global_batch is not None and suite.global_batch < 1:
-        raise train._fail("global_batch", f"must be at least 1, got {suite.global_batch}")
-    if plot is not None and plot.x == "guidance" and not any(len(model.guidance) > 1 for model in models):
-        raise SuiteError(f"{path.name}: plot.x = \"guidance\" needs a model with several guidance weights")
-    if suite.reference_path is not None and not suite.reference_path.is_file():
-        raise top._fail("reference", f"names {suite.reference}, which is not in results/paper/: fix the file name")
-    for model in models:  # bad presets, methods, ablations and overrides fail here, not mid-suite
+    try:
+        suite = _read_suite(path, values)
+    except FieldError as error:
+        raise SuiteError(f"{path.name}: {error} (see benchmarks/suites/README.md)") from None
+    for model in suite.models:  # bad presets, methods, ablations and overrides fail here, not mid-suite
         if model.checkpoint is not None or model.floor or model.scores:
             continue
         if any(override.startswith("training.batch_size=")

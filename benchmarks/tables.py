@@ -18,7 +18,8 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks.records import TAG_GUIDANCE, TAG_MODEL, TAG_SOURCE, TAG_STEPS, finished_eval_runs, latest_per_key
-from benchmarks.suite import METRICS, EvalJob, SuiteError, Suite, config_delta, expand
+from benchmarks.suite import EvalJob, SuiteError, Suite, config_delta, expand
+from cdrl.metrics import METRICS
 from cdrl.tracking import resolve_tracking_uri
 
 FORMATS = ("rich", "markdown", "latex", "csv")

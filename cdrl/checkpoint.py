@@ -170,7 +170,8 @@ def _move_columns(state: dict[str, torch.Tensor], layer: str, columns: torch.Ten
 
 def _parameter_names(config: ExperimentConfig, network: str) -> list[str]:
     """A network's parameter names in parameters() order, the order of its EMA's shadow_params."""
-    module = build_energy_net(config.energy) if network == "ebm" else build_initializer(config.initializer)
+    with torch.device("meta"):  # names only: no memory, no initialisation
+        module = build_energy_net(config.energy) if network == "ebm" else build_initializer(config.initializer)
     return [name for name, _ in module.named_parameters()]
 
 

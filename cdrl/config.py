@@ -7,18 +7,18 @@ with every run and checkpoint (``to_dict``/``from_dict``) so a run can be rebuil
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
-from cdrl.data import DataConfig, dataset_info
+from cdrl.datasets import DataConfig, dataset_info
 from cdrl.errors import CdrlBenchError
 from cdrl.langevin import LangevinConfig
 from cdrl.networks import EnergyNetConfig, InitializerConfig, build_energy_net, build_initializer, count_parameters
 from cdrl.performance import PerformanceConfig
 from cdrl.sampler import SamplerConfig
 from cdrl.schedule import ScheduleConfig
+from cdrl.typed import FieldError, build, check_field, parse
 
 
 class ConfigError(CdrlBenchError):
@@ -82,9 +82,9 @@ class RunConfig:
     #: Samples per selection score; FID's reference is the first this many training images.
     select_samples: int = 5000
     #: The selection score: "auto" is fid for images (kid_mean the alternative) and the exact
-    #: energy_distance for 2-D toy presets. Only lower-is-better metrics, so no second table of
-    #: directions beside benchmarks.suite.METRICS (which cdrl must not import); in_support_fraction
-    #: is left out: it saturates at 1, where it cannot tell checkpoints apart.
+    #: energy_distance for 2-D toy presets. Only lower-is-better metrics (their directions are in
+    #: cdrl.metrics.METRICS), so the best is always the smallest; in_support_fraction is left out:
+    #: it saturates at 1, where it cannot tell checkpoints apart.
     select_metric: Literal["auto", "fid", "kid_mean", "energy_distance"] = "auto"
 
 
@@ -108,7 +108,11 @@ class ExperimentConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "ExperimentConfig":
-        return _build(cls, values, "")
+        try:
+            return build(cls, values)
+        except FieldError as error:
+            raise ConfigError(f"saved config: {error}: the file was written by another version of cdrl-bench") \
+                from None
 
     def flat(self) -> dict[str, Any]:
         """``{"training.ebm_lr": 1e-4, ...}``: every setting under its override key (MLflow params, diffs)."""
@@ -299,57 +303,15 @@ def _replace_path(node: Any, path: list[str], raw: str, full_key: str) -> Any:
     if head not in names:
         raise ConfigError(f"unknown config key {full_key!r}: {type(node).__name__} has {', '.join(sorted(names))}")
     if len(path) == 1:
-        value = _parse(raw, typing.get_type_hints(type(node))[head], full_key)
+        field = next(f for f in dataclasses.fields(node) if f.name == head)
+        try:
+            value = parse(raw, typing.get_type_hints(type(node))[head], full_key)
+            check_field(field, value, full_key)
+        except FieldError as error:
+            raise ConfigError(f"{error}: fix --set {full_key}=...") from None
     else:
         child = getattr(node, head)
         if not dataclasses.is_dataclass(child):
             raise ConfigError(f"config key {full_key!r} goes below a plain value: drop the part after {head!r}")
         value = _replace_path(child, path[1:], raw, full_key)
     return dataclasses.replace(node, **{head: value})
-
-
-def _parse(raw: str, annotation: Any, key: str) -> Any:
-    origin, arguments = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin in (typing.Union, types.UnionType):
-        if raw.lower() in ("none", "null") and type(None) in arguments:
-            return None
-        return _parse(raw, next(a for a in arguments if a is not type(None)), key)
-    if origin is Literal:
-        if raw not in arguments:
-            raise ConfigError(f"{key} must be one of {', '.join(map(str, arguments))}, got {raw!r}")
-        return raw
-    if origin is tuple:
-        items = [item for item in raw.strip("()[] ").split(",") if item.strip()]
-        element = arguments[0] if arguments else str
-        return tuple(_parse(item.strip(), element, key) for item in items)
-    try:
-        if annotation is bool:
-            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(raw)
-            return raw.lower() in ("true", "1", "yes")
-        if annotation in (int, float, str):
-            return annotation(raw)
-    except ValueError:
-        raise ConfigError(f"{key} needs a {annotation.__name__}, got {raw!r}") from None
-    raise ConfigError(f"{key} cannot be set from the command line")
-
-
-def _build(cls: type, values: dict[str, Any], where: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(values) - known
-    if unknown:
-        raise ConfigError(f"unknown config keys {sorted(unknown)} in {where or cls.__name__}: "
-                          "the file was written by another version of cdrl-bench")
-    kwargs = {}
-    for name, value in values.items():
-        annotation = hints[name]
-        candidates = typing.get_args(annotation) if typing.get_origin(annotation) in (
-            typing.Union, types.UnionType) else (annotation,)
-        target = next((c for c in candidates if dataclasses.is_dataclass(c)), None)
-        if target is not None and isinstance(value, dict):
-            value = _build(target, value, f"{where}{name}.")
-        elif isinstance(value, list):
-            value = tuple(value)
-        kwargs[name] = value
-    return cls(**kwargs)

@@ -25,14 +25,26 @@ class Ranks:
         return self.rank == 0
 
 
+def current_ranks() -> Ranks:
+    """This process's place in the running process group; a lone process outside one."""
+    if dist.is_initialized():
+        return Ranks(dist.get_rank(), dist.get_world_size())
+    return Ranks(0, 1)
+
+
 def rank_seed(seed: int, rank: int) -> int:
     """A seed of its own for each (seed, rank) pair."""
     return int(np.random.SeedSequence((seed, rank)).generate_state(1)[0])
 
 
+def launched_world_size() -> int:
+    """How many processes torchrun started (1 without torchrun); known before the process group exists."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def init_distributed(device: str | torch.device | None) -> tuple[Ranks, torch.device, bool]:
     """(ranks, this process's device, whether this call started the process group) from torchrun's variables."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    world_size = launched_world_size()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device is None:
         device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"

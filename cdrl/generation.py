@@ -1,4 +1,8 @@
-"""Draw many samples from a trained model: batched, per-example seeds, sharded across ranks.
+"""The one way to draw samples: a :class:`GenerationSpec` resolved once, and :func:`generate`.
+
+Training snapshots, checkpoint selection, scoring, ``cdrl-bench sample``, ``perf`` and the
+suites all describe what they draw with a spec (steps per level and the step-size multiplier
+they imply, guidance, classes, EMA or live weights, seed, batch) and call :func:`generate`.
 
 Sample i always uses the noise stream seeded by (seed, i), so a set of samples does not
 depend on the batch size, the number of GPUs or which rank drew it. Under torchrun each
@@ -7,24 +11,78 @@ rank draws indices rank, rank + W, ... and :func:`generate` gathers them in inde
 
 from __future__ import annotations
 
+import contextlib
 import json
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterator, Literal
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from cdrl.checkpoint import LoadedModel
-from cdrl.data import item_shape
+from cdrl.config import ExperimentConfig
+from cdrl.datasets import item_shape
+from cdrl.distributed import Ranks, current_ranks
 from cdrl.errors import CdrlBenchError
-from cdrl.guidance import ConditionalNetwork
-from cdrl.langevin import EnergyFn
+from cdrl.guidance import build_guided_model, requested_classes
+from cdrl.langevin import multiplier_for_steps
 from cdrl.noise import PerExampleNoise
 from cdrl.performance import ChainEnergy, configure_device, prepare_network
-from cdrl.sampler import ProposalFn, sample
+from cdrl.sampler import sample
 from cdrl.schedule import LogSNRSchedule
+from cdrl.training import CooperativeTrainer
+
+#: Samples drawn at once unless a spec says otherwise: bounds memory, not the result.
+DEFAULT_SAMPLE_BATCH = 256
+
+
+@dataclass(frozen=True)
+class GenerationSpec:
+    """Everything that decides a set of samples besides the weights; build it with :meth:`resolve`."""
+
+    n_samples: int
+    #: Langevin steps per level (resolved: never None).
+    steps_per_level: int
+    #: Step-size multiplier of a K-step chain, sqrt(n_steps / K) times the configured one.
+    step_multiplier: float
+    seed: int = 0
+    batch_size: int = DEFAULT_SAMPLE_BATCH
+    #: Classifier-free guidance scale w (conditional models).
+    guidance: float = 0.0
+    #: One dataset class, several to compose, or None: sample i of class i mod (number of classes).
+    classes: int | tuple[int, ...] | None = None
+    weights: Literal["ema", "live"] = "ema"
+
+    @classmethod
+    def resolve(cls, config: ExperimentConfig, n_samples: int, *, steps_per_level: int | None = None,
+                seed: int = 0, batch_size: int | None = None, guidance: float = 0.0,
+                classes: int | tuple[int, ...] | None = None, weights: Literal["ema", "live"] = "ema"
+                ) -> GenerationSpec:
+        """The spec of a model with ``config``: steps default to the sampler's, else training's count."""
+        batch_size = DEFAULT_SAMPLE_BATCH if batch_size is None else batch_size
+        if n_samples < 1:
+            raise CdrlBenchError(f"cannot draw {n_samples} samples: ask for at least one (--n / --n-samples)")
+        if batch_size < 1:
+            raise CdrlBenchError(f"batch size {batch_size} is not positive: pass --batch-size 1 or more")
+        if config.energy.num_classes is None and (guidance or classes is not None):
+            raise CdrlBenchError("--guidance/--class need a class-conditional checkpoint (e.g. preset imagenet32-cond)")
+        steps = config.sampler.steps(config.langevin, steps_per_level)
+        return cls(n_samples, steps, multiplier_for_steps(steps, config.langevin), seed, batch_size, guidance,
+                   classes, weights)
+
+    def protocol(self, config: ExperimentConfig) -> dict[str, Any]:
+        """How these samples were drawn, for MLflow parameters and sample metadata."""
+        if self.classes is None:
+            classes = "all"
+        elif isinstance(self.classes, tuple):
+            classes = "+".join(map(str, self.classes))  # a composition
+        else:
+            classes = self.classes
+        return {"steps_per_level": self.steps_per_level, "noise_levels": config.schedule.n_levels,
+                "step_multiplier": self.step_multiplier, "seed": self.seed, "weights": self.weights,
+                "guidance": self.guidance, "class_label": classes}
 
 
 def example_seed(seed: int, index: int) -> int:
@@ -37,37 +95,52 @@ def example_seed(seed: int, index: int) -> int:
     return (offset + index) % 2**32
 
 
-def _gather_by_index(local: torch.Tensor, total: int, rank: int, world_size: int) -> torch.Tensor:
+@contextlib.contextmanager
+def ema_model(trainer: CooperativeTrainer) -> Iterator[LoadedModel]:
+    """A training run's EMA networks as a model to :func:`generate` from; the live weights come back after."""
+    with trainer.ema_networks():
+        yield LoadedModel(trainer.config, trainer.ebm, trainer.initializer, trainer.iteration, uses_ema=True)
+
+
+def _gather_by_index(local: torch.Tensor, total: int, ranks: Ranks) -> torch.Tensor:
     """All-gather the strided shards of every rank and put the samples back in index order."""
-    per_rank = (total + world_size - 1) // world_size
+    per_rank = (total + ranks.world_size - 1) // ranks.world_size
     padded = torch.zeros((per_rank, *local.shape[1:]), dtype=local.dtype, device=local.device)
     padded[: local.shape[0]] = local
-    shards = [torch.empty_like(padded) for _ in range(world_size)]
+    shards = [torch.empty_like(padded) for _ in range(ranks.world_size)]
     dist.all_gather(shards, padded)
-    ordered = torch.stack(shards, dim=1).reshape(per_rank * world_size, *local.shape[1:])
+    ordered = torch.stack(shards, dim=1).reshape(per_rank * ranks.world_size, *local.shape[1:])
     return ordered[:total]
 
 
-@torch.no_grad()
-def generate(model: LoadedModel, n_samples: int, *, steps_per_level: int | None = None, seed: int = 0,
-             batch_size: int = 256, device: torch.device | str = "cpu",
-             callables: Callable[[torch.Tensor, ConditionalNetwork], tuple[EnergyFn, ProposalFn | None]] | None = None,
-             progress: Callable[[int], None] | None = None) -> torch.Tensor:
-    """``n_samples`` samples (float, on the CPU) of a loaded model, in index order.
+def _networks_for(model: LoadedModel, spec: GenerationSpec, chain_energy: Callable[..., torch.Tensor],
+                  indices: torch.Tensor):
+    """(energy, proposal) of one batch: the model's own, or guided towards the batch's class(es)."""
+    if model.config.energy.num_classes is None:
+        return chain_energy, model.initializer
+    classes = (list(spec.classes) if isinstance(spec.classes, tuple)
+               else requested_classes(indices, spec.classes, model.config))
+    return build_guided_model(model, spec.guidance, classes, ebm=chain_energy)
 
-    ``callables(indices, chain_energy)`` may supply (energy, proposal) per batch, e.g. guided
-    ones for a class, built on ``chain_energy(y, logsnr, labels)``, the energy network with
-    the run's speed options; by default the model's own networks are used. ``progress(k)`` is told of every
-    ``k`` samples drawn on this rank.
+
+@torch.no_grad()
+def generate(model: LoadedModel, spec: GenerationSpec, *, device: torch.device | str = "cpu",
+             ranks: Ranks | None = None, chain: ChainEnergy | None = None,
+             progress: Callable[[int], None] | None = None) -> torch.Tensor:
+    """``spec.n_samples`` samples (float, on the CPU) of ``model``, in index order.
+
+    ``ranks``: the processes that share the work (default: the running process group; pass
+    ``Ranks(0, 1)`` to draw everything on a rank that samples alone). Every rank gets all
+    samples. ``chain``: the energy network wrapped with the run's speed options, when the caller
+    keeps one (a training run: compiled once); built here otherwise. ``progress(k)`` is told of
+    every ``k`` samples drawn on this rank.
     """
-    if n_samples < 1:
-        raise ValueError(f"n_samples must be positive, got {n_samples}")
-    rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    ranks = ranks or current_ranks()
     config = model.config
-    sampler_config = replace(config.sampler, steps_per_level=config.sampler.steps(config.langevin, steps_per_level))
+    sampler_config = replace(config.sampler, steps_per_level=spec.steps_per_level)
     schedule = LogSNRSchedule(config.schedule)
     shape = item_shape(config.data)
-    indices = torch.arange(rank, n_samples, world_size)
+    indices = torch.arange(ranks.rank, spec.n_samples, ranks.world_size)
     device = torch.device(device)
     configure_device(config.performance, device)
     for network in (model.ebm, model.initializer):
@@ -75,21 +148,20 @@ def generate(model: LoadedModel, n_samples: int, *, steps_per_level: int | None 
             prepare_network(network, config.performance)
     pieces = []
     # The weights are fixed for the whole run: spectral norms computed once, not at every step.
-    with ChainEnergy(model.ebm, config.performance, device).frozen() as chain_energy:
-        for start in range(0, len(indices), batch_size):
-            batch_indices = indices[start:start + batch_size]
-            energy, proposal = (callables(batch_indices, chain_energy) if callables
-                                else (chain_energy, model.initializer))
-            noise = PerExampleNoise([example_seed(seed, int(i)) for i in batch_indices], device=device)
+    with (chain or ChainEnergy(model.ebm, config.performance, device)).frozen() as chain_energy:
+        for start in range(0, len(indices), spec.batch_size):
+            batch_indices = indices[start:start + spec.batch_size]
+            energy, proposal = _networks_for(model, spec, chain_energy, batch_indices)
+            noise = PerExampleNoise([example_seed(spec.seed, int(i)) for i in batch_indices], device=device)
             pieces.append(sample(energy, proposal, (len(batch_indices), *shape), schedule, config.langevin,
                                  sampler_config, noise=noise, device=device).cpu())
             if progress is not None:
                 progress(len(batch_indices))
     local = torch.cat(pieces) if pieces else torch.empty((0, *shape))
-    if world_size == 1:
+    if ranks.world_size == 1:
         return local
     backend_device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-    return _gather_by_index(local.to(backend_device), n_samples, rank, world_size).cpu()
+    return _gather_by_index(local.to(backend_device), spec.n_samples, ranks).cpu()
 
 
 def save_samples(samples: torch.Tensor, out: str | Path, is_image: bool, metadata: dict) -> Path:

@@ -1,8 +1,8 @@
 """The two orders of the 1000 ImageNet classes, and the map between them.
 
 * ``map_clsloc.txt`` (ILSVRC devkit; lines ``n02119789 1 kit_fox``: WNID, 1-based index, name)
-  is the order of the downsampled-ImageNet npz labels, hence of :mod:`cdrl.data`'s ``imagenet32``
-  classes: npz label k, our class k - 1, is the line with index k.
+  is the order of the downsampled-ImageNet npz labels, hence of the ``imagenet32`` classes
+  (:mod:`cdrl.datasets.imagenet32`): npz label k, our class k - 1, is the line with index k.
 * ``imagenet_class_index.json`` (Keras; ``{"0": ["n01440764", "tench"], ...}``, the WNIDs
   sorted) is the order of the published CDRL code's labels (its ``ImageNetKaggle`` dataset),
   hence of the class embeddings of its class-conditional checkpoints.

@@ -4,7 +4,7 @@ Every option acts inside the one training step (:mod:`cdrl.training`) and the on
 chain (:mod:`cdrl.langevin`, :mod:`cdrl.sampler`); none is a second copy of the algorithm.
 :class:`ChainEnergy` is the energy network as the chains call it: spectral-norm weights
 computed once per chain (always: bit-identical to the per-step recomputation), then the
-options below. ``benchmarks/perf.py`` measures each of them against the FLOP count.
+options below. ``cdrl-bench perf`` (benchmarks/speed/perf.py) measures each of them against the FLOP count.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """Score a checkpoint: draw samples, measure them, and record the full protocol in MLflow.
 
-Images get FID/KID (and IS where the extractor has logits) through :mod:`cdrl.evaluation`
-against cached statistics of a named dataset split; 2-D toy models get the exact metrics of
-:mod:`cdrl.toy_metrics`. Every score is one MLflow run tagged ``cdrl.kind=eval`` with
-``eval.*`` params saying how the number was obtained.
+Samples get the metrics of :mod:`cdrl.metrics` that apply to them: images FID/KID (and IS
+where the extractor has logits) through :mod:`cdrl.evaluation` against cached statistics of a
+named dataset split, 2-D toy models exact metrics, class-guided digits a class accuracy.
+Every score is one MLflow run tagged ``cdrl.kind=eval`` with ``eval.*`` params saying how the
+number was obtained.
 """
 
 from __future__ import annotations
@@ -11,19 +12,18 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
-from cdrl.checkpoint import LoadedModel, load_model
+from cdrl.checkpoint import load_model
 from cdrl.config import ExperimentConfig, apply_overrides
 from cdrl.errors import CdrlBenchError
-from cdrl.data import DataConfig, build_dataset, dataset_info, reference_name, toy_sample
-from cdrl.generation import generate
-from cdrl.guidance import ConditionalNetwork, build_guided_model, requested_classes
-from cdrl.toy_metrics import toy_metrics
-
-IMAGE_METRICS = ("fid", "kid_mean", "kid_std", "inception_score")
+from cdrl.datasets import DataConfig, build_dataset, dataset_info, toy_sample
+from cdrl.evaluation.backends import DEFAULT_BACKEND
+from cdrl.generation import GenerationSpec, generate
+from cdrl.guidance import requested_classes
+from cdrl.metrics import ScoreRequest, measure, reference_images
 
 #: Floor rows of 2-D toys draw their "samples" from this seed + the run's seed, apart from the reference's.
 FLOOR_SEED_OFFSET = 1_000_003
@@ -37,70 +37,24 @@ class ScoreResult:
     run_id: str | None = None
 
 
-def reference_images(data: DataConfig, n_images: int | None, batch_size: int = 500
-                     ) -> tuple[int, Iterator[torch.Tensor]]:
-    """(count, uint8 batches) of the first ``n_images`` images of a dataset split (all when None; never flipped).
-
-    The batches are loaded as they are iterated, so cached statistics cost no data loading.
-    """
-    from cdrl.evaluation import to_uint8
-
-    dataset = build_dataset(replace(data, horizontal_flip=False))
-    total = len(dataset) if n_images is None else min(n_images, len(dataset))
-
-    def batches() -> Iterator[torch.Tensor]:
-        for start in range(0, total, batch_size):
-            yield to_uint8(torch.stack([dataset[i][0] for i in range(start, min(start + batch_size, total))]))
-
-    return total, batches()
-
-
-def score_samples(samples: torch.Tensor, config: ExperimentConfig, *, backend: str = "torch-fidelity",
+def score_samples(samples: torch.Tensor, config: ExperimentConfig, *, backend: str = DEFAULT_BACKEND,
                   mode: str | None = None, reference: str | None = None, reference_split: str = "train",
                   n_reference: int | None = None, seed: int = 0, data_dir: str | None = None,
                   device: str | torch.device | None = None, weights: str | None = None,
                   classes: torch.Tensor | None = None) -> tuple[dict[str, float], dict[str, Any], str]:
-    """(metrics, protocol, protocol line) of samples drawn from a model with ``config``.
+    """(metrics, protocol, protocol line) of samples drawn from a model with ``config``: every metric of
+    :data:`cdrl.metrics.METRICS` that applies to them.
 
     ``classes``: the class each sample was asked for, if any; digits samples then also get
     ``class_accuracy``, the share that a small digit classifier assigns to that class.
     """
-    dataset = reference or config.data.dataset
-    if not dataset_info(dataset).is_image:
-        metrics = toy_metrics(dataset, samples, seed=seed, scale=config.data.toy_scale, n_reference=n_reference)
-        protocol = {"backend": "exact-2d", "n_generated": len(samples),
-                    "n_reference": n_reference or len(samples), "reference": dataset,
-                    "reference_split": "fresh draws"}
-        line = (f"in-support {metrics['in_support_fraction']:.3f} | mode coverage {metrics['mode_coverage']:.3f} | "
-                f"energy distance {metrics['energy_distance']:.4f} | exact 2-D metrics, {len(samples)} samples "
-                f"vs {protocol['n_reference']} fresh {dataset} draws")
-        return metrics, protocol, line
-    from cdrl.evaluation import compute_metrics, reference_statistics, to_uint8
-
-    data = replace(config.data, dataset=dataset, split=reference_split, data_dir=data_dir or config.data.data_dir)
-    total, batches = reference_images(data, n_reference)
-    # Another image pipeline of the same dataset is another reference: its own cached statistics.
-    name = reference_name(data)
-    statistics = reference_statistics(name, batches, split=reference_split, n_images=total, backend=backend,
-                                      mode=mode, weights=weights, device=device)
-    result = compute_metrics(to_uint8(samples), statistics, backend=backend, mode=mode, weights=weights,
-                             device=device, reference_name=name, reference_split=reference_split, seed=seed)
-    metrics = {name: float(getattr(result, name)) for name in IMAGE_METRICS if getattr(result, name, None) is not None}
-    protocol = {key: value for key, value in vars(result.protocol).items()}
-    line = result.line()
-    if classes is not None and dataset == "digits":
-        from cdrl.evaluation.digits_classifier import class_accuracy, default_classifier, held_out_accuracy
-
-        classifier = default_classifier(samples.shape[1], samples.shape[-1])
-        metrics["class_accuracy"] = class_accuracy(samples, classes, classifier)
-        protocol["classifier_held_out_accuracy"] = round(held_out_accuracy(classifier), 4)
-        line += (f" | class accuracy {metrics['class_accuracy']:.3f} (digit CNN, "
-                 f"{protocol['classifier_held_out_accuracy']:.3f} on held-out digits)")
-    return metrics, protocol, line
+    request = ScoreRequest(samples, config, reference or config.data.dataset, backend, mode, reference_split,
+                           n_reference, seed, data_dir, device, weights, classes)
+    return measure(request)
 
 
 def build_statistics(dataset: str, *, split: str = "train", n_images: int | None = None,
-                     backend: str = "torch-fidelity", mode: str | None = None, data_dir: str | None = None,
+                     backend: str = DEFAULT_BACKEND, mode: str | None = None, data_dir: str | None = None,
                      weights: str | None = None, device: str | torch.device | None = None):
     """Build (and cache) the reference statistics of a dataset split explicitly, for ``cdrl-bench stats``."""
     from cdrl.evaluation import build_reference_statistics, resolve_extractor
@@ -119,8 +73,8 @@ def _flatten(prefix: str, values: dict[str, Any]) -> dict[str, str]:
 
 
 def draw_samples(checkpoint: str | os.PathLike, *, n_samples: int, steps_per_level: int | None = None,
-                 seed: int = 0, batch_size: int = 256, guidance: float = 0.0, class_label: int | None = None,
-                 use_ema: bool = True, device: str | torch.device | None = None,
+                 seed: int = 0, batch_size: int | None = None, guidance: float = 0.0,
+                 class_label: int | None = None, use_ema: bool = True, device: str | torch.device | None = None,
                  progress: Callable[[int], None] | None = None) -> tuple[torch.Tensor, ExperimentConfig, dict]:
     """(samples, the model's config, the sampling protocol) of a checkpoint.
 
@@ -129,21 +83,20 @@ def draw_samples(checkpoint: str | os.PathLike, *, n_samples: int, steps_per_lev
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = load_model(checkpoint, use_ema=use_ema, device=device)
-    steps = model.config.sampler.steps(model.config.langevin, steps_per_level)
-    samples = generate(model, n_samples, steps_per_level=steps, seed=seed, batch_size=batch_size, device=device,
-                       callables=_callables(model, guidance, class_label), progress=progress)
-    protocol = {"steps_per_level": steps, "noise_levels": model.config.schedule.n_levels, "seed": seed,
-                "checkpoint": str(Path(checkpoint).resolve()), "checkpoint_iteration": model.iteration,
-                "weights": "ema" if use_ema else "live", "guidance": guidance,
-                "class_label": "all" if class_label is None else class_label,
+    spec = GenerationSpec.resolve(model.config, n_samples, steps_per_level=steps_per_level, seed=seed,
+                                  batch_size=batch_size, guidance=guidance, classes=class_label,
+                                  weights="ema" if use_ema else "live")
+    samples = generate(model, spec, device=device, progress=progress)
+    protocol = {**spec.protocol(model.config), "checkpoint": str(Path(checkpoint).resolve()),
+                "checkpoint_iteration": model.iteration,
                 **({"class_order": model.class_order} if model.class_order else {})}
     return samples, model.config, protocol
 
 
 def score_checkpoint(checkpoint: str | os.PathLike, *, steps_per_level: int | None = None, n_samples: int = 5000,
-                     backend: str = "torch-fidelity", mode: str | None = None, reference: str | None = None,
+                     backend: str = DEFAULT_BACKEND, mode: str | None = None, reference: str | None = None,
                      reference_split: str = "train", n_reference: int | None = None, seed: int = 0,
-                     batch_size: int = 256, guidance: float = 0.0, class_label: int | None = None,
+                     batch_size: int | None = None, guidance: float = 0.0, class_label: int | None = None,
                      device: str | torch.device | None = None, use_ema: bool = True,
                      checkpoint_selection: str = "given", reference_overrides: Sequence[str] = (),
                      data_dir: str | None = None,
@@ -193,7 +146,7 @@ def data_as_samples(config: ExperimentConfig, n_samples: int, seed: int, referen
     return images, labels, {"floor": f"the first {count} {data.dataset}/{split} images"}
 
 
-def score_data(config: ExperimentConfig, *, n_samples: int, backend: str = "torch-fidelity",
+def score_data(config: ExperimentConfig, *, n_samples: int, backend: str = DEFAULT_BACKEND,
                reference_split: str = "train", n_reference: int | None = None, seed: int = 0,
                data_dir: str | None = None, device: str | torch.device | None = None,
                tracking_uri: str | None = None, experiment_name: str | None = None,
@@ -209,19 +162,6 @@ def score_data(config: ExperimentConfig, *, n_samples: int, backend: str = "torc
     line = f"{line} | floor: {floor['floor']}"
     run_id = _log_score(metrics, protocol, config, tracking_uri, experiment_name, tags) if log else None
     return ScoreResult(metrics, protocol, line, run_id)
-
-
-def _callables(model: LoadedModel, guidance: float, class_label: int | None):
-    """Per-batch (energy, proposal) of a conditional model: one class, or all classes in turn; guided at w."""
-    if model.config.energy.num_classes is None:
-        if guidance or class_label is not None:
-            raise CdrlBenchError("--guidance/--class need a class-conditional checkpoint (e.g. preset imagenet32-cond)")
-        return None
-    def for_batch(indices: torch.Tensor, chain_energy: ConditionalNetwork):
-        return build_guided_model(model, guidance, requested_classes(indices, class_label, model.config),
-                                  ebm=chain_energy)
-
-    return for_batch
 
 
 def _log_score(metrics: dict[str, float], protocol: dict[str, Any], config: ExperimentConfig,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from cdrl.data import dataset_info, toy_mode_index, toy_sample
+from cdrl.datasets import dataset_info, toy_mode_index, toy_sample
 
 #: A mode counts as covered when it holds at least this fraction of its fair share.
 COVERAGE_THRESHOLD = 0.25

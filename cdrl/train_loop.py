@@ -3,12 +3,8 @@
 Small and explicit on purpose: :func:`train` builds the dataset (``build_dataset`` +
 ``infinite_batches``) and a :class:`~cdrl.training.CooperativeTrainer`, then repeats
 ``trainer.step`` and, at the cadences of ``config.run``, logs to MLflow (rank 0 only),
-draws samples under EMA weights and writes checkpoints. A run lives in one folder::
-
-    RUN/config.json                      the resolved ExperimentConfig
-    RUN/checkpoints/ckpt-00005000.pt     newest ``run.keep_checkpoints``, written atomically
-    RUN/checkpoints/best.pt              with ``run.select_every``: the best-scoring one (FID; toys: energy distance)
-    RUN/samples/samples-00005000.png     image grid, or scatter plot for 2-D toy presets
+draws samples under EMA weights (:func:`cdrl.generation.generate`) and writes checkpoints
+into the run's folder (:class:`cdrl.run_folder.RunFolder`, which also says where a run is).
 
 Every checkpoint holds the config, networks, EMAs, optimisers, schedulers, every rank's RNG
 states and the MLflow run id, so ``train(resume=RUN)`` continues the same run and the same
@@ -20,18 +16,15 @@ stream per rank; DDP's buffer broadcast keeps the spectral-norm u/v vectors in s
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import platform
-import re
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, replace
-from datetime import datetime
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -40,29 +33,18 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 import cdrl
-from cdrl.checkpoint import CheckpointError, load_checkpoint, make_checkpoint, save_atomic
+from cdrl.checkpoint import load_checkpoint, make_checkpoint
 from cdrl.config import ConfigError, ExperimentConfig, RunConfig, apply_overrides
-from cdrl.data import build_dataset, dataset_info, infinite_batches, item_shape, toy_in_support
-from cdrl.distributed import Ranks, any_rank, gathered, init_distributed, rank_seed, shared
+from cdrl.datasets import build_dataset, dataset_info, infinite_batches, toy_in_support
+from cdrl.distributed import Ranks, any_rank, gathered, init_distributed, launched_world_size, rank_seed, shared
 from cdrl.errors import CdrlBenchError
-from cdrl.files import PARTIAL_SUFFIX
-from cdrl.guidance import Concept, guidance_concepts, guided_callables, requested_classes
-from cdrl.noise import GeneratorNoise
-from cdrl.sampler import sample
+from cdrl.generation import GenerationSpec, ema_model, generate
+from cdrl.run_folder import ResumePoint, RunFolder, resume_point
 from cdrl.scoring import score_samples
 from cdrl.tracking import (DIVERGED_METRIC, TAG_CHECKPOINT_DIR, TAG_DIVERGED, TAG_GLOBAL_BATCH, TAG_KIND, TAG_METHOD,
-                           TAG_PER_PROCESS_BATCH, TAG_PRESET, TrackedRun, get_run_tags, tracked_run)
+                           TAG_PER_PROCESS_BATCH, TAG_PRESET, TrackedRun, tracked_run)
 from cdrl.training import CooperativeTrainer, StepStats
 
-CHECKPOINT_FOLDER = "checkpoints"
-SAMPLE_FOLDER = "samples"
-DEFAULT_RUNS_FOLDER = Path("runs")
-_CHECKPOINT_NAME = re.compile(r"ckpt-(\d+)\.pt")
-_RUN_ID = re.compile(r"[0-9a-f]{32}")
-#: The best-scoring checkpoint (run.select_every); not a ckpt-*.pt, so rotation and rollback never touch it.
-BEST_CHECKPOINT = "best.pt"
-#: Selection samples are drawn this many at a time (cdrl.scoring.draw_samples' default), to bound memory.
-_SELECTION_BATCH = 256
 #: Noise stream of selection samples, apart from the training and sample-grid streams.
 _SELECTION_STREAM = 0x5E1EC7
 #: Selection metrics by "is an image dataset", the default first; all lower-is-better (RunConfig.select_metric).
@@ -86,76 +68,6 @@ class TrainResult:
     best_checkpoint: Path | None
     #: Which checkpoint is the run's result, e.g. "best: fid 41.7 at iteration 2000 of 4000 (...)".
     selection: str
-
-
-# --------------------------------------------------------------------------- run folders and checkpoints
-
-def checkpoint_paths(folder: Path) -> list[Path]:
-    """A run's checkpoints, oldest first (by iteration)."""
-    found = [(int(match.group(1)), path) for path in (folder.iterdir() if folder.is_dir() else [])
-             if (match := _CHECKPOINT_NAME.fullmatch(path.name))]
-    return [path for _, path in sorted(found)]
-
-
-def _checkpoint_folder(path: Path) -> Path:
-    """The checkpoints/ folder of a run folder (or that folder itself when given)."""
-    return path if path.name == CHECKPOINT_FOLDER else path / CHECKPOINT_FOLDER
-
-
-@dataclass(frozen=True)
-class LocatedCheckpoint:
-    path: Path
-    #: How it was picked, for protocols: "given file", "newest of run folder ...", "best of MLflow run ...".
-    selection: str
-
-
-def locate_checkpoint(name: str | os.PathLike, tracking_uri: str | None = None,
-                      pick: Literal["newest", "best"] = "newest") -> LocatedCheckpoint:
-    """The checkpoint that a checkpoint file, a run folder or an MLflow run id names, and how it was picked.
-
-    A run folder or run id gives its newest checkpoint, or with ``pick="best"`` its best.pt.
-    """
-    path = Path(name)
-    if path.is_file():
-        return LocatedCheckpoint(path, "given file")
-    if path.is_dir():
-        folder, source = _checkpoint_folder(path), f"run folder {path}"
-    elif _RUN_ID.fullmatch(str(name)):
-        tags = get_run_tags(str(name), tracking_uri)
-        if TAG_CHECKPOINT_DIR not in tags:
-            raise CheckpointError(f"MLflow run {name} has no {TAG_CHECKPOINT_DIR} tag: it is not a training run")
-        folder, source = Path(tags[TAG_CHECKPOINT_DIR]), f"MLflow run {name}"
-    else:
-        raise CheckpointError(f"{name}: no such checkpoint file, run folder or MLflow run id")
-    if pick == "best":
-        best = best_checkpoint(folder)
-        if best is None:
-            raise CheckpointError(f"{source} has no {BEST_CHECKPOINT}: it was trained without run.select_every; "
-                                  "take its newest checkpoint instead")
-        return LocatedCheckpoint(best, f"best of {source}")
-    checkpoints = checkpoint_paths(folder)
-    if not checkpoints:
-        raise CheckpointError(f"{folder} holds no checkpoint (ckpt-*.pt) yet: start the run afresh instead")
-    return LocatedCheckpoint(checkpoints[-1], f"newest of {source}")
-
-
-def best_checkpoint(run_folder: str | os.PathLike) -> Path | None:
-    """A run's best-scoring checkpoint (kept when run.select_every > 0), or None when it has none."""
-    path = _checkpoint_folder(Path(run_folder)) / BEST_CHECKPOINT
-    return path if path.is_file() else None
-
-
-def _save_checkpoint(payload: dict, folder: Path, iteration: int, keep: int) -> Path:
-    path = save_atomic(payload, folder / f"ckpt-{iteration:08d}.pt")
-    for old in checkpoint_paths(folder)[:-keep]:
-        old.unlink()
-    return path
-
-
-def _remove_partial_files(folder: Path) -> None:
-    """Temporary files of a save_atomic that a crash interrupted (never valid checkpoints)."""
-    for partial in folder.glob(f".*{PARTIAL_SUFFIX}"):
-        partial.unlink()
 
 
 # --------------------------------------------------------------------------- config checks
@@ -197,33 +109,6 @@ def selection_metric(config: ExperimentConfig) -> str:
     return chosen
 
 
-def _resumed_config(saved: ExperimentConfig, requested: ExperimentConfig) -> ExperimentConfig:
-    """``requested`` when it differs from the checkpoint's config only where a resume may change it."""
-    # Cadences, the iteration budget and where the data lie; everything else would change the model.
-    comparable = replace(requested, run=saved.run,
-                         training=replace(requested.training, iterations=saved.training.iterations),
-                         data=replace(requested.data, data_dir=saved.data.data_dir, download=saved.data.download))
-    if comparable != saved:
-        before = saved.flat()
-        changed = [key for key, value in comparable.flat().items() if before.get(key) != value]
-        raise ConfigError(f"a resumed run keeps its config; {', '.join(changed)} differ from the checkpoint's: "
-                          "change only run.*, training.iterations or data.data_dir, or start a new run")
-    return requested
-
-
-def _check_resumable(payload: dict, path: Path, ranks: Ranks) -> None:
-    if "ebm_optimizer" not in payload["trainer"] or "rng" not in payload:
-        raise CheckpointError(f"{path} holds weights only (imported or exported), no optimiser or RNG state: "
-                              "it cannot be resumed; start a new run")
-    if payload["world_size"] != ranks.world_size:
-        raise CheckpointError(f"{path} was written by {payload['world_size']} processes: resume with "
-                              f"torchrun --nproc_per_node {payload['world_size']} (this is {ranks.world_size})")
-    newest = checkpoint_paths(path.parent)
-    if newest and newest[-1].resolve() != path.resolve():
-        raise CheckpointError(f"{path} is not the newest checkpoint of its run ({newest[-1].name} is): "
-                              "resume the run folder, or copy the checkpoint to a folder of its own")
-
-
 # --------------------------------------------------------------------------- RNG, learning rates, divergence
 
 def _rng_state(trainer: CooperativeTrainer) -> dict[str, torch.Tensor]:
@@ -262,27 +147,15 @@ def _watched(stats: StepStats) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- samples
 
-@torch.no_grad()
-def sample_ema(trainer: CooperativeTrainer, n_samples: int, seed: int,
-               concepts: Sequence[Concept] | None = None) -> torch.Tensor:
-    """Samples of the trainer's EMA networks (Algorithm 2), on the CPU; the training RNGs are left untouched.
+def snapshot_spec(config: ExperimentConfig, iteration: int) -> GenerationSpec:
+    """The sample grid at ``iteration``: ``run.n_samples`` EMA samples of fresh noise."""
+    return GenerationSpec.resolve(config, config.run.n_samples, seed=rank_seed(config.training.seed, iteration))
 
-    A conditional model samples ``concepts`` (cdrl.guidance: one guided class, or a composition);
-    by default sample i is of class i mod (number of classes), one grid row per class.
-    """
-    config = trainer.config
-    if concepts is None and trainer.conditional:
-        classes = requested_classes(torch.arange(n_samples, device=trainer.device), None, config)
-        concepts = guidance_concepts(classes, 0.0)
-    with trainer.ema_networks():
-        if concepts is None:
-            energy, proposal = trainer.ebm, trainer.initializer
-        else:
-            energy, proposal = guided_callables(trainer.ebm, trainer.initializer, concepts)
-        generator = torch.Generator(device=trainer.device).manual_seed(seed)
-        samples = sample(energy, proposal, (n_samples, *item_shape(config.data)), trainer.schedule, config.langevin,
-                         config.sampler, noise=GeneratorNoise(generator), device=trainer.device)
-    return samples.cpu()
+
+def selection_spec(config: ExperimentConfig) -> GenerationSpec:
+    """``run.select_samples`` EMA samples from the same noise at every selection, so scores differ by the weights only."""
+    seed = int(np.random.SeedSequence((config.training.seed, _SELECTION_STREAM)).generate_state(1)[0])
+    return GenerationSpec.resolve(config, config.run.select_samples, seed=seed)
 
 
 def save_sample_figure(samples: torch.Tensor, config: ExperimentConfig, path: Path, title: str) -> Path:
@@ -315,21 +188,17 @@ def _sample_metrics(samples: torch.Tensor, config: ExperimentConfig) -> dict[str
 
 # --------------------------------------------------------------------------- checkpoint selection
 
-def _selection_score(trainer: CooperativeTrainer, metric: str) -> float:
-    """``metric`` of ``run.select_samples`` EMA samples, drawn from the same noise at every selection."""
+def _selection_score(trainer: CooperativeTrainer, metric: str, ranks: Ranks) -> float | None:
+    """``metric`` of the selection samples, drawn by every rank; scored by rank 0 (None elsewhere)."""
     config = trainer.config
-    n_samples, seed = config.run.select_samples, config.training.seed
-    pieces = []
-    for batch, start in enumerate(range(0, n_samples, _SELECTION_BATCH)):
-        indices = torch.arange(start, min(start + _SELECTION_BATCH, n_samples), device=trainer.device)
-        # Conditional models: sample i of class i mod (number of classes), as one unbatched sample_ema call.
-        classes = requested_classes(indices, None, config)
-        concepts = None if classes is None else guidance_concepts(classes, 0.0)
-        noise_seed = int(np.random.SeedSequence((seed, _SELECTION_STREAM, batch)).generate_state(1)[0])
-        pieces.append(sample_ema(trainer, len(indices), noise_seed, concepts))
+    with ema_model(trainer) as model:
+        samples = generate(model, selection_spec(config), device=trainer.device, ranks=ranks,
+                           chain=trainer.chain_ebm)
+    if not ranks.is_main:
+        return None
     # Images: against the first n_samples training images (the published protocol); toys: fresh draws seeded here.
-    metrics, _, _ = score_samples(torch.cat(pieces), config, reference_split="train", n_reference=n_samples,
-                                  seed=seed, device=trainer.device)
+    metrics, _, _ = score_samples(samples, config, reference_split="train", n_reference=len(samples),
+                                  seed=config.training.seed, device=trainer.device)
     return metrics[metric]
 
 
@@ -396,13 +265,13 @@ def train(config: ExperimentConfig | None = None, *, resume: str | os.PathLike |
     run. ``tags`` (e.g. ``cdrl.suite``, ``cdrl.run_key``) are added to the MLflow run.
     ``show_progress`` defaults to "stdout is a terminal". Under torchrun every rank calls this.
     """
-    payload = checkpoint_path = None
+    resumed = None
     if resume is not None:
         if out is not None:
             raise ConfigError("--out cannot be combined with --resume: a resumed run continues in its own folder")
-        checkpoint_path = locate_checkpoint(resume, tracking_uri).path
-        saved, payload = load_checkpoint(checkpoint_path)
-        config = _resumed_config(saved, apply_overrides(config or saved, list(overrides)))
+        resumed = resume_point(resume, tracking_uri=tracking_uri, world_size=launched_world_size(), config=config,
+                               overrides=overrides)
+        config = resumed.config
     elif config is None:
         raise ConfigError("nothing to train: pass a preset (--preset NAME) or a run to --resume")
     else:
@@ -413,25 +282,20 @@ def train(config: ExperimentConfig | None = None, *, resume: str | os.PathLike |
     dataset = build_dataset(config.data)
     ranks, device, started_group = init_distributed(device)
     try:
-        if checkpoint_path is not None:
-            _check_resumable(payload, checkpoint_path, ranks)
-            run_dir = checkpoint_path.parent.parent if checkpoint_path.parent.name == CHECKPOINT_FOLDER \
-                else checkpoint_path.parent
+        if resumed is not None:
+            folder = resumed.folder
         else:
-            default = DEFAULT_RUNS_FOLDER / f"{config.name}-{datetime.now():%Y%m%d-%H%M%S}"
-            run_dir = Path(out) if out is not None else Path(shared(str(default), ranks))
-            if checkpoint_paths(run_dir / CHECKPOINT_FOLDER):
-                raise ConfigError(f"{run_dir} already holds checkpoints: continue it with --resume {run_dir} "
-                                  "or choose another --out")
-        return _train(config, dataset, run_dir.resolve(), checkpoint_path, payload, ranks, device, tracking_uri,
+            folder = RunFolder(Path(out) if out is not None else Path(shared(str(RunFolder.default_name(config.name)),
+                                                                             ranks)))
+            folder.check_fresh()
+        return _train(config, dataset, RunFolder(folder.root.resolve()), resumed, ranks, device, tracking_uri,
                       experiment_name, tags or {}, show_progress)
     finally:
         if started_group:
             dist.destroy_process_group()
 
 
-def _train(config: ExperimentConfig, dataset, run_dir: Path, checkpoint_path: Path | None, payload: dict | None,
-           ranks: Ranks, device: torch.device, tracking_uri: str | None, experiment_name: str | None,
+def _train(config: ExperimentConfig, dataset, folder: RunFolder, resumed: ResumePoint | None, ranks: Ranks, device: torch.device, tracking_uri: str | None, experiment_name: str | None,
            tags: dict[str, str], show_progress: bool | None) -> TrainResult:
     training, cadence = config.training, config.run
     batch = per_process_batch(training.batch_size, ranks.world_size)
@@ -441,26 +305,24 @@ def _train(config: ExperimentConfig, dataset, run_dir: Path, checkpoint_path: Pa
                                  generator=torch.Generator(device=device).manual_seed(seed))
     torch.manual_seed(seed)  # per-rank stream for dropout
     rollbacks = 0
+    payload = resumed.payload if resumed is not None else None
     if payload is not None:
         trainer.load_state_dict(payload["trainer"])
         _restore_rng(trainer, payload["rng"][ranks.rank])
         rollbacks = payload["rollbacks"]
     metric = selection_metric(config)
     best = _restored_selection(payload, metric, cadence)
-    checkpoint_folder = run_dir / CHECKPOINT_FOLDER
-    last_checkpoint = checkpoint_path if ranks.is_main else None
+    last_checkpoint = resumed.checkpoint if resumed is not None and ranks.is_main else None
     if ranks.is_main:
-        checkpoint_folder.mkdir(parents=True, exist_ok=True)
-        _remove_partial_files(checkpoint_folder)
-        (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+        folder.prepare(config)
 
     run_tags = {TAG_KIND: "train", TAG_PRESET: config.name, TAG_METHOD: training.method,
-                TAG_CHECKPOINT_DIR: str(checkpoint_folder), TAG_GLOBAL_BATCH: str(training.batch_size),
+                TAG_CHECKPOINT_DIR: str(folder.checkpoints), TAG_GLOBAL_BATCH: str(training.batch_size),
                 TAG_PER_PROCESS_BATCH: str(batch), **_environment_tags(device, ranks.world_size), **tags}
     if cadence.select_every:
         run_tags["cdrl.selection"] = _selection_rule(cadence, metric)
     tracking = (tracked_run(tracking_uri=tracking_uri, experiment_name=experiment_name,
-                            run_id=payload["mlflow_run_id"] if payload else None, run_name=run_dir.name,
+                            run_id=payload["mlflow_run_id"] if payload else None, run_name=folder.root.name,
                             tags=run_tags, flush_seconds=cadence.flush_seconds)
                 if ranks.is_main else contextlib.nullcontext())
     progress_bar = ranks.is_main and (sys.stdout.isatty() if show_progress is None else show_progress)
@@ -491,7 +353,7 @@ def _train(config: ExperimentConfig, dataset, run_dir: Path, checkpoint_path: Pa
             if not (log_due or sample_due or checkpoint_due or select_due):
                 continue
             if any_rank(nonfinite, ranks):
-                rollbacks = _on_divergence(trainer, cadence, checkpoint_folder, iteration, rollbacks, ranks, run,
+                rollbacks = _on_divergence(trainer, cadence, folder, iteration, rollbacks, ranks, run,
                                            progress.console)
                 batches = infinite_batches(dataset, batch, training.seed, ranks.rank, ranks.world_size,
                                            start_iteration=trainer.iteration)
@@ -510,21 +372,20 @@ def _train(config: ExperimentConfig, dataset, run_dir: Path, checkpoint_path: Pa
                 if run is not None:
                     run.log_metrics({**values, "iterations_per_second": rate}, step=iteration)
             if sample_due and ranks.is_main:
-                _log_samples(trainer, run_dir, iteration, run)
+                _log_samples(trainer, folder, iteration, run)
             if checkpoint_due or select_due:
                 states = gathered(_rng_state(trainer), ranks)
             if select_due:
+                started = time.monotonic()
+                score = _selection_score(trainer, metric, ranks)
                 if ranks.is_main:
-                    started = time.monotonic()
-                    score = _selection_score(trainer, metric)
                     run.log_metrics({f"selection_{metric}": score,
                                      "selection_seconds": time.monotonic() - started}, step=iteration)
                     # Lower is better (RunConfig.select_metric); a tie keeps the earlier checkpoint.
                     if math.isfinite(score) and (best is None or score < best["value"]):
                         best = {"metric": metric, "value": score, "iteration": iteration,
                                 "samples": cadence.select_samples}
-                        path = save_atomic(_payload(trainer, states, ranks, run, rollbacks, best),
-                                           checkpoint_folder / BEST_CHECKPOINT)
+                        path = folder.save_best(_payload(trainer, states, ranks, run, rollbacks, best))
                         run.set_tags({"cdrl.best_checkpoint": path, "cdrl.best_iteration": iteration,
                                       f"cdrl.best_{metric}": score})
                 # The other ranks wait here while rank 0 scores, and keep its record for their result.
@@ -532,15 +393,15 @@ def _train(config: ExperimentConfig, dataset, run_dir: Path, checkpoint_path: Pa
             if checkpoint_due:
                 if ranks.is_main:
                     run.flush()  # metrics up to here are stored before the checkpoint a resume restarts from
-                    last_checkpoint = _save_checkpoint(_payload(trainer, states, ranks, run, rollbacks, best),
-                                                       checkpoint_folder, iteration, cadence.keep_checkpoints)
+                    last_checkpoint = folder.save_checkpoint(_payload(trainer, states, ranks, run, rollbacks, best),
+                                                             iteration, cadence.keep_checkpoints)
                     run.set_tags({"cdrl.last_checkpoint": str(last_checkpoint)})
                     if not progress_bar:  # a line per checkpoint in logs
                         progress.console.print(f"{config.name} {iteration}/{training.iterations} "
                                                f"{progress.tasks[0].fields['losses']} | {rate:.2f} it/s | "
                                                f"checkpoint {last_checkpoint}", highlight=False, soft_wrap=True)
-        return TrainResult(run_dir, trainer.iteration, last_checkpoint, run.run_id if run else None, trainer,
-                           best_checkpoint(run_dir) if cadence.select_every and ranks.is_main else None,
+        return TrainResult(folder.root, trainer.iteration, last_checkpoint, run.run_id if run else None, trainer,
+                           folder.best() if cadence.select_every and ranks.is_main else None,
                            _selection_summary(cadence, best, trainer.iteration))
 
 
@@ -551,18 +412,20 @@ def _payload(trainer: CooperativeTrainer, states: list[dict], ranks: Ranks, run:
                            mlflow_run_id=run.run_id, rollbacks=rollbacks, selection=best)
 
 
-def _log_samples(trainer: CooperativeTrainer, run_dir: Path, iteration: int, run: TrackedRun) -> None:
+def _log_samples(trainer: CooperativeTrainer, folder: RunFolder, iteration: int, run: TrackedRun) -> None:
     config = trainer.config
-    samples = sample_ema(trainer, config.run.n_samples, seed=rank_seed(config.training.seed, iteration))
+    with ema_model(trainer) as model:  # rank 0 alone draws the grid
+        samples = generate(model, snapshot_spec(config, iteration), device=trainer.device, ranks=Ranks(0, 1),
+                           chain=trainer.chain_ebm)
     metrics = _sample_metrics(samples, config)
     title = f"{config.name}, iteration {iteration}" + "".join(f", {k} {v:.3f}" for k, v in metrics.items())
-    path = save_sample_figure(samples, config, run_dir / SAMPLE_FOLDER / f"samples-{iteration:08d}.png", title)
-    run.log_artifact(path, SAMPLE_FOLDER)
+    path = save_sample_figure(samples, config, folder.sample_grid(iteration), title)
+    run.log_artifact(path, path.parent.name)
     if metrics:
         run.log_metrics(metrics, step=iteration)
 
 
-def _on_divergence(trainer: CooperativeTrainer, cadence: RunConfig, checkpoint_folder: Path, iteration: int,
+def _on_divergence(trainer: CooperativeTrainer, cadence: RunConfig, folder: RunFolder, iteration: int,
                    rollbacks: int, ranks: Ranks, run: TrackedRun | None, console: Console) -> int:
     """Record the divergence, then stop or reload the newest checkpoint with lower learning rates.
 
@@ -572,7 +435,7 @@ def _on_divergence(trainer: CooperativeTrainer, cadence: RunConfig, checkpoint_f
     if run is not None:
         run.log_metrics({DIVERGED_METRIC: 1.0}, step=iteration)
         run.set_tags({TAG_DIVERGED: message})
-    checkpoints = checkpoint_paths(checkpoint_folder)
+    checkpoints = folder.checkpoint_paths()
     if cadence.on_divergence == "stop":
         raise TrainingDiverged(f"{message} (run.on_divergence=stop): lower training.ebm_lr, or set "
                                "run.on_divergence=rollback to continue from the last checkpoint")

@@ -19,8 +19,7 @@ from pathlib import Path
 import torch
 
 from cdrl.config import ExperimentConfig, apply_overrides, preset
-from cdrl.guidance import Concept
-from cdrl.train_loop import sample_ema
+from cdrl.generation import GenerationSpec, ema_model, generate
 from cdrl.training import CooperativeTrainer
 
 #: The concepts, as class labels of the conditional model.
@@ -69,10 +68,12 @@ def train_concept_model(iterations: int, seed: int = 0, config: ExperimentConfig
     return trainer
 
 
-def sample_concepts(trainer: CooperativeTrainer, concepts: list[Concept], n_samples: int,
+def sample_concepts(trainer: CooperativeTrainer, concepts: tuple[int, ...], n_samples: int,
                     seed: int = 0) -> torch.Tensor:
-    """Samples of the trainer's EMA networks combined over ``concepts`` (cdrl.guidance)."""
-    return sample_ema(trainer, n_samples, seed, concepts)
+    """Samples of the trainer's EMA networks composed over the ``concepts`` (class labels; cdrl.guidance)."""
+    spec = GenerationSpec.resolve(trainer.config, n_samples, seed=seed, classes=concepts)
+    with ema_model(trainer) as model:
+        return generate(model, spec, device=trainer.device)
 
 
 def intersection_fraction(samples: torch.Tensor) -> float:
@@ -115,9 +116,9 @@ def main() -> None:
     trainer = train_concept_model(args.iterations, args.seed, config)
     print(f"trained {args.iterations} iterations in {time.perf_counter() - started:.0f} s")
     panels = {
-        "right": sample_concepts(trainer, [Concept(RIGHT)], args.samples, args.seed),
-        "up": sample_concepts(trainer, [Concept(UP)], args.samples, args.seed),
-        "right AND up": sample_concepts(trainer, [Concept(RIGHT), Concept(UP)], args.samples, args.seed),
+        "right": sample_concepts(trainer, (RIGHT,), args.samples, args.seed),
+        "up": sample_concepts(trainer, (UP,), args.samples, args.seed),
+        "right AND up": sample_concepts(trainer, (RIGHT, UP), args.samples, args.seed),
     }
     for title, points in panels.items():
         print(f"{title:>13}: in the upper-right quadrant {intersection_fraction(points):.3f}")

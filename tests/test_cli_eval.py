@@ -15,10 +15,11 @@ from typer.testing import CliRunner
 
 from cdrl.checkpoint import make_checkpoint, save_atomic
 from cdrl.config import apply_overrides, preset
-from cdrl.data import DataConfig, build_dataset
+from cdrl.datasets import DataConfig, build_dataset
 from cdrl.errors import CdrlBenchError
 from cdrl.guidance import requested_classes
-from cdrl.scoring import reference_images, score_samples
+from cdrl.metrics import reference_images
+from cdrl.scoring import score_samples
 from cdrl.training import CooperativeTrainer
 from cli import app
 

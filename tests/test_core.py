@@ -170,9 +170,23 @@ def test_overrides_are_typed_and_checked():
     assert config.initializer.attention_resolutions == (16, 8) and config.energy.num_classes == 10
     assert config.training.variance_reduction is False
     for bad, message in [("training.ebm_lr", "key=value"), ("training.nope=1", "unknown config key"),
-                         ("training.iterations=ten", "needs a int"), ("training.method=gan", "one of")]:
+                         ("training.iterations=ten", "needs an integer"), ("training.method=gan", "one of")]:
         with pytest.raises(ConfigError, match=message):
             apply_overrides(config, [bad])
+
+
+def test_saved_configs_and_overrides_are_checked_against_the_field_types():
+    saved = preset("tiny").to_dict()
+    for section, key, value, message in [("training", "iterations", "20", "must be an integer"),
+                                         ("training", "ebm_lr", True, "must be a number"),
+                                         ("training", "method", "gan", "must be one of 'cdrl', 'drl'"),
+                                         ("training", "surprise", 1, "is not a known key"),
+                                         ("langevin", "n_steps", float("nan"), "must be an integer")]:
+        broken = {**saved, section: {**saved[section], key: value}}
+        with pytest.raises(ConfigError, match=f"saved config: {section}.{key} {message}"):
+            ExperimentConfig.from_dict(broken)
+    with pytest.raises(ConfigError, match="training.ebm_lr must be a finite number"):
+        apply_overrides(preset("tiny"), ["training.ebm_lr=nan"])
 
 
 def test_config_round_trips_through_a_dict():

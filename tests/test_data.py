@@ -1,4 +1,4 @@
-"""Tests of cdrl.data on tiny archives written in the real on-disk formats."""
+"""Tests of cdrl.datasets on tiny archives written in the real on-disk formats."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from cdrl import data
-from cdrl.data import (
+from cdrl.datasets import (
     DATASETS,
     DataConfig,
     DatasetError,
+    DatasetInfo,
     TensorPairDataset,
     UNCONDITIONAL_LABEL,
     batches_per_epoch,
@@ -24,11 +24,13 @@ from cdrl.data import (
     dataset_info,
     infinite_batches,
     item_shape,
-    resize_as_published,
+    reference_name,
+    register,
     toy_in_support,
     toy_mode_index,
     toy_sample,
 )
+from cdrl.datasets.imagenet32 import resize_as_published
 
 TOY_NAMES = ["toy-checkerboard", "toy-8gaussians", "toy-2rings", "toy-quadrants"]
 
@@ -155,7 +157,7 @@ def test_cifar10_failed_download_names_the_fix(tmp_path: Path, monkeypatch: pyte
     def offline(*args: object, **kwargs: object) -> None:
         raise urllib.error.URLError("Name or service not known")
 
-    monkeypatch.setattr(data, "download_and_extract_archive", offline)
+    monkeypatch.setattr("cdrl.datasets.cifar10.download_and_extract_archive", offline)
     with pytest.raises(DatasetError, match=r"download failed \(no network\?\): pass --data-dir") as caught:
         build_dataset(DataConfig("cifar10", data_dir=str(tmp_path)))
     assert "\n" not in str(caught.value)
@@ -354,10 +356,36 @@ def test_registry_lists_every_dataset() -> None:
     assert set(DATASETS) == {"cifar10", "imagenet32", "digits", *TOY_NAMES}
     assert dataset_info("cifar10").num_classes == 10 and dataset_info("imagenet32").num_classes == 1000
     assert not dataset_info("toy-2rings").is_image
-    with pytest.raises(DatasetError, match="choose one of cifar10"):
-        dataset_info("mnist")
+    known = "cifar10, imagenet32, digits, toy-checkerboard, toy-8gaussians, toy-2rings, toy-quadrants"
+    for lookup in (dataset_info, build_dataset, item_shape, reference_name):
+        with pytest.raises(DatasetError) as caught:
+            lookup("mnist" if lookup is dataset_info else DataConfig("mnist"))
+        assert str(caught.value) == f"unknown dataset 'mnist': choose one of {known}"
     with pytest.raises(DatasetError, match="unknown split"):
         build_dataset(DataConfig("toy-2rings", split="val"))
+
+
+def test_a_registered_dataset_is_found_everywhere() -> None:
+    """A module's one register() call is all the front door needs: info, shape, build, reference name."""
+
+    def build(config: DataConfig) -> TensorPairDataset:
+        return TensorPairDataset(torch.zeros(3, 2, 5, 5), torch.full((3,), UNCONDITIONAL_LABEL), classes=["a", "b"])
+
+    info = register(DatasetInfo("throwaway", "a test's dataset", (2, 5, 5), 2, True, None, build,
+                                class_names=("a", "b")))
+    try:
+        assert dataset_info("throwaway") is info and list(DATASETS)[-1] == "throwaway"
+        assert item_shape(DataConfig("throwaway")) == (2, 5, 5) == build_dataset(DataConfig("throwaway"))[0][0].shape
+        assert item_shape(DataConfig("throwaway", image_size=7, channels=1)) == (1, 7, 7)
+        assert reference_name(DataConfig("throwaway")) == "throwaway"
+        with pytest.raises(DatasetError, match="applies to imagenet32 only: drop it for throwaway"):
+            build_dataset(DataConfig("throwaway", imagenet_source="npz64-resized"))
+        with pytest.raises(DatasetError, match="'throwaway' is registered twice"):
+            register(info)
+    finally:
+        del DATASETS["throwaway"]
+    with pytest.raises(DatasetError, match="unknown dataset 'throwaway'"):
+        item_shape(DataConfig("throwaway"))
 
 
 # ---------------------------------------------------------------------------

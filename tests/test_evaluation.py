@@ -36,7 +36,7 @@ from cdrl.evaluation import (
     resolve_extractor,
     to_uint8,
 )
-from cdrl.evaluation.extractors import CleanFidTorchScriptExtractor
+from cdrl.evaluation.backends.clean_fid import CleanFidTorchScriptExtractor
 from cdrl.evaluation.weights import CACHE_WEIGHTS_RELATIVE_PATH, FID_HELPER_WEIGHTS_SHA256, fid_helper_weights_path
 
 N_IMAGES = 24
@@ -245,7 +245,7 @@ def test_clean_fid_in_legacy_mode_sees_the_same_features_as_torch_fidelity(
 def test_torch_fidelity_public_api_gives_the_same_fid(inception_weights, image_sets, halves_fid):
     import torch_fidelity
 
-    from cdrl.evaluation.extractors import _UInt8ImageDataset
+    from cdrl.evaluation.backends.torch_fidelity import _UInt8ImageDataset
 
     metrics = torch_fidelity.calculate_metrics(
         input1=_UInt8ImageDataset(image_sets["digits_a"]),

@@ -1,17 +1,20 @@
-"""Sample generation: per-example seeds, batch-size and rank-count independence, toy metrics."""
+"""Sample generation: the spec resolved once, per-example seeds, batch-size and rank-count independence, toy metrics."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from cdrl.checkpoint import load_model
-from cdrl.data import toy_sample
-from cdrl.generation import generate
+from cdrl.datasets import toy_sample
+from cdrl.config import preset
+from cdrl.errors import CdrlBenchError
+from cdrl.generation import GenerationSpec, generate
 from cdrl.toy_metrics import toy_metrics
 
 
@@ -19,20 +22,40 @@ from cdrl.toy_metrics import toy_metrics
 TRAINED = str(Path(__file__).resolve().parent.parent / "results" / "gate" / "toy-cdrl.pt")
 
 
+def draw(model, seed: int = 3, batch_size: int = 5) -> torch.Tensor:
+    return generate(model, GenerationSpec.resolve(model.config, 5, steps_per_level=3, seed=seed, batch_size=batch_size))
+
+
+def test_the_spec_resolves_steps_and_their_step_multiplier_once():
+    config = preset("cifar10")
+    assert config.langevin.n_steps == 15 and config.sampler.steps_per_level is None
+    default = GenerationSpec.resolve(config, 10)
+    assert (default.steps_per_level, default.step_multiplier) == (15, config.langevin.step_multiplier)
+    fewer = GenerationSpec.resolve(config, 10, steps_per_level=3)
+    assert fewer.steps_per_level == 3 and fewer.step_multiplier == pytest.approx(5 ** 0.5 * config.langevin.step_multiplier)
+    protocol = fewer.protocol(config)
+    assert (protocol["noise_levels"], protocol["steps_per_level"], protocol["class_label"]) == (6, 3, "all")
+    composed = GenerationSpec.resolve(preset("digits-cond"), 4, classes=(1, 7))
+    assert composed.protocol(preset("digits-cond"))["class_label"] == "1+7"
+    with pytest.raises(CdrlBenchError, match="class-conditional"):
+        GenerationSpec.resolve(config, 10, guidance=1.0)
+    with pytest.raises(CdrlBenchError, match="at least one"):
+        GenerationSpec.resolve(config, 0)
+
+
 def test_samples_do_not_depend_on_batch_size():
     model = load_model(TRAINED)
-    one_batch = generate(model, 5, steps_per_level=3, seed=3, batch_size=5)
-    small_batches = generate(model, 5, steps_per_level=3, seed=3, batch_size=2)
+    one_batch = draw(model)
     assert one_batch.shape == (5, 2)
-    torch.testing.assert_close(one_batch, small_batches, rtol=0, atol=1e-4)
-    assert not torch.allclose(one_batch, generate(model, 5, steps_per_level=3, seed=4, batch_size=5))
+    torch.testing.assert_close(one_batch, draw(model, batch_size=2), rtol=0, atol=1e-4)
+    assert not torch.allclose(one_batch, draw(model, seed=4))
 
 
 def _generate_on_rank(rank: int, world_size: int, checkpoint: str, port: str, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
-        samples = generate(load_model(checkpoint), 5, steps_per_level=3, seed=3, batch_size=2)
+        samples = draw(load_model(checkpoint), batch_size=2)
         if rank == 0:
             torch.save(samples, out)
     finally:
@@ -43,7 +66,7 @@ def test_two_ranks_gather_the_same_samples_in_index_order(tmp_path):
     out = str(tmp_path / "gathered.pt")
     port = str(29500 + os.getpid() % 1000)
     mp.spawn(_generate_on_rank, args=(2, TRAINED, port, out), nprocs=2, join=True)
-    single = generate(load_model(TRAINED), 5, steps_per_level=3, seed=3, batch_size=5)
+    single = draw(load_model(TRAINED))
     torch.testing.assert_close(torch.load(out), single, rtol=0, atol=1e-4)
 
 

@@ -11,7 +11,7 @@ from examples.composition_2d import RIGHT, UP, intersection_fraction, sample_con
 from cdrl.evaluation.digits_classifier import ClassifierError, class_accuracy, held_out_accuracy, train_digit_classifier
 from cdrl.checkpoint import LoadedModel
 from cdrl.config import preset
-from cdrl.data import DataConfig, build_dataset, item_shape
+from cdrl.datasets import DataConfig, build_dataset, item_shape
 from cdrl.guidance import Concept, GuidanceError, build_guided_model, combine, guided_callables
 from cdrl.langevin import energy_gradient
 from cdrl.networks import build_energy_net, build_initializer
@@ -114,8 +114,8 @@ def concept_model():
 
 
 def test_composed_half_planes_sample_their_intersection(concept_model) -> None:
-    composed = sample_concepts(concept_model, [Concept(RIGHT), Concept(UP)], n_samples=500, seed=1)
-    right_only = sample_concepts(concept_model, [Concept(RIGHT)], n_samples=500, seed=1)
+    composed = sample_concepts(concept_model, (RIGHT, UP), n_samples=500, seed=1)
+    right_only = sample_concepts(concept_model, (RIGHT,), n_samples=500, seed=1)
     fraction = intersection_fraction(composed)
     assert fraction >= 0.9, f"only {fraction:.3f} of the composed samples lie in the upper-right quadrant"
     # Neither concept alone gets there: about half of "right" lies below the x axis.

@@ -265,7 +265,7 @@ def test_cli_import_with_and_without_the_class_map(published, class_files, tmp_p
 
 
 def test_each_imagenet_pipeline_keys_its_own_reference_statistics() -> None:
-    from cdrl.data import DataConfig, reference_name
+    from cdrl.datasets import DataConfig, reference_name
     from cdrl.evaluation.reference import ReferenceKey
 
     def key(source: str) -> str:

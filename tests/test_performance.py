@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from benchmarks import perf
+from benchmarks.speed import perf
 from cdrl.config import apply_overrides, preset
 from cdrl.langevin import energy_gradient, langevin_revision
 from cdrl.networks import build_energy_net, frozen_spectral_norm
@@ -293,7 +293,7 @@ def test_chain_computes_the_conditioning_once_per_chain_bit_for_bit(name, monkey
 
 
 def test_cpu_fma_peak_probe_measures_or_says_it_cannot(monkeypatch):
-    from benchmarks import cpu_peak
+    from benchmarks.speed import cpu_peak
 
     peak = cpu_peak.fma_peak_tflops(threads=1, rounds=200_000, repeats=2)
     if cpu_peak._has_avx2_fma() and shutil.which("cc"):

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from benchmarks.fingerprint import drift
 from benchmarks.regression import Comparison, compare, compare_fingerprints, read_results
 from benchmarks.suite import SuiteError, load_suite
-from cdrl.data import toy_sample
+from cdrl.datasets import toy_sample
 from cdrl.toy_metrics import energy_distance, toy_metrics
 from cli import app
 

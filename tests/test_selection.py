@@ -21,11 +21,12 @@ import torch.multiprocessing as mp
 from mlflow import MlflowClient
 
 import cdrl.train_loop as train_loop
-from benchmarks.suite import METRICS
 from cdrl.checkpoint import CheckpointError, load_checkpoint
 from cdrl.config import ConfigError, RunConfig, preset
-from cdrl.train_loop import (BEST_CHECKPOINT, best_checkpoint, checkpoint_paths, locate_checkpoint, selection_metric,
-                             train)
+from cdrl.distributed import Ranks
+from cdrl.metrics import METRICS
+from cdrl.run_folder import BEST_CHECKPOINT, RunFolder, locate_checkpoint
+from cdrl.train_loop import selection_metric, train
 from cdrl.training import CooperativeTrainer
 
 #: A toy run of a few iterations: every iteration logged and checked, a sample plot only at the last.
@@ -45,7 +46,7 @@ def scripted(monkeypatch, scores: dict[int, float]) -> list[int]:
     """Selection scores by iteration instead of sampled ones; returns the iterations scored, in order."""
     scored = []
 
-    def score(trainer, metric):
+    def score(trainer, metric, ranks):
         scored.append(trainer.iteration)
         return scores[trainer.iteration]
 
@@ -66,13 +67,13 @@ def test_best_checkpoint_holds_the_lowest_score_and_outlives_rotation(tmp_path, 
     assert logged == [(2, 0.5), (4, 0.2), (6, 0.4), (8, 0.3)]
     best_iteration = min(logged, key=lambda entry: entry[1])[0]
     folder = tmp_path / "run" / "checkpoints"
-    assert result.best_checkpoint == best_checkpoint(tmp_path / "run") == (folder / BEST_CHECKPOINT).resolve()
+    assert result.best_checkpoint == RunFolder(tmp_path / "run").best() == (folder / BEST_CHECKPOINT).resolve()
     _, payload = load_checkpoint(result.best_checkpoint)
     assert payload["trainer"]["iteration"] == best_iteration == 4
     record = {"metric": "energy_distance", "value": 0.2, "iteration": 4, "samples": 5000}
     assert payload["selection"] == record and "ebm_optimizer" in payload["trainer"] and len(payload["rng"]) == 1
     # Rotation kept one rolling checkpoint, which carries the record too; best.pt is no rolling checkpoint.
-    assert [path.name for path in checkpoint_paths(folder)] == ["ckpt-00000008.pt"]
+    assert [path.name for path in RunFolder.of(folder).checkpoint_paths()] == ["ckpt-00000008.pt"]
     assert sorted(path.name for path in folder.iterdir()) == ["best.pt", "ckpt-00000008.pt"]
     assert load_checkpoint(result.checkpoint)[1]["selection"] == record
     tags = MlflowClient(tracking_uri).get_run(result.run_id).data.tags
@@ -82,35 +83,38 @@ def test_best_checkpoint_holds_the_lowest_score_and_outlives_rotation(tmp_path, 
     assert result.selection == "best: energy_distance 0.2 at iteration 4 of 8 (5000 samples every 2 iterations)"
 
 
-def test_selection_scores_fixed_noise_in_bounded_batches_and_leaves_training_alone(tmp_path, tracking_uri,
-                                                                                    monkeypatch):
-    monkeypatch.setattr(train_loop, "_SELECTION_BATCH", 16)
-    draws, sample_ema = [], train_loop.sample_ema
+def test_selection_scores_fixed_noise_through_generate_and_leaves_training_alone(tmp_path, tracking_uri,
+                                                                                   monkeypatch):
+    draws, generate = [], train_loop.generate
 
-    def recorded(trainer, n_samples, seed, concepts=None):
-        draws.append((trainer.iteration, n_samples, seed))
-        return sample_ema(trainer, n_samples, seed, concepts)
+    def recorded(model, spec, **options):
+        draws.append((model.iteration, spec, options["chain"]))
+        return generate(model, spec, **options)
 
-    monkeypatch.setattr(train_loop, "sample_ema", recorded)
+    monkeypatch.setattr(train_loop, "generate", recorded)
     monkeypatch.setattr(train_loop, "_log_samples", lambda *args: None)  # only selection draws are recorded
     settings = ["training.iterations=5", "run.checkpoint_every=5", "run.select_samples=40"]
     result = toy_train(tmp_path, tracking_uri, *settings, "run.select_every=2")
-    # At every multiple of select_every and at the last iteration, in batches of at most 16.
+    # At every multiple of select_every and at the last iteration.
     logged = history(tracking_uri, result.run_id, "selection_energy_distance")
     assert [step for step, _ in logged] == [2, 4, 5] and all(math.isfinite(value) for _, value in logged)
     seconds = history(tracking_uri, result.run_id, "selection_seconds")
     assert [step for step, _ in seconds] == [2, 4, 5] and all(value > 0 for _, value in seconds)
-    by_iteration = {iteration: [(n, seed) for i, n, seed in draws if i == iteration] for iteration in (2, 4, 5)}
-    assert [n for n, _ in by_iteration[2]] == [16, 16, 8]
-    assert by_iteration[2] == by_iteration[4] == by_iteration[5]  # the same noise: scores differ by the weights only
-    assert len({seed for _, seed in by_iteration[2]}) == 3
+    assert [iteration for iteration, _, _ in draws] == [2, 4, 5]
+    specs = {spec for _, spec, _ in draws}
+    assert len(specs) == 1  # the same noise: scores differ by the weights only
+    (spec,) = specs
+    assert (spec.n_samples, spec.weights, spec.steps_per_level) == (40, "ema", result.trainer.config.langevin.n_steps)
+    assert spec.seed not in (0, result.trainer.config.training.seed)  # a stream of its own
+    assert all(chain is result.trainer.chain_ebm for _, _, chain in draws)  # the run's speed options
 
     # best.pt holds the weights that got its score: scoring them again gives the logged value exactly.
     config, payload = load_checkpoint(result.best_checkpoint)
     assert payload["trainer"]["iteration"] == min(logged, key=lambda entry: entry[1])[0]
     trainer = CooperativeTrainer(config, torch.device("cpu"))
     trainer.load_state_dict(payload["trainer"])
-    assert train_loop._selection_score(trainer, "energy_distance") == dict(logged)[payload["trainer"]["iteration"]]
+    rescored = train_loop._selection_score(trainer, "energy_distance", Ranks(0, 1))
+    assert rescored == dict(logged)[payload["trainer"]["iteration"]]
 
     # Selection draws from its own noise streams: training goes exactly as without it.
     plain = train(preset("toy-checkerboard"), overrides=[*TOY, *settings], out=tmp_path / "plain",

@@ -14,9 +14,10 @@ from typer.testing import CliRunner
 from baselines import ABLATIONS, apply_ablations, drl
 from benchmarks import runner
 from benchmarks.regression import results_from_runs
-from benchmarks.suite import METRICS, PlotSpec, SuiteError, available_suites, expand, load_suite, plan_rows
+from benchmarks.suite import PlotSpec, SuiteError, available_suites, expand, load_suite, plan_rows
 from benchmarks.tables import build_table, render, save_plot
 from cdrl.config import ConfigError, preset
+from cdrl.metrics import METRICS
 from cdrl.train_loop import per_process_batch
 from cdrl.langevin import multiplier_for_steps
 from cli import app
@@ -135,6 +136,16 @@ def test_bad_suite_files_name_the_problem(tmp_path):
     assert "energy.widht" in attempt(TINY_SUITE.replace("energy.width=16", "energy.widht=16"))
     assert "right axis" in attempt(TINY_SUITE.replace(
         "[train]", '[plot]\nmetric = "energy_distance"\npaper = "fid"\nsecondary = "mode_coverage"\n\n[train]'))
+    # Every key is read against its field's type and bounds (cdrl.typed), the same reader as saved configs.
+    assert "profiles.full.n_samples must be at least 1, got 0" in attempt(
+        TINY_SUITE.replace("n_samples = 64", "n_samples = 0"))
+    assert "eval.checkpoint must be one of 'best', 'last', got 'newest'" in attempt(
+        TINY_SUITE.replace('checkpoint = "last"', 'checkpoint = "newest"'))
+    assert "check.k must be greater than 0, got -1.0" in attempt(TINY_SUITE.replace("k = 4", "k = -1"))
+    assert "profiles.full.seeds must be an integer, got True" in attempt(
+        TINY_SUITE.replace("seeds = [0]", "seeds = [true]"))
+    assert "models[0].steps must be at least 1, got 0" in attempt(TINY_SUITE.replace("steps = [2, 1]", "steps = [0]"))
+    assert "eval.batch_size must be an integer" in attempt(TINY_SUITE.replace("batch_size = 64", 'batch_size = "64"'))
     with pytest.raises(SuiteError, match="unknown suite"):
         load_suite("no-such-suite")
 

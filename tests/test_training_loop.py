@@ -19,7 +19,8 @@ from mlflow import MlflowClient
 import cli
 from cdrl.checkpoint import load_checkpoint
 from cdrl.config import preset
-from cdrl.train_loop import TrainingDiverged, checkpoint_paths, train
+from cdrl.run_folder import RunFolder
+from cdrl.train_loop import TrainingDiverged, train
 from cdrl.training import CooperativeTrainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,7 +64,7 @@ def test_training_run_holds_params_metrics_sample_grid_and_checkpoints(tmp_path,
     assert "config.json" in [a.path for a in client.list_artifacts(result.run_id)]
     config, payload = load_checkpoint(result.checkpoint)
     assert payload["mlflow_run_id"] == result.run_id and config.training.iterations == 4
-    assert [p.name for p in checkpoint_paths(tmp_path / "run" / "checkpoints")] == ["ckpt-00000003.pt",
+    assert [p.name for p in RunFolder(tmp_path / "run").checkpoint_paths()] == ["ckpt-00000003.pt",
                                                                                      "ckpt-00000004.pt"]
 
 
@@ -89,12 +90,12 @@ def test_killed_run_resumes_the_same_mlflow_run_and_loss_curve(tmp_path, trackin
     process = subprocess.Popen(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300  # a bound for a busy machine, not a timing
-    while not checkpoint_paths(run_dir / "checkpoints") and process.poll() is None and time.monotonic() < deadline:
+    while not RunFolder(run_dir).checkpoint_paths() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
     stderr = process.communicate()[1].decode()
     assert process.returncode == -signal.SIGKILL, f"the run ended before it was killed: {stderr[-2000:]}"
-    killed_at = load_checkpoint(checkpoint_paths(run_dir / "checkpoints")[-1])[1]["trainer"]["iteration"]
+    killed_at = load_checkpoint(RunFolder(run_dir).checkpoint_paths()[-1])[1]["trainer"]["iteration"]
     assert killed_at < 12
 
     resumed = train(resume=run_dir, tracking_uri=tracking_uri, show_progress=False)
@@ -141,7 +142,7 @@ def test_two_process_gloo_ddp_keeps_ranks_in_sync(tmp_path, tracking_uri):
     # training.batch_size is the global batch: the tiny preset's 8 is 4 per process, and both are recorded.
     assert first["batch_sizes"] == second["batch_sizes"] == [4, 4, 4]
     assert (run.data.tags["cdrl.global_batch"], run.data.tags["cdrl.per_process_batch"]) == ("8", "4")
-    _, payload = load_checkpoint(checkpoint_paths(run_dir / "checkpoints")[-1])
+    _, payload = load_checkpoint(RunFolder(run_dir).checkpoint_paths()[-1])
     assert payload["world_size"] == 2 and len(payload["rng"]) == 2
 
 
@@ -184,7 +185,7 @@ def run_cli(monkeypatch, capsys, *args: str) -> str:
 def test_bad_input_is_one_line_and_leaves_nothing_behind(tmp_path, tracking_uri, monkeypatch, capsys):
     out = ["--out", str(tmp_path / "run"), "--tracking-uri", tracking_uri]
     assert "unknown preset 'nope'" in run_cli(monkeypatch, capsys, "--preset", "nope", *out)
-    assert "needs a float" in run_cli(monkeypatch, capsys, "--preset", "tiny", "--set", "training.ebm_lr=fast", *out)
+    assert "needs a number" in run_cli(monkeypatch, capsys, "--preset", "tiny", "--set", "training.ebm_lr=fast", *out)
     assert "not key=value" in run_cli(monkeypatch, capsys, "--preset", "tiny", "--set", "training.ebm_lr", *out)
     assert "run.checkpoint_every must be at least 1" in run_cli(monkeypatch, capsys, "--preset", "tiny", "--set",
                                                                  "run.checkpoint_every=0", *out)

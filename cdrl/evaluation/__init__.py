@@ -13,8 +13,10 @@ Protocol, in order of what changes a number:
 
 * Quantisation: samples in [-1, 1] become uint8 through ``to_uint8`` (clamp, round((x+1)·127.5))
   and nowhere else; both libraries only ever see uint8 images.
-* Backend: ``"torch-fidelity"`` (default) or ``"clean-fid"``; each computes statistics, the
-  Fréchet distance and KID with its own code. clean-fid has no Inception Score and no KID std.
+* Backend: ``torch-fidelity`` (``DEFAULT_BACKEND``) or ``clean-fid``, one module each in
+  ``cdrl.evaluation.backends`` behind the ``Backend`` interface; each extracts features and
+  computes statistics, the Fréchet distance and KID with its own code. clean-fid has no
+  Inception Score and no KID std (``Backend.unavailable``).
 * Resize ``mode``: ``legacy_tensorflow`` (torch-fidelity's native TF1 bilinear) or ``clean``
   (clean-fid's native PIL bicubic); same mode on both backends = matched preprocessing, see
   ``compare_backends`` (they then agree to well within 2%).
@@ -38,19 +40,10 @@ Multi-GPU: ``gather_images`` collects every rank's uint8 samples on rank 0; noth
 DataParallel. torch-fidelity and clean-fid are imported only inside the functions that use them.
 """
 
+from cdrl.evaluation.backends import BACKENDS, DEFAULT_BACKEND, Backend, backend
+from cdrl.evaluation.backends.torch_fidelity import register_torch_fidelity_extractor
 from cdrl.evaluation.errors import EvaluationError
-from cdrl.evaluation.extractors import (
-    BACKENDS,
-    MODES,
-    NATIVE_MODE,
-    UNAVAILABLE_WITH_CLEAN_FID,
-    UNAVAILABLE_WITH_TORCHSCRIPT,
-    ExtractorSpec,
-    FeatureSet,
-    extract_features,
-    register_torch_fidelity_extractor,
-    resolve_extractor,
-)
+from cdrl.evaluation.extractors import ExtractorSpec, FeatureSet, extract_features, resolve_extractor
 from cdrl.evaluation.images import as_uint8_nchw, gather_images, to_uint8
 from cdrl.evaluation.metrics import (
     BackendAgreement,
@@ -60,6 +53,7 @@ from cdrl.evaluation.metrics import (
     compute_metrics,
     metrics_from_features,
 )
+from cdrl.evaluation.inception import MODES, UNAVAILABLE_WITH_TORCHSCRIPT
 from cdrl.evaluation.reference import (
     ReferenceKey,
     ReferenceStatistics,
@@ -80,12 +74,12 @@ from cdrl.evaluation.weights import (
 __all__ = [
     "BACKENDS",
     "CACHE_ENV_VAR",
+    "DEFAULT_BACKEND",
     "LIBRARY_WEIGHTS",
     "MODES",
-    "NATIVE_MODE",
-    "UNAVAILABLE_WITH_CLEAN_FID",
     "UNAVAILABLE_WITH_TORCHSCRIPT",
     "WEIGHTS_ENV_VAR",
+    "Backend",
     "BackendAgreement",
     "EvaluationError",
     "ExtractorSpec",
@@ -96,6 +90,7 @@ __all__ = [
     "ReferenceStatistics",
     "WeightsChoice",
     "as_uint8_nchw",
+    "backend",
     "build_reference_statistics",
     "cache_dir",
     "compare_backends",

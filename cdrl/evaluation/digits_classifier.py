@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cdrl.data import DataConfig, build_dataset
+from cdrl.datasets import DataConfig, build_dataset
 from cdrl.errors import CdrlBenchError
 
 NUM_DIGITS = 10

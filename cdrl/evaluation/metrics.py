@@ -12,18 +12,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cdrl.evaluation import backends
+from cdrl.evaluation.backends import BACKENDS, DEFAULT_BACKEND
 from cdrl.evaluation.errors import EvaluationError
-from cdrl.evaluation.extractors import (
-    BACKENDS,
-    CLEAN,
-    MODE_DESCRIPTIONS,
-    TORCH_FIDELITY,
-    ExtractorSpec,
-    FeatureSet,
-    extract_features,
-    resolve_extractor,
-)
+from cdrl.evaluation.extractors import ExtractorSpec, FeatureSet, extract_features, resolve_extractor
 from cdrl.evaluation.images import ImageArray
+from cdrl.evaluation.inception import CLEAN, MODE_DESCRIPTIONS
 from cdrl.evaluation.reference import ReferenceStatistics
 from cdrl.evaluation.statistics import feature_statistics, frechet_distance
 
@@ -133,6 +127,7 @@ def metrics_from_features(
     extractor = generated.extractor
     _check_compatible(extractor, reference)
     backend = extractor.backend
+    library = backends.backend(backend)
     mu, sigma = feature_statistics(generated.pool, backend)
     if isinstance(reference, ReferenceStatistics):
         reference_mu, reference_sigma = reference.mu, reference.sigma
@@ -152,8 +147,8 @@ def metrics_from_features(
         else:
             used_subsets = kid_subsets
             used_subset_size = min(kid_subset_size, len(generated), reference_pool.shape[0])
-            kid_mean, kid_std = _kernel_inception_distance(
-                generated.pool, reference_pool, backend, used_subsets, used_subset_size, seed
+            kid_mean, kid_std = library.kernel_distance(
+                generated.pool, reference_pool, used_subsets, used_subset_size, seed
             )
             if kid_std is None:
                 unavailable["kid_std"] = extractor.unavailable["kid_std"]
@@ -164,13 +159,8 @@ def metrics_from_features(
         if "inception_score" in extractor.unavailable:
             unavailable["inception_score"] = extractor.unavailable["inception_score"]
         else:
-            from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, isc_features_to_metric
-
             used_splits = min(isc_splits, len(generated))
-            scores = isc_features_to_metric(
-                torch.from_numpy(generated.logits), splits=used_splits, shuffle=True, rng_seed=seed
-            )
-            inception_score, inception_score_std = scores[KEY_METRIC_ISC_MEAN], scores[KEY_METRIC_ISC_STD]
+            inception_score, inception_score_std = library.inception_score(generated.logits, used_splits, seed)
 
     protocol = Protocol(
         backend=backend,
@@ -199,37 +189,11 @@ def metrics_from_features(
     )
 
 
-def _kernel_inception_distance(
-    generated: np.ndarray, reference: np.ndarray, backend: str, subsets: int, subset_size: int, seed: int
-) -> tuple[float, float | None]:
-    if backend == TORCH_FIDELITY:
-        from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
-
-        result = kid_features_to_metric(
-            torch.from_numpy(generated),
-            torch.from_numpy(reference),
-            kid_subsets=subsets,
-            kid_subset_size=subset_size,
-            rng_seed=seed,
-            verbose=False,
-        )
-        return result[KEY_METRIC_KID_MEAN], result[KEY_METRIC_KID_STD]
-    from cleanfid.fid import kernel_distance
-
-    # clean-fid draws subsets from numpy's global RNG: seed it for a reproducible KID, then restore it.
-    state = np.random.get_state()
-    np.random.seed(seed)
-    try:
-        return kernel_distance(generated, reference, num_subsets=subsets, max_subset_size=subset_size), None
-    finally:
-        np.random.set_state(state)
-
-
 def compute_metrics(
     generated: ImageArray | Iterable,
     reference: ImageArray | Iterable | ReferenceStatistics,
     *,
-    backend: str = TORCH_FIDELITY,
+    backend: str = DEFAULT_BACKEND,
     mode: str | None = None,
     kid: bool = True,
     isc: bool = True,
@@ -242,8 +206,8 @@ def compute_metrics(
 ) -> MetricResult:
     """FID (+ KID, IS) of uint8 generated images against reference images or cached ReferenceStatistics.
 
-    ``mode`` defaults to the backend's native resize (torch-fidelity: legacy_tensorflow,
-    clean-fid: clean). ``weights``: see ``cdrl.evaluation.weights`` for the resolution order.
+    ``mode`` defaults to the backend's native resize (``Backend.native_mode``; torch-fidelity:
+    legacy_tensorflow, clean-fid: clean). ``weights``: see ``cdrl.evaluation.weights`` for the resolution order.
     """
     extractor = resolve_extractor(backend, mode, weights)
     if isinstance(reference, ReferenceStatistics):
@@ -264,16 +228,16 @@ def compute_metrics(
 
 @dataclass(frozen=True)
 class BackendAgreement:
-    """FID of the same images from both backends with the same resize mode and weights."""
+    """FID of the same images from every backend with the same resize mode and weights."""
 
     mode: str
     results: dict[str, MetricResult]
 
     @property
     def relative_difference(self) -> float:
-        """|FID_torch-fidelity − FID_clean-fid| / their mean."""
-        first, second = (self.results[backend].fid for backend in BACKENDS)
-        return abs(first - second) / max((abs(first) + abs(second)) / 2, np.finfo(float).tiny)
+        """(largest FID − smallest FID) / the mean |FID|: for two backends, |FID_1 − FID_2| / their mean."""
+        fids = [result.fid for result in self.results.values()]
+        return (max(fids) - min(fids)) / max(sum(abs(fid) for fid in fids) / len(fids), np.finfo(float).tiny)
 
     def line(self) -> str:
         values = ", ".join(f"{backend} {result.fid:.4f}" for backend, result in self.results.items())
@@ -290,7 +254,7 @@ def compare_backends(
     device: str | torch.device | None = None,
     batch_size: int = 64,
 ) -> BackendAgreement:
-    """Run both backends on the same images with matched preprocessing (same mode, same weights)."""
+    """Run every backend on the same images with matched preprocessing (same mode, same weights)."""
     results = {
         backend: compute_metrics(
             generated,

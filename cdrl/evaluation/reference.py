@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cdrl.evaluation.backends import DEFAULT_BACKEND
 from cdrl.evaluation.errors import EvaluationError
 from cdrl.evaluation.extractors import ExtractorSpec, extract_features, resolve_extractor
 from cdrl.evaluation.images import ImageArray, as_uint8_nchw
@@ -153,7 +154,7 @@ def reference_statistics(
     *,
     split: str = "train",
     n_images: int | None = None,
-    backend: str = "torch-fidelity",
+    backend: str = DEFAULT_BACKEND,
     mode: str | None = None,
     weights: str | os.PathLike | None = None,
     device: str | torch.device | None = None,

@@ -37,12 +37,12 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.cpu_peak import fma_peak_tflops
+from benchmarks.speed.cpu_peak import fma_peak_tflops
 from cdrl.checkpoint import LoadedModel
 from cdrl.config import ExperimentConfig, apply_overrides, preset
-from cdrl.data import item_shape
+from cdrl.datasets import item_shape
 from cdrl.errors import CdrlBenchError
-from cdrl.generation import generate
+from cdrl.generation import GenerationSpec, generate
 from cdrl.langevin import energy_gradient, langevin_revision
 from cdrl.noise import GeneratorNoise
 from cdrl.sampler import sample
@@ -80,7 +80,7 @@ class PerfSettings:
     #: Profile one more training iteration and split its time by kind of operation.
     breakdown: bool = False
     #: Peak TFLOP/s to compare with; None: the table for known GPUs, on CPU the measured FMA
-    #: peak (benchmarks.cpu_peak), or a measured sgemm where that cannot run.
+    #: peak (benchmarks.speed.cpu_peak), or a measured sgemm where that cannot run.
     peak_tflops: float | None = None
     seed: int = 0
 
@@ -325,7 +325,7 @@ def device_peak(device: torch.device, config: ExperimentConfig, override: float 
         threads = torch.get_num_threads()
         fma = fma_peak_tflops(threads)
         if fma is not None:
-            return fma, f"measured float32 AVX2 FMA peak on {threads} threads (benchmarks.cpu_peak)"
+            return fma, f"measured float32 AVX2 FMA peak on {threads} threads (benchmarks.speed.cpu_peak)"
         return measured_cpu_peak_tflops(), "measured float32 sgemm 2048^3 on these threads (no FMA probe here)"
     arithmetic = ("bfloat16" if config.performance.ebm_precision == "bfloat16"
                   else "tf32" if config.performance.tf32 else "float32")
@@ -408,10 +408,16 @@ def run(settings: PerfSettings) -> PerfReport:
     model = LoadedModel(config, trainer.ebm, trainer.initializer, trainer.iteration, uses_ema=False)
     n_samples = settings.sample_batch or settings.batch_size
     sampling = {}
+
+    def draw(steps_per_level: int) -> None:
+        spec = GenerationSpec.resolve(config, n_samples, steps_per_level=steps_per_level, batch_size=n_samples,
+                                      weights="live")
+        generate(model, spec, device=device, chain=trainer.chain_ebm)
+
     for steps in settings.sampling_steps:
-        generate(model, n_samples, steps_per_level=1, batch_size=n_samples, device=device)  # compile, warm-up
+        draw(1)  # compile, warm-up
         with _timed(device) as drawing:
-            generate(model, n_samples, steps_per_level=steps, batch_size=n_samples, device=device)
+            draw(steps)
         sampling[f"6x{steps}"] = n_samples / drawing.wall_seconds
 
     inception = _inception_rate(device, settings.inception_images, settings.batch_size) if settings.inception else None

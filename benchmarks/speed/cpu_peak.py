@@ -4,19 +4,16 @@ The denominator of ``cdrl-bench perf``'s "fraction of peak" on CPU. A library sg
 peak: MKL's reaches 37-55% of this figure on the project's AMD machine, oneDNN's convolutions
 about 50%. Needs a C compiler (``cc``) and an x86-64 CPU with AVX2 and FMA; where either is
 missing, :func:`fma_peak_tflops` returns None and ``perf`` falls back to a measured sgemm.
-
-    python -m benchmarks.cpu_peak --threads 2
+``cdrl-bench perf`` prints the peak it used and where it came from.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import platform
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -101,19 +98,3 @@ def fma_peak_tflops(threads: int, rounds: int = 30_000_000, repeats: int = 5) ->
     if result.returncode != 0:
         return None
     return float(result.stdout.split()[0]) / 1e12
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    arguments = parser.parse_args(argv)
-    peak = fma_peak_tflops(arguments.threads)
-    if peak is None:
-        print("no AVX2/FMA x86-64 CPU or no C compiler: use a measured sgemm (cdrl-bench perf does)")
-        return 1
-    print(f"float32 FMA peak on {arguments.threads} threads: {1000 * peak:.1f} GFLOP/s")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,92 @@
+"""CIFAR-10: the python archive cifar-10-python.tar.gz, extracted to cifar-10-batches-py/ (downloaded if absent)."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import Dataset
+from torchvision.datasets import CIFAR10
+from torchvision.datasets.utils import download_and_extract_archive
+
+from cdrl.datasets.common import ImageArrayDataset, check_photo_options, data_root, labels_for, photo_flip
+from cdrl.datasets.config import DataConfig, DatasetError
+from cdrl.datasets.registry import DatasetInfo, register
+
+CIFAR10_FOLDER = CIFAR10.base_folder  # "cifar-10-batches-py"
+_CIFAR10_FILES = {
+    "train": [name for name, _md5 in CIFAR10.train_list],
+    "test": [name for name, _md5 in CIFAR10.test_list],
+}
+_CIFAR10_META = CIFAR10.meta["filename"]  # "batches.meta"
+
+
+def _read_cifar_pickle(path: Path) -> dict:
+    # latin1 decodes the Python 2 pickles of the official archive; keys are then
+    # normalised so files pickled by Python 3 (bytes keys) read the same way.
+    try:
+        with path.open("rb") as file:
+            content = pickle.load(file, encoding="latin1")
+    except (OSError, pickle.UnpicklingError, EOFError) as err:
+        raise DatasetError(f"cannot read CIFAR-10 file {path} ({err}): re-extract cifar-10-python.tar.gz") from err
+    if not isinstance(content, dict):
+        raise DatasetError(f"CIFAR-10 file {path} holds no dict: re-extract cifar-10-python.tar.gz")
+    return {key.decode("latin1") if isinstance(key, bytes) else key: value for key, value in content.items()}
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    content = _read_cifar_pickle(path)
+    data = np.asarray(content.get("data"))
+    labels = np.asarray(content.get("labels"), dtype=np.int64)
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(labels) != len(data):
+        raise DatasetError(
+            f"CIFAR-10 file {path} is not a batch of the python archive (expected 'data' uint8 (N, 3072) "
+            f"and N 'labels'; got data {data.dtype} {data.shape}, {len(labels)} labels): re-extract cifar-10-python.tar.gz"
+        )
+    if len(labels) and (labels.min() < 0 or labels.max() > 9):
+        raise DatasetError(f"CIFAR-10 file {path} has labels outside 0..9: re-extract cifar-10-python.tar.gz")
+    return data, labels
+
+
+def _cifar_files_present(folder: Path) -> bool:
+    names = _CIFAR10_FILES["train"] + _CIFAR10_FILES["test"] + [_CIFAR10_META]
+    return all((folder / name).is_file() for name in names)
+
+
+def _ensure_cifar10(config: DataConfig) -> Path:
+    """The cifar-10-batches-py/ folder: an existing copy (accepted by structure) or a fresh, md5-verified download."""
+    root = data_root(config)
+    folder = root / CIFAR10_FOLDER
+    if _cifar_files_present(folder):
+        return folder
+    fix = f"pass --data-dir pointing at a folder containing {CIFAR10_FOLDER}/ (extracted from {CIFAR10.filename})"
+    if not config.download:
+        raise DatasetError(f"CIFAR-10 not found in {root} and download is off: {fix}, or allow download")
+    try:
+        # torchvision's URL and archive md5: a corrupted or tampered download fails here.
+        download_and_extract_archive(CIFAR10.url, str(root), filename=CIFAR10.filename, md5=CIFAR10.tgz_md5)
+    except (OSError, RuntimeError) as err:  # URLError is an OSError
+        raise DatasetError(f"CIFAR-10 not found in {root} and download failed (no network?): {fix}") from err
+    if not _cifar_files_present(folder):
+        raise DatasetError(f"CIFAR-10 download to {root} did not produce {CIFAR10_FOLDER}/: {fix}")
+    return folder
+
+
+def _build_cifar10(config: DataConfig) -> Dataset:
+    check_photo_options(config, "cifar10")
+    folder = _ensure_cifar10(config)
+    batches = [_read_cifar_batch(folder / name) for name in _CIFAR10_FILES[config.split]]
+    names = _read_cifar_pickle(folder / _CIFAR10_META).get("label_names", [])
+    classes = [name.decode("latin1") if isinstance(name, bytes) else name for name in names]
+    return ImageArrayDataset(
+        chunks=[np.concatenate([data for data, _ in batches])],
+        labels=labels_for(config, np.concatenate([labels for _, labels in batches])),
+        image_shape=(3, 32, 32),
+        horizontal_flip=photo_flip(config),
+        classes=classes,
+    )
+
+
+register(DatasetInfo("cifar10", "CIFAR-10 32x32 RGB, 50k train / 10k test; downloaded or --data-dir",
+                     (3, 32, 32), 10, True, None, _build_cifar10))

@@ -1,0 +1,197 @@
+"""Every metric of cdrl-bench, one entry each: its name, label, direction, table format, the samples
+it applies to, and the pass that computes it.
+
+A :class:`Metric` in :data:`METRICS` is the one home of a metric: the suite files, tables and
+regression check read its label, direction and format here, and :func:`measure` (behind
+:func:`cdrl.scoring.score_samples`) computes the metrics that apply to the samples. Metrics
+computed together share a :class:`MetricPass`, run at most once per score: FID, KID and IS
+come from one Inception pass over the samples (:mod:`cdrl.evaluation`), the three exact 2-D
+metrics from one look at the toy density's modes (:mod:`cdrl.toy_metrics`).
+
+Adding a metric is one entry in :data:`METRICS` and, unless an existing pass gives its
+value, a pass function in this file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Iterator
+
+import torch
+
+from cdrl.config import ExperimentConfig
+from cdrl.datasets import DataConfig, build_dataset, dataset_info, reference_name
+from cdrl.toy_metrics import toy_metrics
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """One scoring of samples: what was drawn, from which model, and against which reference, how."""
+
+    samples: torch.Tensor
+    config: ExperimentConfig
+    #: The reference dataset: the model's own unless another is named.
+    dataset: str
+    backend: str
+    mode: str | None
+    reference_split: str
+    n_reference: int | None
+    seed: int
+    data_dir: str | None
+    device: str | torch.device | None
+    weights: str | None
+    #: The class each sample was asked for, if any.
+    classes: torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What one pass gives: values by metric name (one it cannot give is absent), the protocol entries
+    saying how they were obtained, and its part of the one-line protocol."""
+
+    values: dict[str, float]
+    protocol: dict[str, Any]
+    line: str
+
+
+@dataclass(frozen=True)
+class MetricPass:
+    """One computation over the samples that gives one or more metrics' values."""
+
+    name: str
+    run: Callable[[ScoreRequest], Measured]
+
+
+@dataclass(frozen=True)
+class DataKind:
+    """The samples a metric applies to."""
+
+    name: str
+    applies: Callable[[ScoreRequest], bool]
+
+
+IMAGES = DataKind("images", lambda request: dataset_info(request.dataset).is_image)
+TOY_2D = DataKind("2-D toy densities", lambda request: not dataset_info(request.dataset).is_image)
+GUIDED_DIGITS = DataKind("digits with a requested class per sample",
+                         lambda request: request.classes is not None and request.dataset == "digits")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric: how it is named, read and printed, which samples it applies to, what computes it."""
+
+    name: str
+    #: Its name in tables and result lines.
+    label: str
+    higher_is_better: bool
+    #: Decimal places in tables and result lines.
+    decimals: int
+    data: DataKind
+    computed_by: MetricPass
+    #: A share of samples: its seed-to-seed std is at least the binomial sqrt(p (1 - p) / n).
+    proportion: bool = False
+
+    def show(self, value: float) -> str:
+        """'label value' at the metric's decimals, e.g. 'mode coverage 0.875'."""
+        return f"{self.label} {value:.{self.decimals}f}"
+
+
+# --------------------------------------------------------------------------- passes
+
+def reference_images(data: DataConfig, n_images: int | None, batch_size: int = 500
+                     ) -> tuple[int, Iterator[torch.Tensor]]:
+    """(count, uint8 batches) of the first ``n_images`` images of a dataset split (all when None; never flipped).
+
+    The batches are loaded as they are iterated, so cached statistics cost no data loading.
+    """
+    from cdrl.evaluation import to_uint8
+
+    dataset = build_dataset(replace(data, horizontal_flip=False))
+    total = len(dataset) if n_images is None else min(n_images, len(dataset))
+
+    def batches() -> Iterator[torch.Tensor]:
+        for start in range(0, total, batch_size):
+            yield to_uint8(torch.stack([dataset[i][0] for i in range(start, min(start + batch_size, total))]))
+
+    return total, batches()
+
+
+def _inception(request: ScoreRequest) -> Measured:
+    """FID, KID and IS (where the extractor has logits) against cached statistics of the reference split."""
+    from cdrl.evaluation import compute_metrics, reference_statistics, to_uint8
+
+    config = request.config.data
+    data = replace(config, dataset=request.dataset, split=request.reference_split,
+                   data_dir=request.data_dir or config.data_dir)
+    total, batches = reference_images(data, request.n_reference)
+    # Another image pipeline of the same dataset is another reference: its own cached statistics.
+    reference = reference_name(data)
+    statistics = reference_statistics(reference, batches, split=request.reference_split, n_images=total,
+                                      backend=request.backend, mode=request.mode, weights=request.weights,
+                                      device=request.device)
+    result = compute_metrics(to_uint8(request.samples), statistics, backend=request.backend, mode=request.mode,
+                             weights=request.weights, device=request.device, reference_name=reference,
+                             reference_split=request.reference_split, seed=request.seed)
+    values = {name: float(getattr(result, name)) for name in ("fid", "kid_mean", "kid_std", "inception_score")
+              if getattr(result, name) is not None}
+    return Measured(values, dict(vars(result.protocol)), result.line())
+
+
+def _exact_2d(request: ScoreRequest) -> Measured:
+    """The exact toy metrics against fresh draws of the density (no feature extractor)."""
+    samples, dataset = request.samples, request.dataset
+    values = toy_metrics(dataset, samples, seed=request.seed, scale=request.config.data.toy_scale,
+                         n_reference=request.n_reference)
+    n_reference = request.n_reference or len(samples)
+    protocol = {"backend": "exact-2d", "n_generated": len(samples), "n_reference": n_reference,
+                "reference": dataset, "reference_split": "fresh draws"}
+    shown = " | ".join(METRICS[name].show(value) for name, value in values.items())
+    return Measured(values, protocol, f"{shown} | exact 2-D metrics, {len(samples)} samples vs {n_reference} "
+                                      f"fresh {dataset} draws")
+
+
+def _class_accuracy(request: ScoreRequest) -> Measured:
+    """The share of samples that a small digit CNN assigns to the class each was asked for."""
+    from cdrl.evaluation.digits_classifier import class_accuracy, default_classifier, held_out_accuracy
+
+    samples = request.samples
+    classifier = default_classifier(samples.shape[1], samples.shape[-1])
+    accuracy = class_accuracy(samples, request.classes, classifier)
+    held_out = round(held_out_accuracy(classifier), 4)
+    return Measured({"class_accuracy": accuracy}, {"classifier_held_out_accuracy": held_out},
+                    f"{METRICS['class_accuracy'].show(accuracy)} (digit CNN, {held_out:.3f} on held-out digits)")
+
+
+INCEPTION = MetricPass("inception", _inception)
+EXACT_2D = MetricPass("exact-2d", _exact_2d)
+DIGIT_CLASSIFIER = MetricPass("digit-classifier", _class_accuracy)
+
+# --------------------------------------------------------------------------- the registry
+
+#: Every metric a suite can tabulate or check and a score can give, by name: the one source of their directions.
+METRICS: dict[str, Metric] = {metric.name: metric for metric in (
+    Metric("fid", "FID", False, 2, IMAGES, INCEPTION),
+    Metric("kid_mean", "KID", False, 4, IMAGES, INCEPTION),
+    # The spread of KID over its subsets: how precise kid_mean is, logged beside it.
+    Metric("kid_std", "KID std", False, 5, IMAGES, INCEPTION),
+    Metric("inception_score", "IS", True, 2, IMAGES, INCEPTION),
+    Metric("in_support_fraction", "in-support", True, 3, TOY_2D, EXACT_2D, proportion=True),
+    Metric("mode_coverage", "mode coverage", True, 3, TOY_2D, EXACT_2D),
+    Metric("energy_distance", "energy distance", False, 4, TOY_2D, EXACT_2D),
+    Metric("class_accuracy", "class accuracy", True, 3, GUIDED_DIGITS, DIGIT_CLASSIFIER, proportion=True),
+)}
+
+
+def measure(request: ScoreRequest) -> tuple[dict[str, float], dict[str, Any], str]:
+    """(metrics, protocol, protocol line) of the metrics that apply to the request, each pass run once."""
+    applicable = [metric for metric in METRICS.values() if metric.data.applies(request)]
+    metrics: dict[str, float] = {}
+    protocol: dict[str, Any] = {}
+    lines = []
+    for metric_pass in dict.fromkeys(metric.computed_by for metric in applicable):
+        measured = metric_pass.run(request)
+        wanted = {metric.name for metric in applicable if metric.computed_by == metric_pass}
+        metrics.update((name, value) for name, value in measured.values.items() if name in wanted)
+        protocol.update(measured.protocol)
+        lines.append(measured.line)
+    return metrics, protocol, " | ".join(lines)

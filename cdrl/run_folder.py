@@ -1,0 +1,188 @@
+"""A training run's folder: its layout, checkpoint names and rotation, finding a checkpoint, resume checks.
+
+One folder per run::
+
+    RUN/config.json                      the resolved ExperimentConfig
+    RUN/checkpoints/ckpt-00005000.pt     newest ``run.keep_checkpoints``, written atomically
+    RUN/checkpoints/best.pt              with ``run.select_every``: the best-scoring one (FID; toys: energy distance)
+    RUN/samples/samples-00005000.png     image grid, or scatter plot for 2-D toy presets
+
+Only rank 0 writes here. The MLflow run records the checkpoints folder (tag
+``cdrl.checkpoint_dir``), so an MLflow run id names its folder too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+from cdrl.checkpoint import CheckpointError, load_checkpoint, save_atomic
+from cdrl.config import ConfigError, ExperimentConfig, apply_overrides
+from cdrl.files import PARTIAL_SUFFIX
+from cdrl.tracking import TAG_CHECKPOINT_DIR, get_run_tags
+
+CHECKPOINT_FOLDER = "checkpoints"
+SAMPLE_FOLDER = "samples"
+DEFAULT_RUNS_FOLDER = Path("runs")
+#: The best-scoring checkpoint (run.select_every); not a ckpt-*.pt, so rotation and rollback never touch it.
+BEST_CHECKPOINT = "best.pt"
+_CHECKPOINT_NAME = re.compile(r"ckpt-(\d+)\.pt")
+_RUN_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def _rolling_checkpoints(folder: Path) -> list[Path]:
+    found = [(int(match.group(1)), path) for path in (folder.iterdir() if folder.is_dir() else [])
+             if (match := _CHECKPOINT_NAME.fullmatch(path.name))]
+    return [path for _, path in sorted(found)]
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    root: Path
+
+    @classmethod
+    def of(cls, path: str | os.PathLike) -> RunFolder:
+        """The run that ``path`` (its folder, its checkpoints/ folder or a checkpoint in it) belongs to."""
+        path = Path(path)
+        if path.is_file() or path.suffix == ".pt":
+            path = path.parent
+        return cls(path.parent if path.name == CHECKPOINT_FOLDER else path)
+
+    @staticmethod
+    def default_name(preset_name: str) -> Path:
+        """runs/PRESET-YYYYmmdd-HHMMSS, for a run started without --out."""
+        return DEFAULT_RUNS_FOLDER / f"{preset_name}-{datetime.now():%Y%m%d-%H%M%S}"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / CHECKPOINT_FOLDER
+
+    @property
+    def config_file(self) -> Path:
+        return self.root / "config.json"
+
+    def checkpoint_paths(self) -> list[Path]:
+        """The rolling checkpoints, oldest first (by iteration)."""
+        return _rolling_checkpoints(self.checkpoints)
+
+    def newest(self) -> Path | None:
+        paths = self.checkpoint_paths()
+        return paths[-1] if paths else None
+
+    def best(self) -> Path | None:
+        """The best-scoring checkpoint (kept when run.select_every > 0), or None when there is none."""
+        path = self.checkpoints / BEST_CHECKPOINT
+        return path if path.is_file() else None
+
+    def sample_grid(self, iteration: int) -> Path:
+        return self.root / SAMPLE_FOLDER / f"samples-{iteration:08d}.png"
+
+    def check_fresh(self) -> None:
+        """A new run may not start in the folder of another."""
+        if self.checkpoint_paths():
+            raise ConfigError(f"{self.root} already holds checkpoints: continue it with --resume {self.root} "
+                              "or choose another --out")
+
+    def prepare(self, config: ExperimentConfig) -> None:
+        """Create the layout, drop what a crash left half-written, and record the run's config."""
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        for partial in self.checkpoints.glob(f".*{PARTIAL_SUFFIX}"):
+            partial.unlink()  # a save_atomic that a crash interrupted: never a valid checkpoint
+        self.config_file.write_text(json.dumps(config.to_dict(), indent=2))
+
+    def save_checkpoint(self, payload: dict, iteration: int, keep: int) -> Path:
+        """Write ckpt-ITERATION.pt atomically, then drop all but the newest ``keep``."""
+        path = save_atomic(payload, self.checkpoints / f"ckpt-{iteration:08d}.pt")
+        for old in self.checkpoint_paths()[:-keep]:
+            old.unlink()
+        return path
+
+    def save_best(self, payload: dict) -> Path:
+        return save_atomic(payload, self.checkpoints / BEST_CHECKPOINT)
+
+
+@dataclass(frozen=True)
+class LocatedCheckpoint:
+    path: Path
+    #: How it was picked, for protocols: "given file", "newest of run folder ...", "best of MLflow run ...".
+    selection: str
+
+
+def locate_checkpoint(name: str | os.PathLike, tracking_uri: str | None = None,
+                      pick: Literal["newest", "best"] = "newest") -> LocatedCheckpoint:
+    """The checkpoint that a checkpoint file, a run folder or an MLflow run id names, and how it was picked.
+
+    A run folder or run id gives its newest checkpoint, or with ``pick="best"`` its best.pt.
+    """
+    path = Path(name)
+    if path.is_file():
+        return LocatedCheckpoint(path, "given file")
+    if path.is_dir():
+        folder, source = RunFolder.of(path), f"run folder {path}"
+    elif _RUN_ID.fullmatch(str(name)):
+        tags = get_run_tags(str(name), tracking_uri)
+        if TAG_CHECKPOINT_DIR not in tags:
+            raise CheckpointError(f"MLflow run {name} has no {TAG_CHECKPOINT_DIR} tag: it is not a training run")
+        folder, source = RunFolder.of(tags[TAG_CHECKPOINT_DIR]), f"MLflow run {name}"
+    else:
+        raise CheckpointError(f"{name}: no such checkpoint file, run folder or MLflow run id")
+    if pick == "best":
+        best = folder.best()
+        if best is None:
+            raise CheckpointError(f"{source} has no {BEST_CHECKPOINT}: it was trained without run.select_every; "
+                                  "take its newest checkpoint instead")
+        return LocatedCheckpoint(best, f"best of {source}")
+    newest = folder.newest()
+    if newest is None:
+        raise CheckpointError(f"{folder.checkpoints} holds no checkpoint (ckpt-*.pt) yet: start the run afresh instead")
+    return LocatedCheckpoint(newest, f"newest of {source}")
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    folder: RunFolder
+    checkpoint: Path
+    payload: dict
+    #: The saved config with the changes a resume may make.
+    config: ExperimentConfig
+
+
+def resume_point(name: str | os.PathLike, *, tracking_uri: str | None, world_size: int,
+                 config: ExperimentConfig | None = None, overrides: list[str] | tuple[str, ...] = ()) -> ResumePoint:
+    """Everything that continuing the run ``name`` (checkpoint, run folder or MLflow run id) needs, checked.
+
+    The run keeps its config except ``run.*``, ``training.iterations`` and ``data.data_dir``
+    (``config``, when given, replaces the saved one before ``overrides``; it must agree elsewhere).
+    """
+    path = locate_checkpoint(name, tracking_uri).path
+    saved, payload = load_checkpoint(path)
+    if "ebm_optimizer" not in payload["trainer"] or "rng" not in payload:
+        raise CheckpointError(f"{path} holds weights only (imported or exported), no optimiser or RNG state: "
+                              "it cannot be resumed; start a new run")
+    if payload["world_size"] != world_size:
+        raise CheckpointError(f"{path} was written by {payload['world_size']} processes: resume with "
+                              f"torchrun --nproc_per_node {payload['world_size']} (this is {world_size})")
+    siblings = _rolling_checkpoints(path.parent)
+    if siblings and siblings[-1].resolve() != path.resolve():
+        raise CheckpointError(f"{path} is not the newest checkpoint of its run ({siblings[-1].name} is): "
+                              "resume the run folder, or copy the checkpoint to a folder of its own")
+    return ResumePoint(RunFolder.of(path), path, payload, _resumed_config(saved, apply_overrides(config or saved, list(overrides))))
+
+
+def _resumed_config(saved: ExperimentConfig, requested: ExperimentConfig) -> ExperimentConfig:
+    """``requested`` when it differs from the checkpoint's config only where a resume may change it."""
+    # Cadences, the iteration budget and where the data lie; everything else would change the model.
+    comparable = replace(requested, run=saved.run,
+                         training=replace(requested.training, iterations=saved.training.iterations),
+                         data=replace(requested.data, data_dir=saved.data.data_dir, download=saved.data.download))
+    if comparable != saved:
+        before = saved.flat()
+        changed = [key for key, value in comparable.flat().items() if before.get(key) != value]
+        raise ConfigError(f"a resumed run keeps its config; {', '.join(changed)} differ from the checkpoint's: "
+                          "change only run.*, training.iterations or data.data_dir, or start a new run")
+    return requested
