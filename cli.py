@@ -8,11 +8,13 @@ exit status 2 (see :class:`cdrl.errors.CdrlBenchError`).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from typer.exceptions import TyperException
 
 from cdrl.errors import CdrlBenchError
 
@@ -30,20 +32,80 @@ error_console = Console(stderr=True)
 _TRACKING_URI = typer.Option(None, "--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI, "
                                                          "else sqlite:///mlflow.db).")
 _DEVICE = typer.Option(None, "--device", help="cpu or cuda[:N] (default: cuda when available).")
+_THREADS = typer.Option(None, "--threads", min=1, help="CPU threads of this process (default: torch's, all cores; on "
+                                                      "a busy machine 1 is often fastest).")
+_SEED = typer.Option(0, "--seed", min=0, max=2**63 - 1, help="Sample i uses the noise stream of (seed, i): "
+                                                            "independent of batching.")
+_SEEDS = typer.Option(None, "--seeds", min=1, max=10_000, help="Use seeds 0..N-1 instead of the suite's seeds.")
+_MODE = typer.Option(None, "--mode", help="Resize mode (default: the backend's).")
+Split = Literal["train", "test"]
+Pick = Literal["newest", "best"]
+Mode = Literal["legacy_tensorflow", "clean"]
 _DATA_DIR = typer.Option(None, "--data-dir", help="Folder holding the dataset's files (default ./data).")
 _SUITE = typer.Option(..., "--suite", help="Suite name (benchmarks/suites/NAME.toml) or path of a suite file.")
 _QUICK = typer.Option(False, "--quick", help="The suite's quick profile: fewer iterations and samples.")
 _QUICK_RUNS = typer.Option(False, "--quick", help="Use the runs of the suite's quick profile.")
 _CHECKPOINT = typer.Argument(..., help="Checkpoint file, run folder (its newest or best checkpoint: --pick) or MLflow run id.")
-_STEPS = typer.Option(None, "--steps", help="Langevin steps per noise level K (default: the preset's; the step "
+_STEPS = typer.Option(None, "--steps", min=1, help="Langevin steps per noise level K (default: the preset's; the step "
                                             "size scales by sqrt(15/K)).")
-_BATCH_SIZE = typer.Option(None, "--batch-size", help="Samples drawn at once (memory only: the samples do not depend on it).")
-_GUIDANCE = typer.Option(0.0, "--guidance", help="Classifier-free guidance weight w (conditional models).")
+_SAMPLER_SET = typer.Option([], "--set", help="Sampler override sampler.X=value, e.g. sampler.tweedie_step=false "
+                                              "(repeatable; recorded in the protocol).")
+_BATCH_SIZE = typer.Option(None, "--batch-size", min=1,
+                           help="Samples drawn at once (memory only: the samples do not depend on it).")
+_GUIDANCE = typer.Option(0.0, "--guidance", min=0.0, max=1e6,
+                         help="Classifier-free guidance weight w (conditional models).")
 _LIVE = typer.Option(False, "--live", help="Use the live weights instead of the EMA weights.")
 # None: cdrl.evaluation.DEFAULT_BACKEND, looked up when the command runs (importing it here would load torch).
 _BACKEND = typer.Option(None, "--backend", help="Evaluation backend: torch-fidelity (the default) or clean-fid.")
 _PICK = typer.Option("newest", "--pick", help="With a run folder or MLflow run id: its newest checkpoint, or "
                                               "its best (best.pt, kept when trained with run.select_every).")
+
+
+def _compute_setup(threads: int | None, device: str | None) -> str | None:
+    """Before any work: this process's CPU threads (a warning on a busy machine) and the --device, checked."""
+    from cdrl.distributed import checked_device
+    from cdrl.performance import use_threads
+
+    warning = use_threads(threads)
+    if warning:
+        error_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+    checked = checked_device(device)
+    return None if checked is None else str(checked)
+
+
+def _writable(path: Path | None, flag: str, folder: bool = False) -> None:
+    """Refuse, before any work, an output path that cannot be written: below a file, or a file where a folder goes."""
+    if path is None:
+        return
+    blocking = next((parent for parent in path.absolute().parents if parent.exists() and not parent.is_dir()), None)
+    if blocking is not None:
+        raise CdrlBenchError(f"{flag} {path}: {blocking} is a file, not a folder; choose another {flag}")
+    if path.exists() and path.is_dir() != folder:
+        raise CdrlBenchError(f"{flag} {path} exists and is {'a file' if folder else 'a folder'}; choose another {flag}")
+
+
+def _data_folder(data_dir: Path | None) -> str | None:
+    """--data-dir as the library takes it; a file there is refused (a missing folder is where a download goes)."""
+    if data_dir is None:
+        return None
+    if data_dir.exists() and not data_dir.is_dir():
+        raise CdrlBenchError(f"--data-dir {data_dir} is a file: pass the folder that holds the dataset's files")
+    return str(data_dir)
+
+
+def _backend(name: str | None) -> str:
+    """--backend, checked against the registered backends (also where a model's metrics need none)."""
+    from cdrl.evaluation import DEFAULT_BACKEND
+    from cdrl.evaluation.backends import backend
+
+    return backend(DEFAULT_BACKEND if name is None else name).name
+
+
+def _check_store(tracking_uri: str | None) -> None:
+    """A tracking store that cannot be used fails before any work, not after it."""
+    from cdrl.tracking import resolve_tracking_uri
+
+    resolve_tracking_uri(tracking_uri)
 
 
 def _print_version(requested: bool) -> None:
@@ -119,6 +181,7 @@ def import_checkpoint(
     from cdrl.checkpoint import import_official_checkpoint, save_atomic
     from cdrl.imagenet_classes import load_class_map
 
+    _writable(out, "--out")
     if (class_map_from is None) != (class_map_to is None):
         raise CdrlBenchError("--class-map-from and --class-map-to go together: pass imagenet_class_index.json "
                              "and map_clsloc.txt, or neither")
@@ -136,13 +199,15 @@ def train(
     overrides: list[str] = typer.Option([], "--set", help="Config override key=value, e.g. training.ebm_lr=2e-4 "
                                                           "or run.checkpoint_every=500 (repeatable)."),
     data_dir: Path = _DATA_DIR,
-    iterations: int = typer.Option(None, "--iterations", help="Training iterations (training.iterations)."),
+    iterations: int = typer.Option(None, "--iterations", min=1, help="Training iterations (training.iterations)."),
     out: Path = typer.Option(None, "--out", help="Run folder (default runs/PRESET-TIMESTAMP)."),
     resume: str = typer.Option(None, "--resume", help="Continue a run: a checkpoint, a run folder or an MLflow run id."),
     tracking_uri: str = _TRACKING_URI,
     experiment: str = typer.Option(None, "--experiment", help="MLflow experiment (default cdrl-bench)."),
     tags: list[str] = typer.Option([], "--tag", help="Extra MLflow tag key=value, e.g. cdrl.suite=toy (repeatable)."),
     device: str = typer.Option(None, "--device", help="cpu or cuda[:N] (default: this rank's GPU if any)."),
+    threads: int = typer.Option(None, "--threads", min=1, help="CPU threads of each process "
+                                                              "(performance.threads; default: torch's, all cores)."),
 ) -> None:
     """Train a preset (or resume a run) with MLflow tracking and resumable checkpoints; works under torchrun.
 
@@ -155,9 +220,13 @@ def train(
         raise ConfigError("--preset and --resume exclude each other: a resumed run keeps its preset")
     settings = list(overrides)
     if data_dir is not None:
-        settings.append(f"data.data_dir={data_dir}")
+        settings.append(f"data.data_dir={_data_folder(data_dir)}")
     if iterations is not None:
         settings.append(f"training.iterations={iterations}")
+    if threads is not None:
+        settings.append(f"performance.threads={threads}")
+    _writable(out, "--out", folder=True)
+    device = _compute_setup(None, device)
     extra_tags = {}
     for tag in tags:
         key, separator, value = tag.partition("=")
@@ -176,29 +245,35 @@ def train(
 def sample(
     checkpoint: str = _CHECKPOINT,
     steps: int = _STEPS,
-    n: int = typer.Option(64, "--n", help="Number of samples."),
+    n: int = typer.Option(64, "--n", min=1, max=10**9, help="Number of samples."),
     out: Path = typer.Option(..., "--out", help="Folder of lossless PNGs, or FILE.npz (uint8 images / 2-D points)."),
-    seed: int = typer.Option(0, "--seed", help="Sample i uses the noise stream of (seed, i): independent of batching."),
+    seed: int = _SEED,
     batch_size: int = _BATCH_SIZE,
     guidance: float = _GUIDANCE,
-    class_label: int = typer.Option(None, "--class", help="Class to draw (0-based; default: all classes in turn)."),
+    class_label: int = typer.Option(None, "--class", min=0, help="Class to draw (0-based; default: all classes in "
+                                                                  "turn)."),
     live: bool = _LIVE,
     device: str = _DEVICE,
     tracking_uri: str = typer.Option(None, "--tracking-uri", help="MLflow store, to resolve a run id."),
-    pick: str = _PICK,
+    pick: Pick = _PICK,
+    sampler_overrides: list[str] = _SAMPLER_SET,
+    threads: int = _THREADS,
 ) -> None:
     """Draw samples from a checkpoint (EMA weights by default) and save them losslessly.
 
     Example: cdrl-bench sample runs/digits-cond --n 64 --steps 5 --guidance 2 --class 7 --out sevens/
     """
     from cdrl.generation import save_samples
-    from cdrl.scoring import draw_samples
     from cdrl.run_folder import locate_checkpoint
+    from cdrl.scoring import draw_samples
 
-    located = locate_checkpoint(checkpoint, tracking_uri, _pick(pick))
+    _writable(out, "--out", folder=out.suffix != ".npz")  # a folder of PNGs, or one FILE.npz
+    device = _compute_setup(threads, device)
+    _check_store(tracking_uri)
+    located = locate_checkpoint(checkpoint, tracking_uri, pick)
     samples, config, protocol = draw_samples(located.path, n_samples=n, steps_per_level=steps, seed=seed,
                                              batch_size=batch_size, guidance=guidance, class_label=class_label,
-                                             use_ema=not live, device=device)
+                                             use_ema=not live, device=device, sampler_overrides=sampler_overrides)
     written = save_samples(samples, out, config.initializer.architecture == "unet",
                            {**protocol, "checkpoint_selection": located.selection})
     console.print(f"wrote {n} samples to {written} ({protocol['noise_levels']}x{protocol['steps_per_level']} steps, "
@@ -209,37 +284,41 @@ def sample(
 def evaluate(
     checkpoint: str = _CHECKPOINT,
     steps: int = _STEPS,
-    n_samples: int = typer.Option(5000, "--n-samples", help="Generated images (the paper's tables use 50,000)."),
+    n_samples: int = typer.Option(5000, "--n-samples", min=2, max=10**9, help="Generated images (the paper's tables "
+                                                                              "use 50,000)."),
     backend: str = _BACKEND,
-    mode: str = typer.Option(None, "--mode", help="Resize mode: legacy_tensorflow or clean (default: the backend's)."),
-    reference_split: str = typer.Option("train", "--reference-split", help="Reference split: train or test."),
-    n_reference: int = typer.Option(None, "--n-reference", help="Reference images (default: the whole split)."),
-    seed: int = typer.Option(0, "--seed", help="Sampling seed."),
+    mode: Mode = _MODE,
+    reference_split: Split = typer.Option("train", "--reference-split", help="Reference split."),
+    n_reference: int = typer.Option(None, "--n-reference", min=2, help="Reference images (default: the whole split)."),
+    seed: int = _SEED,
     batch_size: int = _BATCH_SIZE,
     guidance: float = _GUIDANCE,
-    class_label: int = typer.Option(None, "--class", help="Score one class only (0-based)."),
+    class_label: int = typer.Option(None, "--class", min=0, help="Score one class only (0-based)."),
     live: bool = _LIVE,
     data_dir: Path = typer.Option(None, "--data-dir", help="Folder holding the reference dataset's files."),
     device: str = _DEVICE,
     tracking_uri: str = _TRACKING_URI,
     experiment: str = typer.Option(None, "--experiment", help="MLflow experiment for the score (default cdrl-bench)."),
-    pick: str = _PICK,
+    pick: Pick = _PICK,
+    sampler_overrides: list[str] = _SAMPLER_SET,
+    threads: int = _THREADS,
 ) -> None:
     """Score a checkpoint: FID/KID (IS when the extractor has logits), or exact metrics for 2-D toys; logs to MLflow.
 
     Example: cdrl-bench eval runs/c10 --n-samples 50000 --steps 15 --data-dir ~/data
     """
-    from cdrl.evaluation import DEFAULT_BACKEND
     from cdrl.run_folder import locate_checkpoint
     from cdrl.scoring import score_checkpoint
 
-    located = locate_checkpoint(checkpoint, tracking_uri, _pick(pick))
+    device = _compute_setup(threads, device)
+    _check_store(tracking_uri)
+    located = locate_checkpoint(checkpoint, tracking_uri, pick)
     result = score_checkpoint(located.path, steps_per_level=steps, n_samples=n_samples,
-                              backend=backend or DEFAULT_BACKEND, mode=mode,
+                              backend=_backend(backend), mode=mode,
                               reference_split=reference_split, n_reference=n_reference, seed=seed,
                               batch_size=batch_size, guidance=guidance, class_label=class_label, use_ema=not live,
-                              data_dir=str(data_dir) if data_dir else None, device=device,
-                              checkpoint_selection=located.selection,
+                              data_dir=_data_folder(data_dir), device=device,
+                              checkpoint_selection=located.selection, sampler_overrides=sampler_overrides,
                               tracking_uri=tracking_uri, experiment_name=experiment)
     console.print(result.protocol_line, highlight=False, soft_wrap=True)
     console.print(f"MLflow run {result.run_id}", highlight=False)
@@ -248,23 +327,24 @@ def evaluate(
 @app.command()
 def stats(
     dataset: str = typer.Option(..., "--dataset", help="Dataset whose reference statistics to build, e.g. cifar10."),
-    split: str = typer.Option("train", "--split", help="train or test."),
-    n_images: int = typer.Option(None, "--n", help="Use the first N images (default: the whole split)."),
+    split: Split = typer.Option("train", "--split", help="Dataset split."),
+    n_images: int = typer.Option(None, "--n", min=2, help="Use the first N images (default: the whole split)."),
     backend: str = _BACKEND,
-    mode: str = typer.Option(None, "--mode", help="Resize mode: legacy_tensorflow or clean (default: the backend's)."),
+    mode: Mode = _MODE,
     data_dir: Path = typer.Option(None, "--data-dir", help="Folder holding the dataset's files."),
     device: str = _DEVICE,
+    threads: int = _THREADS,
 ) -> None:
     """Build and cache FID reference statistics for (dataset, split, backend, mode, weights, N).
 
     Example: cdrl-bench stats --dataset cifar10 --data-dir ~/data
     """
-    from cdrl.evaluation import DEFAULT_BACKEND
     from cdrl.scoring import build_statistics
 
-    statistics = build_statistics(dataset, split=split, n_images=n_images, backend=backend or DEFAULT_BACKEND,
+    device = _compute_setup(threads, device)
+    statistics = build_statistics(dataset, split=split, n_images=n_images, backend=_backend(backend),
                                   mode=mode,
-                                  data_dir=str(data_dir) if data_dir else None, device=device)
+                                  data_dir=_data_folder(data_dir), device=device)
     console.print(f"cached reference statistics {statistics.key.filename()} "
                   f"({statistics.key.n_images} images, {statistics.extractor_name})", highlight=False)
 
@@ -273,14 +353,16 @@ def stats(
 def run_suite(
     suite: str = _SUITE,
     quick: bool = _QUICK,
-    seeds: int = typer.Option(None, "--seeds", help="Use seeds 0..N-1 instead of the suite's seeds."),
-    seed_offset: int = typer.Option(0, "--seed-offset", help="Add this to every seed (rerun on other seeds)."),
+    seeds: int = _SEEDS,
+    seed_offset: int = typer.Option(0, "--seed-offset", min=0, max=2**31, help="Add this to every seed (rerun on "
+                                                                            "other seeds)."),
     from_checkpoint: Path = typer.Option(None, "--from-checkpoint", help="Evaluate this checkpoint (e.g. an imported "
                                          "official one) at each of the suite's points instead of training."),
     tracking_uri: str = _TRACKING_URI,
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where training run folders go."),
     data_dir: Path = _DATA_DIR,
     device: str = _DEVICE,
+    threads: int = _THREADS,
 ) -> None:
     """Run a benchmark suite: train, score and log every run to MLflow; finished runs are skipped (resumable).
 
@@ -289,10 +371,13 @@ def run_suite(
     from benchmarks.runner import run_plan
     from benchmarks.suite import expand, load_suite
 
+    _writable(runs_dir, "--runs-dir", folder=True)
+    device = _compute_setup(threads, device)
+    _check_store(tracking_uri)
     plan = expand(load_suite(suite), quick=quick, seeds=seeds, seed_offset=seed_offset, checkpoint=from_checkpoint)
     try:
         summary = run_plan(plan, tracking_uri=tracking_uri, runs_dir=runs_dir,
-                           data_dir=str(data_dir) if data_dir else None, device=device, console=console)
+                           data_dir=_data_folder(data_dir), device=device, console=console)
     except KeyboardInterrupt:
         error_console.print("interrupted: run the same command again to finish the remaining runs")
         raise SystemExit(130) from None
@@ -305,8 +390,9 @@ def run_suite(
 def plan(
     suite: str = _SUITE,
     quick: bool = _QUICK,
-    seeds: int = typer.Option(None, "--seeds", help="Use seeds 0..N-1 instead of the suite's seeds."),
-    world_size: int = typer.Option(None, "--world-size", help="Processes per training (default $WORLD_SIZE, else 1): "
+    seeds: int = _SEEDS,
+    world_size: int = typer.Option(None, "--world-size", min=1,
+                                   help="Processes per training (default $WORLD_SIZE, else 1): "
                                                               "sets the per-process batch shown."),
 ) -> None:
     """Show what `run --suite` would run, without running it: trainings, batches, checkpoints, points.
@@ -336,7 +422,8 @@ def plan(
 @app.command()
 def table(
     suite: str = _SUITE,
-    output_format: str = typer.Option("rich", "--format", help="rich, markdown, latex or csv."),
+    output_format: Literal["rich", "markdown", "latex", "csv"] = typer.Option("rich", "--format",
+                                                                             help="Output format."),
     out: Path = typer.Option(None, "--out", help="Write the table to this file instead of printing it."),
     plot: Path = typer.Option(None, "--plot", help="Where the suite's plot goes (default: beside --out as .png, "
                                                    "else runs/tables/SUITE.png)."),
@@ -348,10 +435,11 @@ def table(
     Example: cdrl-bench table --suite cifar10-steps --format latex --out steps.tex
     """
     from benchmarks.suite import load_suite
-    from benchmarks.tables import FORMATS, build_table, render, rich_table, save_plot
+    from benchmarks.tables import build_table, render, rich_table, save_plot
 
-    if output_format not in FORMATS:
-        raise CdrlBenchError(f"unknown --format {output_format!r}: choose one of {', '.join(FORMATS)}")
+    _writable(out, "--out")
+    _writable(plot, "--plot")
+    _check_store(tracking_uri)
     result = build_table(load_suite(suite), quick=quick, tracking_uri=tracking_uri)
     if output_format == "rich":
         if out is not None:
@@ -376,12 +464,14 @@ def check(
     baseline: Path = typer.Option(..., "--baseline", help="Stored results to compare with, e.g. "
                                                           "results/baselines/gate.json."),
     results: Path = typer.Option(None, "--results", help="Compare this results file instead of the runs in MLflow."),
-    k: float = typer.Option(None, "--k", help="Standard errors of tolerance (default: the k of the suite's "
+    k: float = typer.Option(None, "--k", min=0.0, max=1e6,
+                            help="Standard errors of tolerance (default: the k of the suite's "
                                               "check section)."),
     update: bool = typer.Option(False, "--update", help="Write the current MLflow results (and fingerprints) to "
                                                         "--baseline instead."),
     quick: bool = _QUICK_RUNS,
     tracking_uri: str = _TRACKING_URI,
+    threads: int = _THREADS,
 ) -> None:
     """Regression check: exit 1 naming each metric worse than the baseline by more than k standard errors.
 
@@ -395,6 +485,8 @@ def check(
     from benchmarks.regression import compare, compare_fingerprints, read_results, results_from_runs, write_results
     from benchmarks.suite import load_suite
 
+    _compute_setup(threads, None)
+    _check_store(tracking_uri)
     definition = load_suite(suite)
     if k is not None and not k > 0:
         raise CdrlBenchError(f"--k must be positive, got {k}: it is the number of standard errors of tolerance")
@@ -450,21 +542,25 @@ def check(
 @app.command()
 def perf(
     preset: str = typer.Option("tiny", "--preset", help="Preset to time, e.g. tiny or cifar10."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Training batch size (and sampling batch by default)."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Training batch size (and sampling batch by "
+                                                                  "default)."),
     overrides: list[str] = typer.Option([], "--set", help="Config override key=value, e.g. "
                                                           "performance.channels_last=true (repeatable)."),
     device: str = _DEVICE,
-    threads: int = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice)."),
-    warmup: int = typer.Option(1, "--warmup", help="Untimed training iterations first (compilation happens here)."),
-    iterations: int = typer.Option(2, "--iterations", help="Timed training iterations."),
+    threads: int = _THREADS,
+    warmup: int = typer.Option(1, "--warmup", min=0,
+                               help="Untimed training iterations first (compilation happens here)."),
+    iterations: int = typer.Option(2, "--iterations", min=1, help="Timed training iterations."),
     sampling_steps: str = typer.Option("15,5", "--sampling-steps", help="K of each timed 6xK sampling run; "
                                                                         "'' for none."),
-    sample_batch: int = typer.Option(None, "--sample-batch", help="Samples per sampling run (default: batch size)."),
+    sample_batch: int = typer.Option(None, "--sample-batch", min=1,
+                                     help="Samples per sampling run (default: batch size)."),
     inception: bool = typer.Option(False, "--inception", help="Also time Inception features (cdrl.evaluation)."),
-    inception_images: int = typer.Option(32, "--inception-images", help="Images of the timed Inception pass."),
+    inception_images: int = typer.Option(32, "--inception-images", min=1, help="Images of the timed Inception pass."),
     breakdown: bool = typer.Option(False, "--breakdown", help="Profile one more iteration: time and GFLOP/s by "
                                                               "kind of operation (convolutions, matmuls, other)."),
-    peak_tflops: float = typer.Option(None, "--peak-tflops", help="Peak TFLOP/s to compare with (default: "
+    peak_tflops: float = typer.Option(None, "--peak-tflops", min=1e-9, max=1e6,
+                                      help="Peak TFLOP/s to compare with (default: "
                                                                   "datasheet for H100/H200; on CPU the measured "
                                                                   "FMA peak, benchmarks.speed.cpu_peak)."),
     options_matrix: bool = typer.Option(False, "--options-matrix", help="Time the exact path, each speed option "
@@ -479,6 +575,8 @@ def perf(
 
     from benchmarks.speed.perf import PerfSettings, execute
 
+    device = _compute_setup(None, device)
+    _writable(json_out, "--json")
     if min(batch_size, iterations, inception_images) < 1 or warmup < 0:
         raise CdrlBenchError("--batch-size, --iterations and --inception-images must be at least 1, --warmup at "
                              "least 0")
@@ -487,6 +585,9 @@ def perf(
     except ValueError:
         raise CdrlBenchError(f"--sampling-steps {sampling_steps!r} is not comma-separated integers: "
                              "write e.g. --sampling-steps 15,5") from None
+    if any(step < 1 for step in steps):
+        raise CdrlBenchError(f"--sampling-steps {sampling_steps!r}: every K must be at least 1, e.g. "
+                             "--sampling-steps 15,5")
     settings = PerfSettings(
         preset=preset, batch_size=batch_size, overrides=tuple(overrides),
         device=device or ("cuda" if torch.cuda.is_available() else "cpu"), threads=threads, warmup=warmup,
@@ -496,19 +597,26 @@ def perf(
                   soft_wrap=True)
 
 
-def _pick(pick: str) -> str:
-    if pick not in ("newest", "best"):
-        raise CdrlBenchError(f"--pick {pick!r}: choose newest or best")
-    return pick
-
-
 def main() -> None:
+    """Run the command line; bad input of any kind ends as one ``error: ...`` line and exit status 2."""
     try:
-        app()
+        status = app(standalone_mode=False)
+    except TyperException as error:  # a value of the wrong type or range, an unknown or missing option
+        context = getattr(error, "ctx", None)
+        command = context.command_path if context is not None else "cdrl-bench"
+        if error.format_message():  # empty after `cdrl-bench` alone, which prints the help instead
+            error_console.print(f"[bold red]error:[/] {escape(error.format_message())} (see {command} --help)",
+                                highlight=False, soft_wrap=True)
+        raise SystemExit(2) from None
+    except (typer.Abort, KeyboardInterrupt):  # Ctrl-C: tracked runs have closed KILLED on the way out
+        error_console.print("interrupted", highlight=False)
+        raise SystemExit(130) from None
     except CdrlBenchError as error:
         # The message is plain text: "[train]" in it is a TOML table, not console markup.
         error_console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
+    if isinstance(status, int) and status:
+        raise SystemExit(status)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from cdrl.search_filter import tag_clause
 from cdrl.tracking import TAG_KIND, TAG_RUN_KEY, TAG_SUITE, resolve_tracking_uri
 
 TAG_SUITE_VERSION = "cdrl.suite_version"
@@ -39,16 +40,16 @@ def finished_eval_runs(experiment: str, suite_name: str, version: int, profile: 
     """
     import mlflow
 
+    # Every value is quoted by tag_clause (a value it cannot quote is refused before searching).
+    clauses = [tag_clause(TAG_KIND, "eval"), tag_clause(TAG_SUITE, suite_name),
+               tag_clause(TAG_SUITE_VERSION, version), tag_clause(TAG_PROFILE, profile),
+               "attributes.status = 'FINISHED'"]
     uri = resolve_tracking_uri(tracking_uri)
     if not _store_exists(uri):
         return pd.DataFrame()
     mlflow.set_tracking_uri(uri)
-    runs = mlflow.search_runs(
-        experiment_names=[experiment],
-        filter_string=(f"tags.`{TAG_KIND}` = 'eval' AND tags.`{TAG_SUITE}` = '{suite_name}' AND "
-                       f"tags.`{TAG_SUITE_VERSION}` = '{version}' AND tags.`{TAG_PROFILE}` = '{profile}' AND "
-                       "attributes.status = 'FINISHED'"),
-        order_by=["attributes.end_time DESC"], output_format="pandas")
+    runs = mlflow.search_runs(experiment_names=[experiment], filter_string=" AND ".join(clauses),
+                              order_by=["attributes.end_time DESC"], output_format="pandas")
     return runs if len(runs) else pd.DataFrame()
 
 

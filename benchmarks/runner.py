@@ -8,6 +8,7 @@ folders are ``RUNS/suites/SUITE-vVERSION/PROFILE/MODEL/seedN``.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,8 +34,15 @@ class RunSummary:
 
 
 def run_folder(plan: Plan, job: TrainingJob, runs_dir: Path) -> Path:
-    return runs_dir / "suites" / f"{plan.suite.name}-v{plan.suite.version}" / plan.profile / job.model.key / \
-        f"seed{job.seed}"
+    root = runs_dir / "suites"
+    parts = (f"{plan.suite.name}-v{plan.suite.version}", plan.profile, job.model.key, f"seed{job.seed}")
+    folder = root.joinpath(*parts)
+    # load_suite admits only plain names; this also holds for a Suite or ModelSpec built in code.
+    inside = Path(os.path.abspath(folder)).is_relative_to(os.path.abspath(root))
+    if not inside or any(part in ("", ".", "..") or Path(part).name != part for part in parts):
+        raise SuiteError(f"{job.key}: run folder {folder} would not be a folder of its own under {root}: give the "
+                         "suite and the model plain names (letters, digits, '.', '_', '-')")
+    return folder
 
 
 def _tags(plan: Plan, key: str, model_key: str, seed: int, source: str) -> dict[str, str]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -51,6 +52,16 @@ def results_path(relative: str | os.PathLike) -> Path:
 SUITES_FOLDER = Path(__file__).resolve().parent / "suites"
 PAPER_FOLDER = results_path("results/paper")
 PROFILES = ("full", "quick")
+
+#: Suite names and model keys: they become folder names under --runs-dir, MLflow experiment
+#: names and tag values searched for, so letters, digits, '.', '_' and '-' only (and no '..').
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_SAFE_NAME_RULE = "letters, digits, '.', '_' and '-' only, starting with a letter or digit, no '..'"
+
+
+def is_safe_name(text: str) -> bool:
+    """A suite name or model key that is one plain path component (no '/', '\\', '..', spaces or quotes)."""
+    return _SAFE_NAME.fullmatch(text) is not None and ".." not in text
 
 
 class SuiteError(CdrlBenchError):
@@ -301,8 +312,9 @@ class _SuiteFile:
 def _model(values: dict[str, Any], where: str, default_preset: str | None) -> ModelSpec:
     spec = build(ModelSpec, values, where)
     spec = replace(spec, label=spec.label or spec.key, preset=spec.preset or default_preset or "")
-    if not spec.key or "/" in spec.key or " " in spec.key:
-        raise FieldError(f"{where}key", f"{spec.key!r} must be a non-empty word without '/' or spaces")
+    if not is_safe_name(spec.key):
+        raise FieldError(f"{where}key", f"{spec.key!r} must be a plain name ({_SAFE_NAME_RULE}): it names run "
+                                        "folders, e.g. key = \"cdrl-no-ema\"")
     if not spec.preset and spec.checkpoint is None:
         raise FieldError(f"{where}preset", "is missing: set [train] preset or the model's own preset")
     if spec.checkpoint is not None and spec.floor:
@@ -321,6 +333,12 @@ def _model(values: dict[str, Any], where: str, default_preset: str | None) -> Mo
 def _read_suite(path: Path, values: dict[str, Any]) -> Suite:
     """The suite of a parsed file; a FieldError names the key at fault."""
     written = build(_SuiteFile, values)
+    if not is_safe_name(written.name):
+        raise FieldError("name", f"{written.name!r} must be a plain name ({_SAFE_NAME_RULE}): it names run folders "
+                                 "and the MLflow experiment, e.g. name = \"cifar10-steps\"")
+    if written.reference is not None and not (is_safe_name(written.reference) and written.reference.endswith(".csv")):
+        raise FieldError("reference", f"{written.reference!r} must be the file name of a CSV in results/paper/ "
+                                      "(no folders), e.g. reference = \"cifar10_fid.csv\"")
     full = build(Profile, written.profiles.full, "profiles.full.")
     quick = build(Profile, {**written.profiles.full, **written.profiles.quick}, "profiles.quick.")
     for key, profile in (("profiles.full.seeds", full), ("profiles.quick.seeds", quick)):

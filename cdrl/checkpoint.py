@@ -2,8 +2,18 @@
 
 Our format is a plain dict (loadable with ``weights_only=True``)::
 
-    {"format": "cdrl-bench/1", "config": ExperimentConfig.to_dict(),
-     "trainer": CooperativeTrainer.state_dict(), ...extra (RNG states, MLflow run id)}
+    {"format": "cdrl-bench/2", "config": ExperimentConfig.to_dict(),
+     "trainer": CooperativeTrainer.state_dict(), ...extra (RNG states, MLflow run id),
+     "sha256": payload_digest(everything else)}
+
+Integrity: :func:`save_atomic` seals a checkpoint with the sha256 of a canonical byte
+serialisation of its payload (:func:`payload_digest`: every key, value, tensor dtype, shape and
+raw bytes, in order), and :func:`read_checkpoint_file` recomputes it on every load. Garbage
+written into the file either breaks torch.load (zip records, pickle) or changes a loaded value
+(tensor bytes, config, the recorded hash itself); both are a one-line :class:`CheckpointError`
+naming the file. Files of the first format (``cdrl-bench/1``, written before hashes) carry no
+hash: they are still read, unverified (:data:`UNVERIFIED_FORMATS`); the gate's stored models were
+re-saved as ``cdrl-bench/2``.
 
 The published code saves ``pi_state_dict``/``p_state_dict`` (energy network / initializer,
 keys prefixed ``module.`` by DDP) and torch_ema states whose ``shadow_params`` follow
@@ -14,6 +24,8 @@ ImageNet order to our npz label order (:mod:`cdrl.imagenet_classes`).
 
 from __future__ import annotations
 
+import hashlib
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,46 +41,179 @@ from cdrl.files import atomic_write
 from cdrl.imagenet_classes import ClassMap, published_order_record
 from cdrl.networks import build_energy_net, build_initializer
 
-FORMAT = "cdrl-bench/1"
+FORMAT = "cdrl-bench/2"
+#: Earlier formats of ours, read without verification: they were written before checkpoints carried a hash.
+UNVERIFIED_FORMATS = ("cdrl-bench/1",)
+#: The payload key that holds :func:`payload_digest` of the rest.
+DIGEST_KEY = "sha256"
 
 
 class CheckpointError(CdrlBenchError):
     """A checkpoint that cannot be read or does not fit; the message names the fix."""
 
 
+class CorruptCheckpoint(CheckpointError):
+    """A checkpoint file that is truncated, garbled or fails its integrity check; ``reason`` says which, briefly."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def _feed(digest: Any, value: Any) -> None:
+    """Add ``value`` to ``digest`` in a canonical, self-delimiting byte form (type tag, length, content)."""
+    def tagged(tag: bytes, content: bytes) -> None:
+        digest.update(tag + len(content).to_bytes(8, "little") + content)
+
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().cpu().contiguous().reshape(-1)
+        tagged(b"T", f"{value.dtype}{tuple(value.shape)}".encode())
+        tagged(b"t", tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    elif isinstance(value, dict):  # OrderedDict too: pickle keeps the order, so it is part of the form
+        tagged(b"D", str(len(value)).encode())
+        for key, item in value.items():
+            _feed(digest, key)
+            _feed(digest, item)
+    elif isinstance(value, (list, tuple)):  # torch.Size is a tuple
+        tagged(b"L" if isinstance(value, list) else b"U", str(len(value)).encode())
+        for item in value:
+            _feed(digest, item)
+    elif value is None or isinstance(value, bool):
+        tagged(b"N", repr(value).encode())
+    elif isinstance(value, int):
+        tagged(b"I", str(value).encode())
+    elif isinstance(value, float):
+        tagged(b"F", value.hex().encode())
+    elif isinstance(value, str):
+        tagged(b"S", value.encode("utf-8", "surrogatepass"))
+    elif isinstance(value, bytes):
+        tagged(b"B", value)
+    elif isinstance(value, (torch.dtype, torch.device)):
+        tagged(b"O", str(value).encode())
+    else:  # torch.load(weights_only=True) would refuse it anyway: fail at the write, not at the read
+        raise TypeError(f"a checkpoint cannot hold a {type(value).__name__}: use tensors, numbers, strings, "
+                        "lists and dicts")
+
+
+def payload_digest(payload: dict) -> str:
+    """sha256 of everything in a checkpoint payload but its recorded digest: tensors by dtype, shape and bytes."""
+    digest = hashlib.sha256()
+    _feed(digest, {key: value for key, value in payload.items() if key != DIGEST_KEY})
+    return digest.hexdigest()
+
+
+def _on_cpu(value: Any) -> Any:
+    """``value`` with its tensors on the CPU: one device-to-host copy serves both the hash and torch.save."""
+    if isinstance(value, torch.Tensor):
+        return value if value.device.type == "cpu" else value.cpu()
+    if isinstance(value, dict):
+        moved = {key: _on_cpu(item) for key, item in value.items()}
+        if type(value) is not dict:  # an OrderedDict state_dict keeps its type and its _metadata
+            moved = type(value)(moved)
+            if hasattr(value, "_metadata"):
+                moved._metadata = value._metadata
+        return moved
+    if isinstance(value, list):
+        return [_on_cpu(item) for item in value]
+    if isinstance(value, tuple) and type(value) is tuple:
+        return tuple(_on_cpu(item) for item in value)
+    return value
+
+
+def seal(payload: dict) -> dict:
+    """A cdrl-bench checkpoint payload in the current format with its digest (:func:`payload_digest`)."""
+    sealed = {key: value for key, value in _on_cpu(payload).items() if key != DIGEST_KEY}
+    sealed["format"] = FORMAT
+    sealed[DIGEST_KEY] = payload_digest(sealed)
+    return sealed
+
+
 def save_atomic(payload: Any, path: str | os.PathLike) -> Path:
-    """torch.save ``payload`` to ``path`` atomically: a crash leaves the old file or the new one."""
+    """torch.save ``payload`` to ``path`` atomically: a crash leaves the old file or the new one.
+
+    A cdrl-bench checkpoint (``format`` ours, also an older one) is written sealed, in the current
+    format with its digest (:func:`seal`); other objects as they are.
+    """
+    if isinstance(payload, dict) and payload.get("format") in (FORMAT, *UNVERIFIED_FORMATS):
+        payload = seal(payload)
     return atomic_write(path, lambda stream: torch.save(payload, stream))
 
 
 def read_checkpoint_file(path: str | os.PathLike) -> dict:
+    """The payload of a checkpoint file; a cdrl-bench checkpoint is verified against its digest (and returned without it)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist: pass the path of a .pt/.pth.tar file")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for truncated or foreign files
+    except Exception as error:  # torch raises several types for truncated, garbled or foreign files
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"cannot read checkpoint {path}: the file is truncated or not a PyTorch "
-                              f"checkpoint ({first_line}); re-download or re-copy it") from None
+        raise CorruptCheckpoint(f"cannot read checkpoint {path}: the file is truncated, corrupt or not a PyTorch "
+                                f"checkpoint ({first_line[:200]}); use an older checkpoint of the run, or "
+                                "re-download or re-copy it", f"unreadable: {first_line[:120]}") from None
     if not isinstance(payload, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(payload).__name__}, not a dict of state")
+    if payload.get("format") == FORMAT:
+        recorded = payload.pop(DIGEST_KEY, None)
+        try:
+            actual = payload_digest(payload)
+        except TypeError:
+            actual = "unhashable"
+        if actual != recorded:
+            found = f"{actual[:12]}… where the file records {recorded[:12]}…" if isinstance(recorded, str) \
+                else "but the file records none"
+            raise CorruptCheckpoint(f"checkpoint {path} fails its integrity check (sha256 {found}): it is corrupt; "
+                                    "use an older checkpoint of the run", f"fails its integrity check (sha256 {found})")
     return payload
 
 
 def make_checkpoint(config: ExperimentConfig, trainer_state: dict, **extra: Any) -> dict:
+    """A checkpoint payload; :func:`save_atomic` adds its digest as it writes it."""
     return {"format": FORMAT, "config": config.to_dict(), "trainer": trainer_state, **extra}
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[ExperimentConfig, dict]:
     """(config, full payload) of a cdrl-bench checkpoint."""
     payload = read_checkpoint_file(path)
-    if payload.get("format") != FORMAT:
+    if payload.get("format") not in (FORMAT, *UNVERIFIED_FORMATS):
         hint = (" it looks like a checkpoint of the published code: convert it with "
                 "`cdrl-bench import-checkpoint PATH --preset NAME --out FILE`"
                 if "pi_state_dict" in payload else "")
         raise CheckpointError(f"{path} is not a cdrl-bench checkpoint (format {payload.get('format')!r});{hint}")
     return ExperimentConfig.from_dict(payload["config"]), payload
+
+
+#: The entries of a trainer state that hold weights: live and EMA, of both networks.
+_WEIGHT_ENTRIES = ("ebm", "initializer", "ebm_ema", "initializer_ema")
+
+
+def _named_tensors(value: Any, name: str):
+    if isinstance(value, torch.Tensor):
+        yield name, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _named_tensors(item, f"{name}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            yield from _named_tensors(item, f"{name}.{index}")
+
+
+def weights_problem(trainer_state: dict, bound: float) -> str | None:
+    """Why a checkpoint's weights are unfit to continue from, or None when they are healthy.
+
+    Unfit: a live or EMA weight (or floating buffer) that is non-finite, or above ``bound`` in
+    magnitude (run.divergence_bound). Optimiser states are not weights and are not read.
+    """
+    for entry in _WEIGHT_ENTRIES:
+        for name, tensor in _named_tensors(trainer_state.get(entry), entry):
+            if not tensor.is_floating_point() or tensor.numel() == 0:
+                continue
+            largest = float(tensor.detach().abs().max())
+            if not math.isfinite(largest):
+                return f"has non-finite weights ({name})"
+            if largest > bound:
+                return f"has exploded weights ({name} reaches {largest:.3g}, beyond run.divergence_bound={bound:g})"
+    return None
 
 
 @dataclass

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
 from cdrl.datasets import DataConfig, dataset_info
@@ -18,7 +18,7 @@ from cdrl.networks import EnergyNetConfig, InitializerConfig, build_energy_net, 
 from cdrl.performance import PerformanceConfig
 from cdrl.sampler import SamplerConfig
 from cdrl.schedule import ScheduleConfig
-from cdrl.typed import FieldError, build, check_field, parse
+from cdrl.typed import FieldError, above, at_least, bounds, build, check_field, check_tree, parse
 
 
 class ConfigError(CdrlBenchError):
@@ -29,21 +29,21 @@ class ConfigError(CdrlBenchError):
 class TrainingConfig:
     #: "cdrl": initializer + short Langevin (cooperative); "drl": chains start at x_t, no initializer.
     method: Literal["cdrl", "drl"] = "cdrl"
-    iterations: int = 500_000
+    iterations: int = field(default=500_000, metadata=at_least(1))
     #: The global batch: each of N processes trains on batch_size / N examples (the paper: 8 GPUs x 32 = 256).
-    batch_size: int = 256
-    ebm_lr: float = 1e-4
-    initializer_lr: float = 1e-5
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    initializer_weight_decay: float = 0.0
+    batch_size: int = field(default=256, metadata=at_least(1))
+    ebm_lr: float = field(default=1e-4, metadata=at_least(0))
+    initializer_lr: float = field(default=1e-5, metadata=at_least(0))
+    adam_betas: tuple[float, float] = field(default=(0.9, 0.999), metadata=bounds(at_least=0, below=1))
+    initializer_weight_decay: float = field(default=0.0, metadata=at_least(0))
     #: Largest gradient norm of each network; None: no clipping (DRL).
-    grad_clip: float | None = 1.0
-    ema_decay: float = 0.9999
+    grad_clip: float | None = field(default=1.0, metadata=above(0))
+    ema_decay: float = field(default=0.9999, metadata=bounds(at_least=0, below=1))
     #: torch_ema's decay warm-up min(decay, (1 + n) / (10 + n)), as published.
     ema_warmup: bool = True
-    warmup_iterations: int = 10_000
+    warmup_iterations: int = field(default=10_000, metadata=at_least(0))
     #: The initializer's linear warm-up starts this many iterations ahead (published: 500).
-    initializer_warmup_lead: int = 500
+    initializer_warmup_lead: int = field(default=500, metadata=at_least(0))
     #: x_t and x_s from the same noise (published); off: x_s ~ q(x_s | x_t, x).
     variance_reduction: bool = True
     #: Weight the EBM loss at each level by sigma_1 / sqrt(beta) (published).
@@ -51,8 +51,9 @@ class TrainingConfig:
     #: Add sqrt(beta_tilde r_mul) noise to the initializer's proposal (published).
     initializer_noise: bool = True
     #: Conditional models: probability of replacing the label by the null class 0.
-    label_dropout: float = 0.1
-    seed: int = 0
+    label_dropout: float = field(default=0.1, metadata=bounds(at_least=0, at_most=1))
+    #: Seeds torch's generators, which take 64-bit unsigned seeds.
+    seed: int = field(default=0, metadata=bounds(at_least=0, below=2**63))
 
 
 @dataclass(frozen=True)
@@ -60,32 +61,42 @@ class RunConfig:
     """Cadences and policies of a training run (``cdrl.train_loop``); none changes the model."""
 
     #: Log losses and energies to MLflow at every this many iterations.
-    log_every: int = 10
+    log_every: int = field(default=10, metadata=at_least(1))
     #: Send buffered metrics to the tracking store at least this often (seconds), and at every checkpoint.
-    flush_seconds: float = 30.0
+    flush_seconds: float = field(default=30.0, metadata=at_least(0))
     #: Draw a sample grid (images) or scatter plot (2-D toy) under EMA weights every this many iterations.
-    sample_every: int = 5000
+    sample_every: int = field(default=5000, metadata=at_least(1))
     #: Samples per grid; 2-D toy presets also report the in-support fraction of these.
-    n_samples: int = 64
-    checkpoint_every: int = 5000
+    n_samples: int = field(default=64, metadata=at_least(1))
+    checkpoint_every: int = field(default=5000, metadata=at_least(1))
     #: Keep only the newest this many checkpoints of the run.
-    keep_checkpoints: int = 3
-    #: Non-finite loss or energy: "rollback" reloads the last checkpoint with lower learning rates; "stop" ends the run.
+    keep_checkpoints: int = field(default=3, metadata=at_least(1))
+    #: A divergence (below: divergence_bound): "rollback" reloads the newest healthy checkpoint with lower
+    #: learning rates; "stop" ends the run.
     on_divergence: Literal["rollback", "stop"] = "rollback"
     #: Learning rates are multiplied by this at each rollback.
-    rollback_lr_factor: float = 0.5
+    rollback_lr_factor: float = field(default=0.5, metadata=bounds(above=0, below=1))
     #: Stop after this many rollbacks in one run.
-    max_rollbacks: int = 3
+    max_rollbacks: int = field(default=3, metadata=at_least(0))
     #: Score EMA samples every this many iterations (and at the last) and keep the best-scoring
     #: checkpoint as checkpoints/best.pt, as the published code does (FID every 20k iterations); 0: off.
-    select_every: int = 0
-    #: Samples per selection score; FID's reference is the first this many training images.
-    select_samples: int = 5000
+    select_every: int = field(default=0, metadata=at_least(0))
+    #: Samples per selection score; FID's reference is the first this many training images. FID needs
+    #: a covariance and the energy distance pairs of distinct samples: one sample scores nothing.
+    select_samples: int = field(default=5000, metadata=at_least(2))
     #: The selection score: "auto" is fid for images (kid_mean the alternative) and the exact
     #: energy_distance for 2-D toy presets. Only lower-is-better metrics (their directions are in
     #: cdrl.metrics.METRICS), so the best is always the smallest; in_support_fraction is left out:
     #: it saturates at 1, where it cannot tell checkpoints apart.
     select_metric: Literal["auto", "fid", "kid_mean", "energy_distance"] = "auto"
+    #: Divergence: a non-finite |loss|, |energy| or initializer loss, or one above this bound, is a
+    #: divergence (run.on_divergence), and a checkpoint whose weights or EMA weights are non-finite or
+    #: exceed it in magnitude is never rolled back to. Healthy training stays orders of magnitude
+    #: below (measured peaks: tiny 15 in 200 iterations, toy-checkerboard 2.6 in 300, cifar10 and
+    #: imagenet32-cond at initialisation ~900, the initializer loss, a sum over 3,072 pixels; weights
+    #: ~1, spectrally normalised), while a blow-up passes it within a few iterations (tiny at
+    #: training.ebm_lr=0.03: 2 to 2e6 in 11 iterations, then 1e10; the issue's ebm_lr=1: 5.6e17).
+    divergence_bound: float = field(default=1e6, metadata=above(0))
 
 
 @dataclass(frozen=True)
@@ -109,10 +120,12 @@ class ExperimentConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "ExperimentConfig":
         try:
-            return build(cls, values)
+            config = build(cls, values)
+            _check_relations(config)
         except FieldError as error:
             raise ConfigError(f"saved config: {error}: the file was written by another version of cdrl-bench") \
                 from None
+        return config
 
     def flat(self) -> dict[str, Any]:
         """``{"training.ebm_lr": 1e-4, ...}``: every setting under its override key (MLflow params, diffs)."""
@@ -277,7 +290,13 @@ PRESETS: dict[str, Callable[[], ExperimentConfig]] = {
 def preset(name: str) -> ExperimentConfig:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)} (see `cdrl-bench presets`)")
-    return PRESETS[name]()
+    config = PRESETS[name]()
+    try:
+        check_tree(config)
+        _check_relations(config)
+    except FieldError as error:
+        raise ConfigError(f"preset {name!r}: {error}") from None  # a broken preset is a bug here, said plainly
+    return config
 
 
 def parameter_counts(config: ExperimentConfig) -> tuple[int, int]:
@@ -294,7 +313,42 @@ def apply_overrides(config: ExperimentConfig, overrides: list[str]) -> Experimen
         if not separator or not key:
             raise ConfigError(f"override {override!r} is not key=value: write e.g. training.ebm_lr=2e-4")
         config = _replace_path(config, key.strip().split("."), raw.strip(), key)
+    if overrides:
+        try:
+            _check_relations(config)
+        except FieldError as error:
+            raise ConfigError(f"{error}: fix the --set values") from None
     return config
+
+
+def _example(field: dataclasses.Field, key: str) -> str:
+    """The fix for a bad value: the field's default, written as the override that sets it."""
+    default = field.default
+    if default is dataclasses.MISSING:
+        return f"set a valid {key}"
+    if isinstance(default, tuple):
+        default = ",".join(map(str, default))
+    return f"e.g. --set {key}={default}"
+
+
+def _check_relations(config: ExperimentConfig) -> None:
+    """The rules between fields (each field's own range is declared on it, cdrl.typed)."""
+    schedule = config.schedule
+    if schedule.logsnr_min >= schedule.logsnr_max:
+        raise FieldError("schedule.logsnr_min", f"must be below schedule.logsnr_max ({schedule.logsnr_max:g}), "
+                                                f"got {schedule.logsnr_min:g}")
+    if schedule.kind == "ddpm-linear":
+        if schedule.beta_start >= schedule.beta_end:
+            raise FieldError("schedule.beta_start", f"must be below schedule.beta_end ({schedule.beta_end:g}), "
+                                                    f"got {schedule.beta_start:g}")
+        # DRL reads the diffusion at steps 0, d, ..., (T - 1) d and the last, d = ddpm_steps // (2 (T - 1)).
+        if schedule.n_levels < 2 or schedule.ddpm_steps < 2 * (schedule.n_levels - 1):
+            raise FieldError("schedule.n_levels", f"= {schedule.n_levels} does not fit the ddpm-linear schedule of "
+                                                  f"{schedule.ddpm_steps} steps: use 2 to "
+                                                  f"{schedule.ddpm_steps // 2 + 1} levels")
+    if config.energy.num_classes != config.initializer.num_classes and config.training.method == "cdrl":
+        raise FieldError("initializer.num_classes", f"must equal energy.num_classes ({config.energy.num_classes}), "
+                                                    f"got {config.initializer.num_classes}")
 
 
 def _replace_path(node: Any, path: list[str], raw: str, full_key: str) -> Any:
@@ -308,7 +362,7 @@ def _replace_path(node: Any, path: list[str], raw: str, full_key: str) -> Any:
             value = parse(raw, typing.get_type_hints(type(node))[head], full_key)
             check_field(field, value, full_key)
         except FieldError as error:
-            raise ConfigError(f"{error}: fix --set {full_key}=...") from None
+            raise ConfigError(f"{error}: {_example(field, full_key)}") from None
     else:
         child = getattr(node, head)
         if not dataclasses.is_dataclass(child):

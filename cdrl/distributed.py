@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from cdrl.errors import CdrlBenchError
+
 
 @dataclass(frozen=True)
 class Ranks:
@@ -42,13 +44,31 @@ def launched_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def checked_device(name: str | torch.device | None) -> torch.device | None:
+    """The device ``name`` names, refused unless it exists on this machine; None stays None (the default)."""
+    if name is None:
+        return None
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise CdrlBenchError(f"--device {name!r} is not a device: use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise CdrlBenchError(f"--device {name}: this machine has no CUDA device; use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise CdrlBenchError(f"--device {name}: this machine has {count} CUDA device(s), cuda:0 to "
+                                 f"cuda:{count - 1}")
+    elif device.type != "cpu":
+        raise CdrlBenchError(f"--device {name}: cdrl-bench runs on cpu or cuda[:N]")
+    return device
+
+
 def init_distributed(device: str | torch.device | None) -> tuple[Ranks, torch.device, bool]:
     """(ranks, this process's device, whether this call started the process group) from torchrun's variables."""
     world_size = launched_world_size()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device is None:
-        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
+    device = checked_device(device) or torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local_rank)
     if world_size == 1:

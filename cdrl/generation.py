@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import contextlib
 import json
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from cdrl.checkpoint import LoadedModel
-from cdrl.config import ExperimentConfig
+from cdrl.config import ExperimentConfig, apply_overrides
 from cdrl.datasets import item_shape
 from cdrl.distributed import Ranks, current_ranks
 from cdrl.errors import CdrlBenchError
@@ -30,7 +30,7 @@ from cdrl.guidance import build_guided_model, requested_classes
 from cdrl.langevin import multiplier_for_steps
 from cdrl.noise import PerExampleNoise
 from cdrl.performance import ChainEnergy, configure_device, prepare_network
-from cdrl.sampler import sample
+from cdrl.sampler import SamplerConfig, sample
 from cdrl.schedule import LogSNRSchedule
 from cdrl.training import CooperativeTrainer
 
@@ -45,6 +45,8 @@ class GenerationSpec:
     n_samples: int
     #: Langevin steps per level (resolved: never None).
     steps_per_level: int
+    #: The sampler's options: the model's, with the ``sampler.*`` overrides of this spec.
+    sampler: SamplerConfig
     #: Step-size multiplier of a K-step chain, sqrt(n_steps / K) times the configured one.
     step_multiplier: float
     seed: int = 0
@@ -58,19 +60,30 @@ class GenerationSpec:
     @classmethod
     def resolve(cls, config: ExperimentConfig, n_samples: int, *, steps_per_level: int | None = None,
                 seed: int = 0, batch_size: int | None = None, guidance: float = 0.0,
-                classes: int | tuple[int, ...] | None = None, weights: Literal["ema", "live"] = "ema"
-                ) -> GenerationSpec:
-        """The spec of a model with ``config``: steps default to the sampler's, else training's count."""
+                classes: int | tuple[int, ...] | None = None, weights: Literal["ema", "live"] = "ema",
+                sampler_overrides: Sequence[str] = ()) -> GenerationSpec:
+        """The spec of a model with ``config``: steps default to the sampler's, else training's count.
+
+        ``sampler_overrides`` (``sampler.tweedie_step=false`` ...) change how a trained model samples;
+        a new SamplerConfig field is settable here with no other change.
+        """
         batch_size = DEFAULT_SAMPLE_BATCH if batch_size is None else batch_size
         if n_samples < 1:
             raise CdrlBenchError(f"cannot draw {n_samples} samples: ask for at least one (--n / --n-samples)")
         if batch_size < 1:
             raise CdrlBenchError(f"batch size {batch_size} is not positive: pass --batch-size 1 or more")
+        if steps_per_level is not None and steps_per_level < 1:
+            raise CdrlBenchError(f"{steps_per_level} Langevin steps per level: pass --steps 1 or more")
         if config.energy.num_classes is None and (guidance or classes is not None):
             raise CdrlBenchError("--guidance/--class need a class-conditional checkpoint (e.g. preset imagenet32-cond)")
-        steps = config.sampler.steps(config.langevin, steps_per_level)
-        return cls(n_samples, steps, multiplier_for_steps(steps, config.langevin), seed, batch_size, guidance,
-                   classes, weights)
+        outside = [item for item in sampler_overrides if not item.startswith("sampler.")]
+        if outside:
+            raise CdrlBenchError(f"{outside[0]}: only sampler.* settings change how a trained model samples "
+                                 "(e.g. --set sampler.tweedie_step=false)")
+        sampler = apply_overrides(config, list(sampler_overrides)).sampler
+        steps = sampler.steps(config.langevin, steps_per_level)
+        return cls(n_samples, steps, replace(sampler, steps_per_level=steps),
+                   multiplier_for_steps(steps, config.langevin), seed, batch_size, guidance, classes, weights)
 
     def protocol(self, config: ExperimentConfig) -> dict[str, Any]:
         """How these samples were drawn, for MLflow parameters and sample metadata."""
@@ -80,9 +93,11 @@ class GenerationSpec:
             classes = "+".join(map(str, self.classes))  # a composition
         else:
             classes = self.classes
+        options = {f"sampler.{name}": value for name, value in asdict(self.sampler).items()
+                   if name != "steps_per_level"}
         return {"steps_per_level": self.steps_per_level, "noise_levels": config.schedule.n_levels,
                 "step_multiplier": self.step_multiplier, "seed": self.seed, "weights": self.weights,
-                "guidance": self.guidance, "class_label": classes}
+                "guidance": self.guidance, "class_label": classes, **options}
 
 
 def example_seed(seed: int, index: int) -> int:
@@ -137,7 +152,6 @@ def generate(model: LoadedModel, spec: GenerationSpec, *, device: torch.device |
     """
     ranks = ranks or current_ranks()
     config = model.config
-    sampler_config = replace(config.sampler, steps_per_level=spec.steps_per_level)
     schedule = LogSNRSchedule(config.schedule)
     shape = item_shape(config.data)
     indices = torch.arange(ranks.rank, spec.n_samples, ranks.world_size)
@@ -154,7 +168,7 @@ def generate(model: LoadedModel, spec: GenerationSpec, *, device: torch.device |
             energy, proposal = _networks_for(model, spec, chain_energy, batch_indices)
             noise = PerExampleNoise([example_seed(spec.seed, int(i)) for i in batch_indices], device=device)
             pieces.append(sample(energy, proposal, (len(batch_indices), *shape), schedule, config.langevin,
-                                 sampler_config, noise=noise, device=device).cpu())
+                                 spec.sampler, noise=noise, device=device).cpu())
             if progress is not None:
                 progress(len(batch_indices))
     local = torch.cat(pieces) if pieces else torch.empty((0, *shape))

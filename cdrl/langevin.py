@@ -17,13 +17,14 @@ Taking K steps instead of the reference count scales m by sqrt(reference_steps /
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
 from cdrl.noise import GeneratorNoise, NoiseSource
 from cdrl.schedule import Level, broadcast
+from cdrl.typed import above, at_least
 
 #: energy(y, logsnr) -> one energy per example; networks with labels are bound beforehand.
 EnergyFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -35,11 +36,11 @@ _UNSCALE_EPSILON = 1e-8
 @dataclass(frozen=True)
 class LangevinConfig:
     #: Steps per noise level in training (and the reference of the sqrt(15/K) rule).
-    n_steps: int = 15
+    n_steps: int = field(default=15, metadata=at_least(1))
     #: 2e-4 for images (published CIFAR-10/ImageNet code), 1e-3 for the 2-D toy.
-    step_constant: float = 2e-4
+    step_constant: float = field(default=2e-4, metadata=above(0))
     #: Extra multiplier m on the step size (1 in training).
-    step_multiplier: float = 1.0
+    step_multiplier: float = field(default=1.0, metadata=above(0))
     step_scales_with_noise: bool = True
     energy_divided_by_step_size: bool = True
     #: Clamp the revised sample to [-1, 1] (published option ``Langevin_clip``, off).

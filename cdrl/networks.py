@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator, Literal, NamedTuple
 
 import torch
@@ -20,42 +20,44 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.spectral_norm import SpectralNorm
 
+from cdrl.typed import at_least, bounds
+
 Activation = Literal["lrelu", "swish"]
 
 
 @dataclass(frozen=True)
 class EnergyNetConfig:
     architecture: Literal["conv", "mlp"] = "conv"
-    in_channels: int = 3
+    in_channels: int = field(default=3, metadata=at_least(1))
     #: Width of the first layer and of the time embedding (the published ``temb_dim``).
-    width: int = 128
-    channel_mults: tuple[int, ...] = (1, 2, 2, 2)
-    blocks_per_level: int = 8
+    width: int = field(default=128, metadata=at_least(1))
+    channel_mults: tuple[int, ...] = field(default=(1, 2, 2, 2), metadata=at_least(1))
+    blocks_per_level: int = field(default=8, metadata=at_least(1))
     activation: Activation = "lrelu"
     spectral_norm: bool = True
     #: Add -||x||^2 / 2 to the energy (published option ``add_q``, off in the paper).
     add_quadratic: bool = False
     #: Class-conditional when set; embedding index 0 is the null class.
-    num_classes: int | None = None
+    num_classes: int | None = field(default=None, metadata=at_least(1))
 
 
 @dataclass(frozen=True)
 class InitializerConfig:
     architecture: Literal["unet", "mlp"] = "unet"
-    channels: int = 3
-    image_size: int = 32
-    width: int = 64
-    channel_mults: tuple[int, ...] = (1, 1, 1)
-    blocks_per_level: int = 3
-    attention_resolutions: tuple[int, ...] = (16, 8)
-    dropout: float = 0.1
-    num_heads: int = 1
+    channels: int = field(default=3, metadata=at_least(1))
+    image_size: int = field(default=32, metadata=at_least(1))
+    width: int = field(default=64, metadata=at_least(1))
+    channel_mults: tuple[int, ...] = field(default=(1, 1, 1), metadata=at_least(1))
+    blocks_per_level: int = field(default=3, metadata=at_least(1))
+    attention_resolutions: tuple[int, ...] = field(default=(16, 8), metadata=at_least(1))
+    dropout: float = field(default=0.1, metadata=bounds(at_least=0, below=1))
+    num_heads: int = field(default=1, metadata=at_least(1))
     #: Output x + network(x): the proposal starts at its input (published default).
     residual: bool = True
     tanh_output: bool = False
     #: MLP initializer only: width of the time embedding (published toy: 128).
-    time_width: int = 128
-    num_classes: int | None = None
+    time_width: int = field(default=128, metadata=at_least(1))
+    num_classes: int | None = field(default=None, metadata=at_least(1))
 
 
 def logsnr_to_time_input(logsnr: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,8 @@ options below. ``cdrl-bench perf`` (benchmarks/speed/perf.py) measures each of t
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Literal
 
 import torch
@@ -18,6 +19,7 @@ from torch import nn
 
 from cdrl.errors import CdrlBenchError
 from cdrl.networks import EnergyConditioning, EnergyNet, frozen_spectral_norm
+from cdrl.typed import at_least
 
 
 class PerformanceError(CdrlBenchError):
@@ -41,6 +43,26 @@ class PerformanceConfig:
     #: Run the energy network under bfloat16 autocast (chains and energy losses); parameters, Langevin
     #: state and losses stay float32. Changes the arithmetic: its effect is a benchmark claim.
     ebm_precision: Literal["float32", "bfloat16"] = "float32"
+    #: CPU threads of each process (torch.set_num_threads); None: torch's default, every core. On a
+    #: shared machine one thread per process is often fastest (:func:`use_threads` warns when busy).
+    threads: int | None = field(default=None, metadata=at_least(1))
+
+
+def use_threads(threads: int | None) -> str | None:
+    """Run torch on ``threads`` CPU threads (None: leave torch's choice); a warning when the machine is too busy.
+
+    OpenMP threads spin while they wait for each other: with other work on the cores, a
+    multi-threaded process waits for descheduled peers (25-40x slower measured on a loaded
+    2-core machine). The warning is returned, for the caller to print once.
+    """
+    if threads is not None:
+        torch.set_num_threads(threads)
+    in_use, cores, load = torch.get_num_threads(), os.cpu_count() or 1, os.getloadavg()[0]
+    # Busy: the other work on the machine (the load average) leaves fewer free cores than threads.
+    if in_use > 1 and cores - load < in_use - 1:
+        return (f"load average {load:.1f} on {cores} cores, and this process runs {in_use} threads: they will wait "
+                "for each other; pass --threads 1 (or set OMP_WAIT_POLICY=PASSIVE)")
+    return None
 
 
 def configure_device(config: PerformanceConfig, device: torch.device) -> None:

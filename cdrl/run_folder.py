@@ -5,15 +5,26 @@ One folder per run::
     RUN/config.json                      the resolved ExperimentConfig
     RUN/checkpoints/ckpt-00005000.pt     newest ``run.keep_checkpoints``, written atomically
     RUN/checkpoints/best.pt              with ``run.select_every``: the best-scoring one (FID; toys: energy distance)
+    RUN/checkpoints/corrupt/             checkpoints set aside by a resume: truncated or failing their sha256
+    RUN/checkpoints/diverged/            checkpoints set aside by a rollback: non-finite or exploded weights
     RUN/samples/samples-00005000.png     image grid, or scatter plot for 2-D toy presets
 
 Only rank 0 writes here. The MLflow run records the checkpoints folder (tag
 ``cdrl.checkpoint_dir``), so an MLflow run id names its folder too.
+
+Corrupt checkpoints: every checkpoint is verified as it is loaded (``cdrl.checkpoint``). A run
+folder or run id names its newest *intact* checkpoint: when the newest ckpt-*.pt is truncated or
+fails its hash, :func:`locate_checkpoint` takes the next older one and says so in its
+``selection`` (and in a warning on the ``cdrl.run_folder`` logger). Resuming from it is allowed;
+the resumed run moves the corrupt newer files into ``checkpoints/corrupt/`` (kept for inspection,
+out of rotation, rollback and later resumes), where a newer run would otherwise overwrite them or
+rotate the intact one away. A file named directly is used as it is: corrupt, it is an error.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass, replace
@@ -33,6 +44,9 @@ DEFAULT_RUNS_FOLDER = Path("runs")
 BEST_CHECKPOINT = "best.pt"
 _CHECKPOINT_NAME = re.compile(r"ckpt-(\d+)\.pt")
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
+#: Subfolders of checkpoints/ for rolling checkpoints taken out of use, by why.
+SET_ASIDE_FOLDERS = {"corrupt": "corrupt", "diverged": "diverged"}
+_log = logging.getLogger(__name__)
 
 
 def _rolling_checkpoints(folder: Path) -> list[Path]:
@@ -88,12 +102,25 @@ class RunFolder:
             raise ConfigError(f"{self.root} already holds checkpoints: continue it with --resume {self.root} "
                               "or choose another --out")
 
-    def prepare(self, config: ExperimentConfig) -> None:
-        """Create the layout, drop what a crash left half-written, and record the run's config."""
+    def prepare(self, config: ExperimentConfig, corrupt: tuple[Path, ...] = ()) -> None:
+        """Create the layout, drop what a crash left half-written, set aside ``corrupt`` checkpoints, record the config."""
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         for partial in self.checkpoints.glob(f".*{PARTIAL_SUFFIX}"):
             partial.unlink()  # a save_atomic that a crash interrupted: never a valid checkpoint
+        self.set_aside(corrupt, "corrupt")
         self.config_file.write_text(json.dumps(config.to_dict(), indent=2))
+
+    def set_aside(self, paths: tuple[Path, ...] | list[Path], why: str) -> list[Path]:
+        """Move rolling checkpoints into checkpoints/corrupt/ or checkpoints/diverged/ (``why``), out of use."""
+        moved = []
+        for path in paths:
+            path = self.checkpoints / Path(path).name
+            if path.is_file():
+                target = self.checkpoints / SET_ASIDE_FOLDERS[why] / path.name
+                target.parent.mkdir(exist_ok=True)
+                os.replace(path, target)
+                moved.append(target)
+        return moved
 
     def save_checkpoint(self, payload: dict, iteration: int, keep: int) -> Path:
         """Write ckpt-ITERATION.pt atomically, then drop all but the newest ``keep``."""
@@ -109,19 +136,52 @@ class RunFolder:
 @dataclass(frozen=True)
 class LocatedCheckpoint:
     path: Path
-    #: How it was picked, for protocols: "given file", "newest of run folder ...", "best of MLflow run ...".
+    #: How it was picked, for protocols: "given file", "newest of run folder ...", "best of MLflow run ...",
+    #: "newest intact of run folder ... (ckpt-00000008.pt is corrupt: ...)".
     selection: str
+    #: Newer rolling checkpoints passed over because they are corrupt (a run folder or run id's newest only).
+    corrupt: tuple[Path, ...] = ()
+
+
+def _newest_intact(folder: RunFolder, source: str) -> tuple[LocatedCheckpoint, tuple[ExperimentConfig, dict]]:
+    """The newest rolling checkpoint that loads and passes its integrity check, loaded; corrupt newer ones are named."""
+    corrupt: list[tuple[Path, str]] = []
+    for path in reversed(folder.checkpoint_paths()):
+        try:
+            loaded = load_checkpoint(path)
+        except CheckpointError as error:  # truncated, garbled, failing its sha256, foreign
+            corrupt.append((path, getattr(error, "reason", str(error))))
+            continue
+        if not corrupt:
+            return LocatedCheckpoint(path, f"newest of {source}"), loaded
+        skipped = "; ".join(f"{bad.name} is corrupt: {reason}" for bad, reason in corrupt)
+        located = LocatedCheckpoint(path, f"newest intact of {source} ({skipped})", tuple(bad for bad, _ in corrupt))
+        _log.warning("%s: taking %s, the newest intact checkpoint (%s)", source, path.name, skipped)
+        return located, loaded
+    if corrupt:
+        raise CheckpointError(f"{folder.checkpoints} holds no intact checkpoint: "
+                              + "; ".join(f"{bad.name} is corrupt: {reason}" for bad, reason in corrupt[:3])
+                              + ("; ..." if len(corrupt) > 3 else "") + "; start the run afresh")
+    raise CheckpointError(f"{folder.checkpoints} holds no checkpoint (ckpt-*.pt) yet: start the run afresh instead")
 
 
 def locate_checkpoint(name: str | os.PathLike, tracking_uri: str | None = None,
                       pick: Literal["newest", "best"] = "newest") -> LocatedCheckpoint:
     """The checkpoint that a checkpoint file, a run folder or an MLflow run id names, and how it was picked.
 
-    A run folder or run id gives its newest checkpoint, or with ``pick="best"`` its best.pt.
+    A run folder or run id gives its newest intact checkpoint (verified here: newer corrupt ones are
+    passed over, and named in ``selection``), or with ``pick="best"`` its best.pt. A file is taken
+    as given; loading it verifies it.
     """
+    return _locate(name, tracking_uri, pick)[0]
+
+
+def _locate(name: str | os.PathLike, tracking_uri: str | None,
+            pick: Literal["newest", "best"]) -> tuple[LocatedCheckpoint, tuple[ExperimentConfig, dict] | None]:
+    """:func:`locate_checkpoint`, with the loaded (config, payload) where finding it loaded it."""
     path = Path(name)
     if path.is_file():
-        return LocatedCheckpoint(path, "given file")
+        return LocatedCheckpoint(path, "given file"), None
     if path.is_dir():
         folder, source = RunFolder.of(path), f"run folder {path}"
     elif _RUN_ID.fullmatch(str(name)):
@@ -136,11 +196,8 @@ def locate_checkpoint(name: str | os.PathLike, tracking_uri: str | None = None,
         if best is None:
             raise CheckpointError(f"{source} has no {BEST_CHECKPOINT}: it was trained without run.select_every; "
                                   "take its newest checkpoint instead")
-        return LocatedCheckpoint(best, f"best of {source}")
-    newest = folder.newest()
-    if newest is None:
-        raise CheckpointError(f"{folder.checkpoints} holds no checkpoint (ckpt-*.pt) yet: start the run afresh instead")
-    return LocatedCheckpoint(newest, f"newest of {source}")
+        return LocatedCheckpoint(best, f"best of {source}"), None
+    return _newest_intact(folder, source)
 
 
 @dataclass(frozen=True)
@@ -150,6 +207,10 @@ class ResumePoint:
     payload: dict
     #: The saved config with the changes a resume may make.
     config: ExperimentConfig
+    #: How the checkpoint was picked (LocatedCheckpoint.selection).
+    selection: str = "given file"
+    #: Corrupt rolling checkpoints newer than ``checkpoint``: the resumed run moves them to checkpoints/corrupt/.
+    corrupt: tuple[Path, ...] = ()
 
 
 def resume_point(name: str | os.PathLike, *, tracking_uri: str | None, world_size: int,
@@ -158,20 +219,35 @@ def resume_point(name: str | os.PathLike, *, tracking_uri: str | None, world_siz
 
     The run keeps its config except ``run.*``, ``training.iterations`` and ``data.data_dir``
     (``config``, when given, replaces the saved one before ``overrides``; it must agree elsewhere).
+    It resumes the newest intact checkpoint; corrupt newer ones are listed in ``corrupt``.
     """
-    path = locate_checkpoint(name, tracking_uri).path
-    saved, payload = load_checkpoint(path)
+    located, loaded = _locate(name, tracking_uri, "newest")
+    path = located.path
+    saved, payload = loaded if loaded is not None else load_checkpoint(path)
     if "ebm_optimizer" not in payload["trainer"] or "rng" not in payload:
         raise CheckpointError(f"{path} holds weights only (imported or exported), no optimiser or RNG state: "
                               "it cannot be resumed; start a new run")
     if payload["world_size"] != world_size:
         raise CheckpointError(f"{path} was written by {payload['world_size']} processes: resume with "
                               f"torchrun --nproc_per_node {payload['world_size']} (this is {world_size})")
-    siblings = _rolling_checkpoints(path.parent)
-    if siblings and siblings[-1].resolve() != path.resolve():
-        raise CheckpointError(f"{path} is not the newest checkpoint of its run ({siblings[-1].name} is): "
+    siblings = [sibling.resolve() for sibling in _rolling_checkpoints(path.parent)]
+    newer = siblings[siblings.index(path.resolve()) + 1:] if path.resolve() in siblings else siblings
+    corrupt = list(located.corrupt)
+    for sibling in reversed(newer):  # newer intact checkpoints forbid this resume; newer corrupt ones are set aside
+        if sibling in {bad.resolve() for bad in corrupt}:
+            continue
+        try:
+            load_checkpoint(sibling)
+        except CheckpointError as error:
+            _log.warning("%s is corrupt (%s): resuming %s, the newest intact checkpoint", sibling.name,
+                         getattr(error, "reason", error), path.name)
+            corrupt.append(sibling)
+            continue
+        raise CheckpointError(f"{path} is not the newest checkpoint of its run ({sibling.name} is): "
                               "resume the run folder, or copy the checkpoint to a folder of its own")
-    return ResumePoint(RunFolder.of(path), path, payload, _resumed_config(saved, apply_overrides(config or saved, list(overrides))))
+    return ResumePoint(RunFolder.of(path), path, payload,
+                       _resumed_config(saved, apply_overrides(config or saved, list(overrides))),
+                       located.selection, tuple(corrupt))
 
 
 def _resumed_config(saved: ExperimentConfig, requested: ExperimentConfig) -> ExperimentConfig:
@@ -179,10 +255,12 @@ def _resumed_config(saved: ExperimentConfig, requested: ExperimentConfig) -> Exp
     # Cadences, the iteration budget and where the data lie; everything else would change the model.
     comparable = replace(requested, run=saved.run,
                          training=replace(requested.training, iterations=saved.training.iterations),
-                         data=replace(requested.data, data_dir=saved.data.data_dir, download=saved.data.download))
+                         data=replace(requested.data, data_dir=saved.data.data_dir, download=saved.data.download),
+                         performance=replace(requested.performance, threads=saved.performance.threads))
     if comparable != saved:
         before = saved.flat()
         changed = [key for key, value in comparable.flat().items() if before.get(key) != value]
         raise ConfigError(f"a resumed run keeps its config; {', '.join(changed)} differ from the checkpoint's: "
-                          "change only run.*, training.iterations or data.data_dir, or start a new run")
+                          "change only run.*, training.iterations, data.data_dir or performance.threads, or start "
+                          "a new run")
     return requested

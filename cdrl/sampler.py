@@ -8,7 +8,7 @@ classifier-free-guided and composed models plug in by binding labels or mixing n
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
@@ -17,6 +17,7 @@ from cdrl.langevin import EnergyFn, LangevinConfig, energy_gradient, langevin_re
     step_coefficients
 from cdrl.noise import GeneratorNoise, NoiseSource
 from cdrl.schedule import Level, LogSNRSchedule, broadcast
+from cdrl.typed import at_least
 
 #: proposal(x_t, logsnr_t) -> the initializer's mean proposal of sqrt(r) x_s.
 ProposalFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -25,7 +26,7 @@ ProposalFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 @dataclass(frozen=True)
 class SamplerConfig:
     #: Langevin steps per level; None means the training count (15 in the paper).
-    steps_per_level: int | None = None
+    steps_per_level: int | None = field(default=None, metadata=at_least(1))
     #: Final denoising step with Tweedie's formula (published for images, not for the toy).
     tweedie_step: bool = True
     #: Add sqrt(beta_tilde r_mul) noise to the initializer's proposal (published default).
@@ -33,7 +34,7 @@ class SamplerConfig:
     #: Clamp the final samples to [-1, 1] (images; the toy data live on a wider range).
     clamp: bool = True
     #: Multiplier on the Langevin noise when sampling (DRL's published evaluation: 0.99; training: 1).
-    langevin_noise_scale: float = 1.0
+    langevin_noise_scale: float = field(default=1.0, metadata=at_least(0))
 
     def steps(self, langevin: LangevinConfig, requested: int | None = None) -> int:
         """Langevin steps per level of a sampling run: the requested count, else this config's, else training's."""

@@ -13,25 +13,27 @@ d = 1000 // (2 (T - 1)) (Gao et al.'s published code: steps 0, 100, ..., 500, 99
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+
+from cdrl.typed import at_least, bounds
 
 
 @dataclass(frozen=True)
 class ScheduleConfig:
     """Where the ``n_levels`` + 1 noise levels lie: CDRL's cosine logSNR, or DRL's DDPM linear beta."""
 
-    n_levels: int = 6
+    n_levels: int = field(default=6, metadata=at_least(1))
     kind: Literal["cosine-logsnr", "ddpm-linear"] = "cosine-logsnr"
     #: cosine-logsnr: the logSNR of the noisiest and the least noisy level.
     logsnr_min: float = -5.1
     logsnr_max: float = 9.8
     #: ddpm-linear: betas linear from beta_start to beta_end over ddpm_steps diffusion steps.
-    beta_start: float = 1e-4
-    beta_end: float = 0.02
-    ddpm_steps: int = 1000
+    beta_start: float = field(default=1e-4, metadata=bounds(above=0, below=1))
+    beta_end: float = field(default=0.02, metadata=bounds(above=0, below=1))
+    ddpm_steps: int = field(default=1000, metadata=at_least(2))
     #: Use r_mul = 1 instead of r at the noisiest level, as the published code does.
     final_level_unscaled: bool = True
 

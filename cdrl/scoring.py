@@ -75,6 +75,7 @@ def _flatten(prefix: str, values: dict[str, Any]) -> dict[str, str]:
 def draw_samples(checkpoint: str | os.PathLike, *, n_samples: int, steps_per_level: int | None = None,
                  seed: int = 0, batch_size: int | None = None, guidance: float = 0.0,
                  class_label: int | None = None, use_ema: bool = True, device: str | torch.device | None = None,
+                 sampler_overrides: Sequence[str] = (),
                  progress: Callable[[int], None] | None = None) -> tuple[torch.Tensor, ExperimentConfig, dict]:
     """(samples, the model's config, the sampling protocol) of a checkpoint.
 
@@ -85,7 +86,7 @@ def draw_samples(checkpoint: str | os.PathLike, *, n_samples: int, steps_per_lev
     model = load_model(checkpoint, use_ema=use_ema, device=device)
     spec = GenerationSpec.resolve(model.config, n_samples, steps_per_level=steps_per_level, seed=seed,
                                   batch_size=batch_size, guidance=guidance, classes=class_label,
-                                  weights="ema" if use_ema else "live")
+                                  weights="ema" if use_ema else "live", sampler_overrides=sampler_overrides)
     samples = generate(model, spec, device=device, progress=progress)
     protocol = {**spec.protocol(model.config), "checkpoint": str(Path(checkpoint).resolve()),
                 "checkpoint_iteration": model.iteration,
@@ -99,6 +100,7 @@ def score_checkpoint(checkpoint: str | os.PathLike, *, steps_per_level: int | No
                      batch_size: int | None = None, guidance: float = 0.0, class_label: int | None = None,
                      device: str | torch.device | None = None, use_ema: bool = True,
                      checkpoint_selection: str = "given", reference_overrides: Sequence[str] = (),
+                     sampler_overrides: Sequence[str] = (),
                      data_dir: str | None = None,
                      tracking_uri: str | None = None, experiment_name: str | None = None,
                      tags: dict[str, str] | None = None, log: bool = True,
@@ -111,7 +113,7 @@ def score_checkpoint(checkpoint: str | os.PathLike, *, steps_per_level: int | No
     samples, config, sampling = draw_samples(checkpoint, n_samples=n_samples, steps_per_level=steps_per_level,
                                              seed=seed, batch_size=batch_size, guidance=guidance,
                                              class_label=class_label, use_ema=use_ema, device=device,
-                                             progress=progress)
+                                             sampler_overrides=sampler_overrides, progress=progress)
     reference_config = apply_overrides(config, list(reference_overrides))
     metrics, protocol, line = score_samples(samples, reference_config, backend=backend, mode=mode,
                                             reference=reference, reference_split=reference_split,
@@ -166,10 +168,13 @@ def score_data(config: ExperimentConfig, *, n_samples: int, backend: str = DEFAU
 
 def _log_score(metrics: dict[str, float], protocol: dict[str, Any], config: ExperimentConfig,
                tracking_uri: str | None, experiment_name: str | None, tags: dict[str, str] | None) -> str:
-    from cdrl.tracking import TAG_KIND, TAG_METHOD, TAG_PRESET, tracked_run
+    from cdrl.tracking import TAG_KIND, TAG_METHOD, TAG_PRESET, TAG_RUN_KEY, TAG_SUITE, tracked_run
 
     run_tags = {TAG_KIND: "eval", TAG_PRESET: config.name, TAG_METHOD: config.training.method, **(tags or {})}
-    with tracked_run(tracking_uri=tracking_uri, experiment_name=experiment_name, tags=run_tags) as run:
+    # A suite's evaluation, run again after a SIGKILL, closes the RUNNING twin the killed one left.
+    replaces = (TAG_KIND, TAG_SUITE, TAG_RUN_KEY) if TAG_RUN_KEY in run_tags else ()
+    with tracked_run(tracking_uri=tracking_uri, experiment_name=experiment_name, tags=run_tags,
+                     replaces=replaces) as run:
         run.log_params(_flatten("eval.", protocol))
         run.log_metrics(metrics)
         return run.run_id

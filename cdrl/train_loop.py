@@ -33,16 +33,17 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 import cdrl
-from cdrl.checkpoint import load_checkpoint, make_checkpoint
+from cdrl.checkpoint import CheckpointError, load_checkpoint, make_checkpoint, weights_problem
 from cdrl.config import ConfigError, ExperimentConfig, RunConfig, apply_overrides
 from cdrl.datasets import build_dataset, dataset_info, infinite_batches, toy_in_support
 from cdrl.distributed import Ranks, any_rank, gathered, init_distributed, launched_world_size, rank_seed, shared
 from cdrl.errors import CdrlBenchError
 from cdrl.generation import GenerationSpec, ema_model, generate
+from cdrl.performance import use_threads
 from cdrl.run_folder import ResumePoint, RunFolder, resume_point
 from cdrl.scoring import score_samples
 from cdrl.tracking import (DIVERGED_METRIC, TAG_CHECKPOINT_DIR, TAG_DIVERGED, TAG_GLOBAL_BATCH, TAG_KIND, TAG_METHOD,
-                           TAG_PER_PROCESS_BATCH, TAG_PRESET, TrackedRun, tracked_run)
+                           TAG_PER_PROCESS_BATCH, TAG_PRESET, TrackedRun, resolve_tracking_uri, tracked_run)
 from cdrl.training import CooperativeTrainer, StepStats
 
 #: Noise stream of selection samples, apart from the training and sample-grid streams.
@@ -52,7 +53,7 @@ _SELECTION_METRICS = {True: ("fid", "kid_mean"), False: ("energy_distance",)}
 
 
 class TrainingDiverged(CdrlBenchError):
-    """A loss or energy became non-finite and the divergence policy ended the run."""
+    """A loss or energy became non-finite or passed run.divergence_bound, and the divergence policy ended the run."""
 
 
 @dataclass
@@ -79,22 +80,6 @@ def per_process_batch(global_batch: int, world_size: int) -> int:
                           f"{world_size} processes: run a number of processes that divides it, or set "
                           f"training.batch_size to a multiple of {world_size}")
     return global_batch // world_size
-
-
-def _check_run_config(run: RunConfig) -> None:
-    for name in ("log_every", "sample_every", "checkpoint_every", "keep_checkpoints", "n_samples"):
-        if getattr(run, name) < 1:
-            raise ConfigError(f"run.{name} must be at least 1, got {getattr(run, name)}: set e.g. run.{name}=10")
-    if not 0.0 < run.rollback_lr_factor < 1.0:
-        raise ConfigError(f"run.rollback_lr_factor must lie in (0, 1), got {run.rollback_lr_factor}: "
-                          "set e.g. run.rollback_lr_factor=0.5")
-    if run.select_every < 0:
-        raise ConfigError(f"run.select_every must be 0 (no checkpoint selection) or more, got {run.select_every}: "
-                          "set e.g. run.select_every=20000")
-    # FID needs a covariance and the energy distance pairs of distinct samples: one sample scores nothing.
-    if run.select_samples < 2:
-        raise ConfigError(f"run.select_samples must be at least 2, got {run.select_samples}: "
-                          "set e.g. run.select_samples=5000")
 
 
 def selection_metric(config: ExperimentConfig) -> str:
@@ -276,11 +261,16 @@ def train(config: ExperimentConfig | None = None, *, resume: str | os.PathLike |
         raise ConfigError("nothing to train: pass a preset (--preset NAME) or a run to --resume")
     else:
         config = apply_overrides(config, list(overrides))
-    _check_run_config(config.run)
     selection_metric(config)  # a metric that cannot score this data fails before any folder or run exists
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise ConfigError(f"--out {out} is a file: a run needs a folder of its own; choose another --out")
+    warning = use_threads(config.performance.threads)
+    resolve_tracking_uri(tracking_uri)  # so does a tracking URI MLflow cannot use
     # Bad data paths fail here, before any folder, process group or MLflow run exists.
     dataset = build_dataset(config.data)
     ranks, device, started_group = init_distributed(device)
+    if warning and ranks.is_main:
+        Console(stderr=True).print(f"warning: {warning}", highlight=False, markup=False, soft_wrap=True)
     try:
         if resumed is not None:
             folder = resumed.folder
@@ -314,7 +304,7 @@ def _train(config: ExperimentConfig, dataset, folder: RunFolder, resumed: Resume
     best = _restored_selection(payload, metric, cadence)
     last_checkpoint = resumed.checkpoint if resumed is not None and ranks.is_main else None
     if ranks.is_main:
-        folder.prepare(config)
+        folder.prepare(config, resumed.corrupt if resumed is not None else ())
 
     run_tags = {TAG_KIND: "train", TAG_PRESET: config.name, TAG_METHOD: training.method,
                 TAG_CHECKPOINT_DIR: str(folder.checkpoints), TAG_GLOBAL_BATCH: str(training.batch_size),
@@ -323,7 +313,10 @@ def _train(config: ExperimentConfig, dataset, folder: RunFolder, resumed: Resume
         run_tags["cdrl.selection"] = _selection_rule(cadence, metric)
     tracking = (tracked_run(tracking_uri=tracking_uri, experiment_name=experiment_name,
                             run_id=payload["mlflow_run_id"] if payload else None, run_name=folder.root.name,
-                            tags=run_tags, flush_seconds=cadence.flush_seconds)
+                            tags=run_tags, flush_seconds=cadence.flush_seconds,
+                            # SIGTERM/SIGHUP/Ctrl-C end the run KILLED; one that a SIGKILL left RUNNING
+                            # in this folder is closed KILLED when the folder trains again.
+                            replaces=(TAG_CHECKPOINT_DIR,))
                 if ranks.is_main else contextlib.nullcontext())
     progress_bar = ranks.is_main and (sys.stdout.isatty() if show_progress is None else show_progress)
     with tracking as run, _progress(progress_bar) as progress:
@@ -335,13 +328,15 @@ def _train(config: ExperimentConfig, dataset, folder: RunFolder, resumed: Resume
                                  rate="", losses="")
         batches = infinite_batches(dataset, batch, training.seed, ranks.rank, ranks.world_size,
                                    start_iteration=trainer.iteration)
-        nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+        # The largest |loss| or |energy| since the start or the last rollback (NaN stays NaN): on the device.
+        peak = torch.zeros((), device=device)
+        rolled_back_to = None
         clock, clock_iteration, rate = time.monotonic(), trainer.iteration, 0.0
         while trainer.iteration < training.iterations:
             x, labels = next(batches)
             stats = trainer.step(x, labels)
             # Accumulated on the device: no host sync until the next check below.
-            nonfinite |= ~torch.isfinite(_watched(stats)).all()
+            peak = torch.maximum(peak, _watched(stats).abs().amax())
             iteration = trainer.iteration
             last = iteration == training.iterations
             log_due = iteration % cadence.log_every == 0
@@ -349,15 +344,15 @@ def _train(config: ExperimentConfig, dataset, folder: RunFolder, resumed: Resume
             checkpoint_due = iteration % cadence.checkpoint_every == 0 or last
             select_due = cadence.select_every > 0 and (iteration % cadence.select_every == 0 or last)
             progress.advance(task)
-            # Selection is due only where divergence is checked: a non-finite model is never scored.
+            # Selection is due only where divergence is checked: a diverged model is never scored.
             if not (log_due or sample_due or checkpoint_due or select_due):
                 continue
-            if any_rank(nonfinite, ranks):
-                rollbacks = _on_divergence(trainer, cadence, folder, iteration, rollbacks, ranks, run,
-                                           progress.console)
+            if any_rank(~(peak <= cadence.divergence_bound), ranks):
+                rollbacks, rolled_back_to = _on_divergence(trainer, cadence, folder, iteration, rollbacks, ranks,
+                                                           run, progress.console, float(peak), rolled_back_to)
                 batches = infinite_batches(dataset, batch, training.seed, ranks.rank, ranks.world_size,
                                            start_iteration=trainer.iteration)
-                nonfinite.zero_()
+                peak.zero_()
                 progress.update(task, completed=trainer.iteration)
                 continue
             if log_due:
@@ -425,34 +420,90 @@ def _log_samples(trainer: CooperativeTrainer, folder: RunFolder, iteration: int,
         run.log_metrics(metrics, step=iteration)
 
 
-def _on_divergence(trainer: CooperativeTrainer, cadence: RunConfig, folder: RunFolder, iteration: int,
-                   rollbacks: int, ranks: Ranks, run: TrackedRun | None, console: Console) -> int:
-    """Record the divergence, then stop or reload the newest checkpoint with lower learning rates.
+def _divergence_message(peak: float, bound: float, iteration: int) -> str:
+    if not math.isfinite(peak):
+        return f"non-finite loss or energy by iteration {iteration}"
+    if peak > bound:
+        return f"loss or energy of magnitude {peak:.3g} by iteration {iteration}, beyond run.divergence_bound={bound:g}"
+    return (f"non-finite loss or energy, or one beyond run.divergence_bound={bound:g}, on another process by "
+            f"iteration {iteration}")
 
-    The newest rolling ckpt-*.pt, never best.pt (an older state); the best score so far stays as it is.
+
+def _rollback_target(folder: RunFolder, bound: float, rolled_back_to: str | None) -> tuple[dict, dict | None]:
+    """Rank 0's choice of a checkpoint to roll back to, and its payload.
+
+    Newest first, a rolling checkpoint is passed over when it is corrupt (it fails to load or its
+    integrity check) or unhealthy (:func:`cdrl.checkpoint.weights_problem`), and also when the run
+    rolled back to it before and diverged again without writing a newer one, as long as an older
+    healthy one exists. Returns ``{"target": name or None, "passed_over": [(name, why, kind)]}``,
+    kind "corrupt" or "diverged" (the folder a passed-over file is moved to), and the target's payload.
     """
-    message = f"non-finite loss or energy by iteration {iteration}"
+    passed_over: list[tuple[str, str, str]] = []
+    retry = None  # the checkpoint the run diverged again from: taken only when nothing older is healthy
+    for path in reversed(folder.checkpoint_paths()):
+        try:
+            _, payload = load_checkpoint(path)
+        except CheckpointError as error:
+            passed_over.append((path.name, f"is corrupt ({getattr(error, 'reason', error)})", "corrupt"))
+            continue
+        problem = weights_problem(payload["trainer"], bound)
+        if problem is not None:
+            passed_over.append((path.name, problem, "diverged"))
+            continue
+        if path.name == rolled_back_to and retry is None:
+            retry = (path.name, payload, len(passed_over))
+            passed_over.append((path.name, "diverged again after the last rollback to it", "diverged"))
+            continue
+        return {"target": path.name, "passed_over": passed_over}, payload
+    if retry is not None:
+        name, payload, index = retry
+        return {"target": name, "passed_over": passed_over[:index]}, payload
+    return {"target": None, "passed_over": passed_over}, None
+
+
+def _on_divergence(trainer: CooperativeTrainer, cadence: RunConfig, folder: RunFolder, iteration: int,
+                   rollbacks: int, ranks: Ranks, run: TrackedRun | None, console: Console, peak: float,
+                   rolled_back_to: str | None) -> tuple[int, str]:
+    """Record the divergence, then stop, or roll back to a healthy checkpoint with lower learning rates.
+
+    The newest rolling ckpt-*.pt that is intact and healthy (:func:`_rollback_target`), never
+    best.pt (an older state); the best score so far stays as it is. Rolling checkpoints newer than
+    it are moved to checkpoints/corrupt/ or checkpoints/diverged/, so that neither rotation nor a
+    later resume or rollback takes them. Returns the rollback count and the checkpoint rolled back to.
+    """
+    message = _divergence_message(peak, cadence.divergence_bound, iteration)
     if run is not None:
         run.log_metrics({DIVERGED_METRIC: 1.0}, step=iteration)
         run.set_tags({TAG_DIVERGED: message})
-    checkpoints = folder.checkpoint_paths()
     if cadence.on_divergence == "stop":
         raise TrainingDiverged(f"{message} (run.on_divergence=stop): lower training.ebm_lr, or set "
                                "run.on_divergence=rollback to continue from the last checkpoint")
-    if not checkpoints:
+    if not folder.checkpoint_paths():
         raise TrainingDiverged(f"{message}, before the first checkpoint: lower training.ebm_lr or "
                                "run.checkpoint_every")
     if rollbacks >= cadence.max_rollbacks:
         raise TrainingDiverged(f"{message} after {rollbacks} rollbacks (run.max_rollbacks): lower training.ebm_lr")
+    choice, payload = (_rollback_target(folder, cadence.divergence_bound, rolled_back_to) if ranks.is_main
+                       else (None, None))
+    choice = shared(choice, ranks)  # every rank rolls back to rank 0's choice
+    passed = "; ".join(f"{name} {why}" for name, why, _ in choice["passed_over"])
+    if choice["target"] is None:
+        raise TrainingDiverged(f"{message}, and no checkpoint is fit to roll back to ({passed}): "
+                               "lower training.ebm_lr and start again")
+    if ranks.is_main:
+        for name, _, kind in choice["passed_over"]:
+            folder.set_aside([folder.checkpoints / name], kind)
+    if payload is None:
+        _, payload = load_checkpoint(folder.checkpoints / choice["target"])
     rollbacks += 1
-    _, payload = load_checkpoint(checkpoints[-1])
     trainer.load_state_dict(payload["trainer"])
     _restore_rng(trainer, payload["rng"][ranks.rank])
     scale = cadence.rollback_lr_factor ** rollbacks
     _set_lr_scale(trainer, scale)
     if run is not None:
+        detail = f"; passed over {passed}" if passed else ""
         run.log_metrics({"rollbacks": rollbacks, "lr_scale": scale}, step=iteration)
-        run.set_tags({"cdrl.rollbacks": f"{rollbacks}: to {checkpoints[-1].name}, learning rates x{scale:g}"})
-        console.print(f"{message}: rolled back to {checkpoints[-1].name} with learning rates x{scale:g}",
+        run.set_tags({"cdrl.rollbacks": f"{rollbacks}: to {choice['target']}, learning rates x{scale:g}{detail}"})
+        console.print(f"{message}: rolled back to {choice['target']} with learning rates x{scale:g}{detail}",
                       highlight=False, soft_wrap=True)
-    return rollbacks
+    return rollbacks, choice["target"]

@@ -2,7 +2,7 @@
 
 A field's annotation says what it accepts (``int``, ``float``, ``str``, ``bool``, ``Literal``,
 ``X | None``, ``tuple[X, ...]``, ``dict[str, X]``, another dataclass) and its metadata adds
-bounds, e.g. ``field(default=1, metadata=at_least(1))``. :func:`build` checks a mapping
+bounds, e.g. ``field(default=1, metadata=at_least(1))`` or ``metadata=bounds(at_least=0, below=1)``. :func:`build` checks a mapping
 (JSON, TOML) against them; :func:`parse` reads one command-line string. Both raise
 :class:`FieldError`, which names the key, so each caller words the fix for its own input.
 """
@@ -27,14 +27,23 @@ class FieldError(CdrlBenchError):
         self.key, self.problem = key, problem
 
 
+def bounds(*, at_least: float | None = None, above: float | None = None, at_most: float | None = None,
+           below: float | None = None) -> dict[str, float]:
+    """Field metadata: the value (every item of a tuple) must lie within these bounds; None is always allowed."""
+    given = {"at_least": at_least, "above": above, "at_most": at_most, "below": below}
+    return {name: value for name, value in given.items() if value is not None}
+
+
 def at_least(minimum: float) -> dict[str, float]:
-    """Field metadata: the value (every item of a tuple) must be >= ``minimum``."""
-    return {"at_least": minimum}
+    return bounds(at_least=minimum)
 
 
 def above(bound: float) -> dict[str, float]:
-    """Field metadata: the value must be > ``bound``."""
-    return {"above": bound}
+    return bounds(above=bound)
+
+
+_BOUND_WORDING = {"at_least": ("at least", lambda v, b: v >= b), "above": ("greater than", lambda v, b: v > b),
+                  "at_most": ("at most", lambda v, b: v <= b), "below": ("less than", lambda v, b: v < b)}
 
 
 def _describe(annotation: Any) -> str:
@@ -51,6 +60,12 @@ def _describe(annotation: Any) -> str:
         return "a table"
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
         annotation, getattr(annotation, "__name__", str(annotation)))
+
+
+def _check_length(arguments: tuple, count: int, key: str) -> None:
+    """A fixed-length tuple (``tuple[float, float]``) takes exactly that many values."""
+    if arguments and arguments[-1] is not Ellipsis and count != len(arguments):
+        raise FieldError(key, f"takes {len(arguments)} values, got {count}")
 
 
 def _is_union(annotation: Any) -> bool:
@@ -76,6 +91,7 @@ def coerce(value: Any, annotation: Any, key: str) -> Any:
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise FieldError(key, f"must be {_describe(annotation)}, got {value!r}")
+        _check_length(arguments, len(value), key)
         element = arguments[0] if arguments else Any
         return tuple(value if element is Any else coerce(item, element, key) for item in value)
     if origin is dict:
@@ -105,10 +121,21 @@ def check_field(field: dataclasses.Field, value: Any, key: str) -> None:
     for item in values:
         if not isinstance(item, (int, float)) or isinstance(item, bool):
             continue
-        if "at_least" in field.metadata and item < field.metadata["at_least"]:
-            raise FieldError(key, f"must be at least {field.metadata['at_least']:g}, got {item!r}")
-        if "above" in field.metadata and not item > field.metadata["above"]:
-            raise FieldError(key, f"must be greater than {field.metadata['above']:g}, got {item!r}")
+        for name, (wording, holds) in _BOUND_WORDING.items():
+            if name in field.metadata and not holds(item, field.metadata[name]):
+                rule = " and ".join(f"{_BOUND_WORDING[other][0]} {field.metadata[other]:g}"
+                                    for other in _BOUND_WORDING if other in field.metadata)
+                raise FieldError(key, f"must be {rule}, got {item!r}")
+
+
+def check_tree(instance: Any, where: str = "") -> None:
+    """Check every field of a dataclass instance, and of the dataclasses inside it, against its bounds."""
+    for field in dataclasses.fields(instance):
+        value = getattr(instance, field.name)
+        if dataclasses.is_dataclass(value):
+            check_tree(value, f"{where}{field.name}.")
+        else:
+            check_field(field, value, f"{where}{field.name}")
 
 
 def build(cls: type, values: Any, where: str = "") -> Any:
@@ -144,6 +171,7 @@ def parse(raw: str, annotation: Any, key: str) -> Any:
         return raw
     if origin is tuple:
         items = [item for item in raw.strip("()[] ").split(",") if item.strip()]
+        _check_length(arguments, len(items), key)
         element = arguments[0] if arguments else str
         return tuple(parse(item.strip(), element, key) for item in items)
     if annotation not in (bool, int, float, str):

@@ -116,7 +116,8 @@ def test_guided_eval_of_a_conditional_digits_model_reports_class_accuracy(isolat
 
 
 def test_class_accuracy_is_scored_against_the_requested_classes(isolated_cache):
-    config = apply_overrides(preset("tiny"), ["energy.num_classes=10", "data.class_conditional=true"])
+    config = apply_overrides(preset("tiny"), ["energy.num_classes=10", "initializer.num_classes=10",
+                                              "data.class_conditional=true"])
     digits = build_dataset(DataConfig(dataset="digits", split="test", image_size=8, class_conditional=True))
     images, labels = digits.x[:24], digits.labels[:24]
     assert torch.equal(requested_classes(torch.arange(12), None, config), torch.arange(12) % 10)

@@ -165,7 +165,8 @@ def test_ema_matches_torch_ema_semantics():
 def test_overrides_are_typed_and_checked():
     config = apply_overrides(preset("cifar10"), ["training.ebm_lr=2e-4", "langevin.n_steps=5",
                                                  "initializer.attention_resolutions=16,8",
-                                                 "energy.num_classes=10", "training.variance_reduction=false"])
+                                                 "energy.num_classes=10", "initializer.num_classes=10",
+                                                 "training.variance_reduction=false"])
     assert config.training.ebm_lr == 2e-4 and config.langevin.n_steps == 5
     assert config.initializer.attention_resolutions == (16, 8) and config.energy.num_classes == 10
     assert config.training.variance_reduction is False
@@ -181,7 +182,9 @@ def test_saved_configs_and_overrides_are_checked_against_the_field_types():
                                          ("training", "ebm_lr", True, "must be a number"),
                                          ("training", "method", "gan", "must be one of 'cdrl', 'drl'"),
                                          ("training", "surprise", 1, "is not a known key"),
-                                         ("langevin", "n_steps", float("nan"), "must be an integer")]:
+                                         ("langevin", "n_steps", float("nan"), "must be an integer"),
+                                         ("training", "adam_betas", [0.9], "takes 2 values, got 1"),
+                                         ("training", "ema_decay", 2.0, "must be at least 0 and less than 1")]:
         broken = {**saved, section: {**saved[section], key: value}}
         with pytest.raises(ConfigError, match=f"saved config: {section}.{key} {message}"):
             ExperimentConfig.from_dict(broken)

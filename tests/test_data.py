@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import builtins
+import os
 import pickle
+import struct
 import urllib.error
 from pathlib import Path
 
@@ -170,6 +173,69 @@ def test_cifar10_rejects_a_malformed_batch(cifar_dir: Path) -> None:
         build_dataset(DataConfig("cifar10", data_dir=str(cifar_dir), download=False))
 
 
+class _RunsCode:
+    """What a crafted pickle holds: unpickling it calls ``function(*arguments)``."""
+
+    def __init__(self, function: object, *arguments: object):
+        self.function, self.arguments = function, arguments
+
+    def __reduce__(self) -> tuple:
+        return self.function, self.arguments
+
+
+@pytest.mark.parametrize("make, loaded", [
+    (lambda marker: _RunsCode(os.system, f"touch {marker}"), f"{os.system.__module__}.system"),  # posix.system
+    (lambda marker: _RunsCode(builtins.exec, f"open({str(marker)!r}, 'w').close()"), "builtins.exec"),
+    (lambda marker: {b"data": _RunsCode(builtins.exec, f"open({str(marker)!r}, 'w').close()"), b"labels": [0]},
+     "builtins.exec"),
+], ids=["system", "exec", "exec-inside-the-dict"])
+@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
+def test_cifar10_refuses_a_pickle_that_runs_code(cifar_dir: Path, make, loaded: str, protocol: int) -> None:
+    marker = cifar_dir / "pwned"
+    batch = cifar_dir / "cifar-10-batches-py" / "data_batch_1"
+    batch.write_bytes(pickle.dumps(make(marker), protocol=protocol))
+    with pytest.raises(DatasetError) as caught:
+        build_dataset(DataConfig("cifar10", data_dir=str(cifar_dir), download=False))
+    assert not marker.exists(), "the crafted pickle ran its code"
+    assert str(caught.value) == (f"{batch} tries to load {loaded}: not a CIFAR-10 batch; delete {batch.parent} and "
+                                 "download again")
+
+
+def _python2_batch(data: np.ndarray, labels: list[int]) -> bytes:
+    """A batch as Python 2's cPickle wrote the official archive: protocol 2, str keys, numpy.core globals."""
+    raw = data.tobytes()
+    return (b"\x80\x02}q\x00(U\x04data"
+            b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85U\x01b\x87R"  # empty uint8 array,
+            b"(K\x01" + b"K%c" % len(data) + b"M\x00\x0c\x86"  # then its state: version 1, shape (N, 3072),
+            b"cnumpy\ndtype\nU\x02u1K\x00K\x01\x87R(K\x03U\x01|NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb"  # dtype,
+            b"\x89T" + struct.pack("<I", len(raw)) + raw + b"tb"  # C order and the pixels as a Python 2 str
+            b"U\x06labels](" + b"".join(b"K%c" % label for label in labels) + b"eU\x0bbatch_labelU\x0e"
+            b"training batchu.")
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 3, 4, 5])
+def test_cifar10_reads_batches_of_every_pickle_protocol(cifar_dir: Path, protocol: int) -> None:
+    folder = cifar_dir / "cifar-10-batches-py"
+    for number in range(1, 6):
+        batch = {b"batch_label": b"training batch", b"labels": [(number + i) % 10 for i in range(4)],
+                 b"data": asymmetric_images(4, seed=number), b"filenames": [b"x.png", b""] * 2}
+        (folder / f"data_batch_{number}").write_bytes(pickle.dumps(batch, protocol=protocol))
+    dataset = build_dataset(DataConfig("cifar10", data_dir=str(cifar_dir), download=False, horizontal_flip=False,
+                                       class_conditional=True))
+    image, label = dataset[4]
+    assert torch.equal(image, expected_image(asymmetric_images(4, seed=2)[0])) and label == 2
+
+
+def test_cifar10_reads_a_python2_pickled_batch(cifar_dir: Path) -> None:
+    images = asymmetric_images(4, seed=9)
+    (cifar_dir / "cifar-10-batches-py" / "data_batch_5").write_bytes(_python2_batch(images, [9, 0, 1, 2]))
+    dataset = build_dataset(DataConfig("cifar10", data_dir=str(cifar_dir), download=False, horizontal_flip=False,
+                                       class_conditional=True))
+    assert len(dataset) == 20
+    image, label = dataset[19]
+    assert torch.equal(image, expected_image(images[3])) and label == 2
+
+
 def test_cifar10_only_at_native_size(cifar_dir: Path) -> None:
     with pytest.raises(DatasetError, match="32x32"):
         build_dataset(DataConfig("cifar10", data_dir=str(cifar_dir), download=False, image_size=64))
@@ -209,6 +275,22 @@ def test_imagenet32_rejects_zero_based_labels(tmp_path: Path) -> None:
     np.savez(val / "val_data.npz", data=asymmetric_images(2, seed=0), labels=[0, 1])
     with pytest.raises(DatasetError, match="1-based"):
         build_dataset(DataConfig("imagenet32", data_dir=str(tmp_path), split="test"))
+
+
+@pytest.mark.parametrize("array", ["data", "labels"])
+@pytest.mark.parametrize("save", [np.savez, np.savez_compressed])
+def test_imagenet32_never_unpickles_an_object_array(tmp_path: Path, array: str, save) -> None:
+    val = tmp_path / "Imagenet32_val_npz"
+    val.mkdir()
+    marker = tmp_path / "pwned"
+    crafted = np.empty(1, dtype=object)
+    crafted[0] = _RunsCode(builtins.exec, f"open({str(marker)!r}, 'w').close()")
+    arrays = {"data": asymmetric_images(1, seed=0), "labels": np.array([1]), array: crafted}
+    save(val / "val_data.npz", **arrays)  # object arrays are stored as pickles
+    with pytest.raises(DatasetError) as caught:
+        build_dataset(DataConfig("imagenet32", data_dir=str(tmp_path), split="test"))
+    assert not marker.exists(), "the crafted pickle ran its code"
+    assert str(val / "val_data.npz") in str(caught.value) and "\n" not in str(caught.value)
 
 
 # ---------------------------------------------------------------------------

@@ -43,6 +43,17 @@ def test_the_spec_resolves_steps_and_their_step_multiplier_once():
         GenerationSpec.resolve(config, 0)
 
 
+def test_sampler_options_are_set_through_the_spec_and_recorded():
+    model = load_model(TRAINED)
+    quiet = GenerationSpec.resolve(model.config, 5, steps_per_level=3, seed=3,
+                                   sampler_overrides=["sampler.langevin_noise_scale=0"])
+    assert quiet.sampler.langevin_noise_scale == 0 and quiet.protocol(model.config)["sampler.langevin_noise_scale"] == 0
+    assert draw(model).shape == generate(model, quiet).shape
+    assert not torch.allclose(draw(model), generate(model, quiet))
+    with pytest.raises(CdrlBenchError, match="only sampler.. settings"):
+        GenerationSpec.resolve(model.config, 5, sampler_overrides=["training.ebm_lr=1"])
+
+
 def test_samples_do_not_depend_on_batch_size():
     model = load_model(TRAINED)
     one_batch = draw(model)

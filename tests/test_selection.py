@@ -198,7 +198,8 @@ def test_image_presets_select_by_fid_against_the_first_training_images(tmp_path,
 
 
 @pytest.mark.parametrize(("preset_name", "setting", "message"), [
-    ("toy-checkerboard", "run.select_every=-1", "run.select_every must be 0 (no checkpoint selection) or more"),
+    ("toy-checkerboard", "run.select_every=-1", "run.select_every must be at least 0, got -1: e.g. --set "
+                                                 "run.select_every=0"),
     ("toy-checkerboard", "run.select_samples=1", "run.select_samples must be at least 2"),
     ("toy-checkerboard", "run.select_metric=fid", "run.select_metric=fid cannot score toy-checkerboard samples: "
                                                   "set run.select_metric to auto or energy_distance"),

@@ -13,11 +13,13 @@ from typer.testing import CliRunner
 
 from baselines import ABLATIONS, apply_ablations, drl
 from benchmarks import runner
+from benchmarks.records import finished_eval_runs
 from benchmarks.regression import results_from_runs
 from benchmarks.suite import PlotSpec, SuiteError, available_suites, expand, load_suite, plan_rows
 from benchmarks.tables import build_table, render, save_plot
 from cdrl.config import ConfigError, preset
 from cdrl.metrics import METRICS
+from cdrl.search_filter import FilterValueError, filter_value, tag_clause
 from cdrl.train_loop import per_process_batch
 from cdrl.langevin import multiplier_for_steps
 from cli import app
@@ -163,13 +165,14 @@ def test_table_prints_the_paper_column_with_no_runs(tmp_path):
     assert (tmp_path / "steps.png").stat().st_size > 0
 
 
-def test_paper_tables_keep_their_provenance():
-    main = build_table(load_suite("cifar10-main"), tracking_uri="sqlite:////nonexistent/mlflow.db")
+def test_paper_tables_keep_their_provenance(tmp_path):
+    absent = f"sqlite:///{tmp_path}/absent.db"  # no store yet: the paper's columns alone
+    main = build_table(load_suite("cifar10-main"), tracking_uri=absent)
     paper = dict(zip(main.frame["method"], main.frame["paper_fid"]))
     assert paper["CDRL"] == "4.31"
     assert paper["CDRL-large"] == "3.68" and paper["StyleGAN2-ADA"] == "2.92"  # context rows follow
     assert set(main.frame["paper_confidence"]) >= {"primary", "ocr-uncertain"}
-    guidance = build_table(load_suite("imagenet32-cfg"), tracking_uri="sqlite:////nonexistent/mlflow.db")
+    guidance = build_table(load_suite("imagenet32-cfg"), tracking_uri=absent)
     assert list(guidance.display["w"])[-1] == "3" and list(guidance.frame["paper_inception_score"])[0] == "7.92"
     assert "\\pm" not in render(guidance, "latex") and "tabular" in render(guidance, "latex")
 
@@ -250,6 +253,87 @@ def test_suites_declare_the_global_batch_and_the_checkpoint_they_score(tmp_path)
     assert per_process_batch(256, 8) == 32
 
 
+SAFE_RULE = "letters, digits, '.', '_' and '-' only, starting with a letter or digit, no '..'"
+
+
+def test_suite_names_keys_and_references_stay_inside_their_folders(tmp_path):
+    attempt = functools.partial(_suite_error, tmp_path)
+    name = TINY_SUITE.replace('name = "tiny-test"', 'name = {}')
+    for bad in ('"../../../escaped"', '"it\'s"', '"a/b"', '".hidden"', '"x..y"', '"with space"', '""'):
+        value = eval(bad)  # the TOML basic string is also a Python literal
+        assert attempt(name.format(bad)) == (
+            f"bad.toml: name {value!r} must be a plain name ({SAFE_RULE}): it names run folders and the MLflow "
+            'experiment, e.g. name = "cifar10-steps" (see benchmarks/suites/README.md)')
+    for bad in ("/etc/passwd", "../README.md", "README.md", "sub/x.csv", "..csv", "x.csv/"):
+        assert attempt(TINY_SUITE.replace('version = 1', f'version = 1\nreference = "{bad}"')) == (
+            f"bad.toml: reference {bad!r} must be the file name of a CSV in results/paper/ (no folders), "
+            'e.g. reference = "cifar10_fid.csv" (see benchmarks/suites/README.md)')
+    for bad in ("../x", "it's", "a\\\\b", ".", "-x"):
+        value = bad.replace("\\\\", "\\")
+        assert attempt(TINY_SUITE.replace('key = "drl"', f'key = "{bad}"')) == (
+            f"bad.toml: models[1].key {value!r} must be a plain name ({SAFE_RULE}): it names run folders, "
+            'e.g. key = "cdrl-no-ema" (see benchmarks/suites/README.md)')
+    assert "\n" not in attempt(name.format('"a\\nb"'))
+    good = tmp_path / "good.toml"
+    good.write_text(TINY_SUITE.replace('version = 1', 'version = 1\nreference = "cifar10_fid.csv"'))
+    assert load_suite(good).reference_path.name == "cifar10_fid.csv"
+
+
+def test_run_folders_stay_inside_the_runs_dir(tmp_path):
+    suite = load_suite(_write_tiny_suite(tmp_path))
+    plan = expand(suite)
+    job = plan.trainings[0]
+    assert runner.run_folder(plan, job, tmp_path / "runs") == tmp_path / "runs/suites/tiny-test-v1/full/cdrl/seed0"
+    # A Suite or ModelSpec built in code skips load_suite's name check: the folder is checked again.
+    for escaping in (replace(plan, suite=replace(suite, name="../../..")),
+                     replace(plan, suite=replace(suite, name="x/../../../..")),
+                     replace(plan, profile="../..")):
+        with pytest.raises(SuiteError, match="would not be a folder of its own under"):
+            runner.run_folder(escaping, job, tmp_path / "runs")
+    for key in ("..", "../../x", "/abs", "a/b"):
+        with pytest.raises(SuiteError, match="would not be a folder of its own under"):
+            runner.run_folder(plan, replace(job, model=replace(job.model, key=key)), tmp_path / "runs")
+
+
+# Tag values a search must match exactly, and only them: quotes, filter syntax, backslashes.
+AWKWARD_VALUES = ["it's", 'say "hi"', "back\\slash", "a''b", "x' AND tags.`cdrl.kind` = 'train", "' OR '1'='1",
+                  'a" OR "1"="1', "it's \\ ok", "a\\'b", "%_*", "ünï", "new\nline", "", "plain"]
+
+
+def test_filter_values_round_trip_through_a_real_mlflow_store(tracking_uri):
+    client = MlflowClient(tracking_uri)
+    experiment = client.create_experiment("quoting")
+    ids = {value: client.create_run(experiment, tags={"cdrl.model": value, "cdrl.kind": "eval"}).info.run_id
+           for value in AWKWARD_VALUES}
+    for value in AWKWARD_VALUES:
+        found = client.search_runs([experiment], f"{tag_clause('cdrl.kind', 'eval')} AND "
+                                                 f"{tag_clause('cdrl.model', value)} AND attributes.status = 'RUNNING'")
+        assert [run.info.run_id for run in found] == [ids[value]], value
+    for value, problem in (("it's \"both\"", "holds both ' and \""), ("ends\\", "ends in a backslash"),
+                           ("even\\\\", "ends in a backslash")):  # sqlparse would read \' as a quote inside
+        with pytest.raises(FilterValueError) as caught:
+            filter_value(value, "tag cdrl.model")
+        assert str(caught.value) == (f"cannot search MLflow for tag cdrl.model {value!r}: it {problem}, which "
+                                     "MLflow's filter syntax cannot quote; rename it")
+    with pytest.raises(FilterValueError, match="may not hold '`'"):
+        tag_clause("a`b", "x")
+
+
+def test_finished_runs_of_a_suite_whose_tags_hold_quotes(tracking_uri):
+    """The suite search quotes every value (a suite loaded from a file has a plain name; one built in code may not)."""
+    client = MlflowClient(tracking_uri)
+    experiment = client.create_experiment("cdrl-suite-quotes")
+    for suite_name, profile in (("it's", "full"), ("it's", "quick"), ("its", "full")):
+        run = client.create_run(experiment, tags={"cdrl.kind": "eval", "cdrl.suite": suite_name,
+                                                  "cdrl.suite_version": "1", "cdrl.profile": profile,
+                                                  "cdrl.run_key": f"{suite_name}/{profile}"})
+        client.set_terminated(run.info.run_id, "FINISHED")
+    runs = finished_eval_runs("cdrl-suite-quotes", "it's", 1, "full", tracking_uri)
+    assert list(runs["tags.cdrl.run_key"]) == ["it's/full"]
+    with pytest.raises(FilterValueError, match="holds both"):
+        finished_eval_runs("cdrl-suite-quotes", "it's \"x\"", 1, "full", tracking_uri)
+
+
 def test_plan_shows_global_and_per_process_batch_and_selection():
     rows = {row["run"]: row for row in plan_rows(expand(load_suite("cifar10-steps")), world_size=8)}
     assert {row["batch"] for row in rows.values()} == {"256"}
@@ -273,14 +357,15 @@ def test_one_model_scored_under_two_protocols():
     assert published[0].model.reference_overrides == ("data.imagenet_source=npz64-resized",)
 
 
-def test_table_notes_print_every_rows_config_delta():
-    table = build_table(load_suite("cifar10-ablations"), tracking_uri="sqlite:////nonexistent/mlflow.db")
+def test_table_notes_print_every_rows_config_delta(tmp_path):
+    absent = f"sqlite:///{tmp_path}/absent.db"
+    table = build_table(load_suite("cifar10-ablations"), tracking_uri=absent)
     notes = "\n".join(table.notes)
     assert "- variance reduction: training.variance_reduction=False." in notes
     assert "schedule.kind=ddpm-linear" in notes and "training.method=drl" in notes
     assert not any(note.startswith("CDRL (published details):") for note in table.notes)  # the base: no delta
     assert set(table.display["batch"]) == {"256"} and set(table.display["checkpoint"]) == {"best FID (5k every 20k it)"}
-    steps = build_table(load_suite("cifar10-steps"), tracking_uri="sqlite:////nonexistent/mlflow.db")
+    steps = build_table(load_suite("cifar10-steps"), tracking_uri=absent)
     drl_note = next(note for note in steps.notes if note.startswith("DRL:"))
     for setting in ("schedule.kind=ddpm-linear", "langevin.step_constant=0.0001", "sampler.tweedie_step=False",
                     "sampler.langevin_noise_scale=0.99", "training.variance_reduction=False", "training.grad_clip=None",

@@ -45,6 +45,7 @@ from cdrl.errors import CdrlBenchError
 from cdrl.generation import GenerationSpec, generate
 from cdrl.langevin import energy_gradient, langevin_revision
 from cdrl.noise import GeneratorNoise
+from cdrl.performance import use_threads
 from cdrl.sampler import sample
 from cdrl.schedule import LogSNRSchedule
 from cdrl.training import CooperativeTrainer
@@ -356,8 +357,7 @@ def _inception_rate(device: torch.device, images: int, batch_size: int) -> float
 
 
 def run(settings: PerfSettings) -> PerfReport:
-    if settings.threads is not None:
-        torch.set_num_threads(settings.threads)
+    use_threads(settings.threads)  # perf reports the load beside every time instead of warning
     device = torch.device(settings.device)
     config = apply_overrides(preset(settings.preset),
                              [f"training.batch_size={settings.batch_size}", *settings.overrides])

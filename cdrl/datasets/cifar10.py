@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import codecs
+import importlib
 import pickle
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -22,13 +25,61 @@ _CIFAR10_FILES = {
 _CIFAR10_META = CIFAR10.meta["filename"]  # "batches.meta"
 
 
+def _numpy_function(module: str, name: str) -> Any:
+    """``numpy._core.MODULE.NAME`` (NumPy 2) or ``numpy.core.MODULE.NAME`` (NumPy 1), without NumPy 2's warning."""
+    try:
+        return getattr(importlib.import_module(f"numpy._core.{module}"), name)
+    except (ImportError, AttributeError):  # NumPy 1 before 1.26
+        return getattr(importlib.import_module(f"numpy.core.{module}"), name)
+
+
+#: Everything a CIFAR-10 pickle may name: NumPy array reconstruction (pickled by Python 2 as
+#: numpy.core.*, by NumPy 2 as numpy._core.*; protocol 5 uses _frombuffer) and the builtins
+#: Python 3 uses for bytes in protocols 0-2. Lists, dicts, str and int need no global.
+_CIFAR_PICKLE_GLOBALS: dict[tuple[str, str], Any] = {
+    **{(f"numpy.{core}.multiarray", "_reconstruct"): _numpy_function("multiarray", "_reconstruct")
+       for core in ("core", "_core")},
+    **{(f"numpy.{core}.numeric", "_frombuffer"): _numpy_function("numeric", "_frombuffer")
+       for core in ("core", "_core")},
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): codecs.encode,
+    ("builtins", "bytes"): bytes,
+}
+
+
+class _RefusedGlobal(pickle.UnpicklingError):
+    def __init__(self, module: str, name: str):
+        shown = f"{module}.{name}"
+        if not shown.isprintable() or len(shown) > 80:  # the message stays one readable line
+            shown = ascii(shown[:80])
+        super().__init__(shown)
+        self.shown = shown
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Reads NumPy arrays, lists, dicts, strings and numbers; any other global (os.system, builtins.exec, ...)
+    is refused before it is imported, so a crafted batch file cannot run code."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        module = "builtins" if module == "__builtin__" else module  # Python 2's name, also in protocols 0-2
+        found = _CIFAR_PICKLE_GLOBALS.get((module, name))
+        if found is None:
+            raise _RefusedGlobal(module, name)
+        return found
+
+
 def _read_cifar_pickle(path: Path) -> dict:
     # latin1 decodes the Python 2 pickles of the official archive; keys are then
     # normalised so files pickled by Python 3 (bytes keys) read the same way.
     try:
         with path.open("rb") as file:
-            content = pickle.load(file, encoding="latin1")
-    except (OSError, pickle.UnpicklingError, EOFError) as err:
+            content = _CifarUnpickler(file, encoding="latin1").load()
+    except _RefusedGlobal as err:
+        raise DatasetError(f"{path} tries to load {err.shown}: not a CIFAR-10 batch; delete {path.parent} and "
+                           "download again") from None
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
+            KeyError, RecursionError) as err:
         raise DatasetError(f"cannot read CIFAR-10 file {path} ({err}): re-extract cifar-10-python.tar.gz") from err
     if not isinstance(content, dict):
         raise DatasetError(f"CIFAR-10 file {path} holds no dict: re-extract cifar-10-python.tar.gz")
@@ -37,8 +88,12 @@ def _read_cifar_pickle(path: Path) -> dict:
 
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     content = _read_cifar_pickle(path)
-    data = np.asarray(content.get("data"))
-    labels = np.asarray(content.get("labels"), dtype=np.int64)
+    try:
+        data = np.asarray(content.get("data"))
+        labels = np.asarray(content.get("labels"), dtype=np.int64).reshape(-1)
+    except (ValueError, TypeError, OverflowError) as err:
+        raise DatasetError(f"CIFAR-10 file {path} is not a batch of the python archive ({err}): "
+                           "re-extract cifar-10-python.tar.gz") from None
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(labels) != len(data):
         raise DatasetError(
             f"CIFAR-10 file {path} is not a batch of the python archive (expected 'data' uint8 (N, 3072) "

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from cdrl.errors import CdrlBenchError
+from cdrl.typed import above, at_least
 
 UNCONDITIONAL_LABEL = -1
-SPLITS = ("train", "test")
+Split = Literal["train", "test"]
+SPLITS: tuple[str, ...] = typing.get_args(Split)
 # Which downsampled-ImageNet files imagenet32 reads (DataConfig.imagenet_source).
 ImagenetSource = Literal["npz32", "npz64-resized"]
 IMAGENET_SOURCES: tuple[str, ...] = typing.get_args(ImagenetSource)
@@ -28,7 +30,7 @@ class DataConfig:
     # Imagenet64_*_npz/); None means ./data. Toy sets and digits need no files.
     data_dir: str | None = None
     # "train" or "test" (ImageNet32's "test" is its official validation set).
-    split: str = "train"
+    split: Split = "train"
     # imagenet32 only: where its 32x32 images come from. The two differ pixel for pixel,
     # so FIDs against one are not comparable with FIDs against the other:
     # "npz32": the Imagenet32_*_npz batches, box-downsampled to 32x32 by their authors;
@@ -40,10 +42,10 @@ class DataConfig:
     imagenet_source: ImagenetSource = "npz32"
     # Side of the square images. None: native 32 for cifar10/imagenet32 (the only
     # size they accept), 16 for digits. Ignored by toy sets.
-    image_size: int | None = None
+    image_size: int | None = field(default=None, metadata=at_least(1))
     # Image channels. None: 3 for cifar10/imagenet32 (the only value they accept),
     # 1 for digits (3 replicates the gray channel). Ignored by toy sets.
-    channels: int | None = None
+    channels: int | None = field(default=None, metadata=at_least(1))
     # Random horizontal flips (p = 0.5) of training-split images. None: on for
     # cifar10/imagenet32 as in the published training, off for digits, which refuse
     # True (a mirrored 2, 3 or 7 is no longer that digit). Never applied to test
@@ -54,8 +56,8 @@ class DataConfig:
     # Return class labels instead of UNCONDITIONAL_LABEL.
     class_conditional: bool = False
     # Toy sets: coordinates are multiplied by this (4 = published checkerboard).
-    toy_scale: float = 4.0
+    toy_scale: float = field(default=4.0, metadata=above(0))
     # Toy sets: number of points drawn once per split.
-    toy_size: int = 50_000
+    toy_size: int = field(default=50_000, metadata=at_least(1))
     # Toy sets: seed of that one draw (train and test use different streams).
-    toy_seed: int = 1
+    toy_seed: int = field(default=1, metadata=at_least(0))

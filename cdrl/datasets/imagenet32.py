@@ -72,12 +72,15 @@ def _npz_array(path: Path, key: str) -> np.ndarray:
         info = archive.getinfo(f"{key}.npy")
         with archive.open(info) as member:
             if info.compress_type != zipfile.ZIP_STORED:
-                return np.lib.format.read_array(member)
+                return np.lib.format.read_array(member, allow_pickle=False)
             version = np.lib.format.read_magic(member)
             read_header = (
                 np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
             )
             shape, fortran_order, dtype = read_header(member)
+            if dtype.hasobject:  # object arrays are pickles; never unpickled from a data file
+                raise DatasetError(f"{path} stores {key} as Python objects (a pickle), not numbers: "
+                                   "re-extract it from its downsampled-ImageNet zip")
             npy_header_size = member.tell()
     with path.open("rb") as raw:
         raw.seek(info.header_offset)
@@ -128,9 +131,11 @@ def _imagenet_files(config: DataConfig, layout: _ImagenetLayout) -> list[Path]:
 def _read_imagenet_file(path: Path, layout: _ImagenetLayout) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 (N, 3*side*side) CHW-planar rows, 0-based labels) of one npz batch."""
     try:
-        with np.load(path) as npz:
+        with np.load(path, allow_pickle=False) as npz:  # an object array would be a pickle: refused
             labels = np.asarray(npz["labels"], dtype=np.int64)
         data = _npz_array(path, "data")
+    except DatasetError:  # a ValueError too, already worded
+        raise
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as err:
         raise DatasetError(f"cannot read {layout.name} file {path} ({err}): re-extract it from {layout.archives}") from err
     row_size = 3 * layout.side * layout.side
