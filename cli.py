@@ -360,6 +360,10 @@ def run_suite(
                                          "official one) at each of the suite's points instead of training."),
     tracking_uri: str = _TRACKING_URI,
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where training run folders go."),
+    only: str = typer.Option(None, "--only", help="Run one model of the suite, or one seed of it: MODEL or "
+                                                  "MODEL/seedN."),
+    shard: str = typer.Option(None, "--shard", help="Run the i-th of N disjoint parts of the suite: i/N (each "
+                                                    "training with its evaluations), e.g. one per worker."),
     data_dir: Path = _DATA_DIR,
     device: str = _DEVICE,
     threads: int = _THREADS,
@@ -369,12 +373,13 @@ def run_suite(
     Example: cdrl-bench run --suite toy-steps --quick   (then: cdrl-bench table --suite toy-steps --quick)
     """
     from benchmarks.runner import run_plan
-    from benchmarks.suite import expand, load_suite
+    from benchmarks.suite import expand, load_suite, parse_shard, select
 
     _writable(runs_dir, "--runs-dir", folder=True)
     device = _compute_setup(threads, device)
     _check_store(tracking_uri)
     plan = expand(load_suite(suite), quick=quick, seeds=seeds, seed_offset=seed_offset, checkpoint=from_checkpoint)
+    plan = select(plan, only=only, shard=parse_shard(shard) if shard is not None else None)
     try:
         summary = run_plan(plan, tracking_uri=tracking_uri, runs_dir=runs_dir,
                            data_dir=_data_folder(data_dir), device=device, console=console)

@@ -23,7 +23,7 @@ from cdrl import scoring, train_loop
 from cdrl.run_folder import RunFolder
 from cdrl.config import apply_overrides
 from cdrl.metrics import METRICS
-from cdrl.tracking import TAG_GLOBAL_BATCH, TAG_METHOD, TAG_RUN_KEY, TAG_SUITE
+from cdrl.tracking import TAG_GLOBAL_BATCH, TAG_METHOD, TAG_PARENT_RUN, TAG_RUN_KEY, TAG_SUITE
 
 
 @dataclass
@@ -51,8 +51,8 @@ def _tags(plan: Plan, key: str, model_key: str, seed: int, source: str) -> dict[
 
 
 def _train(plan: Plan, job: TrainingJob, runs_dir: Path, tracking_uri: str | None, data_dir: str | None,
-           device: str | None) -> tuple[Path, str]:
-    """(the checkpoint to score, how it was selected): the best one when the suite asks for it."""
+           device: str | None) -> tuple[Path, str, str | None]:
+    """(the checkpoint to score, how it was selected, the training's MLflow run): the best one when asked for."""
     config = job.config if data_dir is None else apply_overrides(job.config, [f"data.data_dir={data_dir}"])
     folder = run_folder(plan, job, runs_dir)
     started = RunFolder(folder).checkpoint_paths()
@@ -64,11 +64,11 @@ def _train(plan: Plan, job: TrainingJob, runs_dir: Path, tracking_uri: str | Non
                               show_progress=False)
     rule = selection_rule(config, plan.suite.checkpoint_selection)
     if rule == "last":
-        return result.checkpoint, "last"
+        return result.checkpoint, "last", result.run_id
     if result.best_checkpoint is None:
         raise SuiteError(f"{job.key}: the suite scores the best checkpoint but {folder} holds none: "
                          "rerun it with run.select_every > 0")
-    return result.best_checkpoint, rule
+    return result.best_checkpoint, rule, result.run_id
 
 
 def _metrics_line(metrics: dict[str, float]) -> str:
@@ -102,12 +102,13 @@ def run_plan(plan: Plan, *, tracking_uri: str | None = None, runs_dir: Path = Pa
         overall = progress.add_task(f"{suite.name}", total=len(trainings) + len(pending))
         for training_key, jobs in by_training.items():
             if training_key is None:  # each job names its given or stored checkpoint
-                checkpoint, selection = None, "given"
+                checkpoint, selection, training_run = None, "given", None
             else:
                 training = jobs[0].training
                 progress.update(overall, description=f"{suite.name}: training {training.key}")
                 started = time.monotonic()
-                checkpoint, selection = _train(plan, training, runs_dir, tracking_uri, data_dir, device)
+                checkpoint, selection, training_run = _train(plan, training, runs_dir, tracking_uri, data_dir,
+                                                             device)
                 summary.trained.append(training.key)
                 progress.console.print(f"trained {training.key} ({training.config.training.iterations} iterations, "
                                        f"{time.monotonic() - started:.0f} s): scoring {checkpoint} ({selection})",
@@ -126,7 +127,9 @@ def run_plan(plan: Plan, *, tracking_uri: str | None = None, runs_dir: Path = Pa
                                         job.training.config.training.method if job.training else job.model.method),
                                     TAG_STEPS: str(job.steps_per_level), TAG_GUIDANCE: f"{job.guidance:g}",
                                     **({TAG_GLOBAL_BATCH: str(job.training.config.training.batch_size)}
-                                       if job.training else {})})
+                                       if job.training else {}),
+                                    # MLflow's own nesting: the evaluation shows under its training run.
+                                    **({TAG_PARENT_RUN: training_run} if training_run else {})})
                 if job.floor_config is not None:
                     result = scoring.score_data(job.floor_config, n_samples=job.n_samples, **common)
                 else:

@@ -561,6 +561,42 @@ def _expand_checkpoint(suite: Suite, profile: str, settings: Profile, path: Path
     return Plan(suite, profile, source, (), tuple(evaluations + stored), skipped=tuple(skipped))
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/N"`` (--shard) as (i, N), 0 <= i < N."""
+    index, _, count = text.partition("/")
+    if not (index.isdigit() and count.isdigit()) or not 0 <= int(index) < int(count):
+        raise SuiteError(f"--shard {text!r} is not i/N with 0 <= i < N: write e.g. --shard 0/4 (the first of four)")
+    return int(index), int(count)
+
+
+def select(plan: Plan, *, only: str | None = None, shard: tuple[int, int] | None = None) -> Plan:
+    """The part of ``plan`` that ``--only MODEL[/seedN]`` and ``--shard i/N`` ask for.
+
+    A shard takes every N-th training from the i-th, with its evaluations, and every N-th of the
+    evaluations that need no training: shards are disjoint and together make the whole plan.
+    """
+    trainings, evaluations = plan.trainings, plan.evaluations
+    if only is not None:
+        model, _, seed = only.partition("/")
+        keys = [spec.key for spec in plan.suite.models]
+        if model not in keys:
+            raise SuiteError(f"--only {only!r}: the suite has no model {model!r}; choose one of {', '.join(keys)}")
+        if seed and not (seed.startswith("seed") and seed[4:].isdigit()):
+            raise SuiteError(f"--only {only!r}: write MODEL or MODEL/seedN, e.g. --only {model}/seed0")
+
+        def chosen(job: TrainingJob | EvalJob) -> bool:
+            return job.model.key == model and (not seed or job.seed == int(seed[4:]))
+
+        trainings = tuple(job for job in trainings if chosen(job))
+        evaluations = tuple(job for job in evaluations if chosen(job) or job.training in trainings)
+    if shard is not None:
+        index, count = shard
+        trainings = trainings[index::count]
+        alone = [job for job in evaluations if job.training is None]
+        evaluations = tuple(job for job in evaluations if job.training in trainings or job in alone[index::count])
+    return replace(plan, trainings=trainings, evaluations=evaluations)
+
+
 def plan_rows(plan: Plan, world_size: int = 1) -> list[dict[str, str]]:
     """One row per training (and per untrained model) of a plan: what ``cdrl-bench plan`` prints."""
     from cdrl.train_loop import per_process_batch

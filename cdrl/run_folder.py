@@ -23,6 +23,7 @@ rotate the intact one away. A file named directly is used as it is: corrupt, it 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -30,7 +31,9 @@ import re
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Iterator, Literal
+
+import filelock
 
 from cdrl.checkpoint import CheckpointError, load_checkpoint, save_atomic
 from cdrl.config import ConfigError, ExperimentConfig, apply_overrides
@@ -95,6 +98,21 @@ class RunFolder:
 
     def sample_grid(self, iteration: int) -> Path:
         return self.root / SAMPLE_FOLDER / f"samples-{iteration:08d}.png"
+
+    @contextlib.contextmanager
+    def lease(self) -> Iterator[None]:
+        """Train here alone: a lock on RUN/.lease, which the OS releases when its holder dies, however it dies."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        lock = filelock.FileLock(self.root / ".lease")
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            raise ConfigError(f"{self.root} is being trained by another process (it holds {self.root / '.lease'}): "
+                              "wait for it to finish, or train into another folder") from None
+        try:
+            yield
+        finally:
+            lock.release()
 
     def check_fresh(self) -> None:
         """A new run may not start in the folder of another."""

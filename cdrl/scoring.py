@@ -173,8 +173,9 @@ def _log_score(metrics: dict[str, float], protocol: dict[str, Any], config: Expe
     run_tags = {TAG_KIND: "eval", TAG_PRESET: config.name, TAG_METHOD: config.training.method, **(tags or {})}
     # A suite's evaluation, run again after a SIGKILL, closes the RUNNING twin the killed one left.
     replaces = (TAG_KIND, TAG_SUITE, TAG_RUN_KEY) if TAG_RUN_KEY in run_tags else ()
+    # A suite's evaluation is named by its run key (cdrl/K15/seed0) and carries the model's settings.
     with tracked_run(tracking_uri=tracking_uri, experiment_name=experiment_name, tags=run_tags,
-                     replaces=replaces) as run:
-        run.log_params(_flatten("eval.", protocol))
+                     run_name=run_tags.get(TAG_RUN_KEY), replaces=replaces) as run:
+        run.log_params({**config.flat(), **_flatten("eval.", protocol)})
         run.log_metrics(metrics)
         return run.run_id

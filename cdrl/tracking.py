@@ -61,6 +61,8 @@ TAG_METHOD = "cdrl.method"
 TAG_CHECKPOINT_DIR = "cdrl.checkpoint_dir"
 TAG_SUITE = "cdrl.suite"
 TAG_RUN_KEY = "cdrl.run_key"
+#: MLflow's tag for nesting a run under another (a suite's evaluation under its training).
+TAG_PARENT_RUN = "mlflow.parentRunId"
 TAG_DIVERGED = "cdrl.diverged"
 TAG_HOST = "cdrl.host"
 TAG_PID = "cdrl.pid"

@@ -43,7 +43,8 @@ from cdrl.performance import use_threads
 from cdrl.run_folder import ResumePoint, RunFolder, resume_point
 from cdrl.scoring import score_samples
 from cdrl.tracking import (DIVERGED_METRIC, TAG_CHECKPOINT_DIR, TAG_DIVERGED, TAG_GLOBAL_BATCH, TAG_KIND, TAG_METHOD,
-                           TAG_PER_PROCESS_BATCH, TAG_PRESET, TrackedRun, resolve_tracking_uri, tracked_run)
+                           TAG_PER_PROCESS_BATCH, TAG_PRESET, TAG_RUN_KEY, TrackedRun, resolve_tracking_uri,
+                           tracked_run)
 from cdrl.training import CooperativeTrainer, StepStats
 
 #: Noise stream of selection samples, apart from the training and sample-grid streams.
@@ -278,8 +279,11 @@ def train(config: ExperimentConfig | None = None, *, resume: str | os.PathLike |
             folder = RunFolder(Path(out) if out is not None else Path(shared(str(RunFolder.default_name(config.name)),
                                                                              ranks)))
             folder.check_fresh()
-        return _train(config, dataset, RunFolder(folder.root.resolve()), resumed, ranks, device, tracking_uri,
-                      experiment_name, tags or {}, show_progress)
+        folder = RunFolder(folder.root.resolve())
+        # Rank 0 holds the folder's lease: two workers never train one model into one folder.
+        with folder.lease() if ranks.is_main else contextlib.nullcontext():
+            return _train(config, dataset, folder, resumed, ranks, device, tracking_uri, experiment_name,
+                          tags or {}, show_progress)
     finally:
         if started_group:
             dist.destroy_process_group()
@@ -312,7 +316,8 @@ def _train(config: ExperimentConfig, dataset, folder: RunFolder, resumed: Resume
     if cadence.select_every:
         run_tags["cdrl.selection"] = _selection_rule(cadence, metric)
     tracking = (tracked_run(tracking_uri=tracking_uri, experiment_name=experiment_name,
-                            run_id=payload["mlflow_run_id"] if payload else None, run_name=folder.root.name,
+                            run_id=payload["mlflow_run_id"] if payload else None,
+                            run_name=tags.get(TAG_RUN_KEY, folder.root.name),
                             tags=run_tags, flush_seconds=cadence.flush_seconds,
                             # SIGTERM/SIGHUP/Ctrl-C end the run KILLED; one that a SIGKILL left RUNNING
                             # in this folder is closed KILLED when the folder trains again.

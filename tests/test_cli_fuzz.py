@@ -85,6 +85,10 @@ def _bad_values(name: str, parameter, workdir: Path) -> list[str]:
         return ["banana", "cuda:99", ""]
     if name == "tracking_uri":
         return ["foo://bar", f"sqlite:///{workdir}/missing/mlflow.db", f"sqlite:///{workdir}/empty-dir"]
+    if name == "only":
+        return ["nope", "cdrl/1", ""]
+    if name == "shard":
+        return ["2/2", "a/b", "1", ""]
     if name == "sampling_steps":
         return ["abc", "0", "-3"]
     raise AssertionError(f"option {name} ({annotation}) has no bad values here: classify it in tests/test_cli_fuzz.py")

@@ -15,7 +15,8 @@ from baselines import ABLATIONS, apply_ablations, drl
 from benchmarks import runner
 from benchmarks.records import finished_eval_runs
 from benchmarks.regression import results_from_runs
-from benchmarks.suite import PlotSpec, SuiteError, available_suites, expand, load_suite, plan_rows
+from benchmarks.suite import (PlotSpec, SuiteError, available_suites, expand, load_suite, parse_shard, plan_rows,
+                              select)
 from benchmarks.tables import build_table, render, save_plot
 from cdrl.config import ConfigError, preset
 from cdrl.metrics import METRICS
@@ -211,6 +212,14 @@ def test_interrupted_run_finishes_only_the_remaining_runs(tmp_path, monkeypatch)
     third = runner.run_plan(expand(suite), tracking_uri=uri)
     assert (third.trained, third.evaluated, third.already_finished) == ([], [], 3)
 
+    # MLflow a person can compare in: runs named by their keys, each evaluation nested under its training.
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name(suite.experiment).experiment_id])
+    by_key = {run.data.tags["cdrl.run_key"]: run for run in runs if run.info.status == "FINISHED"}
+    assert all(run.info.run_name == key for key, run in by_key.items())
+    assert by_key["drl/K3/seed0"].data.tags["mlflow.parentRunId"] == by_key["drl/seed0"].info.run_id
+    assert by_key["drl/K3/seed0"].data.params["langevin.n_steps"] == "3"  # the model's settings travel along
+
     table = build_table(suite, tracking_uri=uri)
     trade_off = replace(suite, plot=PlotSpec("energy_distance", secondary="in_support_fraction"))
     assert save_plot(build_table(trade_off, tracking_uri=uri), tmp_path / "trade-off.png").stat().st_size > 0
@@ -234,6 +243,31 @@ def test_interrupted_run_finishes_only_the_remaining_runs(tmp_path, monkeypatch)
                                        f"cdrl/K1@{given.source}"}
     assert document["points"]["drl/K3"]["seeds"] == [0]
     assert set(document["points"]["drl/K3"]["metrics"]) == {"in_support_fraction", "mode_coverage", "energy_distance"}
+
+
+def test_only_and_shards_split_a_plan_into_disjoint_parts():
+    plan = expand(load_suite("ci-smoke"), seeds=2)
+    cdrl = select(plan, only="cdrl")
+    assert {job.model.key for job in (*cdrl.trainings, *cdrl.evaluations)} == {"cdrl"}
+    assert len(cdrl.trainings) == 2 and all(job.training in cdrl.trainings for job in cdrl.evaluations)
+    one_seed = select(plan, only="cdrl/seed1")
+    assert [job.key for job in one_seed.trainings] == ["cdrl/seed1"]
+    assert {job.seed for job in one_seed.evaluations} == {1}
+    gate = expand(load_suite("gate"))  # stored models and data floors: evaluations without a training
+    assert any(job.training is None for job in gate.evaluations)
+    for whole, count in [(whole, count) for whole in (plan, gate) for count in (1, 2, 3, 5)]:
+        shards = [select(whole, shard=parse_shard(f"{index}/{count}")) for index in range(count)]
+        for part in ("trainings", "evaluations"):
+            keys = [job.key for shard in shards for job in getattr(shard, part)]
+            assert sorted(keys) == sorted(job.key for job in getattr(whole, part)) and len(set(keys)) == len(keys)
+        assert all(job.training is None or job.training in shard.trainings
+                   for shard in shards for job in shard.evaluations)
+    for bad, message in [("nope", "has no model 'nope'"), ("cdrl/1", "MODEL/seedN")]:
+        with pytest.raises(SuiteError, match=message):
+            select(plan, only=bad)
+    for bad in ("2/2", "1", "a/b", "-1/2"):
+        with pytest.raises(SuiteError, match="is not i/N"):
+            parse_shard(bad)
 
 
 def test_metric_directions():

@@ -214,6 +214,21 @@ def test_resume_refuses_model_changes_and_occupied_run_folders(tmp_path, trackin
     assert resumed.iteration == 4 and [run.info.run_id for run in all_runs(tracking_uri)] == [resumed.run_id]
 
 
+def test_a_run_folder_trains_in_one_process_at_a_time(tmp_path, tracking_uri, monkeypatch, capsys):
+    import filelock
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with filelock.FileLock(run_dir / ".lease"):  # another worker is training into this folder
+        assert "is being trained by another process" in run_cli(
+            monkeypatch, capsys, "--preset", "tiny", "--out", str(run_dir), "--tracking-uri", tracking_uri)
+        assert not (run_dir / "checkpoints").exists() and all_runs(tracking_uri) == []
+    # Released (as the OS releases it when its holder dies): the folder trains.
+    result = train(preset("tiny"), overrides=[*QUICK, "training.iterations=1"], out=run_dir, tracking_uri=tracking_uri,
+                   show_progress=False)
+    assert result.iteration == 1
+
+
 def test_interrupted_run_is_marked_killed(tmp_path, tracking_uri, monkeypatch):
     original = CooperativeTrainer.step
 
