@@ -235,8 +235,9 @@ def resume_point(name: str | os.PathLike, *, tracking_uri: str | None, world_siz
                  config: ExperimentConfig | None = None, overrides: list[str] | tuple[str, ...] = ()) -> ResumePoint:
     """Everything that continuing the run ``name`` (checkpoint, run folder or MLflow run id) needs, checked.
 
-    The run keeps its config except ``run.*``, ``training.iterations`` and ``data.data_dir``
-    (``config``, when given, replaces the saved one before ``overrides``; it must agree elsewhere).
+    The run keeps its config except ``run.*``, ``training.iterations``, ``data.data_dir`` and
+    ``performance.threads`` (``config``, when given, replaces the saved one before ``overrides``; it
+    must agree elsewhere).
     It resumes the newest intact checkpoint; corrupt newer ones are listed in ``corrupt``.
     """
     located, loaded = _locate(name, tracking_uri, "newest")
@@ -251,8 +252,9 @@ def resume_point(name: str | os.PathLike, *, tracking_uri: str | None, world_siz
     siblings = [sibling.resolve() for sibling in _rolling_checkpoints(path.parent)]
     newer = siblings[siblings.index(path.resolve()) + 1:] if path.resolve() in siblings else siblings
     corrupt = list(located.corrupt)
+    known_corrupt = {bad.resolve() for bad in corrupt}  # already loaded and found corrupt by _locate
     for sibling in reversed(newer):  # newer intact checkpoints forbid this resume; newer corrupt ones are set aside
-        if sibling in {bad.resolve() for bad in corrupt}:
+        if sibling in known_corrupt:
             continue
         try:
             load_checkpoint(sibling)
@@ -270,7 +272,7 @@ def resume_point(name: str | os.PathLike, *, tracking_uri: str | None, world_siz
 
 def _resumed_config(saved: ExperimentConfig, requested: ExperimentConfig) -> ExperimentConfig:
     """``requested`` when it differs from the checkpoint's config only where a resume may change it."""
-    # Cadences, the iteration budget and where the data lie; everything else would change the model.
+    # Cadences, the iteration budget, where the data lie and CPU threads; everything else would change the model.
     comparable = replace(requested, run=saved.run,
                          training=replace(requested.training, iterations=saved.training.iterations),
                          data=replace(requested.data, data_dir=saved.data.data_dir, download=saved.data.download),
