@@ -7,6 +7,7 @@ exit status 2 (see :class:`cdrl.errors.CdrlBenchError`).
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Literal
 
@@ -106,6 +107,16 @@ def _check_store(tracking_uri: str | None) -> None:
     from cdrl.tracking import resolve_tracking_uri
 
     resolve_tracking_uri(tracking_uri)
+
+
+@contextlib.contextmanager
+def _progress(ranks=None):
+    """Bars on stderr (a line every 30 s in a log) of the steps that report to it: sampling, features."""
+    from cdrl.progress import JobProgress, shown_in
+
+    shown = ranks is None or ranks.is_main
+    with JobProgress(console=error_console, disable=not shown, transient=True) as progress, shown_in(progress):
+        yield
 
 
 def _print_version(requested: bool) -> None:
@@ -227,12 +238,7 @@ def train(
         settings.append(f"performance.threads={threads}")
     _writable(out, "--out", folder=True)
     device = _compute_setup(None, device)
-    extra_tags = {}
-    for tag in tags:
-        key, separator, value = tag.partition("=")
-        if not separator or not key:
-            raise ConfigError(f"--tag {tag!r} is not key=value: write e.g. --tag cdrl.suite=toy")
-        extra_tags[key] = value
+    extra_tags = dict(_key_values(tags, "--tag", "cdrl.suite=toy"))
     result = run_training(build_preset(preset) if preset is not None else None, resume=resume, overrides=settings,
                           out=out, tracking_uri=tracking_uri, experiment_name=experiment, tags=extra_tags,
                           device=device)
@@ -245,7 +251,9 @@ def train(
 def sample(
     checkpoint: str = _CHECKPOINT,
     steps: int = _STEPS,
-    n: int = typer.Option(64, "--n", min=1, max=10**9, help="Number of samples."),
+    n: int = typer.Option(64, "--n-samples", "--n", min=1, max=10**9, help="Number of samples (--n for short, "
+                                                                       "except under torchrun, whose own options "
+                                                                       "begin with --n)."),
     out: Path = typer.Option(..., "--out", help="Folder of lossless PNGs, or FILE.npz (uint8 images / 2-D points)."),
     seed: int = _SEED,
     batch_size: int = _BATCH_SIZE,
@@ -263,6 +271,7 @@ def sample(
 
     Example: cdrl-bench sample runs/digits-cond --n 64 --steps 5 --guidance 2 --class 7 --out sevens/
     """
+    from cdrl.distributed import process_group
     from cdrl.generation import save_samples
     from cdrl.run_folder import locate_checkpoint
     from cdrl.scoring import draw_samples
@@ -271,9 +280,13 @@ def sample(
     device = _compute_setup(threads, device)
     _check_store(tracking_uri)
     located = locate_checkpoint(checkpoint, tracking_uri, pick)
-    samples, config, protocol = draw_samples(located.path, n_samples=n, steps_per_level=steps, seed=seed,
-                                             batch_size=batch_size, guidance=guidance, class_label=class_label,
-                                             use_ema=not live, device=device, sampler_overrides=sampler_overrides)
+    # Under torchrun every rank draws its share of the samples; rank 0 writes them.
+    with process_group(device) as (ranks, device), _progress(ranks):
+        samples, config, protocol = draw_samples(located.path, n_samples=n, steps_per_level=steps, seed=seed,
+                                                 batch_size=batch_size, guidance=guidance, class_label=class_label,
+                                                 use_ema=not live, device=device, sampler_overrides=sampler_overrides)
+    if not ranks.is_main:
+        return
     written = save_samples(samples, out, config.initializer.architecture == "unet",
                            {**protocol, "checkpoint_selection": located.selection})
     console.print(f"wrote {n} samples to {written} ({protocol['noise_levels']}x{protocol['steps_per_level']} steps, "
@@ -307,21 +320,25 @@ def evaluate(
 
     Example: cdrl-bench eval runs/c10 --n-samples 50000 --steps 15 --data-dir ~/data
     """
+    from cdrl.distributed import process_group
     from cdrl.run_folder import locate_checkpoint
     from cdrl.scoring import score_checkpoint
 
     device = _compute_setup(threads, device)
     _check_store(tracking_uri)
     located = locate_checkpoint(checkpoint, tracking_uri, pick)
-    result = score_checkpoint(located.path, steps_per_level=steps, n_samples=n_samples,
-                              backend=_backend(backend), mode=mode,
-                              reference_split=reference_split, n_reference=n_reference, seed=seed,
-                              batch_size=batch_size, guidance=guidance, class_label=class_label, use_ema=not live,
-                              data_dir=_data_folder(data_dir), device=device,
-                              checkpoint_selection=located.selection, sampler_overrides=sampler_overrides,
-                              tracking_uri=tracking_uri, experiment_name=experiment)
-    console.print(result.protocol_line, highlight=False, soft_wrap=True)
-    console.print(f"MLflow run {result.run_id}", highlight=False)
+    # Under torchrun every rank draws its share of the samples; rank 0 scores them and logs one run.
+    with process_group(device) as (ranks, device), _progress(ranks):
+        result = score_checkpoint(located.path, steps_per_level=steps, n_samples=n_samples,
+                                  backend=_backend(backend), mode=mode,
+                                  reference_split=reference_split, n_reference=n_reference, seed=seed,
+                                  batch_size=batch_size, guidance=guidance, class_label=class_label,
+                                  use_ema=not live, data_dir=_data_folder(data_dir), device=device,
+                                  checkpoint_selection=located.selection, sampler_overrides=sampler_overrides,
+                                  tracking_uri=tracking_uri, experiment_name=experiment)
+    if result is not None:
+        console.print(result.protocol_line, highlight=False, soft_wrap=True)
+        console.print(f"MLflow run {result.run_id}", highlight=False)
 
 
 @app.command()
@@ -342,9 +359,9 @@ def stats(
     from cdrl.scoring import build_statistics
 
     device = _compute_setup(threads, device)
-    statistics = build_statistics(dataset, split=split, n_images=n_images, backend=_backend(backend),
-                                  mode=mode,
-                                  data_dir=_data_folder(data_dir), device=device)
+    with _progress():
+        statistics = build_statistics(dataset, split=split, n_images=n_images, backend=_backend(backend), mode=mode,
+                                      data_dir=_data_folder(data_dir), device=device)
     console.print(f"cached reference statistics {statistics.key.filename()} "
                   f"({statistics.key.n_images} images, {statistics.extractor_name})", highlight=False)
 
@@ -364,6 +381,26 @@ def run_suite(
                                                   "MODEL/seedN."),
     shard: str = typer.Option(None, "--shard", help="Run the i-th of N disjoint parts of the suite: i/N (each "
                                                     "training with its evaluations), e.g. one per worker."),
+    phase: Literal["all", "train", "eval"] = typer.Option("all", "--phase", help="Only the trainings, or only the "
+                                                          "evaluations (of finished trainings), of the suite."),
+    executor: Literal["local", "submitit", "ray"] = typer.Option(
+        "local", "--executor", help="Where the jobs run: here (under torchrun: every rank), as SLURM jobs through "
+                                    "submitit, or on a Ray cluster."),
+    processes_per_training: int = typer.Option(1, "--processes-per-training", min=1, max=4096,
+                                               help="submitit/ray: ranks of each training, one GPU each."),
+    cluster: Literal["slurm", "local", "debug"] = typer.Option(
+        "slurm", "--cluster", help="submitit: SLURM, or this machine's processes (local) or this process (debug)."),
+    jobs_dir: Path = typer.Option(Path("runs/jobs"), "--jobs-dir", help="submitit: where job scripts and logs go."),
+    partition: str = typer.Option(None, "--partition", help="submitit: the SLURM partition."),
+    time_limit: int = typer.Option(24 * 60, "--time-limit", min=1, max=525_600,
+                                   help="submitit: minutes per job; trainings checkpoint and requeue at the limit."),
+    gpus_per_node: int = typer.Option(8, "--gpus-per-node", min=1, max=1024,
+                                      help="submitit: GPUs per node (a training spans ceil(ranks/this) nodes)."),
+    slurm_options: list[str] = typer.Option([], "--slurm-option", help="submitit: an sbatch option key=value, e.g. "
+                                                                       "account=abc or qos=high (repeatable)."),
+    wait: bool = typer.Option(False, "--wait", help="submitit on SLURM: wait for the jobs to finish."),
+    ray_address: str = typer.Option("local", "--ray-address", help="ray: a cluster's address (auto, "
+                                                                   "ray://HOST:10001), or local to start one here."),
     data_dir: Path = _DATA_DIR,
     device: str = _DEVICE,
     threads: int = _THREADS,
@@ -371,24 +408,60 @@ def run_suite(
     """Run a benchmark suite: train, score and log every run to MLflow; finished runs are skipped (resumable).
 
     Example: cdrl-bench run --suite toy-steps --quick   (then: cdrl-bench table --suite toy-steps --quick)
+
+    On SLURM (a job per training, then one for its evaluations):
+
+      cdrl-bench run --suite cifar10-steps --executor submitit --processes-per-training 8 --partition gpu
+      --tracking-uri http://MLFLOW-SERVER:5000
+
+    On Ray: --executor ray --ray-address auto (same options otherwise).
     """
-    from benchmarks.runner import run_plan
-    from benchmarks.suite import expand, load_suite, parse_shard, select
+    from benchmarks.executors import JobSettings, LocalExecutor, RayExecutor, SubmititExecutor
+    from benchmarks.suite import SuiteError, parse_shard, select
 
     _writable(runs_dir, "--runs-dir", folder=True)
+    _writable(jobs_dir, "--jobs-dir", folder=True)
     device = _compute_setup(threads, device)
     _check_store(tracking_uri)
-    plan = expand(load_suite(suite), quick=quick, seeds=seeds, seed_offset=seed_offset, checkpoint=from_checkpoint)
-    plan = select(plan, only=only, shard=parse_shard(shard) if shard is not None else None)
+    settings = JobSettings(suite, quick=quick, seeds=seeds, seed_offset=seed_offset,
+                           checkpoint=str(from_checkpoint) if from_checkpoint else None, tracking_uri=tracking_uri,
+                           runs_dir=str(runs_dir), data_dir=_data_folder(data_dir), device=device, threads=threads)
+    plan = select(settings.plan(), only=only, shard=parse_shard(shard) if shard is not None else None)
+    if executor == "local":
+        if processes_per_training > 1:
+            raise SuiteError("--processes-per-training is for --executor submitit or ray; here, start the ranks "
+                             "with torchrun --nproc_per_node N")
+        runner = LocalExecutor(phase)
+    else:
+        if phase != "all":
+            raise SuiteError(f"--phase is for --executor local: {executor} schedules each training's phases itself")
+        options = dict(_key_values(slurm_options, "--slurm-option", "account=abc"))
+        uses_gpus = device != "cpu"
+        settings = settings.portable()
+        runner = (SubmititExecutor(jobs_dir.absolute(), cluster, processes_per_training, gpus_per_node, uses_gpus,
+                                   time_limit, partition, options, wait) if executor == "submitit"
+                  else RayExecutor(ray_address, processes_per_training, uses_gpus))
     try:
-        summary = run_plan(plan, tracking_uri=tracking_uri, runs_dir=runs_dir,
-                           data_dir=_data_folder(data_dir), device=device, console=console)
+        line = runner.execute(plan, settings, console)
     except KeyboardInterrupt:
         error_console.print("interrupted: run the same command again to finish the remaining runs")
         raise SystemExit(130) from None
-    console.print(f"suite {plan.suite.name}: {len(summary.trained)} trained, {len(summary.evaluated)} scored, "
-                  f"{summary.already_finished} already finished; `cdrl-bench table --suite {suite}"
-                  f"{' --quick' if quick else ''}` shows the table", highlight=False, soft_wrap=True)
+    if line:  # empty on the ranks other than 0 of a torchrun: rank 0 reports
+        console.print(f"suite {plan.suite.name}: {line}; `cdrl-bench table --suite {suite}"
+                      f"{' --quick' if quick else ''}` shows the table", highlight=False, soft_wrap=True)
+
+
+def _key_values(items: list[str], flag: str, example: str) -> list[tuple[str, str]]:
+    """``key=value`` options, refused one line each when they are not."""
+    from cdrl.errors import CdrlBenchError
+
+    pairs = []
+    for item in items:
+        key, separator, value = item.partition("=")
+        if not separator or not key:
+            raise CdrlBenchError(f"{flag} {item!r} is not key=value: write e.g. {flag} {example}")
+        pairs.append((key, value))
+    return pairs
 
 
 @app.command()
@@ -399,21 +472,52 @@ def plan(
     world_size: int = typer.Option(None, "--world-size", min=1,
                                    help="Processes per training (default $WORLD_SIZE, else 1): "
                                                               "sets the per-process batch shown."),
+    tracking_uri: str = typer.Option(None, "--tracking-uri",
+                                     help="Also price trainings by the speed of finished training runs of the same "
+                                          "preset and networks in this MLflow store (default: no store is read)."),
+    seconds_per_iteration: float = typer.Option(None, "--seconds-per-iteration", min=1e-9, max=1e6,
+                                                help="Seconds per training iteration on --gpus GPUs, for every "
+                                                     "training (default: measured, else the suite's [cost])."),
+    gpus: int = typer.Option(None, "--gpus", min=1, max=1_000_000,
+                             help="GPUs per training to price (default --world-size or $WORLD_SIZE when given, "
+                                  "else the measured runs' or the suite's [cost] gpus); seconds scale by each "
+                                  "GPU's share of the batch."),
+    output_format: Literal["rich", "json"] = typer.Option("rich", "--format", help="Output format."),
 ) -> None:
-    """Show what `run --suite` would run, without running it: trainings, batches, checkpoints, points.
+    """Show what `run --suite` would run, without running it: trainings, batches, checkpoints, points, cost.
 
     Every training with its iterations, global batch and each process's share, and which of its
-    checkpoints is scored; then its evaluation points.
+    checkpoints is scored; then its evaluation points. Then each training's cost: seconds per
+    iteration (measured by finished runs in --tracking-uri, else stated in the suite's [cost],
+    else --seconds-per-iteration) x iterations x GPUs / 3600 = GPU-hours, and the total.
 
-    Example: cdrl-bench plan --suite cifar10-steps --world-size 8
+    Example: cdrl-bench plan --suite cifar10-ablations --world-size 8 --tracking-uri sqlite:///mlflow.db
     """
+    import dataclasses
+    import json
     import os
 
-    from benchmarks.suite import expand, load_suite, plan_rows
+    from benchmarks.suite import (cost_rows, cost_total, expand, load_suite, measured_runs, plan_rows,
+                                  training_costs)
 
+    if tracking_uri is not None:
+        _check_store(tracking_uri)
     planned = expand(load_suite(suite), quick=quick, seeds=seeds)
-    world_size = world_size or int(os.environ.get("WORLD_SIZE", "1"))
+    processes = world_size or (int(os.environ["WORLD_SIZE"]) if os.environ.get("WORLD_SIZE") else None)
+    world_size = processes or 1
     rows = plan_rows(planned, world_size)
+    runs = (measured_runs(tracking_uri, [job.config for job in planned.trainings])
+            if tracking_uri is not None and seconds_per_iteration is None else [])
+    costs = training_costs(planned, runs=runs, seconds_per_iteration=seconds_per_iteration, gpus=gpus or processes)
+    total = cost_total(costs)
+    if output_format == "json":
+        known = [cost.gpu_hours for cost in costs if cost.gpu_hours is not None]
+        typer.echo(json.dumps({
+            "suite": planned.suite.name, "version": planned.suite.version, "profile": planned.profile,
+            "processes_per_training": world_size, "rows": rows,
+            "costs": [{**dataclasses.asdict(cost), "gpu_hours": cost.gpu_hours} for cost in costs],
+            "total_gpu_hours": sum(known), "unknown": len(costs) - len(known), "total": total}, indent=2))
+        return
     view = Table(title=f"suite {planned.suite.name} v{planned.suite.version} ({planned.profile}): "
                        f"{len(planned.trainings)} trainings, {len(planned.evaluations)} evaluations, "
                        f"{world_size} process{'es' if world_size > 1 else ''} per training")
@@ -422,25 +526,40 @@ def plan(
     for row in rows:
         view.add_row(*row.values())
     console.print(view)
+    if costs:
+        priced = Table(title="cost: s/iteration x iterations x GPUs / 3600 = GPU-hours")
+        for column in cost_rows(costs)[0]:
+            priced.add_column(column, overflow="fold", no_wrap=column not in ("run", "seconds from"),
+                              justify="right" if column in ("iterations", "s/iteration", "GPUs", "GPU-hours")
+                              else "left")
+        for row in cost_rows(costs):
+            priced.add_row(*row.values())
+        console.print(priced)
+    console.print(total, highlight=False, soft_wrap=True)
 
 
 @app.command()
 def table(
     suite: str = _SUITE,
-    output_format: Literal["rich", "markdown", "latex", "csv"] = typer.Option("rich", "--format",
-                                                                             help="Output format."),
+    output_format: Literal["rich", "markdown", "latex", "csv", "json"] = typer.Option(
+        "rich", "--format", help="Output format: rich (terminal), markdown, latex (booktabs + siunitx), csv or json "
+                                 "(the CSV's rows with the metrics' directions and the notes)."),
     out: Path = typer.Option(None, "--out", help="Write the table to this file instead of printing it."),
-    plot: Path = typer.Option(None, "--plot", help="Where the suite's plot goes (default: beside --out as .png, "
-                                                   "else runs/tables/SUITE.png)."),
+    plot: Path = typer.Option(None, "--plot", help="Where the suite's figure goes, as PLOT.pdf and PLOT.png "
+                                                   "(default: OUT-figure beside --out, else "
+                                                   "runs/tables/SUITE-PROFILE)."),
     quick: bool = _QUICK_RUNS,
     tracking_uri: str = _TRACKING_URI,
 ) -> None:
     """Paper-style table of a suite: the paper's numbers beside the measured ones (mean ± standard error over seeds).
 
+    Also draws the suite's figure (e.g. FID against total Langevin steps) as PDF and PNG.
+
     Example: cdrl-bench table --suite cifar10-steps --format latex --out steps.tex
     """
+    from benchmarks.figures import save_suite_figure
     from benchmarks.suite import load_suite
-    from benchmarks.tables import build_table, render, rich_table, save_plot
+    from benchmarks.tables import build_table, render, rich_table
 
     _writable(out, "--out")
     _writable(plot, "--plot")
@@ -448,7 +567,8 @@ def table(
     result = build_table(load_suite(suite), quick=quick, tracking_uri=tracking_uri)
     if output_format == "rich":
         if out is not None:
-            raise CdrlBenchError("--format rich prints to the terminal: with --out pass --format markdown, latex or csv")
+            raise CdrlBenchError("--format rich prints to the terminal: with --out pass --format markdown, latex, csv "
+                                 "or json")
         console.print(rich_table(result))
     elif out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -456,11 +576,15 @@ def table(
         console.print(f"wrote {out}", highlight=False)
     else:
         typer.echo(render(result, output_format), nl=False)
-    default_plot = out.with_suffix(".png") if out is not None else Path("runs") / "tables" / f"{result.suite.name}.png"
-    written = save_plot(result, plot or default_plot)
-    if written is not None:
+    # The profile is in the default name: a --quick table does not overwrite the full one's figure.
+    # Beside --out under another name: pdflatex of OUT.tex writes OUT.pdf.
+    default_stem = (out.with_name(f"{out.stem}-figure") if out is not None
+                    else Path("runs") / "tables" / f"{result.suite.name}-{result.profile}")
+    stem = plot.with_suffix("") if plot is not None and plot.suffix in (".pdf", ".png") else plot
+    written = save_suite_figure(result, stem or default_stem)
+    if written:
         # stderr, so that a table printed to stdout stays clean to redirect
-        error_console.print(f"plot: {written}", highlight=False)
+        error_console.print(f"figure: {', '.join(map(str, written))}", highlight=False)
 
 
 @app.command()

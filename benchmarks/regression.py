@@ -30,6 +30,7 @@ import statistics
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -108,6 +109,23 @@ def read_results(path: Path) -> dict:
     return document
 
 
+def seed_spread(values: Sequence[float], metric: str, n_samples: int | None = None) -> float:
+    """Seed-to-seed standard deviation of a metric's values (NaN below two seeds); for a share of
+    ``n_samples`` independent samples at least the binomial sqrt(p (1 - p) / n), which a few seeds can
+    underestimate (and one seed cannot measure)."""
+    measured = statistics.stdev(values) if len(values) > 1 else math.nan
+    if not METRICS[metric].proportion or not n_samples:
+        return measured
+    share = min(max(statistics.fmean(values), 0.0), 1.0)
+    binomial = math.sqrt(share * (1 - share) / n_samples)
+    return binomial if math.isnan(measured) else max(measured, binomial)
+
+
+def standard_error(values: Sequence[float], metric: str, n_samples: int | None = None) -> float:
+    """Standard error of the mean of a metric's values over seeds: :func:`seed_spread` / sqrt(seeds)."""
+    return seed_spread(values, metric, n_samples) / math.sqrt(len(values)) if values else math.nan
+
+
 @dataclass(frozen=True)
 class Comparison:
     point: str
@@ -129,13 +147,8 @@ class Comparison:
 
     @property
     def sigma(self) -> float:
-        """Seed-to-seed standard deviation measured in the baseline; for a share of n independent
-        samples at least the binomial sqrt(p (1 - p) / n), which a few seeds can underestimate."""
-        measured = statistics.stdev(self.baseline)
-        if not METRICS[self.metric].proportion or not self.n_samples:
-            return measured
-        share = min(max(self.baseline_mean, 0.0), 1.0)
-        return max(measured, math.sqrt(share * (1 - share) / self.n_samples))
+        """Seed-to-seed standard deviation measured in the baseline (:func:`seed_spread`)."""
+        return seed_spread(self.baseline, self.metric, self.n_samples)
 
     @property
     def tolerance(self) -> float:

@@ -12,18 +12,26 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 
 from benchmarks.records import (TAG_GUIDANCE, TAG_MODEL, TAG_PROFILE, TAG_SEED, TAG_SOURCE, TAG_STEPS,
                                 TAG_SUITE_VERSION, finished_eval_runs)
 from benchmarks.suite import EvalJob, Plan, SuiteError, TrainingJob, selection_rule
 from cdrl import scoring, train_loop
-from cdrl.run_folder import RunFolder
 from cdrl.config import apply_overrides
+from cdrl.distributed import process_group, shared
+from cdrl.progress import JobProgress, shown_in
+from cdrl.run_folder import RunFolder, resume_point
 from cdrl.metrics import METRICS
 from cdrl.tracking import TAG_GLOBAL_BATCH, TAG_METHOD, TAG_PARENT_RUN, TAG_RUN_KEY, TAG_SUITE
+
+
+#: What one call runs: trainings and their evaluations, only the trainings, or only the evaluations
+#: (of trainings that have finished, and of given checkpoints and data floors).
+Phase = Literal["all", "train", "eval"]
 
 
 @dataclass
@@ -50,10 +58,26 @@ def _tags(plan: Plan, key: str, model_key: str, seed: int, source: str) -> dict[
             TAG_RUN_KEY: key, TAG_MODEL: model_key, TAG_SEED: str(seed), TAG_SOURCE: source}
 
 
-def _train(plan: Plan, job: TrainingJob, runs_dir: Path, tracking_uri: str | None, data_dir: str | None,
-           device: str | None) -> tuple[Path, str, str | None]:
+def _config(job: TrainingJob, data_dir: str | None):
+    return job.config if data_dir is None else apply_overrides(job.config, [f"data.data_dir={data_dir}"])
+
+
+def _scored_checkpoint(plan: Plan, job: TrainingJob, folder: Path, last: Path | None,
+                       best: Path | None, run_id: str | None) -> tuple[str, str, str | None]:
     """(the checkpoint to score, how it was selected, the training's MLflow run): the best one when asked for."""
-    config = job.config if data_dir is None else apply_overrides(job.config, [f"data.data_dir={data_dir}"])
+    rule = selection_rule(job.config, plan.suite.checkpoint_selection)
+    if rule == "last":
+        return str(last), "last", run_id
+    if best is None:
+        raise SuiteError(f"{job.key}: the suite scores the best checkpoint but {folder} holds none: "
+                         "rerun it with run.select_every > 0")
+    return str(best), rule, run_id
+
+
+def _train(plan: Plan, job: TrainingJob, runs_dir: Path, tracking_uri: str | None, data_dir: str | None,
+           device, progress: Progress) -> tuple[str, str, str | None] | None:
+    """Train (or continue) ``job``; rank 0 gets what :func:`_scored_checkpoint` says, the other ranks None."""
+    config = _config(job, data_dir)
     folder = run_folder(plan, job, runs_dir)
     started = RunFolder(folder).checkpoint_paths()
     # A folder with checkpoints is continued (or, when already complete, just reopened); the
@@ -61,14 +85,25 @@ def _train(plan: Plan, job: TrainingJob, runs_dir: Path, tracking_uri: str | Non
     result = train_loop.train(config, resume=folder if started else None, out=None if started else folder,
                               tracking_uri=tracking_uri, experiment_name=plan.suite.experiment,
                               tags=_tags(plan, job.key, job.model.key, job.seed, "trained"), device=device,
-                              show_progress=False)
-    rule = selection_rule(config, plan.suite.checkpoint_selection)
-    if rule == "last":
-        return result.checkpoint, "last", result.run_id
-    if result.best_checkpoint is None:
-        raise SuiteError(f"{job.key}: the suite scores the best checkpoint but {folder} holds none: "
-                         "rerun it with run.select_every > 0")
-    return result.best_checkpoint, rule, result.run_id
+                              progress=progress)
+    if result.run_id is None:  # not rank 0
+        return None
+    return _scored_checkpoint(plan, job, folder, result.checkpoint, result.best_checkpoint, result.run_id)
+
+
+def _trained(plan: Plan, job: TrainingJob, runs_dir: Path, data_dir: str | None) -> tuple[str, str, str | None]:
+    """:func:`_train`'s answer for a training that a job of its own has finished, read from its run folder."""
+    folder = run_folder(plan, job, runs_dir)
+    if not RunFolder(folder).checkpoint_paths():
+        raise SuiteError(f"{job.key} has not been trained ({folder} holds no checkpoint): run its training first "
+                         "(run --phase train, or without --phase)")
+    point = resume_point(folder, tracking_uri=None, world_size=None, config=_config(job, data_dir))
+    iteration, total = point.payload["trainer"]["iteration"], job.config.training.iterations
+    if iteration < total:
+        raise SuiteError(f"{job.key} is at iteration {iteration} of {total}: its training has not finished; "
+                         "run it first (run --phase train, or without --phase)")
+    return _scored_checkpoint(plan, job, folder, point.checkpoint, RunFolder(folder).best(),
+                              point.payload["mlflow_run_id"])
 
 
 def _metrics_line(metrics: dict[str, float]) -> str:
@@ -76,72 +111,104 @@ def _metrics_line(metrics: dict[str, float]) -> str:
                      for name, value in metrics.items() if name in METRICS)
 
 
-def run_plan(plan: Plan, *, tracking_uri: str | None = None, runs_dir: Path = Path("runs"),
-             data_dir: str | None = None, device: str | None = None, console: Console | None = None) -> RunSummary:
-    """Train and score whatever of ``plan`` is not finished yet, showing overall progress."""
-    console = console or Console()
+def pending_evaluations(plan: Plan, tracking_uri: str | None) -> list[EvalJob]:
+    """The evaluations of ``plan`` that have no FINISHED run in the store yet (same suite version and profile)."""
     suite = plan.suite
     done = finished_eval_runs(suite.experiment, suite.name, suite.version, plan.profile, tracking_uri)
     finished_keys = set(done[f"tags.{TAG_RUN_KEY}"]) if not done.empty else set()
-    pending = [job for job in plan.evaluations if job.key not in finished_keys]
-    summary = RunSummary(already_finished=len(plan.evaluations) - len(pending))
-    by_training: dict[str | None, list[EvalJob]] = {}
-    for job in pending:
-        by_training.setdefault(job.training.key if job.training else None, []).append(job)
-    if None in by_training:  # stored checkpoints and floors first: they cost no training
-        by_training = {None: by_training.pop(None), **by_training}
-    trainings = [job for job in plan.trainings if job.key in by_training]
-    for skipped in plan.skipped:
-        console.print(f"[yellow]skipped[/] {skipped}: the given checkpoint does not fit it", highlight=False)
-    console.print(f"suite {suite.name} v{suite.version} ({plan.profile}, {plan.source}): "
-                  f"{summary.already_finished} of {len(plan.evaluations)} evaluations already finished, "
-                  f"{len(trainings)} trainings and {len(pending)} evaluations to run", highlight=False, soft_wrap=True)
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), console=console)
-    with progress:
-        overall = progress.add_task(f"{suite.name}", total=len(trainings) + len(pending))
-        for training_key, jobs in by_training.items():
-            if training_key is None:  # each job names its given or stored checkpoint
+    return [job for job in plan.evaluations if job.key not in finished_keys]
+
+
+def run_plan(plan: Plan, *, tracking_uri: str | None = None, runs_dir: Path = Path("runs"),
+             data_dir: str | None = None, device: str | None = None, console: Console | None = None,
+             phase: Phase = "all") -> RunSummary | None:
+    """Train and score whatever of ``plan`` is not finished yet, showing overall progress.
+
+    Under torchrun every rank calls this; rank 0 returns the summary of what was done, the other
+    ranks None.
+    """
+    with process_group(device) as (ranks, device):
+        console = console if ranks.is_main and console is not None else Console(quiet=not ranks.is_main)
+        suite = plan.suite
+        # Rank 0 alone reads the store.
+        pending_keys = set(shared([job.key for job in pending_evaluations(plan, tracking_uri)] if ranks.is_main
+                                  else None, ranks))
+        pending = [job for job in plan.evaluations if job.key in pending_keys]
+        summary = RunSummary(already_finished=len(plan.evaluations) - len(pending))
+        by_training: dict[str | None, list[EvalJob]] = {}
+        for job in pending:
+            by_training.setdefault(job.training.key if job.training else None, []).append(job)
+        if None in by_training:  # stored checkpoints and floors first: they cost no training
+            by_training = {None: by_training.pop(None), **by_training}
+        if phase == "train":
+            by_training = {key: [] for key in by_training if key is not None}
+        trainings = [job for job in plan.trainings if job.key in by_training] if phase != "eval" else []
+        evaluations = sum(len(jobs) for jobs in by_training.values())
+        for skipped in plan.skipped:
+            console.print(f"[yellow]skipped[/] {skipped}: the given checkpoint does not fit it", highlight=False)
+        console.print(f"suite {suite.name} v{suite.version} ({plan.profile}, {plan.source}"
+                      f"{'' if phase == 'all' else ', ' + phase + ' phase'}): "
+                      f"{summary.already_finished} of {len(plan.evaluations)} evaluations already finished, "
+                      f"{len(trainings)} trainings and {evaluations} evaluations to run", highlight=False,
+                      soft_wrap=True)
+        # The suite's jobs, and below them the current training's iterations or evaluation's samples.
+        progress = JobProgress(console=console, disable=not ranks.is_main)
+        with progress, shown_in(progress):
+            overall = progress.add_task(f"{suite.name}", total=len(trainings) + evaluations)
+            for training_key, jobs in by_training.items():
                 checkpoint, selection, training_run = None, "given", None
-            else:
-                training = jobs[0].training
-                progress.update(overall, description=f"{suite.name}: training {training.key}")
-                started = time.monotonic()
-                checkpoint, selection, training_run = _train(plan, training, runs_dir, tracking_uri, data_dir,
-                                                             device)
-                summary.trained.append(training.key)
-                progress.console.print(f"trained {training.key} ({training.config.training.iterations} iterations, "
-                                       f"{time.monotonic() - started:.0f} s): scoring {checkpoint} ({selection})",
-                                       highlight=False, soft_wrap=True)
-                progress.advance(overall)
-            for job in jobs:
-                progress.update(overall, description=f"{suite.name}: scoring {job.key}")
-                samples = progress.add_task(f"  samples of {job.key}", total=job.n_samples)
-                common = dict(backend=suite.backend,
-                              reference_split=job.model.reference_split or suite.reference_split,
-                              n_reference=job.model.n_reference or suite.profiles[plan.profile].n_reference,
-                              seed=job.seed, device=device,
-                              data_dir=data_dir, tracking_uri=tracking_uri, experiment_name=suite.experiment,
-                              tags={**_tags(plan, job.key, job.model.key, job.seed, job.source),
-                                    TAG_METHOD: "data" if job.floor_config else (
-                                        job.training.config.training.method if job.training else job.model.method),
-                                    TAG_STEPS: str(job.steps_per_level), TAG_GUIDANCE: f"{job.guidance:g}",
-                                    **({TAG_GLOBAL_BATCH: str(job.training.config.training.batch_size)}
-                                       if job.training else {}),
-                                    # MLflow's own nesting: the evaluation shows under its training run.
-                                    **({TAG_PARENT_RUN: training_run} if training_run else {})})
-                if job.floor_config is not None:
-                    result = scoring.score_data(job.floor_config, n_samples=job.n_samples, **common)
-                else:
-                    result = scoring.score_checkpoint(
-                        job.checkpoint or checkpoint, steps_per_level=job.steps_per_level, n_samples=job.n_samples,
-                        batch_size=suite.batch_size, guidance=job.guidance, checkpoint_selection=selection,
-                        reference_overrides=job.model.reference_overrides,
-                        progress=lambda count, task=samples: progress.advance(task, count), **common)
-                progress.remove_task(samples)
-                summary.evaluated.append(job.key)
-                progress.console.print(f"scored {job.key}: {_metrics_line(result.metrics)}", highlight=False,
-                                       soft_wrap=True)
-                progress.advance(overall)
-        progress.update(overall, description=f"{suite.name}: done")
-    return summary
+                if training_key is not None:
+                    training = next(job for job in plan.trainings if job.key == training_key)
+                    if phase == "eval":
+                        checkpoint, selection, training_run = _trained(plan, training, runs_dir, data_dir)
+                    else:
+                        progress.update(overall, description=f"{suite.name}: training {training.key}")
+                        started = time.monotonic()
+                        # Rank 0 alone knows the checkpoint files and the MLflow run: it tells the others.
+                        checkpoint, selection, training_run = shared(
+                            _train(plan, training, runs_dir, tracking_uri, data_dir, device, progress), ranks)
+                        summary.trained.append(training.key)
+                        progress.console.print(f"trained {training.key} ({training.config.training.iterations} "
+                                               f"iterations, {time.monotonic() - started:.0f} s)"
+                                               + (f": scoring {checkpoint} ({selection})" if jobs else ""),
+                                               highlight=False, soft_wrap=True)
+                        progress.advance(overall)
+                for job in jobs:
+                    progress.update(overall, description=f"{suite.name}: scoring {job.key}")
+                    result = _evaluate(plan, job, checkpoint, selection, training_run, tracking_uri, data_dir,
+                                       device)
+                    summary.evaluated.append(job.key)
+                    if result is not None:
+                        progress.console.print(f"scored {job.key}: {_metrics_line(result.metrics)}",
+                                               highlight=False, soft_wrap=True)
+                    progress.advance(overall)
+            progress.update(overall, description=f"{suite.name}: done")
+        return summary if ranks.is_main else None
+
+
+def _evaluate(plan: Plan, job: EvalJob, checkpoint: str | None, selection: str, training_run: str | None,
+              tracking_uri: str | None, data_dir: str | None, device):
+    """Score one evaluation point (every rank draws its share of the samples); rank 0 gets the result.
+
+    Its sampling and feature extraction show their own bars in the suite's display (cdrl.progress.stage).
+    """
+    suite = plan.suite
+    tags = {**_tags(plan, job.key, job.model.key, job.seed, job.source),
+            TAG_METHOD: "data" if job.floor_config else (
+                job.training.config.training.method if job.training else job.model.method),
+            TAG_STEPS: str(job.steps_per_level), TAG_GUIDANCE: f"{job.guidance:g}",
+            **({TAG_GLOBAL_BATCH: str(job.training.config.training.batch_size)} if job.training else {}),
+            # MLflow's own nesting: the evaluation shows under its training run.
+            **({TAG_PARENT_RUN: training_run} if training_run else {})}
+    common = dict(backend=suite.backend, reference_split=job.model.reference_split or suite.reference_split,
+                  n_reference=job.model.n_reference or suite.profiles[plan.profile].n_reference,
+                  seed=job.seed, device=device, data_dir=data_dir, tracking_uri=tracking_uri,
+                  experiment_name=suite.experiment, tags=tags)
+    if job.floor_config is not None:
+        result = scoring.score_data(job.floor_config, n_samples=job.n_samples, **common)
+    else:
+        result = scoring.score_checkpoint(
+            job.checkpoint or checkpoint, steps_per_level=job.steps_per_level, n_samples=job.n_samples,
+            batch_size=suite.batch_size, guidance=job.guidance, checkpoint_selection=selection,
+            reference_overrides=job.model.reference_overrides, **common)
+    return result

@@ -9,19 +9,25 @@ check. ``benchmarks/suites/README.md`` describes every key.
 :func:`expand` turns a suite into a :class:`Plan`: one :class:`TrainingJob` per (model,
 seed) and one :class:`EvalJob` per (model, steps, guidance, seed), each with a stable run
 key (``cdrl/seed0``, ``cdrl/K5/seed0``, ``cond/K15/w0.3/seed0``). With a checkpoint instead
-of training, every model whose preset and method the checkpoint matches is evaluated from
-it, under keys prefixed by the checkpoint's hash.
+of training, every model that the checkpoint's saved config would have trained (the settings
+that define a model: :data:`NOT_MODEL_SETTINGS` aside) is evaluated from it, under keys
+prefixed by the checkpoint's hash.
+
+:func:`training_costs` prices a plan's trainings in GPU-hours: seconds per iteration measured
+by finished training runs in an MLflow store, else stated in the suite's ``[cost]``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
+import statistics
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 from baselines import ablation_overrides, apply_method
 from cdrl.config import ConfigError, ExperimentConfig, apply_overrides, preset
@@ -117,6 +123,9 @@ class ModelSpec:
     reference_split: Literal["train", "test"] | None = None
     n_reference: int | None = field(default=None, metadata=at_least(1))
     reference_overrides: tuple[str, ...] = ()
+    #: This model's own stated seconds per training iteration where it differs from [cost]'s (e.g. 30
+    #: Langevin steps per level instead of 15), on [cost]'s GPUs; None: [cost]'s.
+    seconds_per_iteration: float | None = field(default=None, metadata=above(0))
 
     def samples(self, profile: "Profile") -> int:
         return min(profile.n_samples, self.n_samples or profile.n_samples)
@@ -133,12 +142,31 @@ class ModelSpec:
 class PlotSpec:
     #: Measured metric on the y axis.
     metric: str
-    #: Reference CSV column drawn beside it (on a second axis when it is another metric).
+    #: Reference CSV column: on the same axes when it measures the same thing, else in a panel of its own.
     paper: str | None = None
     #: x axis: total Langevin steps (levels x steps per level) or the guidance weight.
     x: Literal["total_steps", "guidance"] = "total_steps"
-    #: A second measured metric on the right axis (e.g. class accuracy against FID: a trade-off).
+    #: A second measured metric, in a panel of its own (and, against the guidance weight, the other
+    #: side of the trade-off curve, e.g. class accuracy against FID).
     secondary: str | None = None
+
+
+@dataclass(frozen=True)
+class CostSpec:
+    """``[cost]``: what one training iteration of the suite's models costs, as stated in the suite file.
+
+    ``cdrl-bench plan`` turns it into GPU-hours when no finished training run measured it.
+    """
+
+    #: Wall seconds per training iteration on ``gpus`` GPUs, each training its share of the global
+    #: batch; None: not stated (a model may still state its own).
+    seconds_per_iteration: float | None = field(default=None, metadata=above(0))
+    #: GPUs (one process each) per training that the seconds are for.
+    gpus: int = field(default=1, metadata=at_least(1))
+    #: The GPU the seconds are for, e.g. "H100 SXM".
+    device: str = ""
+    #: Where the seconds come from, briefly (e.g. "FLOP-count estimate"); printed beside every number.
+    basis: str = ""
 
 
 @dataclass(frozen=True)
@@ -177,6 +205,8 @@ class Suite:
     #: largest relative drift allowed; None: no fingerprints.
     fingerprint_tolerance: float | None = None
     notes: str = ""
+    #: Stated cost of a training iteration, for ``cdrl-bench plan``'s GPU-hours.
+    cost: CostSpec = CostSpec()
 
     @property
     def reference_path(self) -> Path | None:
@@ -307,6 +337,7 @@ class _SuiteFile:
     eval: _EvalSection = _EvalSection()
     profiles: _Profiles = _Profiles()
     check: _CheckSection = _CheckSection()
+    cost: CostSpec = CostSpec()
 
 
 def _model(values: dict[str, Any], where: str, default_preset: str | None) -> ModelSpec:
@@ -358,9 +389,6 @@ def _read_suite(path: Path, values: dict[str, Any]) -> Suite:
             raise FieldError(f"model {model.key!r}: scores", f"= {model.scores!r} must name a model of this suite "
                                                                "that is trained here")
     plot = written.plot
-    if plot is not None and plot.secondary and plot.paper not in (None, plot.metric):
-        raise FieldError("plot.secondary", "and a paper column of another metric would share the right axis: "
-                                           "keep one of them")
     if plot is not None and plot.x == "guidance" and not any(len(model.guidance) > 1 for model in models):
         raise FieldError("plot.x", "= \"guidance\" needs a model with several guidance weights")
     floors = written.check.tolerance_floors
@@ -375,7 +403,7 @@ def _read_suite(path: Path, values: dict[str, Any]) -> Suite:
         global_batch=written.train.global_batch, checkpoint_selection=written.eval.checkpoint,
         reference=written.reference, reference_label=written.reference_label, context_rows=written.context_rows,
         plot=plot, check_k=written.check.k, tolerance_floors=floors,
-        fingerprint_tolerance=written.check.fingerprint_tolerance, notes=written.notes)
+        fingerprint_tolerance=written.check.fingerprint_tolerance, notes=written.notes, cost=written.cost)
     if suite.reference_path is not None and not suite.reference_path.is_file():
         raise FieldError("reference", f"names {suite.reference}, which is not in results/paper/: fix the file name")
     return suite
@@ -533,6 +561,56 @@ def _untrained_evaluations(suite: Suite, model: ModelSpec, profile: str, setting
             for seed in settings.seeds for steps in eval_steps(model, saved) for guidance in model.guidance]
 
 
+#: Settings that do not define a trained model: ``--from-checkpoint`` evaluates a model from a
+#: checkpoint when their configs agree on every other setting. Left out: the preset's description;
+#: the run's cadences and checkpoint selection (``run.*``); its budget and scale
+#: (``training.iterations``: a checkpoint of any iteration; ``training.batch_size``: the global
+#: batch, which the plan shows from the checkpoint); its seed (``training.seed``); where the data
+#: files are (``data.data_dir``, ``data.download``); and the speed options (``performance.*``).
+#: Compared: the preset (``name``), the method, the networks, schedule, Langevin, training
+#: recipe and data, and ``sampler.*``, since a checkpoint is sampled with its own sampler settings.
+NOT_MODEL_SETTINGS = ("description", "run.", "performance.", "training.iterations", "training.batch_size",
+                      "training.seed", "data.data_dir", "data.download")
+
+
+def defines_model(setting: str) -> bool:
+    """Whether ``setting`` (a flat config key) is part of what a trained model is (:data:`NOT_MODEL_SETTINGS`)."""
+    return not any(setting == other or (other.endswith(".") and setting.startswith(other))
+                   for other in NOT_MODEL_SETTINGS)
+
+
+def _setting_text(value: Any) -> str:
+    """A config value as an override writes it: ``false``, ``none``, ``0.9,0.999``."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if value is None:
+        return "none"
+    if isinstance(value, tuple):
+        return ",".join(map(_setting_text, value))
+    return str(value)
+
+
+def model_differences(wanted: ExperimentConfig, saved: ExperimentConfig) -> list[tuple[str, str, str]]:
+    """(setting, wanted value, saved value) of every setting defining a model where the two configs differ.
+
+    The preset comes first (as ``preset``), then the method, then the rest in config order.
+    """
+    mine, theirs = wanted.flat(), saved.flat()
+    settings = [key for key in dict.fromkeys([*mine, *theirs]) if defines_model(key)]
+    settings.sort(key=lambda key: (key != "name", key != "training.method"))
+    return [("preset" if key == "name" else key, _setting_text(mine.get(key)), _setting_text(theirs.get(key)))
+            for key in settings if mine.get(key) != theirs.get(key)]
+
+
+def _mismatch(differences: list[tuple[str, str, str]], shown: int = 3) -> str:
+    """"needs training.variance_reduction=false; the checkpoint has true" (the first few, and how many more)."""
+    first = differences[:shown]
+    more = f" and {len(differences) - shown} more setting{'s' if len(differences) > shown + 1 else ''}" \
+        if len(differences) > shown else ""
+    needs = ", ".join(f"{key}={value}" if key != "preset" else f"preset {value}" for key, value, _ in first)
+    return f"needs {needs}{more}; the checkpoint has {', '.join(saved for _, _, saved in first)}"
+
+
 def _expand_checkpoint(suite: Suite, profile: str, settings: Profile, path: Path) -> Plan:
     from cdrl.checkpoint import load_checkpoint
 
@@ -544,9 +622,9 @@ def _expand_checkpoint(suite: Suite, profile: str, settings: Profile, path: Path
             stored += _untrained_evaluations(suite, model, profile, settings)
             continue
         trained = next(other for other in suite.models if other.key == model.scores) if model.scores else model
-        if trained.preset != saved.name or trained.method != saved.training.method or trained.ablations:
-            skipped.append(f"{model.label} (needs a {trained.method} model of preset {trained.preset}"
-                           f"{' with ' + ', '.join(trained.ablations) if trained.ablations else ''})")
+        differences = model_differences(model_config(suite, trained, profile, seed=0), saved)
+        if differences:
+            skipped.append(f"{model.label} ({_mismatch(differences)})")
             continue
         for seed in settings.seeds:
             for steps in eval_steps(model, saved):
@@ -595,6 +673,210 @@ def select(plan: Plan, *, only: str | None = None, shard: tuple[int, int] | None
         alone = [job for job in evaluations if job.training is None]
         evaluations = tuple(job for job in evaluations if job.training in trainings or job in alone[index::count])
     return replace(plan, trainings=trainings, evaluations=evaluations)
+
+
+# --------------------------------------------------------------------------- cost
+
+#: Settings that set what one training iteration costs, besides the preset and each process's batch
+#: (which the cost is scaled by): a finished training run measures a planned training's speed when
+#: it trained the same preset and agrees on all of them (performance.threads aside: a machine's
+#: setting, like its device). Learning rates, loss weights and the like change no arithmetic.
+COST_SETTINGS = ("training.method", "langevin.n_steps", "energy.", "initializer.", "data.dataset",
+                 "data.image_size", "data.channels", "performance.")
+
+#: Metric a training logs at every run.log_every iterations (cdrl.train_loop).
+SPEED_METRIC = "iterations_per_second"
+
+
+def _sets_cost(setting: str) -> bool:
+    return setting != "performance.threads" and any(
+        setting == other or (other.endswith(".") and setting.startswith(other)) for other in COST_SETTINGS)
+
+
+@dataclass(frozen=True)
+class MeasuredRun:
+    """The speed of one finished training run, and what it trained where."""
+
+    run_id: str
+    preset: str
+    device: str
+    world_size: int
+    per_process_batch: int
+    #: Wall seconds per iteration: the mean of 1 / iterations_per_second over its logged intervals
+    #: (run.log_every iterations each), so checkpoints, sample grids and selection scores count.
+    seconds_per_iteration: float
+    #: Its params (the flat config) as MLflow keeps them: str() of each value.
+    params: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def seconds_per_image(self) -> float:
+        """Seconds per iteration per image of one process's batch: what scales to another batch or GPU count."""
+        return self.seconds_per_iteration / self.per_process_batch
+
+    def measures(self, config: ExperimentConfig) -> bool:
+        """Whether this run trained what ``config`` trains, as far as the cost of an iteration goes."""
+        return self.preset == config.name and all(
+            self.params.get(key, str(value)) == str(value) for key, value in config.flat().items() if _sets_cost(key))
+
+
+def measured_runs(tracking_uri: str | None, configs: Sequence[ExperimentConfig]) -> list[MeasuredRun]:
+    """FINISHED training runs (tag ``cdrl.kind=train``), in every experiment of the store, that measure one of ``configs``.
+
+    Runs that logged no ``iterations_per_second`` are left out. A SQLite store that does not
+    exist holds none (and is not created).
+    """
+    from benchmarks.records import _store_exists
+    from cdrl.search_filter import tag_clause
+    from cdrl.tracking import TAG_KIND, TAG_PER_PROCESS_BATCH, TAG_PRESET, open_store, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    if not configs or not _store_exists(uri):
+        return []
+    client, _ = open_store(uri)
+    experiments, token = [], None
+    while True:
+        page = client.search_experiments(page_token=token)
+        experiments += [experiment.experiment_id for experiment in page]
+        token = page.token
+        if not token:
+            break
+    found = []
+    for name in sorted({config.name for config in configs}):
+        query = " AND ".join([tag_clause(TAG_KIND, "train"), tag_clause(TAG_PRESET, name),
+                              "attributes.status = 'FINISHED'"])
+        token = None
+        while experiments:
+            page = client.search_runs(experiments, query, page_token=token)
+            for run in page:
+                tags, params = run.data.tags, run.data.params
+                try:
+                    world_size = int(tags.get("cdrl.world_size", "1"))
+                    batch = tags.get(TAG_PER_PROCESS_BATCH)
+                    per_process = int(batch) if batch else int(params.get("training.batch_size", "0")) // world_size
+                except (ValueError, ZeroDivisionError):  # not written by cdrl-bench's training
+                    continue
+                candidate = MeasuredRun(run.info.run_id, name, tags.get("cdrl.device", "an unnamed device"),
+                                        world_size, per_process, math.nan, params)
+                if per_process < 1 or not any(candidate.measures(config) for config in configs):
+                    continue
+                rates = [metric.value for metric in client.get_metric_history(run.info.run_id, SPEED_METRIC)
+                         if metric.value > 0 and math.isfinite(metric.value)]
+                if rates:
+                    found.append(replace(candidate, seconds_per_iteration=statistics.fmean(1 / r for r in rates)))
+            token = page.token
+            if not token:
+                break
+    return found
+
+
+@dataclass(frozen=True)
+class TrainingCost:
+    """What one training of a plan costs: seconds per iteration x iterations x GPUs / 3600 GPU-hours."""
+
+    key: str
+    iterations: int
+    #: Wall seconds per iteration on ``gpus`` GPUs; None: unknown.
+    seconds_per_iteration: float | None
+    gpus: int
+    #: "given" (--seconds-per-iteration), "measured", "stated" (the suite file) or "unknown".
+    kind: str
+    #: Where the seconds come from, for people: "measured: 3 runs on NVIDIA H100 80GB HBM3".
+    source: str
+
+    @property
+    def gpu_hours(self) -> float | None:
+        if self.seconds_per_iteration is None:
+            return None
+        return self.seconds_per_iteration * self.iterations * self.gpus / 3600
+
+    @property
+    def wall_hours(self) -> float | None:
+        return None if self.seconds_per_iteration is None else self.seconds_per_iteration * self.iterations / 3600
+
+
+def _count_list(values: Sequence[float]) -> str:
+    return "/".join(f"{value:g}" for value in sorted(set(values)))
+
+
+def training_costs(plan: Plan, *, runs: Sequence[MeasuredRun] = (), seconds_per_iteration: float | None = None,
+                   gpus: int | None = None) -> list[TrainingCost]:
+    """The cost of every training of ``plan`` in GPU-hours (seconds/iteration x iterations x GPUs / 3600).
+
+    Seconds per iteration, first that applies: ``seconds_per_iteration`` (given, on ``gpus`` GPUs,
+    default the suite's ``[cost] gpus``); measured by those of ``runs`` that trained the same
+    preset with the same :data:`COST_SETTINGS` (the runs of one device, a GPU before a CPU, the
+    most runs first; the median of their seconds per image of one process's batch); stated by the
+    model or the suite's ``[cost]``; else unknown. Measured and stated seconds are scaled to
+    ``gpus`` GPUs (default: the measured runs' world size, or ``[cost] gpus``) by each GPU's share
+    of the global batch: time per iteration proportional to it, communication not counted.
+    """
+    if gpus is not None and gpus < 1:
+        raise SuiteError(f"--gpus must be at least 1, got {gpus}")
+    if seconds_per_iteration is not None and not (math.isfinite(seconds_per_iteration) and seconds_per_iteration > 0):
+        raise SuiteError(f"--seconds-per-iteration must be a positive number, got {seconds_per_iteration}")
+    stated_cost = plan.suite.cost
+    costs = []
+    for job in plan.trainings:
+        batch, iterations = job.config.training.batch_size, job.config.training.iterations
+        stated = job.model.seconds_per_iteration or stated_cost.seconds_per_iteration
+        mine = [run for run in runs if run.measures(job.config)]
+        if seconds_per_iteration is not None:
+            count = gpus or stated_cost.gpus
+            costs.append(TrainingCost(job.key, iterations, seconds_per_iteration, count, "given",
+                                      "given: --seconds-per-iteration"))
+        elif mine:
+            by_device: dict[str, list[MeasuredRun]] = {}
+            for run in mine:
+                by_device.setdefault(run.device, []).append(run)
+            device, chosen = max(by_device.items(),
+                                 key=lambda item: (item[0].lower() != "cpu", len(item[1]), item[0]))
+            count = gpus or statistics.mode(run.world_size for run in chosen)
+            share = batch / count
+            batches = [run.per_process_batch for run in chosen]
+            scaled = (f", scaled from {_count_list(batches)} to {share:g} images per GPU"
+                      if set(batches) != {share} else "")
+            seconds = statistics.median(run.seconds_per_image for run in chosen) * share
+            costs.append(TrainingCost(job.key, iterations, seconds, count, "measured",
+                                      f"measured: {len(chosen)} run{'s' if len(chosen) > 1 else ''} on {device}"
+                                      f"{scaled}"))
+        elif stated is not None:
+            count = gpus or stated_cost.gpus
+            about = ", ".join(part for part in (stated_cost.device, stated_cost.basis) if part)
+            scaled = f", scaled from {stated_cost.gpus} to {count} GPUs" if count != stated_cost.gpus else ""
+            costs.append(TrainingCost(job.key, iterations, stated * stated_cost.gpus / count, count, "stated",
+                                      f"stated{': ' + about if about else ''}{scaled}"))
+        else:
+            costs.append(TrainingCost(job.key, iterations, None, gpus or stated_cost.gpus, "unknown",
+                                      "unknown: pass --seconds-per-iteration S"))
+    return costs
+
+
+def _hours(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.1f}" if value >= 1 else f"{value:.2g}"
+
+
+def cost_rows(costs: Sequence[TrainingCost]) -> list[dict[str, str]]:
+    """One row per training: what ``cdrl-bench plan`` prints under the plan."""
+    return [{"run": cost.key, "iterations": f"{cost.iterations:,}",
+             "s/iteration": "?" if cost.seconds_per_iteration is None else f"{cost.seconds_per_iteration:.3g}",
+             "GPUs": str(cost.gpus), "GPU-hours": "?" if cost.gpu_hours is None else _hours(cost.gpu_hours),
+             "seconds from": cost.source} for cost in costs]
+
+
+def cost_total(costs: Sequence[TrainingCost]) -> str:
+    """The total line: GPU-hours of every training whose cost is known, by source, and the longest one's wall time."""
+    if not costs:
+        return "total: no trainings (stored checkpoints and data only)"
+    known = [cost for cost in costs if cost.gpu_hours is not None]
+    kinds = {kind: sum(cost.kind == kind for cost in costs) for kind in ("given", "measured", "stated", "unknown")}
+    line = (f"total: {_hours(sum(cost.gpu_hours for cost in known))} GPU-hours for {len(known)} of {len(costs)} "
+            f"trainings ({', '.join(f'{count} {kind}' for kind, count in kinds.items() if count)})")
+    if known:
+        longest = max(known, key=lambda cost: cost.wall_hours)
+        line += f"; the longest, {longest.key}, {_hours(longest.wall_hours)} h on {longest.gpus} GPUs"
+    if len(known) < len(costs):
+        line += f"; {len(costs) - len(known)} unknown: pass --seconds-per-iteration S"
+    return line
 
 
 def plan_rows(plan: Plan, world_size: int = 1) -> list[dict[str, str]]:

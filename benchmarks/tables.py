@@ -3,37 +3,71 @@
 One row per evaluation point of the suite (model, steps per level, guidance weight) and
 source (trained here, or a given checkpoint), in the suite's order; with ``context_rows``
 the reference rows no model matches follow (the rest of the paper's table). Columns: the
-paper's values as printed in ``results/paper/`` (with their confidence), each measured
-metric as mean ± standard error over seeds, the number of seeds and the evaluation protocol (samples,
-reference, backend). With no runs recorded the paper column is still shown.
+paper's values as printed in ``results/paper/``, each measured metric as mean ± standard
+error over seeds (:func:`benchmarks.regression.standard_error`, the regression check's
+statistics) and the number of seeds. A setting every row shares (the evaluation protocol, the
+batch, the checkpoint scored, the paper's confidence) is printed once under the table; CSV
+and JSON keep it whole on every row. Each metric column says its direction (↓ lower is
+better, ↑ higher) and its best value is bold. With no runs recorded the paper column is
+still shown.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import re
+import statistics
 import textwrap
 from dataclasses import dataclass
-from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 
 from benchmarks.records import TAG_GUIDANCE, TAG_MODEL, TAG_SOURCE, TAG_STEPS, finished_eval_runs, latest_per_key
+from benchmarks.regression import standard_error
 from benchmarks.suite import EvalJob, SuiteError, Suite, config_delta, expand
 from cdrl.metrics import METRICS
 from cdrl.tracking import resolve_tracking_uri
 
-FORMATS = ("rich", "markdown", "latex", "csv")
+FORMATS = ("rich", "markdown", "latex", "csv", "json")
 MISSING = "—"
+#: CSV and JSON carry two decimal places more than the table prints: enough to recompute, no float32 noise.
+EXTRA_DECIMALS = 2
+#: Columns that say how a row was obtained, and what each means: printed once under the table when
+#: every row it applies to shares one value (the protocol alone made a row six lines tall).
+SETTINGS = {
+    "protocol": "samples, reference and backend of each evaluation",
+    "batch": "the global training batch, all processes together",
+    "checkpoint": "which checkpoint of each training is scored: the best by the named score, measured during "
+                  "training, or the last",
+    "confidence": "of the paper's values, as recorded in its CSV",
+}
+
+
+class ValueColumn(NamedTuple):
+    """A display column that shows a metric: which metric, and the frame column holding its values."""
+
+    metric: str
+    frame_column: str
+    #: The paper's value as printed (True), or a mean over seeds here (False).
+    paper: bool
 
 
 @dataclass
 class SuiteTable:
     suite: Suite
     profile: str
-    #: Numbers: ``paper_<metric>`` (float), ``<metric>_mean``/``_std``, ``n_seeds``, ``protocol``...
+    #: Numbers, what CSV and JSON write: ``paper_<metric>`` (NaN: not reported), ``<metric>`` (the mean over
+    #: seeds) and ``<metric>_se`` (its standard error), ``n_seeds``, the whole ``protocol`` of every row...
     frame: pd.DataFrame
-    #: Strings, as printed (mean ± std, the paper's values exactly as in the CSV).
+    #: Strings as printed: the paper's values exactly as in its CSV, mean ± standard error at each metric's decimals.
     display: pd.DataFrame
+    #: The display columns that show a metric.
+    value_columns: dict[str, ValueColumn]
+    #: True where a display cell holds its column's best value (ties included): printed bold.
+    best: pd.DataFrame
+    #: Under the table: the shared settings first, then where the numbers come from.
     notes: list[str]
     n_runs: int
 
@@ -67,10 +101,10 @@ def _reference_row(reference: pd.DataFrame, job: EvalJob) -> int | None:
     return int(matches[0]) if len(matches) == 1 else None
 
 
-def _points(suite: Suite) -> list[EvalJob]:
-    """One evaluation job per table row (seed 0's), in the suite's order."""
+def _points(suite: Suite, quick: bool) -> list[EvalJob]:
+    """One evaluation job per table row (seed 0's) of the profile, in the suite's order."""
     seen, points = set(), []
-    for job in expand(suite).evaluations:
+    for job in expand(suite, quick=quick).evaluations:
         if job.point not in seen:
             seen.add(job.point)
             points.append(job)
@@ -90,13 +124,16 @@ def _protocol(runs: pd.DataFrame) -> str:
 
 
 def _measured(runs: pd.DataFrame, metrics: tuple[str, ...]) -> dict[str, object]:
+    """Mean and standard error over seeds of each metric, rounded for CSV and JSON."""
     values: dict[str, object] = {"n_seeds": len(runs), "protocol": _protocol(runs)}
+    generated = pd.to_numeric(runs.get("params.eval.n_generated", pd.Series(dtype=float)), errors="coerce").min()
+    n_samples = None if pd.isna(generated) else int(generated)  # the binomial bound of a share of samples
     for metric in metrics:
-        column = runs.get(f"metrics.{metric}")
-        finite = column.dropna() if column is not None else pd.Series(dtype=float)
-        values[f"{metric}_mean"] = float(finite.mean()) if len(finite) else math.nan
-        values[f"{metric}_std"] = float(finite.std(ddof=1)) if len(finite) > 1 else math.nan
-        values[f"{metric}_sem"] = values[f"{metric}_std"] / math.sqrt(len(finite)) if len(finite) > 1 else math.nan
+        column = pd.to_numeric(runs.get(f"metrics.{metric}", pd.Series(dtype=float)), errors="coerce")
+        finite = [float(value) for value in column if math.isfinite(value)]  # not finite: not reported
+        places = METRICS[metric].decimals + EXTRA_DECIMALS
+        values[metric] = round(statistics.fmean(finite), places) if finite else math.nan
+        values[f"{metric}_se"] = round(standard_error(finite, metric, n_samples), places) if finite else math.nan
     return values
 
 
@@ -108,7 +145,7 @@ def build_table(suite: Suite, *, quick: bool = False, tracking_uri: str | None =
     runs = latest_per_key(finished_eval_runs(suite.experiment, suite.name, suite.version, profile, tracking_uri))
     guided = any(len(model.guidance) > 1 or any(model.guidance) for model in suite.models)
     rows, matched = [], set()
-    for job in _points(suite):
+    for job in _points(suite, quick):  # the profile's own jobs: their checkpoint rule is the profile's
         global_batch, selection = job.training_summary(suite.checkpoint_selection)
         base = {"method": job.model.label, "model": job.model.key, "floor": job.floor_config is not None,
                 "global_batch": global_batch, "checkpoint_selection": selection, "noise_levels": job.noise_levels,
@@ -132,11 +169,15 @@ def build_table(suite: Suite, *, quick: bool = False, tracking_uri: str | None =
     if suite.context_rows:
         for index in reference.index.difference(sorted(matched)):
             row = reference.loc[index]
-            rows.append({"method": row.get("method", ""), "model": "", **_paper_values(reference, index, paper_metrics),
-                         "source": "", "n_seeds": 0, "protocol": ""})
-    frame = pd.DataFrame(rows)
-    return SuiteTable(suite, profile, frame, _display(suite, frame, paper_metrics, guided),
-                      _notes(suite, profile, reference, runs, tracking_uri), len(runs))
+            rows.append({"method": row.get("method", ""), "model": "", "floor": False,
+                         **_paper_values(reference, index, paper_metrics), "source": "", "n_seeds": 0, "protocol": ""})
+    printed = pd.DataFrame(rows)  # the paper's values still as printed, for the display
+    display, value_columns = _display(suite, printed, paper_metrics, guided)
+    frame = _numbers(printed, paper_metrics)
+    best = _best_cells(frame, display, value_columns)
+    display, setting_notes = _shared_settings(display)
+    return SuiteTable(suite, profile, frame, display, value_columns, best.loc[:, display.columns],
+                      setting_notes + _notes(suite, profile, runs, tracking_uri), len(runs))
 
 
 def _paper_values(reference: pd.DataFrame, index: int | None, paper_metrics: list[str]) -> dict[str, object]:
@@ -148,14 +189,33 @@ def _paper_values(reference: pd.DataFrame, index: int | None, paper_metrics: lis
     return values
 
 
-def _format(mean: float, std: float, decimals: int) -> str:
+def _numbers(printed: pd.DataFrame, paper_metrics: list[str]) -> pd.DataFrame:
+    """The rows as numbers for CSV and JSON: the paper's values parsed, counts as integers (blank when absent)."""
+    frame = printed.copy()
+    for metric in paper_metrics:
+        frame[f"paper_{metric}"] = pd.to_numeric(frame[f"paper_{metric}"], errors="coerce")
+    for column in ("noise_levels", "steps_per_level", "total_steps", "n_seeds"):
+        if column in frame:
+            frame[column] = frame[column].astype("Int64")
+    return frame
+
+
+def _metric_heading(metric: str) -> str:
+    """'FID ↓': the metric's label and direction."""
+    info = METRICS[metric]
+    return f"{info.label} {'↑' if info.higher_is_better else '↓'}"
+
+
+def _format(mean: float, error: float, decimals: int) -> str:
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return MISSING
-    return f"{mean:.{decimals}f}" + ("" if std is None or math.isnan(std) else f" ± {std:.{decimals}f}")
+    return f"{mean:.{decimals}f}" + ("" if error is None or math.isnan(error) else f" ± {error:.{decimals}f}")
 
 
-def _display(suite: Suite, frame: pd.DataFrame, paper_metrics: list[str], guided: bool) -> pd.DataFrame:
+def _display(suite: Suite, frame: pd.DataFrame, paper_metrics: list[str], guided: bool
+             ) -> tuple[pd.DataFrame, dict[str, ValueColumn]]:
     display = pd.DataFrame(index=frame.index)
+    value_columns: dict[str, ValueColumn] = {}
     display["method"] = frame["method"]
     display["levels × steps"] = [f"{int(r.noise_levels)}×{int(r.steps_per_level)}" if r.model and not r.floor
                                  else "" for r in frame.itertuples()]
@@ -163,26 +223,70 @@ def _display(suite: Suite, frame: pd.DataFrame, paper_metrics: list[str], guided
         display["w"] = [f"{r.guidance:g}" if isinstance(r.guidance, float) and not math.isnan(r.guidance)
                         and r.floor is not True else "" for r in frame.itertuples()]
     for metric in paper_metrics:
-        display[f"{suite.reference_label} {METRICS[metric].label}"] = [value or MISSING
-                                                                       for value in frame[f"paper_{metric}"]]
+        header = f"{suite.reference_label} {_metric_heading(metric)}"
+        display[header] = [value or MISSING for value in frame[f"paper_{metric}"]]
+        value_columns[header] = ValueColumn(metric, f"paper_{metric}", paper=True)
     if "paper_confidence" in frame:
         display["confidence"] = frame["paper_confidence"].fillna("")
     for metric in suite.metrics:
-        info = METRICS[metric]
-        display[f"{info.label} (measured)"] = [
-            _format(r[f"{metric}_mean"], r[f"{metric}_sem"], info.decimals) if r["model"] else ""
-            for _, r in frame.iterrows()]
+        header = f"measured {_metric_heading(metric)}"
+        display[header] = [_format(r[metric], r[f"{metric}_se"], METRICS[metric].decimals) if r["model"] else ""
+                           for _, r in frame.iterrows()]
+        value_columns[header] = ValueColumn(metric, metric, paper=False)
     display["seeds"] = [str(int(n)) if model else "" for n, model in zip(frame["n_seeds"], frame["model"])]
     display["batch"] = frame["global_batch"].fillna("")
     display["checkpoint"] = frame["checkpoint_selection"].fillna("")
     if not frame["source"].fillna("").isin(["", "trained"]).all():  # only when a given checkpoint was scored
         display["source"] = frame["source"].fillna("")
     display["protocol"] = frame["protocol"].fillna("")
-    return display
+    return display, value_columns
 
 
-def _notes(suite: Suite, profile: str, reference: pd.DataFrame, runs: pd.DataFrame,
-           tracking_uri: str | None) -> list[str]:
+def _best_cells(frame: pd.DataFrame, display: pd.DataFrame, value_columns: dict[str, ValueColumn]) -> pd.DataFrame:
+    """Where each metric column holds its best value as printed (ties included), in the metric's direction.
+
+    Floor rows (real data scored as samples) are a bound, not a contender; a column with fewer
+    than two values, or all of them equal, has nothing to rank.
+    """
+    best = pd.DataFrame(False, index=display.index, columns=display.columns)
+    contenders = frame["floor"] != True  # noqa: E712 (context rows hold NaN)
+    for header, column in value_columns.items():
+        info = METRICS[column.metric]
+        values = frame.loc[contenders, column.frame_column].astype(float)
+        if not column.paper:
+            values = values.round(info.decimals)  # as printed: equal in the table, equally bold
+        values = values.dropna()
+        if len(values) < 2:
+            continue
+        target = values.max() if info.higher_is_better else values.min()
+        if (values != target).any():
+            best.loc[values.index[values == target], header] = True
+    return best
+
+
+def _shared_settings(display: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Each setting column that one value fills (where it applies) moves under the table; a protocol
+    that differs between rows stays as a letter per row, spelled out under the table."""
+    notes = []
+    for column, meaning in SETTINGS.items():
+        if column not in display:
+            continue
+        distinct = list(dict.fromkeys(value for value in display[column] if value))
+        if len(distinct) <= 1:
+            display = display.drop(columns=column)
+            if distinct:
+                notes.append(f"{column} ({meaning}): {distinct[0]}.")
+        elif column == "protocol":
+            letters = {protocol: chr(ord("a") + index) for index, protocol in enumerate(distinct)}
+            display[column] = display[column].map(lambda protocol: letters.get(protocol, ""))
+            notes.append(f"protocol ({meaning}): " + "; ".join(f"({letter}) {protocol}"
+                                                              for protocol, letter in letters.items()) + ".")
+        else:
+            notes.append(f"{column}: {meaning}.")
+    return display, notes
+
+
+def _notes(suite: Suite, profile: str, runs: pd.DataFrame, tracking_uri: str | None) -> list[str]:
     notes = []
     if suite.reference:
         notes.append(f"{suite.reference_label}: results/paper/{suite.reference} (50,000-sample FIDs unless the CSV "
@@ -192,15 +296,16 @@ def _notes(suite: Suite, profile: str, reference: pd.DataFrame, runs: pd.DataFra
         notes.append(f"No finished runs of this suite ({profile}) in {resolve_tracking_uri(tracking_uri)} yet: "
                      f"`cdrl-bench run --suite {suite.name}{quick}` measures them.")
     else:
-        notes.append(f"Measured: mean ± standard error over seeds of {len(runs)} finished evaluation runs; "
-                     "protocol per row (samples, reference images, backend).")
+        shares = [METRICS[metric].label for metric in suite.metrics if METRICS[metric].proportion]
+        binomial = (f"; for a share of samples ({', '.join(shares)}) at least the binomial sqrt(p(1-p)/n), which one "
+                    "seed cannot measure" if shares else "")
+        notes.append(f"measured: mean ± standard error over the seeds counted in the seeds column ({len(runs)} "
+                     f"finished evaluation runs){binomial}. ↓ lower is better, ↑ higher; bold: the best of a column.")
         if any(model.floor for model in suite.models):
             notes.append("Floor rows score real data exactly as samples are scored (fresh draws of a 2-D density, "
                          "or the other split's images): the best each metric can read at this sample size.")
     if suite.notes:
         notes.append(suite.notes.strip())
-    notes.append("batch: the global training batch (all processes together); checkpoint: which checkpoint of each "
-                 "training is scored (the best by the named score, measured during training, or the last).")
     for model in suite.models:
         if model.checkpoint is None and not model.floor and model.scores is None:
             delta = config_delta(suite, model)
@@ -211,99 +316,126 @@ def _notes(suite: Suite, profile: str, reference: pd.DataFrame, runs: pd.DataFra
 
 # --------------------------------------------------------------------------- rendering
 
-_LATEX_SPECIALS = {"&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "±": r"$\pm$", "×": r"$\times$",
-                   "—": "---", "≈": r"$\approx$"}
-
-
-def _latex_cell(value: object) -> str:
-    return "".join(_LATEX_SPECIALS.get(character, character) for character in str(value))
-
-
 def render(table: SuiteTable, output_format: str) -> str:
-    """The table as markdown, LaTeX or CSV text (``rich`` prints through :func:`rich_table`)."""
+    """The table as markdown, LaTeX, CSV or JSON text (``rich`` prints through :func:`rich_table`)."""
     if output_format == "markdown":
         notes = "\n".join(f"- {note}" for note in table.notes)
-        markdown = table.display.to_markdown(index=False, disable_numparse=True)  # keep "8.30" as printed
+        cells = table.display.mask(table.best, "**" + table.display + "**")
+        markdown = cells.to_markdown(index=False, disable_numparse=True)  # keep "8.30" as printed
         return f"### {table.title}\n\n{markdown}\n\n{notes}\n"
     if output_format == "latex":
-        cells = table.display.map(_latex_cell).rename(columns=_latex_cell)
-        return cells.to_latex(index=False, caption=_latex_cell(table.title), label=f"tab:{table.suite.name}")
+        return latex_table(table)
     if output_format == "csv":
         return table.frame.to_csv(index=False)
+    if output_format == "json":
+        return json.dumps(table_document(table), indent=1, ensure_ascii=False) + "\n"
     raise SuiteError(f"unknown table format {output_format!r}: choose one of {', '.join(FORMATS)}")
+
+
+def table_document(table: SuiteTable) -> dict:
+    """The table for programs: the suite, each metric's label and direction, the CSV's rows, the notes."""
+    suite = table.suite
+    metrics = dict.fromkeys([*suite.metrics, *(column.metric for column in table.value_columns.values())])
+    return {"suite": suite.name, "suite_version": suite.version, "profile": table.profile, "title": suite.title,
+            "reference": suite.reference, "reference_label": suite.reference_label,
+            "metrics": {name: {"label": METRICS[name].label, "higher_is_better": METRICS[name].higher_is_better,
+                               "decimals": METRICS[name].decimals} for name in metrics},
+            "rows": json.loads(table.frame.to_json(orient="records")), "notes": table.notes}
 
 
 def rich_table(table: SuiteTable):
     from rich.table import Table
+    from rich.text import Text
 
     rich = Table(title=table.title, caption="\n".join(table.notes), caption_justify="left")
     for column in table.display.columns:
-        rich.add_column(column, justify="left" if column in ("method", "protocol", "source", "confidence")
-                        else "right", overflow="fold")
-    for row in table.display.itertuples(index=False):
-        rich.add_row(*map(str, row))
+        if column in ("method", "source", "confidence", "checkpoint"):
+            rich.add_column(column, justify="left", overflow="fold")
+            continue
+        # A heading wraps to its numbers' width, so that it does not widen the column past them: the numbers
+        # keep a line each (a wrapped "0.461 ±" hides its error on the next line) and the names take the rest.
+        widest = max([*map(len, table.display[column]), *map(len, column.split())])
+        rich.add_column(textwrap.fill(column, widest, break_on_hyphens=False), justify="right")
+    for (_, row), (_, best) in zip(table.display.iterrows(), table.best.iterrows()):
+        rich.add_row(*(Text(str(cell), style="bold" if bold else "") for cell, bold in zip(row, best)))
     return rich
 
 
-def save_plot(table: SuiteTable, path: Path) -> Path | None:
-    """The suite's plot (a metric against total Langevin steps or the guidance weight, the paper's values
-    beside it, on a second axis when they are another metric); None when the suite has none or nothing to draw."""
-    spec = table.suite.plot
-    frame = table.frame[table.frame["model"] != ""] if not table.frame.empty else table.frame
-    floors = frame[frame["floor"] == True] if "floor" in frame else frame.iloc[:0]  # noqa: E712 (NaN-safe)
-    frame = frame.drop(floors.index)
-    if spec is None or frame.empty:
-        return None
-    from matplotlib.figure import Figure  # a bare Figure renders with Agg: no display needed
+# --------------------------------------------------------------------------- LaTeX
 
-    figure = Figure(figsize=(6.4, 4.4))
-    axes = figure.subplots()
-    info = METRICS[spec.metric]
-    # One colour per method: its measured line and its paper line match.
-    colours = {label: f"C{index}" for index, label in enumerate(dict.fromkeys(frame["method"]))}
-    lines = []
-    for label, rows in frame.dropna(subset=[f"{spec.metric}_mean"]).groupby("method", sort=False):
-        rows = rows.sort_values(spec.x)
-        lines.append(axes.errorbar(rows[spec.x], rows[f"{spec.metric}_mean"],
-                                   yerr=rows[f"{spec.metric}_sem"].fillna(0), marker="o", capsize=3,
-                                   color=colours[label], label=f"{label} {info.label} (measured)"))
-    for row in floors.dropna(subset=[f"{spec.metric}_mean"]).itertuples():
-        axes.axhline(getattr(row, f"{spec.metric}_mean"), color="grey", linestyle=":", linewidth=1)
-        axes.annotate(f"{row.method}", (0, getattr(row, f"{spec.metric}_mean")), xycoords=("axes fraction", "data"),
-                      textcoords="offset points", xytext=(3, 3), fontsize=7, color="grey")
-    if spec.secondary and f"{spec.secondary}_mean" in frame:
-        secondary_axes, secondary = axes.twinx(), METRICS[spec.secondary]
-        for label, rows in frame.dropna(subset=[f"{spec.secondary}_mean"]).groupby("method", sort=False):
-            rows = rows.sort_values(spec.x)
-            lines.append(secondary_axes.errorbar(rows[spec.x], rows[f"{spec.secondary}_mean"],
-                                                 yerr=rows[f"{spec.secondary}_sem"].fillna(0), marker="^",
-                                                 linestyle="-.", capsize=3, color=colours[label],
-                                                 label=f"{label} {secondary.label} (measured)"))
-        secondary_axes.set_ylabel(f"{secondary.label} ({'higher' if secondary.higher_is_better else 'lower'} "
-                                  "is better)")
-    paper_column = f"paper_{spec.paper}" if spec.paper else None
-    if paper_column in frame:
-        paper_axes = axes if spec.paper == spec.metric else axes.twinx()
-        paper = frame.assign(paper=pd.to_numeric(frame[paper_column], errors="coerce")).dropna(subset=["paper"])
-        for label, rows in paper.groupby("method", sort=False):
-            rows = rows.sort_values(spec.x)
-            lines += paper_axes.plot(rows[spec.x], rows["paper"], linestyle="--", marker="s", fillstyle="none",
-                                     color=colours[label], label=f"{label} ({table.suite.reference_label})")
-        if paper_axes is not axes:
-            paper_axes.set_ylabel(f"{table.suite.reference_label} {METRICS[spec.paper].label}")
-    if not lines:
-        return None
-    if spec.x == "total_steps":
-        for row in frame.itertuples():
-            axes.annotate(f"{row.noise_levels}×{row.steps_per_level}", (row.total_steps, 0),
-                          xycoords=("data", "axes fraction"), textcoords="offset points", xytext=(0, 3), fontsize=7,
-                          ha="center")
-    axes.set_xlabel("total Langevin steps (levels × steps per level)" if spec.x == "total_steps"
-                    else "guidance weight w")
-    axes.set_ylabel(f"{info.label} ({'higher' if info.higher_is_better else 'lower'} is better)")
-    axes.legend(lines, [line.get_label() for line in lines], fontsize=8)
-    axes.set_title(textwrap.fill(table.suite.title, 80), fontsize=9)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    return path
+#: Characters LaTeX reads as commands, and non-ASCII ones pdflatex may not know: each as LaTeX writes it.
+_LATEX_TEXT = str.maketrans({
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
+    "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"\textless{}", ">": r"\textgreater{}",
+    "|": r"\textbar{}", "±": r"$\pm$", "×": r"$\times$", "—": "---", "–": "--", "≈": r"$\approx$",
+    "↓": r"$\downarrow$", "↑": r"$\uparrow$", "→": r"$\rightarrow$", "≥": r"$\geq$", "≤": r"$\leq$",
+    "√": r"$\surd$", "²": r"\textsuperscript{2}", "·": r"$\cdot$", "…": r"\dots{}", "−": "-", "∅": r"$\emptyset$",
+    "’": "'", "‘": "`", "“": "``", "”": "''",
+})
+#: A number as the table prints it, optionally with its standard error: what a siunitx S column parses.
+_NUMBER = re.compile(r"^(-?)(\d+)(?:\.(\d+))?(?: ± (\d+)(?:\.(\d+))?)?$")
+#: siunitx settings of the table (scoped to it): text-mode digits so that bold (detect-weight) reaches every
+#: digit, the standard error printed as "± 0.016" rather than "(16)", and kept when it is 0 (seeds agree).
+_SIUNITX_SETTINGS = "{mode=text, detect-weight=true, uncertainty-mode=separate, retain-zero-uncertainty=true}"
+
+
+def _latex_text(text: object) -> str:
+    """Text for LaTeX: specials escaped, `code` in typewriter type."""
+    parts = re.split(r"`([^`]*)`", str(text))
+    return "".join(rf"\texttt{{{part.translate(_LATEX_TEXT)}}}" if odd else part.translate(_LATEX_TEXT)
+                   for odd, part in ((index % 2 == 1, part) for index, part in enumerate(parts)))
+
+
+def _siunitx_cell(cell: str) -> str:
+    """A metric cell for an S column: the number (± → \\pm) for siunitx to align; anything else as braced text."""
+    if _NUMBER.match(cell):
+        return cell.replace("±", r"\pm")
+    return "{" + _latex_text(cell) + "}" if cell else ""
+
+
+def _table_format(cells: pd.Series) -> str:
+    """siunitx's table-format of a column: the widest integer part, decimals and (compact) uncertainty digits."""
+    numbers = [match for match in map(_NUMBER.match, cells) if match]
+    if not numbers:
+        return ""
+    sign = "-" if any(match[1] for match in numbers) else ""
+    integers = max(len(match[2]) for match in numbers)
+    decimals = max(len(match[3] or "") for match in numbers)
+    errors = [str(int((match[4] or "") + (match[5] or ""))) for match in numbers if match[4]]
+    uncertainty = f"({max(map(len, errors))})" if errors else ""
+    return f"[table-format={sign}{integers}.{decimals}{uncertainty}]"
+
+
+def latex_table(table: SuiteTable) -> str:
+    """A booktabs table for a paper: metric columns aligned on the decimal point by siunitx, each column's
+    best value bold, the notes in the caption. Needs ``\\usepackage{booktabs}`` and ``\\usepackage{siunitx}`` (v3).
+
+    Headings take two rows, the paper's and the measured metric columns each under one spanning
+    heading, so that a column is as wide as its numbers rather than its name.
+    """
+    display = table.display
+    metric_columns = list(table.value_columns)
+    column_format = "".join(
+        f"S{_table_format(display[column])}" if column in metric_columns
+        else "l" if column in ("method", "confidence", "checkpoint", "source") else "r" for column in display)
+    headings = pd.MultiIndex.from_tuples([
+        (table.suite.reference_label if table.value_columns[column].paper else "measured (mean ± s.e.)",
+         _metric_heading(table.value_columns[column].metric)) if column in metric_columns else ("", column)
+        for column in display])
+    best = table.best.set_axis(headings, axis=1)
+    styler = (display.set_axis(headings, axis=1).style.hide(axis="index")
+              .format(_latex_text)
+              .format(_siunitx_cell, subset=[heading for heading, column in zip(headings, display)
+                                             if column in metric_columns])
+              .format_index(_latex_text, axis=1)
+              .apply(lambda _: best.map(lambda bold: "bfseries: ;" if bold else ""), axis=None)
+              # Small type and narrower gaps: seven or more columns fit a one-column page with 2 cm margins.
+              .set_table_styles([{"selector": "small", "props": ":;"},
+                                 {"selector": "setlength", "props": ":{\\tabcolsep}{4pt};"},
+                                 {"selector": "sisetup", "props": f":{_SIUNITX_SETTINGS};"}], overwrite=False))
+    caption = _latex_text(table.title)
+    body = styler.to_latex(column_format=column_format, hrules=True, siunitx=True, position_float="centering",
+                           multicol_align="c",
+                           caption=(f"{caption}. " + " ".join(map(_latex_text, table.notes)), caption),
+                           label=f"tab:{table.suite.name}")
+    return "% Needs \\usepackage{booktabs} and \\usepackage{siunitx} (v3, TeX Live 2021 or later).\n" + body

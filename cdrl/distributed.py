@@ -6,9 +6,10 @@ Only rank 0 logs and writes; every rank draws its own batches and noise from ``r
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -40,7 +41,10 @@ def rank_seed(seed: int, rank: int) -> int:
 
 
 def launched_world_size() -> int:
-    """How many processes torchrun started (1 without torchrun); known before the process group exists."""
+    """How many processes share this job: the running process group's, else what torchrun (or an executor
+    that sets its variables) started, 1 without either; known before the process group exists."""
+    if dist.is_initialized():
+        return dist.get_world_size()
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
@@ -80,6 +84,21 @@ def init_distributed(device: str | torch.device | None) -> tuple[Ranks, torch.de
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         started = True
     return Ranks(dist.get_rank(), dist.get_world_size()), device, started
+
+
+@contextlib.contextmanager
+def process_group(device: str | torch.device | None) -> Iterator[tuple[Ranks, torch.device]]:
+    """(ranks, this process's device) for a whole command: the process group lives as long as the block.
+
+    Commands that train, sample and score in turn (``run --suite``, ``eval``, ``sample``) open it
+    once, so that every step below reuses one group instead of each starting and ending its own.
+    """
+    ranks, device, started = init_distributed(device)
+    try:
+        yield ranks, device
+    finally:
+        if started:
+            dist.destroy_process_group()
 
 
 def shared(value: Any, ranks: Ranks) -> Any:

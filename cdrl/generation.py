@@ -30,6 +30,7 @@ from cdrl.guidance import build_guided_model, requested_classes
 from cdrl.langevin import multiplier_for_steps
 from cdrl.noise import PerExampleNoise
 from cdrl.performance import ChainEnergy, configure_device, prepare_network
+from cdrl.progress import stage
 from cdrl.sampler import SamplerConfig, sample
 from cdrl.schedule import LogSNRSchedule
 from cdrl.training import CooperativeTrainer
@@ -148,7 +149,7 @@ def generate(model: LoadedModel, spec: GenerationSpec, *, device: torch.device |
     ``Ranks(0, 1)`` to draw everything on a rank that samples alone). Every rank gets all
     samples. ``chain``: the energy network wrapped with the run's speed options, when the caller
     keeps one (a training run: compiled once); built here otherwise. ``progress(k)`` is told of
-    every ``k`` samples drawn on this rank.
+    every ``k`` samples drawn on this rank, as is the running command's display (:func:`cdrl.progress.stage`).
     """
     ranks = ranks or current_ranks()
     config = model.config
@@ -162,13 +163,15 @@ def generate(model: LoadedModel, spec: GenerationSpec, *, device: torch.device |
             prepare_network(network, config.performance)
     pieces = []
     # The weights are fixed for the whole run: spectral norms computed once, not at every step.
-    with (chain or ChainEnergy(model.ebm, config.performance, device)).frozen() as chain_energy:
+    with (chain or ChainEnergy(model.ebm, config.performance, device)).frozen() as chain_energy, \
+            stage(f"sampling {config.schedule.n_levels}x{spec.steps_per_level}", len(indices)) as shown:
         for start in range(0, len(indices), spec.batch_size):
             batch_indices = indices[start:start + spec.batch_size]
             energy, proposal = _networks_for(model, spec, chain_energy, batch_indices)
             noise = PerExampleNoise([example_seed(spec.seed, int(i)) for i in batch_indices], device=device)
             pieces.append(sample(energy, proposal, (len(batch_indices), *shape), schedule, config.langevin,
                                  spec.sampler, noise=noise, device=device).cpu())
+            shown(len(batch_indices))
             if progress is not None:
                 progress(len(batch_indices))
     local = torch.cat(pieces) if pieces else torch.empty((0, *shape))

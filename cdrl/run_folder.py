@@ -231,9 +231,12 @@ class ResumePoint:
     corrupt: tuple[Path, ...] = ()
 
 
-def resume_point(name: str | os.PathLike, *, tracking_uri: str | None, world_size: int,
+def resume_point(name: str | os.PathLike, *, tracking_uri: str | None, world_size: int | None,
                  config: ExperimentConfig | None = None, overrides: list[str] | tuple[str, ...] = ()) -> ResumePoint:
     """Everything that continuing the run ``name`` (checkpoint, run folder or MLflow run id) needs, checked.
+
+    ``world_size``: the processes that will continue it (they must be as many as wrote it), or None
+    to read where the run stands without continuing it.
 
     The run keeps its config except ``run.*``, ``training.iterations``, ``data.data_dir`` and
     ``performance.threads`` (``config``, when given, replaces the saved one before ``overrides``; it
@@ -246,7 +249,7 @@ def resume_point(name: str | os.PathLike, *, tracking_uri: str | None, world_siz
     if "ebm_optimizer" not in payload["trainer"] or "rng" not in payload:
         raise CheckpointError(f"{path} holds weights only (imported or exported), no optimiser or RNG state: "
                               "it cannot be resumed; start a new run")
-    if payload["world_size"] != world_size:
+    if world_size is not None and payload["world_size"] != world_size:
         raise CheckpointError(f"{path} was written by {payload['world_size']} processes: resume with "
                               f"torchrun --nproc_per_node {payload['world_size']} (this is {world_size})")
     siblings = [sibling.resolve() for sibling in _rolling_checkpoints(path.parent)]

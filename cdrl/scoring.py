@@ -9,21 +9,27 @@ number was obtained.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from dataclasses import dataclass, replace
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-from cdrl.checkpoint import load_model
+from cdrl.checkpoint import LoadedModel, load_model
 from cdrl.config import ExperimentConfig, apply_overrides
 from cdrl.errors import CdrlBenchError
 from cdrl.datasets import DataConfig, build_dataset, dataset_info, toy_sample
 from cdrl.evaluation.backends import DEFAULT_BACKEND
+from cdrl.distributed import current_ranks
+from cdrl.figures import save_sample_figure
 from cdrl.generation import GenerationSpec, generate
 from cdrl.guidance import requested_classes
 from cdrl.metrics import ScoreRequest, measure, reference_images
+from cdrl.tracking import TAG_KIND, TAG_METHOD, TAG_PRESET, TAG_RUN_KEY, TAG_SUITE, TrackedRun, tracked_run
 
 #: Floor rows of 2-D toys draw their "samples" from this seed + the run's seed, apart from the reference's.
 FLOOR_SEED_OFFSET = 1_000_003
@@ -35,6 +41,8 @@ class ScoreResult:
     protocol: dict[str, Any]
     protocol_line: str
     run_id: str | None = None
+    #: sampling_seconds, scoring_seconds and samples_per_second (logged as metrics too).
+    timing: dict[str, float] = field(default_factory=dict)
 
 
 def score_samples(samples: torch.Tensor, config: ExperimentConfig, *, backend: str = DEFAULT_BACKEND,
@@ -72,6 +80,24 @@ def _flatten(prefix: str, values: dict[str, Any]) -> dict[str, str]:
     return {f"{prefix}{key}": str(value) for key, value in values.items()}
 
 
+def _sampling(checkpoint: str | os.PathLike, *, n_samples: int, steps_per_level: int | None, seed: int,
+              batch_size: int | None, guidance: float, class_label: int | None, use_ema: bool,
+              device: torch.device, sampler_overrides: Sequence[str]) -> tuple[LoadedModel, GenerationSpec, dict]:
+    """(the model, what to draw from it, the sampling protocol) of a checkpoint."""
+    model = load_model(checkpoint, use_ema=use_ema, device=device)
+    spec = GenerationSpec.resolve(model.config, n_samples, steps_per_level=steps_per_level, seed=seed,
+                                  batch_size=batch_size, guidance=guidance, classes=class_label,
+                                  weights="ema" if use_ema else "live", sampler_overrides=sampler_overrides)
+    protocol = {**spec.protocol(model.config), "checkpoint": str(Path(checkpoint).resolve()),
+                "checkpoint_iteration": model.iteration,
+                **({"class_order": model.class_order} if model.class_order else {})}
+    return model, spec, protocol
+
+
+def _device(device: str | torch.device | None) -> torch.device:
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
 def draw_samples(checkpoint: str | os.PathLike, *, n_samples: int, steps_per_level: int | None = None,
                  seed: int = 0, batch_size: int | None = None, guidance: float = 0.0,
                  class_label: int | None = None, use_ema: bool = True, device: str | torch.device | None = None,
@@ -81,17 +107,13 @@ def draw_samples(checkpoint: str | os.PathLike, *, n_samples: int, steps_per_lev
 
     A class-conditional model draws sample i of class ``class_label``, or of class i mod
     (number of classes) when none is given; :func:`cdrl.guidance.requested_classes` says which.
+    In a process group every rank draws its share and gets all samples (:func:`cdrl.generation.generate`).
     """
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = load_model(checkpoint, use_ema=use_ema, device=device)
-    spec = GenerationSpec.resolve(model.config, n_samples, steps_per_level=steps_per_level, seed=seed,
-                                  batch_size=batch_size, guidance=guidance, classes=class_label,
-                                  weights="ema" if use_ema else "live", sampler_overrides=sampler_overrides)
-    samples = generate(model, spec, device=device, progress=progress)
-    protocol = {**spec.protocol(model.config), "checkpoint": str(Path(checkpoint).resolve()),
-                "checkpoint_iteration": model.iteration,
-                **({"class_order": model.class_order} if model.class_order else {})}
-    return samples, model.config, protocol
+    device = _device(device)
+    model, spec, protocol = _sampling(checkpoint, n_samples=n_samples, steps_per_level=steps_per_level, seed=seed,
+                                      batch_size=batch_size, guidance=guidance, class_label=class_label,
+                                      use_ema=use_ema, device=device, sampler_overrides=sampler_overrides)
+    return generate(model, spec, device=device, progress=progress), model.config, protocol
 
 
 def score_checkpoint(checkpoint: str | os.PathLike, *, steps_per_level: int | None = None, n_samples: int = 5000,
@@ -104,27 +126,40 @@ def score_checkpoint(checkpoint: str | os.PathLike, *, steps_per_level: int | No
                      data_dir: str | None = None,
                      tracking_uri: str | None = None, experiment_name: str | None = None,
                      tags: dict[str, str] | None = None, log: bool = True,
-                     progress: Callable[[int], None] | None = None) -> ScoreResult:
+                     progress: Callable[[int], None] | None = None) -> ScoreResult | None:
     """Sample ``n_samples`` from a checkpoint with K = ``steps_per_level`` and score them.
 
     ``reference_overrides`` (``data.*`` settings) change how the reference images are read, e.g.
-    ``data.imagenet_source=npz64-resized`` for the published ImageNet evaluation pipeline.
+    ``data.imagenet_source=npz64-resized`` for the published ImageNet evaluation pipeline. The
+    MLflow run spans sampling and scoring: it logs how long each took, samples per second and a
+    figure of the first samples. In a process group every rank draws its share; rank 0 scores,
+    logs and returns the result, the other ranks return None.
     """
-    samples, config, sampling = draw_samples(checkpoint, n_samples=n_samples, steps_per_level=steps_per_level,
-                                             seed=seed, batch_size=batch_size, guidance=guidance,
-                                             class_label=class_label, use_ema=use_ema, device=device,
-                                             sampler_overrides=sampler_overrides, progress=progress)
-    reference_config = apply_overrides(config, list(reference_overrides))
-    metrics, protocol, line = score_samples(samples, reference_config, backend=backend, mode=mode,
-                                            reference=reference, reference_split=reference_split,
-                                            n_reference=n_reference, seed=seed, data_dir=data_dir, device=device,
-                                            classes=requested_classes(torch.arange(n_samples), class_label, config))
-    protocol.update(sampling, checkpoint_selection=checkpoint_selection,
-                    **({"reference_overrides": " ".join(reference_overrides)} if reference_overrides else {}))
-    line = (f"{line} | {sampling['noise_levels']}x{sampling['steps_per_level']} steps, {sampling['weights']} "
-            f"weights, seed {seed}")
-    run_id = _log_score(metrics, protocol, config, tracking_uri, experiment_name, tags) if log else None
-    return ScoreResult(metrics, protocol, line, run_id)
+    device = _device(device)
+    model, spec, sampling = _sampling(checkpoint, n_samples=n_samples, steps_per_level=steps_per_level, seed=seed,
+                                      batch_size=batch_size, guidance=guidance, class_label=class_label,
+                                      use_ema=use_ema, device=device, sampler_overrides=sampler_overrides)
+    config = model.config
+    with _score_run(config, log, tracking_uri, experiment_name, tags) as run:
+        started = time.monotonic()
+        samples = generate(model, spec, device=device, progress=progress)
+        sampling_seconds = time.monotonic() - started
+        if not current_ranks().is_main:
+            return None
+        reference_config = apply_overrides(config, list(reference_overrides))
+        metrics, protocol, line = score_samples(samples, reference_config, backend=backend, mode=mode,
+                                                reference=reference, reference_split=reference_split,
+                                                n_reference=n_reference, seed=seed, data_dir=data_dir, device=device,
+                                                classes=requested_classes(torch.arange(n_samples), class_label,
+                                                                          config))
+        protocol.update(sampling, checkpoint_selection=checkpoint_selection,
+                        **({"reference_overrides": " ".join(reference_overrides)} if reference_overrides else {}))
+        timing = _timing(n_samples, sampling_seconds, time.monotonic() - started - sampling_seconds)
+        line = (f"{line} | {sampling['noise_levels']}x{sampling['steps_per_level']} steps, {sampling['weights']} "
+                f"weights, seed {seed} | {_timing_line(timing)}")
+        _record(run, metrics, timing, protocol, config, samples, f"{config.name}, {sampling['noise_levels']}x"
+                                                                   f"{sampling['steps_per_level']} steps")
+        return ScoreResult(metrics, protocol, line, run.run_id if run else None, timing)
 
 
 def data_as_samples(config: ExperimentConfig, n_samples: int, seed: int, reference_split: str
@@ -152,30 +187,66 @@ def score_data(config: ExperimentConfig, *, n_samples: int, backend: str = DEFAU
                reference_split: str = "train", n_reference: int | None = None, seed: int = 0,
                data_dir: str | None = None, device: str | torch.device | None = None,
                tracking_uri: str | None = None, experiment_name: str | None = None,
-               tags: dict[str, str] | None = None, log: bool = True) -> ScoreResult:
-    """Score real data exactly as samples are scored: the best value each metric can reach here."""
+               tags: dict[str, str] | None = None, log: bool = True) -> ScoreResult | None:
+    """Score real data exactly as samples are scored: the best value each metric can reach here.
+
+    In a process group rank 0 alone scores and returns the result; the other ranks return None.
+    """
+    if not current_ranks().is_main:
+        return None
     if data_dir is not None:
         config = replace(config, data=replace(config.data, data_dir=data_dir))
-    samples, labels, floor = data_as_samples(config, n_samples, seed, reference_split)
-    metrics, protocol, line = score_samples(samples, config, backend=backend, reference_split=reference_split,
-                                            n_reference=n_reference, seed=seed, data_dir=data_dir, device=device,
-                                            classes=labels)
-    protocol.update(floor, seed=seed)
-    line = f"{line} | floor: {floor['floor']}"
-    run_id = _log_score(metrics, protocol, config, tracking_uri, experiment_name, tags) if log else None
-    return ScoreResult(metrics, protocol, line, run_id)
+    with _score_run(config, log, tracking_uri, experiment_name, tags) as run:
+        started = time.monotonic()
+        samples, labels, floor = data_as_samples(config, n_samples, seed, reference_split)
+        metrics, protocol, line = score_samples(samples, config, backend=backend, reference_split=reference_split,
+                                                n_reference=n_reference, seed=seed, data_dir=data_dir, device=device,
+                                                classes=labels)
+        protocol.update(floor, seed=seed)
+        timing = _timing(len(samples), 0.0, time.monotonic() - started)
+        _record(run, metrics, timing, protocol, config, samples, f"{config.name}: {floor['floor']}")
+        return ScoreResult(metrics, protocol, f"{line} | floor: {floor['floor']}", run.run_id if run else None,
+                           timing)
 
 
-def _log_score(metrics: dict[str, float], protocol: dict[str, Any], config: ExperimentConfig,
-               tracking_uri: str | None, experiment_name: str | None, tags: dict[str, str] | None) -> str:
-    from cdrl.tracking import TAG_KIND, TAG_METHOD, TAG_PRESET, TAG_RUN_KEY, TAG_SUITE, tracked_run
+def _timing(count: int, sampling_seconds: float, scoring_seconds: float) -> dict[str, float]:
+    timing = {"sampling_seconds": sampling_seconds, "scoring_seconds": scoring_seconds}
+    if sampling_seconds > 0:
+        timing["samples_per_second"] = count / sampling_seconds
+    return timing
 
+
+def _timing_line(timing: dict[str, float]) -> str:
+    return (f"sampled in {timing['sampling_seconds']:.1f} s ({timing['samples_per_second']:.3g}/s), "
+            f"scored in {timing['scoring_seconds']:.1f} s")
+
+
+@contextlib.contextmanager
+def _score_run(config: ExperimentConfig, log: bool, tracking_uri: str | None, experiment_name: str | None,
+               tags: dict[str, str] | None) -> Iterator[TrackedRun | None]:
+    """The MLflow run of one score on rank 0 (None elsewhere, or with ``log=False``), open from before sampling."""
+    if not (log and current_ranks().is_main):
+        yield None
+        return
     run_tags = {TAG_KIND: "eval", TAG_PRESET: config.name, TAG_METHOD: config.training.method, **(tags or {})}
     # A suite's evaluation, run again after a SIGKILL, closes the RUNNING twin the killed one left.
     replaces = (TAG_KIND, TAG_SUITE, TAG_RUN_KEY) if TAG_RUN_KEY in run_tags else ()
     # A suite's evaluation is named by its run key (cdrl/K15/seed0) and carries the model's settings.
     with tracked_run(tracking_uri=tracking_uri, experiment_name=experiment_name, tags=run_tags,
                      run_name=run_tags.get(TAG_RUN_KEY), replaces=replaces) as run:
-        run.log_params({**config.flat(), **_flatten("eval.", protocol)})
-        run.log_metrics(metrics)
-        return run.run_id
+        yield run
+
+
+#: Samples drawn in an evaluation's figure: an 8x8 grid of images, or a scatter of 2-D points.
+_FIGURE_IMAGES, _FIGURE_POINTS = 64, 5000
+
+
+def _record(run: TrackedRun | None, metrics: dict[str, float], timing: dict[str, float], protocol: dict[str, Any],
+            config: ExperimentConfig, samples: torch.Tensor, title: str) -> None:
+    if run is None:
+        return
+    run.log_params({**config.flat(), **_flatten("eval.", protocol)})
+    run.log_metrics({**metrics, **timing})
+    shown = samples[:_FIGURE_IMAGES if dataset_info(config.data.dataset).is_image else _FIGURE_POINTS]
+    with tempfile.TemporaryDirectory() as folder:
+        run.log_artifact(save_sample_figure(shown, config, Path(folder) / "samples.png", title))

@@ -20,7 +20,6 @@ import math
 import os
 import platform
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,8 +37,11 @@ from cdrl.config import ConfigError, ExperimentConfig, RunConfig, apply_override
 from cdrl.datasets import build_dataset, dataset_info, infinite_batches, toy_in_support
 from cdrl.distributed import Ranks, any_rank, gathered, init_distributed, launched_world_size, rank_seed, shared
 from cdrl.errors import CdrlBenchError
+from cdrl.figures import save_sample_figure
 from cdrl.generation import GenerationSpec, ema_model, generate
 from cdrl.performance import use_threads
+from cdrl.preemption import PreemptionWatch, Preempted
+from cdrl.progress import JobProgress
 from cdrl.run_folder import ResumePoint, RunFolder, resume_point
 from cdrl.scoring import score_samples
 from cdrl.tracking import (DIVERGED_METRIC, TAG_CHECKPOINT_DIR, TAG_DIVERGED, TAG_GLOBAL_BATCH, TAG_KIND, TAG_METHOD,
@@ -144,27 +146,6 @@ def selection_spec(config: ExperimentConfig) -> GenerationSpec:
     return GenerationSpec.resolve(config, config.run.select_samples, seed=seed)
 
 
-def save_sample_figure(samples: torch.Tensor, config: ExperimentConfig, path: Path, title: str) -> Path:
-    """A PNG of samples: an image grid, or a scatter plot of 2-D toy points."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if dataset_info(config.data.dataset).is_image:
-        from torchvision.utils import make_grid, save_image
-
-        grid = make_grid(samples.add(1).div(2).clamp(0, 1), nrow=math.ceil(math.sqrt(len(samples))))
-        save_image(grid, path)
-        return path
-    from matplotlib.figure import Figure  # a bare Figure renders with Agg: no display, no pyplot state
-
-    figure = Figure(figsize=(5, 5))
-    axes = figure.subplots()
-    axes.scatter(samples[:, 0].numpy(), samples[:, 1].numpy(), s=1, alpha=0.5)
-    limit = 2.25 * config.data.toy_scale
-    axes.set(xlim=(-limit, limit), ylim=(-limit, limit), aspect="equal")
-    axes.set_title(title, fontsize="small")
-    figure.savefig(path, dpi=100)
-    return path
-
-
 def _sample_metrics(samples: torch.Tensor, config: ExperimentConfig) -> dict[str, float]:
     if dataset_info(config.data.dataset).is_image:
         return {}
@@ -232,10 +213,10 @@ def _environment_tags(device: torch.device, world_size: int) -> dict[str, str]:
     return tags
 
 
-def _progress(enabled: bool) -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), TextColumn("{task.fields[losses]}"),
-                    disable=not enabled, console=Console(), transient=False)
+def _progress(enabled: bool) -> JobProgress:
+    return JobProgress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                       TextColumn("{task.fields[rate]}"), TextColumn("ETA"), TimeRemainingColumn(),
+                       TextColumn("{task.fields[losses]}"), disable=not enabled, transient=False)
 
 
 # --------------------------------------------------------------------------- training
@@ -243,13 +224,16 @@ def _progress(enabled: bool) -> Progress:
 def train(config: ExperimentConfig | None = None, *, resume: str | os.PathLike | None = None,
           overrides: Sequence[str] = (), out: str | os.PathLike | None = None, tracking_uri: str | None = None,
           experiment_name: str | None = None, tags: dict[str, str] | None = None,
-          device: str | torch.device | None = None, show_progress: bool | None = None) -> TrainResult:
+          device: str | torch.device | None = None, show_progress: bool = True,
+          progress: Progress | None = None) -> TrainResult:
     """Train ``config`` (with ``overrides``) into ``out``, or continue the run that ``resume`` names.
 
     ``resume`` is a checkpoint, a run folder or an MLflow run id; the run keeps its config
     except ``run.*``, ``training.iterations`` and ``data.data_dir``, its folder and its MLflow
     run. ``tags`` (e.g. ``cdrl.suite``, ``cdrl.run_key``) are added to the MLflow run.
-    ``show_progress`` defaults to "stdout is a terminal". Under torchrun every rank calls this.
+    Rank 0 shows progress unless ``show_progress`` is False: a bar on a terminal, a line every
+    30 s in a log (:class:`cdrl.progress.JobProgress`), or a task in ``progress`` when the caller
+    shows one (a suite). Under torchrun every rank calls this.
     """
     resumed = None
     if resume is not None:
@@ -283,14 +267,14 @@ def train(config: ExperimentConfig | None = None, *, resume: str | os.PathLike |
         # Rank 0 holds the folder's lease: two workers never train one model into one folder.
         with folder.lease() if ranks.is_main else contextlib.nullcontext():
             return _train(config, dataset, folder, resumed, ranks, device, tracking_uri, experiment_name,
-                          tags or {}, show_progress)
+                          tags or {}, show_progress, progress)
     finally:
         if started_group:
             dist.destroy_process_group()
 
 
 def _train(config: ExperimentConfig, dataset, folder: RunFolder, resumed: ResumePoint | None, ranks: Ranks, device: torch.device, tracking_uri: str | None, experiment_name: str | None,
-           tags: dict[str, str], show_progress: bool | None) -> TrainResult:
+           tags: dict[str, str], show_progress: bool, shown: Progress | None) -> TrainResult:
     training, cadence = config.training, config.run
     batch = per_process_batch(training.batch_size, ranks.world_size)
     seed = rank_seed(training.seed, ranks.rank)
@@ -323,20 +307,22 @@ def _train(config: ExperimentConfig, dataset, folder: RunFolder, resumed: Resume
                             # in this folder is closed KILLED when the folder trains again.
                             replaces=(TAG_CHECKPOINT_DIR,))
                 if ranks.is_main else contextlib.nullcontext())
-    progress_bar = ranks.is_main and (sys.stdout.isatty() if show_progress is None else show_progress)
-    with tracking as run, _progress(progress_bar) as progress:
+    showing = contextlib.nullcontext(shown) if shown is not None else _progress(ranks.is_main and show_progress)
+    # Outermost, so that a preemption has closed the MLflow run before the signal is handed on.
+    watch = PreemptionWatch()
+    with watch.installed(), tracking as run, showing as progress, _task(progress, shown is not None) as task:
         if run is not None:
             if payload is None:
                 run.log_params(config.flat())
             run.log_dict(config.to_dict(), "config.json")
-        task = progress.add_task(config.name, total=training.iterations, completed=trainer.iteration,
-                                 rate="", losses="")
+        progress.update(task, description=tags.get(TAG_RUN_KEY, config.name), total=training.iterations,
+                        completed=trainer.iteration)
         batches = infinite_batches(dataset, batch, training.seed, ranks.rank, ranks.world_size,
                                    start_iteration=trainer.iteration)
         # The largest |loss| or |energy| since the start or the last rollback (NaN stays NaN): on the device.
         peak = torch.zeros((), device=device)
         rolled_back_to = None
-        clock, clock_iteration, rate = time.monotonic(), trainer.iteration, 0.0
+        clock, clock_iteration, rate, losses = time.monotonic(), trainer.iteration, 0.0, ""
         while trainer.iteration < training.iterations:
             x, labels = next(batches)
             stats = trainer.step(x, labels)
@@ -349,6 +335,9 @@ def _train(config: ExperimentConfig, dataset, folder: RunFolder, resumed: Resume
             checkpoint_due = iteration % cadence.checkpoint_every == 0 or last
             select_due = cadence.select_every > 0 and (iteration % cadence.select_every == 0 or last)
             progress.advance(task)
+            # A stop signal ends the run after this step, logged, checked and checkpointed like the last.
+            stop_signal = watch.agreed(ranks, device)
+            log_due = log_due or bool(stop_signal)
             # Selection is due only where divergence is checked: a diverged model is never scored.
             if not (log_due or sample_due or checkpoint_due or select_due):
                 continue
@@ -365,12 +354,13 @@ def _train(config: ExperimentConfig, dataset, folder: RunFolder, resumed: Resume
                 rate = (iteration - clock_iteration) / max(now - clock, 1e-9)
                 clock, clock_iteration = now, iteration
                 values = stats.as_floats()
-                progress.update(task, rate=f"{rate:.2f} it/s",
-                                losses=f"ebm {values['ebm_loss']:+.4f}"
-                                       + (f" init {values['initializer_loss']:.4f}" if "initializer_loss" in values
-                                          else ""))
+                losses = f"ebm {values['ebm_loss']:+.4f}" + (
+                    f" init {values['initializer_loss']:.4f}" if "initializer_loss" in values else "")
+                progress.update(task, rate=f"{rate:.2f} it/s", losses=losses)
                 if run is not None:
                     run.log_metrics({**values, "iterations_per_second": rate}, step=iteration)
+            if stop_signal:
+                _stop_for_preemption(trainer, folder, stop_signal, ranks, run, rollbacks, best)
             if sample_due and ranks.is_main:
                 _log_samples(trainer, folder, iteration, run)
             if checkpoint_due or select_due:
@@ -396,13 +386,41 @@ def _train(config: ExperimentConfig, dataset, folder: RunFolder, resumed: Resume
                     last_checkpoint = folder.save_checkpoint(_payload(trainer, states, ranks, run, rollbacks, best),
                                                              iteration, cadence.keep_checkpoints)
                     run.set_tags({"cdrl.last_checkpoint": str(last_checkpoint)})
-                    if not progress_bar:  # a line per checkpoint in logs
+                    if not progress.console.is_terminal:  # a line per checkpoint in logs
                         progress.console.print(f"{config.name} {iteration}/{training.iterations} "
-                                               f"{progress.tasks[0].fields['losses']} | {rate:.2f} it/s | "
+                                               f"{losses} | {rate:.2f} it/s | "
                                                f"checkpoint {last_checkpoint}", highlight=False, soft_wrap=True)
         return TrainResult(folder.root, trainer.iteration, last_checkpoint, run.run_id if run else None, trainer,
                            folder.best() if cadence.select_every and ranks.is_main else None,
                            _selection_summary(cadence, best, trainer.iteration))
+
+
+def _stop_for_preemption(trainer: CooperativeTrainer, folder: RunFolder, signum: int, ranks: Ranks,
+                         run: TrackedRun | None, rollbacks: int, best: dict | None) -> None:
+    """Checkpoint the iteration just finished (checked for divergence by the caller) and stop."""
+    states = gathered(_rng_state(trainer), ranks)
+    saved = None
+    if ranks.is_main:
+        run.flush()
+        saved = folder.save_checkpoint(_payload(trainer, states, ranks, run, rollbacks, best), trainer.iteration,
+                                       trainer.config.run.keep_checkpoints)
+    stop = Preempted(signum, trainer.iteration, str(saved) if saved else None)
+    if run is not None:
+        run.set_tags({"cdrl.preempted": str(stop), **({"cdrl.last_checkpoint": str(saved)} if saved else {})})
+        Console(stderr=True).print(f"{stop}: `cdrl-bench train --resume {folder.root}` continues it (a suite's "
+                                   "training: the same `run --suite` command)", highlight=False, soft_wrap=True)
+    raise stop
+
+
+@contextlib.contextmanager
+def _task(progress: Progress, borrowed: bool):
+    """The training's task in ``progress``; removed at the end when the progress is the caller's."""
+    task = progress.add_task("", total=None, rate="", losses="")
+    try:
+        yield task
+    finally:
+        if borrowed:
+            progress.remove_task(task)
 
 
 def _payload(trainer: CooperativeTrainer, states: list[dict], ranks: Ranks, run: TrackedRun, rollbacks: int,

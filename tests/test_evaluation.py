@@ -21,6 +21,7 @@ from scipy.ndimage import gaussian_filter
 from sklearn.datasets import load_digits
 
 import cdrl.evaluation as evaluation
+import cdrl.evaluation.inception as inception
 from cdrl.evaluation import (
     EvaluationError,
     ExtractorSpec,
@@ -278,6 +279,55 @@ def test_clean_fid_folder_pipeline_gives_the_same_features(inception_weights, im
     )
     in_memory = extract_features(images, resolve_extractor("clean-fid", weights=inception_weights), device="cpu")
     np.testing.assert_allclose(in_memory.pool, from_folder, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------- 5b: the fast CPU path (#18)
+
+
+@pytest.mark.parametrize("shape", [(5, 3, 32, 32), (2, 3, 28, 28), (2, 3, 400, 512), (1, 3, 299, 299), (2, 3, 1, 7)])
+def test_fast_tf1_resize_is_torch_fidelity_resize_bit_for_bit(shape):
+    from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
+
+    images = torch.rand(shape, generator=torch.Generator().manual_seed(0)) * 255
+    expected = interpolate_bilinear_2d_like_tensorflow1x(images, size=(299, 299), align_corners=False)
+    resized = inception.resize_for_inception(images, "legacy_tensorflow", fast=True)
+    assert resized.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(resized, expected)
+
+
+@pytest.mark.parametrize("backend", ["torch-fidelity", "clean-fid"])
+def test_fast_cpu_path_gives_the_features_of_the_path_before_it(backend, inception_weights, image_sets, monkeypatch):
+    """Each backend, native mode: the fast CPU path (default) against the network and resize as they were before #18."""
+    images = image_sets["shapes"][:3]
+    extractor = resolve_extractor(backend, weights=inception_weights)
+    built, fast_cpu_network = [], inception.fast_cpu_network
+
+    def recording_fast_cpu_network(path):
+        built.append(fast_cpu_network(path))
+        return built[-1]
+
+    monkeypatch.setattr(inception, "fast_cpu_network", recording_fast_cpu_network)
+    monkeypatch.setattr(inception, "FAST_CPU_CHUNK", 2)  # 3 images: two network calls, as a large batch makes
+    monkeypatch.setenv(inception.FAST_CPU_ENV_VAR, "0")
+    before = extract_features(images, extractor, device="cpu").pool
+    assert not built
+    monkeypatch.delenv(inception.FAST_CPU_ENV_VAR)
+    fast = extract_features(images, extractor, device="cpu").pool
+    assert built and all(network is not None for network in built), "the fast CPU network did not run"
+    difference = inception.relative_difference(fast, before)
+    print(f"{backend}: max |fast - before| / max |before| = {difference:.2e}")
+    assert difference <= inception.FAST_CPU_TOLERANCE
+
+
+def test_fast_cpu_network_that_fails_its_check_is_not_used(inception_weights, tmp_path, monkeypatch):
+    copy = tmp_path / "inception.pt"  # its own cache entry: the real weights' network stays cached
+    copy.write_bytes(inception_weights.read_bytes())
+    monkeypatch.setattr(inception, "optimize_for_cpu", lambda network: lambda images: torch.zeros(len(images), 2048))
+    with pytest.warns(RuntimeWarning, match="fast CPU Inception unavailable.*differ by 1.00e"):
+        assert inception.fast_cpu_network(copy) is None
+    monkeypatch.setenv(inception.FAST_CPU_ENV_VAR, "yes")
+    with pytest.raises(EvaluationError, match="CDRL_INCEPTION_FAST_CPU='yes'; set it to 1"):
+        inception.fast_cpu_enabled()
 
 
 # ---------------------------------------------------------------- 6: reference statistics cache

@@ -114,7 +114,7 @@ def test_a_metric_registered_in_one_place_is_scored_checked_and_tabulated(monkey
                          for seed, value in enumerate((2.3, 2.5))])
     monkeypatch.setattr(tables, "finished_eval_runs", lambda *args, **kwargs: runs)
     table = tables.build_table(suite)
-    assert list(table.display["spread (measured)"]) == ["2.400 ± 0.100"]
+    assert list(table.display["measured spread ↓"]) == ["2.400 ± 0.100"]
     assert "2.400 ± 0.100" in tables.render(table, "markdown")
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import functools
+import json
 import math
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
@@ -15,56 +17,20 @@ from baselines import ABLATIONS, apply_ablations, drl
 from benchmarks import runner
 from benchmarks.records import finished_eval_runs
 from benchmarks.regression import results_from_runs
-from benchmarks.suite import (PlotSpec, SuiteError, available_suites, expand, load_suite, parse_shard, plan_rows,
-                              select)
-from benchmarks.tables import build_table, render, save_plot
-from cdrl.config import ConfigError, preset
+from benchmarks.suite import (PlotSpec, SuiteError, available_suites, expand, load_suite, model_config, parse_shard,
+                              plan_rows, select)
+from benchmarks.figures import save_suite_figure
+from benchmarks.tables import build_table, render
+from cdrl.config import ConfigError, apply_overrides, preset
 from cdrl.metrics import METRICS
 from cdrl.search_filter import FilterValueError, filter_value, tag_clause
 from cdrl.train_loop import per_process_batch
 from cdrl.langevin import multiplier_for_steps
 from cli import app
 
+from tiny_suite import TINY_SUITE
+
 REPO = Path(__file__).resolve().parent.parent
-
-# A suite small enough to train and score for real in seconds: 3 iterations of narrow toy networks.
-TINY_SUITE = """
-name = "tiny-test"
-version = 1
-title = "tiny test suite"
-metrics = ["in_support_fraction", "mode_coverage", "energy_distance"]
-
-[train]
-preset = "toy-checkerboard"
-global_batch = 32
-overrides = ["energy.width=16", "initializer.width=32",
-             "data.toy_size=256", "langevin.n_steps=2", "run.n_samples=16", "run.sample_every=1000",
-             "run.checkpoint_every=1000"]
-
-[eval]
-batch_size = 64
-checkpoint = "last"
-
-[profiles.full]
-iterations = 3
-n_samples = 64
-seeds = [0]
-
-[check]
-k = 4
-
-[[models]]
-key = "cdrl"
-label = "CDRL"
-steps = [2, 1]
-
-[[models]]
-key = "drl"
-label = "DRL"
-method = "drl"
-overrides = ["langevin.n_steps=3"]
-steps = [3]
-"""
 
 
 def test_every_suite_parses_and_expands():
@@ -137,8 +103,8 @@ def test_bad_suite_files_name_the_problem(tmp_path):
     assert "no-such" in attempt(TINY_SUITE.replace('key = "drl"', 'key = "drl"\nablations = ["no-such"]'))
     assert "trainig" in attempt(TINY_SUITE.replace('[train]', '[trainig]'))
     assert "energy.widht" in attempt(TINY_SUITE.replace("energy.width=16", "energy.widht=16"))
-    assert "right axis" in attempt(TINY_SUITE.replace(
-        "[train]", '[plot]\nmetric = "energy_distance"\npaper = "fid"\nsecondary = "mode_coverage"\n\n[train]'))
+    assert "needs a model with several guidance weights" in attempt(TINY_SUITE.replace(
+        "[train]", '[plot]\nmetric = "energy_distance"\nx = "guidance"\n\n[train]'))
     # Every key is read against its field's type and bounds (cdrl.typed), the same reader as saved configs.
     assert "profiles.full.n_samples must be at least 1, got 0" in attempt(
         TINY_SUITE.replace("n_samples = 64", "n_samples = 0"))
@@ -158,24 +124,25 @@ def test_table_prints_the_paper_column_with_no_runs(tmp_path):
                                       "--tracking-uri", f"sqlite:///{tmp_path / 'absent.db'}",
                                       "--plot", str(tmp_path / "steps.png")])
     assert result.exit_code == 0, result.output
-    rows = {(cells[0], cells[1]): cells[2] for line in result.output.splitlines() if line.startswith("| ")
-            for cells in [[cell.strip() for cell in line.strip("|").split("|")]]}
+    rows = {(cells[0], cells[1]): cells[2].strip("*") for line in result.output.splitlines() if line.startswith("| ")
+            for cells in [[cell.strip() for cell in line.strip("|").split("|")]]}  # bold: the column's best
     assert rows[("DRL", "6×30")] == "9.58"
     assert [rows[("CDRL", f"6×{k}")] for k in (15, 8, 5, 3)] == ["4.31", "4.58", "5.37", "9.67"]
     assert not (tmp_path / "absent.db").exists()  # a table never creates a tracking store
-    assert (tmp_path / "steps.png").stat().st_size > 0
+    assert (tmp_path / "steps.png").stat().st_size > 0 and (tmp_path / "steps.pdf").stat().st_size > 0
 
 
 def test_paper_tables_keep_their_provenance(tmp_path):
     absent = f"sqlite:///{tmp_path}/absent.db"  # no store yet: the paper's columns alone
     main = build_table(load_suite("cifar10-main"), tracking_uri=absent)
     paper = dict(zip(main.frame["method"], main.frame["paper_fid"]))
-    assert paper["CDRL"] == "4.31"
-    assert paper["CDRL-large"] == "3.68" and paper["StyleGAN2-ADA"] == "2.92"  # context rows follow
+    assert paper["CDRL"] == 4.31 and list(main.display["paper FID ↓"])[:1] == ["4.31"]  # as printed
+    assert paper["CDRL-large"] == 3.68 and paper["StyleGAN2-ADA"] == 2.92  # context rows follow
     assert set(main.frame["paper_confidence"]) >= {"primary", "ocr-uncertain"}
+    assert set(main.display["confidence"]) >= {"primary", "ocr-uncertain"}  # differs by row: a column
     guidance = build_table(load_suite("imagenet32-cfg"), tracking_uri=absent)
-    assert list(guidance.display["w"])[-1] == "3" and list(guidance.frame["paper_inception_score"])[0] == "7.92"
-    assert "\\pm" not in render(guidance, "latex") and "tabular" in render(guidance, "latex")
+    assert list(guidance.display["w"])[-1] == "3" and list(guidance.frame["paper_inception_score"])[0] == 7.92
+    assert " \\pm " not in render(guidance, "latex") and "tabular" in render(guidance, "latex")  # no cell has an error
 
 
 def _write_tiny_suite(tmp_path: Path) -> Path:
@@ -222,10 +189,11 @@ def test_interrupted_run_finishes_only_the_remaining_runs(tmp_path, monkeypatch)
 
     table = build_table(suite, tracking_uri=uri)
     trade_off = replace(suite, plot=PlotSpec("energy_distance", secondary="in_support_fraction"))
-    assert save_plot(build_table(trade_off, tracking_uri=uri), tmp_path / "trade-off.png").stat().st_size > 0
+    assert [path.stat().st_size > 0 for path in save_suite_figure(build_table(trade_off, tracking_uri=uri),
+                                                                   tmp_path / "trade-off")] == [True, True]
     measured = table.frame.set_index(["model", "steps_per_level"])
     assert list(measured["n_seeds"]) == [1, 1, 1]
-    assert all(0.0 <= value <= 1.0 for value in measured["in_support_fraction_mean"])
+    assert all(0.0 <= value <= 1.0 for value in measured["in_support_fraction"])
     assert "64 samples vs 64 toy-checkerboard" in measured.loc[("drl", 3), "protocol"]
 
     # A given checkpoint is evaluated at each of the points of the models it fits (here CDRL's).
@@ -398,7 +366,9 @@ def test_table_notes_print_every_rows_config_delta(tmp_path):
     assert "- variance reduction: training.variance_reduction=False." in notes
     assert "schedule.kind=ddpm-linear" in notes and "training.method=drl" in notes
     assert not any(note.startswith("CDRL (published details):") for note in table.notes)  # the base: no delta
-    assert set(table.display["batch"]) == {"256"} and set(table.display["checkpoint"]) == {"best FID (5k every 20k it)"}
+    # One batch and one checkpoint rule in every row: printed once under the table.
+    assert "batch (the global training batch, all processes together): 256." in table.notes
+    assert any(note.startswith("checkpoint (") and note.endswith(": best FID (5k every 20k it).") for note in table.notes)
     steps = build_table(load_suite("cifar10-steps"), tracking_uri=absent)
     drl_note = next(note for note in steps.notes if note.startswith("DRL:"))
     for setting in ("schedule.kind=ddpm-linear", "langevin.step_constant=0.0001", "sampler.tweedie_step=False",
@@ -427,7 +397,7 @@ def test_suite_scores_the_best_checkpoint_it_selected(tmp_path, monkeypatch):
         assert run.data.params["eval.checkpoint_selection"] == "best energy distance (16 every 1 it)"
         assert run.data.params["eval.checkpoint_iteration"] == str(best_iteration)
     table = build_table(suite, tracking_uri=uri)
-    assert set(table.display["checkpoint"]) == {"best energy distance (16 every 1 it)"}
+    assert any(note.endswith(": best energy distance (16 every 1 it).") for note in table.notes)
 
 
 def test_cli_version_suites_and_an_example_in_every_help():
@@ -441,3 +411,166 @@ def test_cli_version_suites_and_an_example_in_every_help():
         name = command.name or command.callback.__name__
         help_text = runner_.invoke(app, [name, "--help"], terminal_width=200).output
         assert "Example: cdrl-bench " in help_text, name
+
+
+# --------------------------------------------------------------------------- a given checkpoint, plan cost
+
+def _config_only_checkpoint(path: Path, config) -> Path:
+    """A checkpoint holding ``config`` and no weights: all that expanding a plan from it reads."""
+    from cdrl.checkpoint import make_checkpoint, save_atomic
+
+    save_atomic(make_checkpoint(config, {}), path)
+    return path
+
+
+def _reasons(plan) -> dict[str, str]:
+    """Skipped model label -> why (the text inside its parentheses)."""
+    return dict(line[:-1].split(" (needs ", 1) for line in plan.skipped)
+
+
+def test_a_given_checkpoint_is_evaluated_for_every_model_its_config_trains(tmp_path):
+    suite = load_suite("cifar10-ablations")
+    models = {model.key: model for model in suite.models}
+    # What training the ablation writes, with another budget, cadence, seed, batch, data folder and
+    # speed options: none of these defines the model.
+    ablated = apply_overrides(model_config(suite, models["no-variance-reduction"], "full", seed=0), [
+        "training.iterations=1234", "training.seed=7", "training.batch_size=64", "run.select_every=0",
+        "run.log_every=3", "data.data_dir=/elsewhere", "data.download=false", "performance.channels_last=true"])
+    plan = expand(suite, checkpoint=_config_only_checkpoint(tmp_path / "ablated.pt", ablated))
+    assert [job.key for job in plan.evaluations] == [f"{plan.source}/no-variance-reduction/K15/seed0"]
+    assert plan.evaluations[0].checkpoint_config == ablated and plan.trainings == ()
+    reasons = _reasons(plan)
+    assert len(reasons) == 11
+    assert reasons["CDRL (published details)"] == "training.variance_reduction=true; the checkpoint has false"
+    assert reasons["- initializer (chains from x_t, 6x30)"] == (
+        "training.method=drl, langevin.n_steps=30, training.variance_reduction=true; the checkpoint has cdrl, 15, "
+        "false")
+
+    # The unablated model's checkpoint: CDRL only. A sampling-only ablation does not match either
+    # (the checkpoint is sampled with its own sampler settings).
+    base = model_config(suite, models["cdrl"], "full", seed=0)
+    plan = expand(suite, checkpoint=_config_only_checkpoint(tmp_path / "cdrl.pt", base))
+    assert [job.model.key for job in plan.evaluations] == ["cdrl"]
+    reasons = _reasons(plan)
+    assert reasons["- Tweedie step"] == "sampler.tweedie_step=false; the checkpoint has true"
+    assert reasons["- initializer noise"] == (
+        "sampler.initializer_noise=false, training.initializer_noise=false; the checkpoint has true, true")
+    steps = expand(load_suite("cifar10-steps"), checkpoint=tmp_path / "cdrl.pt")
+    assert _reasons(steps)["DRL"] == ("training.method=drl, schedule.kind=ddpm-linear, langevin.n_steps=30 and 8 "
+                                      "more settings; the checkpoint has cdrl, cosine-logsnr, 15")
+    assert {job.model.key for job in steps.evaluations} == {"cdrl"}
+
+    # Another preset: named first.
+    large = _config_only_checkpoint(tmp_path / "large.pt", preset("cifar10-large"))
+    main = expand(load_suite("cifar10-main"), checkpoint=large)
+    assert [job.model.key for job in main.evaluations] == ["cdrl-large"]
+    assert _reasons(main)["CDRL"] == "preset cifar10, energy.width=128; the checkpoint has cifar10-large, 192"
+    with pytest.raises(SuiteError, match="matches no model of suite cifar10-ablations"):
+        expand(suite, checkpoint=large)
+
+
+def test_a_given_checkpoint_serves_every_model_that_trains_its_config(tmp_path):
+    suite = load_suite("imagenet32-cfg")  # "cond-published" scores "cond"'s trainings: both match
+    config = model_config(suite, suite.models[0], "full", seed=0)
+    plan = expand(suite, checkpoint=_config_only_checkpoint(tmp_path / "cond.pt", config))
+    assert {job.model.key for job in plan.evaluations} == {"cond", "cond-published"}
+    assert len(plan.evaluations) == 26 and plan.skipped == ()
+    # The quick profile's models are the same models: its checkpoint serves the full plan too.
+    quick = model_config(suite, suite.models[0], "quick", seed=0)
+    assert len(expand(suite, checkpoint=_config_only_checkpoint(tmp_path / "quick.pt", quick)).evaluations) == 26
+
+
+def _plan_json(*arguments: str) -> dict:
+    result = CliRunner().invoke(app, ["plan", *arguments, "--format", "json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_plan_prices_every_training_from_the_suites_stated_cost(tmp_path):
+    document = _plan_json("--suite", "cifar10-ablations")
+    costs = {cost["key"]: cost for cost in document["costs"]}
+    assert len(costs) == 12 and {cost["kind"] for cost in costs.values()} == {"stated"}
+    cdrl = costs["cdrl/seed0"]
+    assert (cdrl["iterations"], cdrl["seconds_per_iteration"], cdrl["gpus"]) == (500_000, 0.39, 8)
+    assert cdrl["gpu_hours"] == pytest.approx(0.39 * 500_000 * 8 / 3600)
+    assert cdrl["source"] == "stated: H100 SXM, FLOP-count estimate"
+    assert costs["no-initializer/seed0"]["seconds_per_iteration"] == 0.71  # the model's own
+    assert document["total_gpu_hours"] == pytest.approx((11 * 0.39 + 0.71) * 500_000 * 8 / 3600)
+    assert document["total"].startswith("total: 5,556 GPU-hours for 12 of 12 trainings (12 stated)")
+    assert [row["run"] for row in document["rows"]] == list(costs)  # the plan's own columns stay
+
+    # Four GPUs: each trains twice the images per iteration, twice the seconds, the same GPU-hours.
+    for arguments in (["--gpus", "4"], ["--world-size", "4"]):
+        four = {cost["key"]: cost for cost in _plan_json("--suite", "cifar10-ablations", *arguments)["costs"]}
+        assert four["cdrl/seed0"]["seconds_per_iteration"] == pytest.approx(0.78) and four["cdrl/seed0"]["gpus"] == 4
+        assert four["cdrl/seed0"]["gpu_hours"] == pytest.approx(cdrl["gpu_hours"])
+        assert four["cdrl/seed0"]["source"].endswith(", scaled from 8 to 4 GPUs")
+
+    given = _plan_json("--suite", "cifar10-ablations", "--seconds-per-iteration", "2", "--gpus", "3")["costs"][0]
+    assert (given["seconds_per_iteration"], given["gpus"], given["kind"]) == (2.0, 3, "given")
+    assert given["gpu_hours"] == pytest.approx(2 * 500_000 * 3 / 3600)
+
+    unknown = _plan_json("--suite", str(_write_tiny_suite(tmp_path)))  # no [cost]
+    assert {cost["source"] for cost in unknown["costs"]} == {"unknown: pass --seconds-per-iteration S"}
+    assert unknown["total"].endswith("2 unknown: pass --seconds-per-iteration S")
+    table = CliRunner().invoke(app, ["plan", "--suite", "imagenet32-cfg"], terminal_width=200)
+    assert table.exit_code == 0 and "total: 867 GPU-hours for 1 of 1 trainings (1 stated)" in table.output
+
+
+def test_plan_prices_trainings_by_the_speed_finished_runs_measured(tmp_path, tracking_uri):
+    suite_file = _write_tiny_suite(tmp_path)
+    trainings = {job.model.key: job.config for job in expand(load_suite(suite_file)).trainings}
+    client = MlflowClient(tracking_uri)
+    experiment = client.create_experiment("somewhere")  # any experiment of the store
+
+    def training_run(config, device, world_size, per_process, rates, status="FINISHED", preset_name=None):
+        tags = {"cdrl.kind": "train", "cdrl.preset": preset_name or config.name, "cdrl.device": device,
+                "cdrl.world_size": str(world_size), "cdrl.per_process_batch": str(per_process)}
+        run_id = client.create_run(experiment, tags=tags).info.run_id
+        params = [Param(key, str(value)) for key, value in config.flat().items()]
+        for start in range(0, len(params), 100):
+            client.log_batch(run_id, params=params[start:start + 100])
+        client.log_batch(run_id, metrics=[Metric("iterations_per_second", rate, 0, step)
+                                          for step, rate in enumerate(rates)])
+        client.set_terminated(run_id, status)
+
+    cdrl = trainings["cdrl"]
+    # Three runs on one GPU kind, 16 images per process: 0.375 s/iteration (the mean of 1/2 and 1/4 s),
+    # 0.125 and 1.0; their median is 0.375.
+    for rates in ([2.0, 4.0], [8.0], [1.0]):
+        training_run(cdrl, "NVIDIA H100 80GB HBM3", 2, 16, rates)
+    training_run(cdrl, "NVIDIA H100 80GB HBM3", 2, 16, [1000.0], status="RUNNING")  # not finished
+    for _ in range(4):  # more runs, but on a CPU
+        training_run(cdrl, "cpu", 1, 32, [100.0])
+    training_run(cdrl, "NVIDIA H100 80GB HBM3", 2, 16, [1000.0], preset_name="toy-8gaussians")  # another preset
+    fewer_steps = apply_overrides(trainings["drl"], ["langevin.n_steps=1"])  # not what the DRL model trains
+    training_run(fewer_steps, "NVIDIA H100 80GB HBM3", 2, 16, [1000.0])
+
+    document = _plan_json("--suite", str(suite_file), "--tracking-uri", tracking_uri)
+    measured, drl = document["costs"]
+    assert measured["source"] == "measured: 3 runs on NVIDIA H100 80GB HBM3"
+    assert (measured["seconds_per_iteration"], measured["gpus"]) == (pytest.approx(0.375), 2)
+    assert measured["gpu_hours"] == pytest.approx(0.375 * 3 * 2 / 3600)
+    assert drl["kind"] == "unknown"
+    assert document["total"].startswith("total: 0.00063 GPU-hours for 1 of 2 trainings (1 measured, 1 unknown)")
+    assert document["total_gpu_hours"] == pytest.approx(measured["gpu_hours"]) and document["unknown"] == 1
+    # Four GPUs: 8 images each instead of 16.
+    four = _plan_json("--suite", str(suite_file), "--tracking-uri", tracking_uri, "--gpus", "4")["costs"][0]
+    assert four["seconds_per_iteration"] == pytest.approx(0.1875) and four["gpus"] == 4
+    assert four["source"] == "measured: 3 runs on NVIDIA H100 80GB HBM3, scaled from 16 to 8 images per GPU"
+    # Without --tracking-uri no store is read; an absent store is not created.
+    assert _plan_json("--suite", str(suite_file))["costs"][0]["kind"] == "unknown"
+    absent = tmp_path / "absent.db"
+    assert _plan_json("--suite", str(suite_file), "--tracking-uri", f"sqlite:///{absent}")["costs"][0]["kind"] == \
+        "unknown"
+    assert not absent.exists()
+
+
+def test_cost_keys_are_typed_and_bounded(tmp_path):
+    attempt = functools.partial(_suite_error, tmp_path)
+    assert "cost.seconds_per_iteration must be greater than 0, got 0.0" in attempt(
+        TINY_SUITE + "\n[cost]\nseconds_per_iteration = 0\n")
+    assert "cost.gpus must be at least 1, got 0" in attempt(TINY_SUITE + "\n[cost]\ngpus = 0\n")
+    assert "cost.gpu is not a known key" in attempt(TINY_SUITE + "\n[cost]\ngpu = 8\n")
+    assert "models[1].seconds_per_iteration must be greater than 0, got -1.0" in attempt(
+        TINY_SUITE.replace('steps = [3]', 'steps = [3]\nseconds_per_iteration = -1'))

@@ -15,7 +15,9 @@ import pytest
 from mlflow import MlflowClient
 
 import cli
+from cdrl.checkpoint import load_checkpoint
 from cdrl.config import preset
+from cdrl.run_folder import RunFolder
 from cdrl.scoring import score_data
 from cdrl.tracking import (TAG_CHECKPOINT_DIR, TAG_HOST, TAG_KILLED, TAG_KIND, TAG_PID, TAG_RUN_KEY, TAG_SUITE,
                            RunInterrupted, RunTerminated, TrackingError, open_store, resolve_tracking_uri,
@@ -205,11 +207,18 @@ def test_sigterm_to_a_training_ends_its_run_killed(tmp_path, tracking_uri):
     stderr = process.communicate(timeout=DEADLINE)[1].decode()
     assert process.returncode == 128 + signal.SIGTERM, f"status {process.returncode}: {stderr[-2000:]}"
     assert "Traceback" not in stderr
+    # Preemption (cdrl.preemption): the step the signal came in is finished, logged and checkpointed.
+    assert "stopped by SIGTERM after iteration" in stderr and f"cdrl-bench train --resume {run_dir}" in stderr
     (run,) = all_runs(tracking_uri)
     assert run.info.status == "KILLED" and run.data.tags[TAG_KILLED] == "interrupted by SIGTERM"
-    # No checkpoint and a 100000 s flush interval: the metrics reached the store when the run closed.
+    # A 100000 s flush interval: the metrics reached the store when the run stopped.
     steps = [metric.step for metric in MlflowClient(tracking_uri).get_metric_history(run.info.run_id, "ebm_loss")]
-    assert steps[:2] == [1, 2]
+    (checkpoint,) = RunFolder(run_dir).checkpoint_paths()
+    stopped_at = load_checkpoint(checkpoint)[1]["trainer"]["iteration"]
+    assert steps[:2] == [1, 2] and steps[-1] == stopped_at
+    resumed = train(resume=run_dir, overrides=[f"training.iterations={stopped_at + 1}"], tracking_uri=tracking_uri,
+                    show_progress=False)
+    assert resumed.iteration == stopped_at + 1 and resumed.run_id == run.info.run_id
 
 
 # --------------------------------------------------------------------------- (d) orphans

@@ -22,6 +22,7 @@ from cdrl.evaluation.backends import DEFAULT_BACKEND
 from cdrl.evaluation.errors import EvaluationError
 from cdrl.evaluation.images import ImageArray, as_uint8_nchw
 from cdrl.evaluation.inception import TORCHSCRIPT_EXTRACTOR, UNAVAILABLE_WITH_TORCHSCRIPT, check_mode
+from cdrl.progress import stage
 from cdrl.evaluation.weights import file_sha256, resolve_weights
 
 
@@ -146,8 +147,10 @@ def extract_features(
     device = default_device() if device is None else torch.device(device)
     extract = backends.backend(extractor.backend).extract
     pools, logits = [], []
-    with _on_device(device):
+    total = n_images or (len(images) if isinstance(images, (torch.Tensor, np.ndarray)) else None)
+    with _on_device(device), stage(f"{extractor.backend} features", total) as shown:
         for pool, batch_logits in extract(image_batches(images, n_images), extractor, device, batch_size):
+            shown(len(pool))
             pools.append(pool)
             if batch_logits is not None:
                 logits.append(batch_logits)

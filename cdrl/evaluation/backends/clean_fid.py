@@ -65,7 +65,7 @@ class CleanFidTorchScriptExtractor(torch.nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.mode == LEGACY_TENSORFLOW:
-            images = resize_for_inception(images, LEGACY_TENSORFLOW)
+            images = resize_for_inception(images, LEGACY_TENSORFLOW, fast=self.inception.fast_cpu)
         return self.inception(images)
 
 

@@ -95,7 +95,7 @@ def _extractor_class(mode: str) -> type:
                 raise EvaluationError(
                     f"expected uint8 images of shape Bx3xHxW, got {images.dtype} {tuple(images.shape)}"
                 )
-            return (self.inception(resize_for_inception(images.float(), mode)),)
+            return (self.inception(resize_for_inception(images.float(), mode, fast=self.inception.fast_cpu)),)
 
         @staticmethod
         def get_provided_features_list():

@@ -1,0 +1,115 @@
+"""Executors: the tiny suite trained and scored for real through submitit's local cluster and a local Ray.
+
+Each runs real jobs in processes of their own (no mocks): submitit with 2 Gloo ranks per
+training, Ray through Ray Train's TorchTrainer and Ray tasks.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from typer.testing import CliRunner
+
+import cli
+from benchmarks.executors import JobSettings, SuiteJob, WorkUnit, _cause, _SubmititTask, work_units
+from cdrl.errors import CdrlBenchError
+from tiny_suite import TINY_SUITE
+
+
+#: The tiny suite with one model (CDRL, scored at K=2 and K=1): two jobs per executor.
+ONE_MODEL_SUITE = TINY_SUITE[:TINY_SUITE.index('[[models]]\nkey = "drl"')]
+
+
+@pytest.fixture
+def suite_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    (tmp_path / "tiny-test.toml").write_text(ONE_MODEL_SUITE)
+    return tmp_path
+
+
+def _run(*arguments: str):
+    result = CliRunner().invoke(cli.app, ["run", "--suite", "tiny-test.toml", "--device", "cpu",
+                                          "--tracking-uri", "sqlite:///mlflow.db", *arguments])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result.output
+
+
+def _finished_runs(folder: Path) -> dict[str, object]:
+    client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+    runs = client.search_runs([experiment.experiment_id for experiment in client.search_experiments()])
+    assert all(run.info.status == "FINISHED" for run in runs)
+    by_key = {run.data.tags["cdrl.run_key"]: run for run in runs}
+    assert len(by_key) == len(runs), "a key was logged twice"
+    return by_key
+
+
+def _assert_one_run_per_key(folder: Path, world_size: int) -> None:
+    by_key = _finished_runs(folder)
+    assert sorted(by_key) == ["cdrl/K1/seed0", "cdrl/K2/seed0", "cdrl/seed0"]
+    training = by_key["cdrl/seed0"]
+    assert training.data.tags["cdrl.world_size"] == str(world_size)
+    assert {by_key[key].data.tags["mlflow.parentRunId"] for key in ("cdrl/K1/seed0", "cdrl/K2/seed0")} == {
+        training.info.run_id}
+
+
+def test_submitit_local_cluster_trains_with_two_ranks_then_scores(suite_folder):
+    output = _run("--executor", "submitit", "--cluster", "local", "--processes-per-training", "2")
+    assert "submitted tiny-test:cdrl/seed0:train as job" in output and "2 jobs finished through submitit" in output
+    _assert_one_run_per_key(suite_folder, world_size=2)
+    logs = sorted(path.name for path in (suite_folder / "runs" / "jobs").rglob("*_log.out"))
+    assert len(logs) == 3  # two ranks of the training, one evaluation
+    # Everything is finished: a second call submits nothing.
+    assert "0 jobs finished" in _run("--executor", "submitit", "--cluster", "local")
+
+
+def test_ray_trains_through_torchtrainer_and_scores_in_tasks(suite_folder):
+    handlers = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    output = _run("--executor", "ray")
+    # Ray's signal handlers leave with it (a later training must see SIGTERM as before).
+    assert {number: signal.getsignal(number) for number in handlers} == handlers
+    assert "1 trained and 2 scored through Ray (local)" in output
+    _assert_one_run_per_key(suite_folder, world_size=1)
+    assert (suite_folder / "runs" / "ray").is_dir()  # Ray Train's own record of the training
+
+
+def test_jobs_are_portable_and_requeue_themselves(tmp_path, monkeypatch, tracking_uri):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny-test.toml").write_text(TINY_SUITE)
+    settings = JobSettings("tiny-test.toml", tracking_uri="sqlite:///relative.db", data_dir="data").portable()
+    assert settings.suite == str(tmp_path / "tiny-test.toml") and settings.runs_dir == str(tmp_path / "runs")
+    assert settings.tracking_uri == f"sqlite:///{tmp_path / 'relative.db'}"
+    assert settings.data_dir == str(tmp_path / "data")
+    assert JobSettings("ci-smoke").portable().suite == "ci-smoke"  # a suite's name is found anywhere
+
+    settings = JobSettings(str(tmp_path / "tiny-test.toml"), tracking_uri=tracking_uri)
+    units = work_units(settings.plan(), settings, processes_per_training=2)
+    assert units == [WorkUnit(SuiteJob(settings, "cdrl/seed0", "train"), SuiteJob(settings, "cdrl/seed0", "eval")),
+                     WorkUnit(SuiteJob(settings, "drl/seed0", "train"), SuiteJob(settings, "drl/seed0", "eval"))]
+    task = _SubmititTask(units[0].training)
+    assert pickle.loads(pickle.dumps(task)) == task
+    requeued = task.checkpoint()  # what submitit resubmits when SLURM preempts the job
+    assert requeued.function == task and requeued.args == ()
+    with pytest.raises(CdrlBenchError, match="does not split evenly over 3 processes"):
+        work_units(settings.plan(), settings, processes_per_training=3)
+    # A failed job is one line: the last line of its traceback, out of submitit's report.
+    report = ("Job (task=0) failed during processing with trace:\n----------------------\nTraceback (most recent "
+              "call last):\n  File \"x.py\", line 1\ncdrl.config.ConfigError: training.batch_size=32 does not "
+              "split\n\n----------------------\nYou can check full logs with 'job.stderr(0)' or at paths:\n"
+              "  - /jobs/1_0_log.err\n  - /jobs/1_0_log.out\n")
+    assert _cause(report) == "cdrl.config.ConfigError: training.batch_size=32 does not split"
+
+
+def test_local_executor_refuses_cluster_options(suite_folder):
+    result = CliRunner().invoke(cli.app, ["run", "--suite", "tiny-test.toml", "--processes-per-training", "2"])
+    assert result.exit_code != 0 and "torchrun --nproc_per_node" in str(result.exception)
+    result = CliRunner().invoke(cli.app, ["run", "--suite", "tiny-test.toml", "--executor", "ray", "--phase",
+                                          "train"])
+    assert result.exit_code != 0 and "--phase is for --executor local" in str(result.exception)
+    assert not (suite_folder / "runs").exists()
+    assert os.listdir(suite_folder) == ["tiny-test.toml"]

@@ -1,0 +1,95 @@
+"""Preemption: a scheduler's signal stops training after the current step, checkpointed, its run KILLED.
+
+A real SIGTERM to the command line: tests/test_tracking.py::test_sigterm_to_a_training_ends_its_run_killed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from cdrl.checkpoint import load_checkpoint
+from cdrl.config import preset
+from cdrl.preemption import Preempted
+from cdrl.run_folder import RunFolder
+from cdrl.train_loop import train
+from cdrl.training import CooperativeTrainer
+
+#: No checkpoint before the end: the only one mid-run is the preemption's.
+SETTINGS = ["run.log_every=3", "run.n_samples=4", "run.sample_every=100", "run.checkpoint_every=100",
+            "training.iterations=8"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(one_thread):
+    """Every test here on one thread (tests/conftest.py)."""
+
+
+def _signal_during_step(monkeypatch, at_iteration: int, signum: int) -> None:
+    """The step from ``at_iteration`` receives ``signum`` halfway (the signal arrives mid-step)."""
+    original = CooperativeTrainer.step
+
+    def step(self, x, labels=None):
+        if self.iteration == at_iteration:
+            os.kill(os.getpid(), signum)
+        return original(self, x, labels)
+
+    monkeypatch.setattr(CooperativeTrainer, "step", step)
+
+
+def _weights(path: Path) -> dict:
+    return load_checkpoint(path)[1]["trainer"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+def test_signal_checkpoints_the_step_it_interrupted_and_resumes_exactly(tmp_path, tracking_uri, monkeypatch, signum):
+    reference = train(preset("tiny"), overrides=SETTINGS, out=tmp_path / "reference", tracking_uri=tracking_uri,
+                      experiment_name="reference", show_progress=False)
+    _signal_during_step(monkeypatch, 4, signum)
+    with pytest.raises(Preempted) as stopped:
+        train(preset("tiny"), overrides=SETTINGS, out=tmp_path / "run", tracking_uri=tracking_uri,
+              show_progress=False)
+    assert stopped.value.code == 128 + signum and stopped.value.iteration == 5
+    # The step that was running when the signal came is finished and kept: no step is lost.
+    (checkpoint,) = RunFolder(tmp_path / "run").checkpoint_paths()
+    assert checkpoint.name == "ckpt-00000005.pt" and _weights(checkpoint)["iteration"] == 5
+    client = MlflowClient(tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("cdrl-bench").experiment_id])
+    assert run.info.status == "KILLED"
+    assert run.data.tags["cdrl.preempted"].startswith(f"stopped by {signal.Signals(signum).name} after iteration 5")
+    # The last step is logged too, off the run.log_every cadence: a resumed curve has no gap.
+    assert sorted(metric.step for metric in client.get_metric_history(run.info.run_id, "ebm_loss")) == [3, 5]
+    assert signal.getsignal(signum) is signal.SIG_DFL  # handed back
+
+    monkeypatch.undo()
+    resumed = train(resume=tmp_path / "run", tracking_uri=tracking_uri, show_progress=False)
+    assert resumed.run_id == run.info.run_id and client.get_run(run.info.run_id).info.status == "FINISHED"
+    final, expected = _weights(resumed.checkpoint), _weights(reference.checkpoint)
+    for network in ("ebm", "initializer", "ebm_optimizer"):
+        torch.testing.assert_close(final[network], expected[network], rtol=0, atol=0)
+
+
+def test_signal_goes_on_to_the_handler_it_displaced_after_the_run_is_closed(tmp_path, tracking_uri, monkeypatch):
+    """submitit's handler (requeue) runs once the checkpoint is written and the MLflow run is KILLED."""
+    seen = []
+
+    def scheduler_handler(signum, frame):
+        client = MlflowClient(tracking_uri)
+        (run,) = client.search_runs([client.get_experiment_by_name("cdrl-bench").experiment_id])
+        seen.append((signum, run.info.status, [path.name for path in RunFolder(tmp_path / "run").checkpoint_paths()]))
+
+    previous = signal.signal(signal.SIGUSR2, scheduler_handler)
+    try:
+        _signal_during_step(monkeypatch, 2, signal.SIGUSR2)
+        with pytest.raises(Preempted):
+            train(preset("tiny"), overrides=SETTINGS, out=tmp_path / "run", tracking_uri=tracking_uri,
+                  show_progress=False)
+        assert seen == [(signal.SIGUSR2, "KILLED", ["ckpt-00000003.pt"])]
+        assert signal.getsignal(signal.SIGUSR2) is scheduler_handler
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
