@@ -147,7 +147,7 @@ class LocalExecutor:
         if summary is None:  # a rank other than 0: rank 0 reports
             return ""
         return (f"{len(summary.trained)} trained, {len(summary.evaluated)} scored, {summary.already_finished} "
-                "already finished")
+                f"already finished; time: {summary.phases_line()}")
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ def two_process_suite(tmp_path_factory):
 def test_suite_under_torchrun_logs_one_run_per_key_from_rank_0(two_process_suite):
     folder, uri, stdout = two_process_suite
     assert stdout.count("suite tiny-test: 2 trained, 3 scored") == 1  # rank 0 reports, once
+    assert "already finished; time: " in stdout
     runs = _runs(uri)
     by_key = {}
     for run in runs:
