@@ -141,15 +141,14 @@ def _networks_for(model: LoadedModel, spec: GenerationSpec, chain_energy: Callab
 
 @torch.no_grad()
 def generate(model: LoadedModel, spec: GenerationSpec, *, device: torch.device | str = "cpu",
-             ranks: Ranks | None = None, chain: ChainEnergy | None = None,
-             progress: Callable[[int], None] | None = None) -> torch.Tensor:
+             ranks: Ranks | None = None, chain: ChainEnergy | None = None) -> torch.Tensor:
     """``spec.n_samples`` samples (float, on the CPU) of ``model``, in index order.
 
     ``ranks``: the processes that share the work (default: the running process group; pass
     ``Ranks(0, 1)`` to draw everything on a rank that samples alone). Every rank gets all
     samples. ``chain``: the energy network wrapped with the run's speed options, when the caller
-    keeps one (a training run: compiled once); built here otherwise. ``progress(k)`` is told of
-    every ``k`` samples drawn on this rank, as is the running command's display (:func:`cdrl.progress.stage`).
+    keeps one (a training run: compiled once); built here otherwise. The running command's display
+    is told of the samples drawn on this rank (:func:`cdrl.progress.stage`).
     """
     ranks = ranks or current_ranks()
     config = model.config
@@ -172,8 +171,6 @@ def generate(model: LoadedModel, spec: GenerationSpec, *, device: torch.device |
             pieces.append(sample(energy, proposal, (len(batch_indices), *shape), schedule, config.langevin,
                                  spec.sampler, noise=noise, device=device).cpu())
             shown(len(batch_indices))
-            if progress is not None:
-                progress(len(batch_indices))
     local = torch.cat(pieces) if pieces else torch.empty((0, *shape))
     if ranks.world_size == 1:
         return local

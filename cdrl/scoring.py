@@ -15,7 +15,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -101,8 +101,7 @@ def _device(device: str | torch.device | None) -> torch.device:
 def draw_samples(checkpoint: str | os.PathLike, *, n_samples: int, steps_per_level: int | None = None,
                  seed: int = 0, batch_size: int | None = None, guidance: float = 0.0,
                  class_label: int | None = None, use_ema: bool = True, device: str | torch.device | None = None,
-                 sampler_overrides: Sequence[str] = (),
-                 progress: Callable[[int], None] | None = None) -> tuple[torch.Tensor, ExperimentConfig, dict]:
+                 sampler_overrides: Sequence[str] = ()) -> tuple[torch.Tensor, ExperimentConfig, dict]:
     """(samples, the model's config, the sampling protocol) of a checkpoint.
 
     A class-conditional model draws sample i of class ``class_label``, or of class i mod
@@ -113,7 +112,7 @@ def draw_samples(checkpoint: str | os.PathLike, *, n_samples: int, steps_per_lev
     model, spec, protocol = _sampling(checkpoint, n_samples=n_samples, steps_per_level=steps_per_level, seed=seed,
                                       batch_size=batch_size, guidance=guidance, class_label=class_label,
                                       use_ema=use_ema, device=device, sampler_overrides=sampler_overrides)
-    return generate(model, spec, device=device, progress=progress), model.config, protocol
+    return generate(model, spec, device=device), model.config, protocol
 
 
 def score_checkpoint(checkpoint: str | os.PathLike, *, steps_per_level: int | None = None, n_samples: int = 5000,
@@ -125,8 +124,7 @@ def score_checkpoint(checkpoint: str | os.PathLike, *, steps_per_level: int | No
                      sampler_overrides: Sequence[str] = (),
                      data_dir: str | None = None,
                      tracking_uri: str | None = None, experiment_name: str | None = None,
-                     tags: dict[str, str] | None = None, log: bool = True,
-                     progress: Callable[[int], None] | None = None) -> ScoreResult | None:
+                     tags: dict[str, str] | None = None, log: bool = True) -> ScoreResult | None:
     """Sample ``n_samples`` from a checkpoint with K = ``steps_per_level`` and score them.
 
     ``reference_overrides`` (``data.*`` settings) change how the reference images are read, e.g.
@@ -142,7 +140,7 @@ def score_checkpoint(checkpoint: str | os.PathLike, *, steps_per_level: int | No
     config = model.config
     with _score_run(config, log, tracking_uri, experiment_name, tags) as run:
         started = time.monotonic()
-        samples = generate(model, spec, device=device, progress=progress)
+        samples = generate(model, spec, device=device)
         sampling_seconds = time.monotonic() - started
         if not current_ranks().is_main:
             return None
