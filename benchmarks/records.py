@@ -25,7 +25,7 @@ TAG_STEPS = "cdrl.steps_per_level"
 TAG_GUIDANCE = "cdrl.guidance"
 
 
-def _store_exists(uri: str) -> bool:
+def store_exists(uri: str) -> bool:
     """False for a SQLite store whose file is not there yet (searching would create it)."""
     if uri.startswith("sqlite:///"):
         return Path(uri.removeprefix("sqlite:///")).is_file()
@@ -45,7 +45,7 @@ def finished_eval_runs(experiment: str, suite_name: str, version: int, profile: 
                tag_clause(TAG_SUITE_VERSION, version), tag_clause(TAG_PROFILE, profile),
                "attributes.status = 'FINISHED'"]
     uri = resolve_tracking_uri(tracking_uri)
-    if not _store_exists(uri):
+    if not store_exists(uri):
         return pd.DataFrame()
     mlflow.set_tracking_uri(uri)
     runs = mlflow.search_runs(experiment_names=[experiment], filter_string=" AND ".join(clauses),

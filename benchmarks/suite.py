@@ -725,12 +725,12 @@ def measured_runs(tracking_uri: str | None, configs: Sequence[ExperimentConfig])
     Runs that logged no ``iterations_per_second`` are left out. A SQLite store that does not
     exist holds none (and is not created).
     """
-    from benchmarks.records import _store_exists
+    from benchmarks.records import store_exists
     from cdrl.search_filter import tag_clause
     from cdrl.tracking import TAG_KIND, TAG_PER_PROCESS_BATCH, TAG_PRESET, open_store, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
-    if not configs or not _store_exists(uri):
+    if not configs or not store_exists(uri):
         return []
     client, _ = open_store(uri)
     experiments, token = [], None

@@ -59,7 +59,7 @@ def test_eval_prints_fid_with_its_protocol_and_logs_it(checkpoint, isolated_cach
     result = runner.invoke(app, ["eval", checkpoint, "--n-samples", "6", "--n-reference", "6", "--steps", "1",
                                  "--tracking-uri", uri])
     assert result.exit_code == 0, result.output
-    assert "FID" in result.output and "6 gen vs 6 digits/train ref" in result.output and "6x1 steps" in result.output
+    assert "FID" in result.output and "6 gen vs 6 digits-8px/train ref" in result.output and "6x1 steps" in result.output
     mlflow.set_tracking_uri(uri)
     runs = mlflow.search_runs(experiment_names=["cdrl-bench"])
     assert len(runs) == 1

@@ -384,6 +384,14 @@ def test_digits_shapes_range_and_split() -> None:
     assert torch.equal(rgb[0][0][0], rgb[0][0][2])
 
 
+def test_each_digits_size_is_its_own_reference() -> None:
+    """8x8 and 16x16 digits are other pixels for the Inception: one cached reference must not serve both."""
+    names = {size: reference_name(DataConfig("digits", image_size=size)) for size in (8, 16, 32)}
+    assert len(set(names.values())) == 3
+    assert reference_name(DataConfig("digits")) == names[16] == "digits-16px"
+    assert reference_name(DataConfig("digits", image_size=8, channels=3)) == names[8]
+
+
 def test_digits_refuse_flips() -> None:
     with pytest.raises(DatasetError, match="not flipped"):
         build_dataset(DataConfig("digits", horizontal_flip=True))

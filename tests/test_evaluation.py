@@ -385,6 +385,67 @@ def test_reference_statistics_are_cached_by_key_and_reused(
         compute_metrics(images, loaded, backend="clean-fid", weights=inception_weights)
 
 
+def test_bundled_features_give_the_statistics_an_extraction_would(inception_weights, image_sets, tmp_path):
+    """Shipped features stand in for an extraction bit for bit, read no image, and fill the cache."""
+    from cdrl.evaluation.reference import extract_reference_features
+
+    images = image_sets["digits_a"][:8]
+    extractor = resolve_extractor("torch-fidelity", weights=inception_weights)
+    built = reference_statistics("digits-8px", images, weights=inception_weights, cache_root=tmp_path / "built")
+    shipped = tmp_path / "shipped"
+    extract_reference_features(built.key, images, extractor).save(shipped)
+
+    def never_read():
+        raise AssertionError("shipped features must not read any image")
+        yield
+
+    import cdrl.evaluation.reference as reference_module
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(reference_module, "BUNDLED_FEATURES_DIR", shipped)
+        fresh_cache = tmp_path / "fresh"
+        loaded = reference_statistics("digits-8px", never_read(), n_images=8, weights=inception_weights,
+                                      cache_root=fresh_cache)
+    for field in ("mu", "sigma", "kid_features"):
+        np.testing.assert_array_equal(getattr(loaded, field), getattr(built, field))
+    assert loaded.key == built.key and built.key.path(fresh_cache).is_file()
+
+
+def test_bundled_features_for_another_key_are_refused(inception_weights, tmp_path):
+    from cdrl.evaluation.reference import ReferenceFeatures, load_reference_features
+
+    extractor = resolve_extractor("torch-fidelity", weights=inception_weights)
+    key = ReferenceKey.for_extractor("digits-8px", "train", 4, extractor)
+    features = np.zeros((4, 2048), np.float32)
+    path = ReferenceFeatures(key, "test-features", features).save(tmp_path)
+    # Another key's features under this key's file name (a renamed or stale file).
+    path.rename(tmp_path / ReferenceKey.for_extractor("digits-16px", "train", 4, extractor).filename())
+    with pytest.raises(EvaluationError, match="bundle_reference_features"):
+        load_reference_features(ReferenceKey.for_extractor("digits-16px", "train", 4, extractor), tmp_path)
+    with pytest.raises(EvaluationError, match="float32"):
+        ReferenceFeatures(key, "test-features", features[:3]).save(tmp_path)
+
+
+def test_shipped_digits_features_match_a_fresh_extraction(inception_weights):
+    """Every shipped file is the features of its key's images: its first rows are extracted again and compared."""
+    from benchmarks.bundle_reference_features import BUNDLED
+    from cdrl.datasets import reference_name
+    from cdrl.evaluation.inception import relative_difference
+    from cdrl.evaluation.reference import BUNDLED_FEATURES_DIR, load_reference_features
+    from cdrl.metrics import reference_images
+
+    assert len(list(BUNDLED_FEATURES_DIR.glob("*.npz"))) == len(BUNDLED), "a shipped file that no BUNDLED entry makes"
+    for bundled in BUNDLED:
+        total, batches = reference_images(bundled.data, None, batch_size=8)
+        extractor = resolve_extractor(bundled.backend, weights=inception_weights)
+        key = ReferenceKey.for_extractor(reference_name(bundled.data), bundled.data.split, total, extractor)
+        shipped = load_reference_features(key)
+        assert shipped is not None, f"no shipped features for {key}: run python -m benchmarks.bundle_reference_features"
+        first = next(iter(batches))
+        fresh = extract_features(first, extractor, device="cpu").pool
+        assert relative_difference(torch.from_numpy(shipped.features[:len(first)]), torch.from_numpy(fresh)) < 1e-5
+
+
 def small_statistics(n_images: int = 5) -> ReferenceStatistics:
     rng = np.random.default_rng(0)
     key = ReferenceKey("toy", "train", "torch-fidelity", "legacy_tensorflow", "ab" * 32, n_images)

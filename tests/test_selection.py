@@ -194,7 +194,7 @@ def test_image_presets_select_by_fid_against_the_first_training_images(tmp_path,
     assert load_checkpoint(result.best_checkpoint)[1]["selection"]["metric"] == "fid"
     # The reference statistics are of the first 12 training images.
     (statistics,) = (tmp_path / "cache").rglob("*.npz")
-    assert statistics.name.startswith("digits_train_") and statistics.name.endswith("_n12.npz")
+    assert statistics.name.startswith("digits-8px_train_") and statistics.name.endswith("_n12.npz")
 
 
 @pytest.mark.parametrize(("preset_name", "setting", "message"), [

@@ -39,7 +39,12 @@ def _build_digits(config: DataConfig) -> Dataset:
     return TensorPairDataset(images, labels, classes=DIGITS_CLASS_NAMES)
 
 
+def _reference_name(config: DataConfig) -> str:
+    # Each upsampled size is another image set, so another reference: the Inception sees other pixels.
+    return f"{config.dataset}-{config.image_size or DIGITS_DEFAULT_SIZE}px"
+
+
 register(DatasetInfo("digits",
                      "scikit-learn digits, 8x8 gray upsampled to image_size (default 16), 1437 train / 360 test",
                      (1, DIGITS_DEFAULT_SIZE, DIGITS_DEFAULT_SIZE), 10, True, None, _build_digits,
-                     class_names=DIGITS_CLASS_NAMES))
+                     class_names=DIGITS_CLASS_NAMES, reference_name=_reference_name))

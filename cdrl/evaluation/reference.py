@@ -3,6 +3,13 @@
 A key is (dataset, split, backend, mode, weights sha256, number of images); its file is
 ``<cache>/reference-stats/<key filename>.npz``, written atomically (temporary file in the
 same directory, then ``os.replace``), so a crash never leaves a truncated cache entry.
+
+Bundled reference features: for a data set that ships with a package (scikit-learn's digits)
+the project ships the Inception features of its reference split under the same key
+(``cdrl/evaluation/reference_features/``, written by ``python -m benchmarks.bundle_reference_features``),
+as clean-fid and torch-fidelity publish statistics of their data sets. On a cache miss the
+statistics are computed from them, exactly as from freshly extracted features, and cached:
+a fresh machine's first digits FID then reads no image (minutes of CPU Inception saved).
 """
 
 from __future__ import annotations
@@ -22,10 +29,13 @@ from cdrl.evaluation.backends import DEFAULT_BACKEND
 from cdrl.evaluation.errors import EvaluationError
 from cdrl.evaluation.extractors import ExtractorSpec, extract_features, resolve_extractor
 from cdrl.evaluation.images import ImageArray, as_uint8_nchw
+from cdrl.evaluation.inception import FEATURE_DIM
 from cdrl.evaluation.statistics import feature_statistics
 from cdrl.evaluation.weights import cache_dir
 from cdrl.files import atomic_write
 
+BUNDLED_FEATURES_DIR = Path(__file__).parent / "reference_features"
+"""Where the shipped reference features are (package data)."""
 KID_FEATURES_CAP = 10_000
 """Reference features kept for KID: 10k × 2048 float32 is 80 MB; KID subsets hold 1000."""
 REFERENCE_STATS_DIRNAME = "reference-stats"
@@ -134,18 +144,73 @@ def _build(
     kid_features_cap: int,
     cache_root: Path | None,
 ) -> ReferenceStatistics:
-    if kid_features_cap < 0:
-        raise EvaluationError(f"kid_features_cap must be >= 0, got {kid_features_cap}")
-    features = extract_features(batches, extractor, device=device, batch_size=batch_size, n_images=key.n_images)
-    mu, sigma = feature_statistics(features.pool, key.backend)
-    kept = features.pool
-    if len(features) > kid_features_cap:
-        # A seeded random subset: loaders are often sorted by class, so the first rows would be biased.
-        rows = np.sort(np.random.default_rng(0).choice(len(features), kid_features_cap, replace=False))
-        kept = features.pool[rows]
-    statistics = ReferenceStatistics(key=key, extractor_name=extractor.name, mu=mu, sigma=sigma, kid_features=kept)
+    _check_kid_features_cap(kid_features_cap)
+    extracted = extract_reference_features(key, batches, extractor, device=device, batch_size=batch_size)
+    statistics = _statistics(key, extractor.name, extracted.features, kid_features_cap)
     statistics.save(key.path(cache_root))
     return statistics
+
+
+def extract_reference_features(key: ReferenceKey, batches: ImageArray | Iterable, extractor: ExtractorSpec, *,
+                               device: str | torch.device | None = None, batch_size: int = 64) -> ReferenceFeatures:
+    """The pool features of the first ``key.n_images`` reference images, as the statistics are built from."""
+    features = extract_features(batches, extractor, device=device, batch_size=batch_size, n_images=key.n_images)
+    return ReferenceFeatures(key=key, extractor_name=extractor.name, features=features.pool)
+
+
+def _check_kid_features_cap(kid_features_cap: int) -> None:
+    if kid_features_cap < 0:
+        raise EvaluationError(f"kid_features_cap must be >= 0, got {kid_features_cap}")
+
+
+def _statistics(key: ReferenceKey, extractor_name: str, pool: np.ndarray, kid_features_cap: int) -> ReferenceStatistics:
+    """The statistics of a reference's pool features, however the features were obtained."""
+    mu, sigma = feature_statistics(pool, key.backend)
+    kept = pool
+    if len(pool) > kid_features_cap:
+        # A seeded random subset: loaders are often sorted by class, so the first rows would be biased.
+        rows = np.sort(np.random.default_rng(0).choice(len(pool), kid_features_cap, replace=False))
+        kept = pool[rows]
+    return ReferenceStatistics(key=key, extractor_name=extractor_name, mu=mu, sigma=sigma, kid_features=kept)
+
+
+@dataclass(frozen=True, eq=False)
+class ReferenceFeatures:
+    """The pool features of a whole reference set, as shipped for a bundled data set."""
+
+    key: ReferenceKey
+    extractor_name: str
+    features: np.ndarray
+
+    def save(self, directory: Path) -> Path:
+        if self.features.shape != (self.key.n_images, FEATURE_DIM) or self.features.dtype != np.float32:
+            raise EvaluationError(f"reference features must be float32 ({self.key.n_images}, {FEATURE_DIM}), "
+                                  f"got {self.features.dtype} {tuple(self.features.shape)}")
+        metadata = json.dumps({"key": asdict(self.key), "extractor_name": self.extractor_name})
+        path = Path(directory) / self.key.filename()
+        atomic_write(path, lambda stream: np.savez_compressed(stream, metadata=np.array(metadata),
+                                                              features=self.features))
+        return path
+
+
+def load_reference_features(key: ReferenceKey, directory: Path | None = None) -> ReferenceFeatures | None:
+    """The features for ``key`` shipped in ``directory`` (default: the bundled ones), or None when none are."""
+    path = Path(BUNDLED_FEATURES_DIR if directory is None else directory) / key.filename()
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            metadata = json.loads(str(stored["metadata"]))
+            bundled = ReferenceFeatures(key=ReferenceKey(**metadata["key"]), extractor_name=metadata["extractor_name"],
+                                        features=stored["features"])
+    except (OSError, KeyError, TypeError, ValueError, zipfile.BadZipFile) as error:
+        raise EvaluationError(f"bundled reference features {path} are unreadable ({error}); "
+                              "reinstall cdrl-bench") from error
+    # The file name keeps 16 hex digits of the weights' sha256; the stored key has all of it.
+    if bundled.key != key or bundled.features.shape != (key.n_images, FEATURE_DIM):
+        raise EvaluationError(f"{path} holds {tuple(bundled.features.shape)} features for {bundled.key}, not for "
+                              f"{key}: rebuild it with python -m benchmarks.bundle_reference_features")
+    return bundled
 
 
 def reference_statistics(
@@ -168,6 +233,7 @@ def reference_statistics(
     (then ``n_images`` is required: it is part of the key, known before any image is read).
     On a cache hit no image is read and no feature is extracted.
     """
+    _check_kid_features_cap(kid_features_cap)
     extractor = resolve_extractor(backend, mode, weights)
     if n_images is None:
         if not isinstance(images, (torch.Tensor, np.ndarray)):
@@ -177,4 +243,9 @@ def reference_statistics(
     cached = load_reference_statistics(key, cache_root)
     if cached is not None:
         return cached
+    bundled = load_reference_features(key)
+    if bundled is not None:
+        statistics = _statistics(key, bundled.extractor_name, bundled.features, kid_features_cap)
+        statistics.save(key.path(cache_root))
+        return statistics
     return _build(key, images, extractor, device, batch_size, kid_features_cap, cache_root)
