@@ -22,7 +22,7 @@ import torch
 from cdrl.checkpoint import LoadedModel, load_model
 from cdrl.config import ExperimentConfig, apply_overrides
 from cdrl.errors import CdrlBenchError
-from cdrl.datasets import DataConfig, build_dataset, dataset_info, toy_sample
+from cdrl.datasets import DataConfig, build_dataset, dataset_info, reference_name, toy_sample
 from cdrl.evaluation.backends import DEFAULT_BACKEND
 from cdrl.distributed import current_ranks
 from cdrl.figures import save_sample_figure
@@ -72,7 +72,8 @@ def build_statistics(dataset: str, *, split: str = "train", n_images: int | None
     if not dataset_info(dataset).is_image:
         raise CdrlBenchError(f"{dataset} is a 2-D toy density: it is scored exactly, with no reference statistics")
     total, batches = reference_images(data, n_images)
-    key = ReferenceKey.for_extractor(dataset, split, total, resolve_extractor(backend, mode, weights))
+    # The name scoring looks the statistics up by (cdrl.metrics): e.g. digits-16px, not digits.
+    key = ReferenceKey.for_extractor(reference_name(data), split, total, resolve_extractor(backend, mode, weights))
     return build_reference_statistics(key, batches, weights=weights, device=device)
 
 
