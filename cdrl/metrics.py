@@ -14,6 +14,7 @@ value, a pass function in this file.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator
 
@@ -52,6 +53,21 @@ class Measured:
     values: dict[str, float]
     protocol: dict[str, Any]
     line: str
+    #: Wall seconds of the pass spent on Inception features (reference and samples); the rest is metric math.
+    feature_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Scores:
+    """The metrics that apply to one set of samples, how they were obtained, and where the time went."""
+
+    metrics: dict[str, float]
+    protocol: dict[str, Any]
+    #: The one-line protocol, every pass's part joined.
+    line: str
+    #: Wall seconds extracting features (a cached reference costs none) and computing the metrics from them.
+    feature_seconds: float
+    metric_seconds: float
 
 
 @dataclass(frozen=True)
@@ -126,15 +142,17 @@ def _inception(request: ScoreRequest) -> Measured:
     total, batches = reference_images(data, request.n_reference)
     # Another image pipeline of the same dataset is another reference: its own cached statistics.
     reference = reference_name(data)
+    started = time.monotonic()
     statistics = reference_statistics(reference, batches, split=request.reference_split, n_images=total,
                                       backend=request.backend, mode=request.mode, weights=request.weights,
                                       device=request.device)
+    reference_seconds = time.monotonic() - started
     result = compute_metrics(to_uint8(request.samples), statistics, backend=request.backend, mode=request.mode,
                              weights=request.weights, device=request.device, reference_name=reference,
                              reference_split=request.reference_split, seed=request.seed)
     values = {name: float(getattr(result, name)) for name in ("fid", "kid_mean", "kid_std", "inception_score")
               if getattr(result, name) is not None}
-    return Measured(values, dict(vars(result.protocol)), result.line())
+    return Measured(values, dict(vars(result.protocol)), result.line(), reference_seconds + result.feature_seconds)
 
 
 def _exact_2d(request: ScoreRequest) -> Measured:
@@ -182,16 +200,19 @@ METRICS: dict[str, Metric] = {metric.name: metric for metric in (
 )}
 
 
-def measure(request: ScoreRequest) -> tuple[dict[str, float], dict[str, Any], str]:
-    """(metrics, protocol, protocol line) of the metrics that apply to the request, each pass run once."""
+def measure(request: ScoreRequest) -> Scores:
+    """The metrics that apply to the request, each pass run once."""
     applicable = [metric for metric in METRICS.values() if metric.data.applies(request)]
     metrics: dict[str, float] = {}
     protocol: dict[str, Any] = {}
     lines = []
+    started, feature_seconds = time.monotonic(), 0.0
     for metric_pass in dict.fromkeys(metric.computed_by for metric in applicable):
         measured = metric_pass.run(request)
         wanted = {metric.name for metric in applicable if metric.computed_by == metric_pass}
         metrics.update((name, value) for name, value in measured.values.items() if name in wanted)
         protocol.update(measured.protocol)
         lines.append(measured.line)
-    return metrics, protocol, " | ".join(lines)
+        feature_seconds += measured.feature_seconds
+    return Scores(metrics, protocol, " | ".join(lines), feature_seconds,
+                  time.monotonic() - started - feature_seconds)

@@ -28,7 +28,7 @@ from cdrl.distributed import current_ranks
 from cdrl.figures import save_sample_figure
 from cdrl.generation import GenerationSpec, generate
 from cdrl.guidance import requested_classes
-from cdrl.metrics import ScoreRequest, measure, reference_images
+from cdrl.metrics import Scores, ScoreRequest, measure, reference_images
 from cdrl.tracking import TAG_KIND, TAG_METHOD, TAG_PRESET, TAG_RUN_KEY, TAG_SUITE, TrackedRun, tracked_run
 
 #: Floor rows of 2-D toys draw their "samples" from this seed + the run's seed, apart from the reference's.
@@ -41,7 +41,8 @@ class ScoreResult:
     protocol: dict[str, Any]
     protocol_line: str
     run_id: str | None = None
-    #: sampling_seconds, scoring_seconds and samples_per_second (logged as metrics too).
+    #: sampling_seconds, scoring_seconds (of which feature_seconds and metric_seconds) and samples_per_second
+    #: (logged as metrics too).
     timing: dict[str, float] = field(default_factory=dict)
 
 
@@ -49,9 +50,9 @@ def score_samples(samples: torch.Tensor, config: ExperimentConfig, *, backend: s
                   mode: str | None = None, reference: str | None = None, reference_split: str = "train",
                   n_reference: int | None = None, seed: int = 0, data_dir: str | None = None,
                   device: str | torch.device | None = None, weights: str | None = None,
-                  classes: torch.Tensor | None = None) -> tuple[dict[str, float], dict[str, Any], str]:
-    """(metrics, protocol, protocol line) of samples drawn from a model with ``config``: every metric of
-    :data:`cdrl.metrics.METRICS` that applies to them.
+                  classes: torch.Tensor | None = None) -> Scores:
+    """Every metric of :data:`cdrl.metrics.METRICS` that applies to samples drawn from a model with
+    ``config``, with the protocol and the seconds spent on features and on the metrics.
 
     ``classes``: the class each sample was asked for, if any; digits samples then also get
     ``class_accuracy``, the share that a small digit classifier assigns to that class.
@@ -146,14 +147,14 @@ def score_checkpoint(checkpoint: str | os.PathLike, *, steps_per_level: int | No
         if not current_ranks().is_main:
             return None
         reference_config = apply_overrides(config, list(reference_overrides))
-        metrics, protocol, line = score_samples(samples, reference_config, backend=backend, mode=mode,
-                                                reference=reference, reference_split=reference_split,
-                                                n_reference=n_reference, seed=seed, data_dir=data_dir, device=device,
-                                                classes=requested_classes(torch.arange(n_samples), class_label,
-                                                                          config))
+        scores = score_samples(samples, reference_config, backend=backend, mode=mode, reference=reference,
+                               reference_split=reference_split, n_reference=n_reference, seed=seed,
+                               data_dir=data_dir, device=device,
+                               classes=requested_classes(torch.arange(n_samples), class_label, config))
+        metrics, protocol, line = scores.metrics, scores.protocol, scores.line
         protocol.update(sampling, checkpoint_selection=checkpoint_selection,
                         **({"reference_overrides": " ".join(reference_overrides)} if reference_overrides else {}))
-        timing = _timing(n_samples, sampling_seconds, time.monotonic() - started - sampling_seconds)
+        timing = _timing(n_samples, sampling_seconds, time.monotonic() - started - sampling_seconds, scores)
         line = (f"{line} | {sampling['noise_levels']}x{sampling['steps_per_level']} steps, {sampling['weights']} "
                 f"weights, seed {seed} | {_timing_line(timing)}")
         _record(run, metrics, timing, protocol, config, samples, f"{config.name}, {sampling['noise_levels']}x"
@@ -198,18 +199,21 @@ def score_data(config: ExperimentConfig, *, n_samples: int, backend: str = DEFAU
     with _score_run(config, log, tracking_uri, experiment_name, tags) as run:
         started = time.monotonic()
         samples, labels, floor = data_as_samples(config, n_samples, seed, reference_split)
-        metrics, protocol, line = score_samples(samples, config, backend=backend, reference_split=reference_split,
-                                                n_reference=n_reference, seed=seed, data_dir=data_dir, device=device,
-                                                classes=labels)
+        scores = score_samples(samples, config, backend=backend, reference_split=reference_split,
+                               n_reference=n_reference, seed=seed, data_dir=data_dir, device=device, classes=labels)
+        metrics, protocol, line = scores.metrics, scores.protocol, scores.line
         protocol.update(floor, seed=seed)
-        timing = _timing(len(samples), 0.0, time.monotonic() - started)
+        timing = _timing(len(samples), 0.0, time.monotonic() - started, scores)
         _record(run, metrics, timing, protocol, config, samples, f"{config.name}: {floor['floor']}")
         return ScoreResult(metrics, protocol, f"{line} | floor: {floor['floor']}", run.run_id if run else None,
                            timing)
 
 
-def _timing(count: int, sampling_seconds: float, scoring_seconds: float) -> dict[str, float]:
-    timing = {"sampling_seconds": sampling_seconds, "scoring_seconds": scoring_seconds}
+def _timing(count: int, sampling_seconds: float, scoring_seconds: float, scores: Scores) -> dict[str, float]:
+    timing = {"sampling_seconds": sampling_seconds, "scoring_seconds": scoring_seconds,
+              "feature_seconds": scores.feature_seconds,
+              # Everything else after sampling (metric math, reading the reference data) counts as metrics.
+              "metric_seconds": scoring_seconds - scores.feature_seconds}
     if sampling_seconds > 0:
         timing["samples_per_second"] = count / sampling_seconds
     return timing
@@ -217,7 +221,7 @@ def _timing(count: int, sampling_seconds: float, scoring_seconds: float) -> dict
 
 def _timing_line(timing: dict[str, float]) -> str:
     return (f"sampled in {timing['sampling_seconds']:.1f} s ({timing['samples_per_second']:.3g}/s), "
-            f"scored in {timing['scoring_seconds']:.1f} s")
+            f"scored in {timing['scoring_seconds']:.1f} s (features {timing['feature_seconds']:.1f} s)")
 
 
 @contextlib.contextmanager

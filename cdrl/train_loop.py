@@ -164,9 +164,9 @@ def _selection_score(trainer: CooperativeTrainer, metric: str, ranks: Ranks) -> 
     if not ranks.is_main:
         return None
     # Images: against the first n_samples training images (the published protocol); toys: fresh draws seeded here.
-    metrics, _, _ = score_samples(samples, config, reference_split="train", n_reference=len(samples),
-                                  seed=config.training.seed, device=trainer.device)
-    return metrics[metric]
+    scores = score_samples(samples, config, reference_split="train", n_reference=len(samples),
+                           seed=config.training.seed, device=trainer.device)
+    return scores.metrics[metric]
 
 
 def _restored_selection(payload: dict | None, metric: str, run: RunConfig) -> dict | None:

@@ -126,10 +126,12 @@ def test_class_accuracy_is_scored_against_the_requested_classes(isolated_cache):
     assert torch.equal(requested_classes(torch.arange(12), None, config), torch.arange(12) % 10)
     assert torch.equal(requested_classes(torch.arange(3), 7, config), torch.full((3,), 7))
     assert requested_classes(torch.arange(3), None, preset("tiny")) is None
-    right, _, line = score_samples(images, config, n_reference=24, classes=labels)
-    wrong, _, _ = score_samples(images, config, n_reference=24, classes=(labels + 1) % 10)
-    assert right["class_accuracy"] >= 0.9 and wrong["class_accuracy"] <= 0.2, (right, wrong)
-    assert f"class accuracy {right['class_accuracy']:.3f}" in line
+    right = score_samples(images, config, n_reference=24, classes=labels)
+    wrong = score_samples(images, config, n_reference=24, classes=(labels + 1) % 10).metrics
+    assert right.metrics["class_accuracy"] >= 0.9 and wrong["class_accuracy"] <= 0.2, (right, wrong)
+    assert f"class accuracy {right.metrics['class_accuracy']:.3f}" in right.line
+    # Inception features (the reference's, then the samples') and the metrics (FID math, the digit CNN) timed apart.
+    assert right.feature_seconds > 0 and right.metric_seconds > 0
 
 
 def test_scoring_against_a_whole_split_counts_its_images(monkeypatch):

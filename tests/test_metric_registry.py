@@ -95,7 +95,9 @@ def test_a_metric_registered_in_one_place_is_scored_checked_and_tabulated(monkey
                         Metric("sample_spread", "spread", False, 3, TOY_2D, MetricPass("spread", spread)))
 
     samples, _ = toy_sample("toy-checkerboard", 64, torch.Generator().manual_seed(0), 4.0)
-    metrics, protocol, line = score_samples(samples, preset("toy-checkerboard"))
+    scores = score_samples(samples, preset("toy-checkerboard"))
+    metrics, protocol, line = scores.metrics, scores.protocol, scores.line
+    assert scores.feature_seconds == 0 and scores.metric_seconds > 0
     assert passes == ["toy-checkerboard"]  # its pass ran once
     assert list(metrics) == ["in_support_fraction", "mode_coverage", "energy_distance", "sample_spread"]
     assert metrics["sample_spread"] == pytest.approx(float(samples.std()))

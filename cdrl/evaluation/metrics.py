@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -71,6 +72,8 @@ class MetricResult:
     inception_score_std: float | None
     protocol: Protocol
     unavailable: dict[str, str] = field(default_factory=dict)
+    #: Wall seconds :func:`compute_metrics` spent extracting Inception features (the rest is the metrics' math).
+    feature_seconds: float = 0.0
 
     def line(self) -> str:
         """'FID 12.34 | KID 0.01234 ± 0.00056 | IS n/a (why) | <protocol line>'."""
@@ -212,10 +215,12 @@ def compute_metrics(
     extractor = resolve_extractor(backend, mode, weights)
     if isinstance(reference, ReferenceStatistics):
         _check_compatible(extractor, reference)
+    started = time.monotonic()
     generated_features = extract_features(generated, extractor, device=device, batch_size=batch_size)
     if not isinstance(reference, ReferenceStatistics):
         reference = extract_features(reference, extractor, device=device, batch_size=batch_size)
-    return metrics_from_features(
+    feature_seconds = time.monotonic() - started
+    result = metrics_from_features(
         generated_features,
         reference,
         kid=kid,
@@ -224,6 +229,7 @@ def compute_metrics(
         reference_split=reference_split,
         seed=seed,
     )
+    return dataclasses.replace(result, feature_seconds=feature_seconds)
 
 
 @dataclass(frozen=True)
