@@ -18,6 +18,7 @@ import cli
 from cdrl.checkpoint import load_checkpoint
 from cdrl.config import preset
 from cdrl.run_folder import RunFolder
+from cdrl.metrics import measure
 from cdrl.scoring import score_data
 from cdrl.tracking import (TAG_CHECKPOINT_DIR, TAG_HOST, TAG_KILLED, TAG_KIND, TAG_PID, TAG_RUN_KEY, TAG_SUITE,
                            RunInterrupted, RunTerminated, TrackingError, open_store, resolve_tracking_uri,
@@ -286,3 +287,20 @@ def test_a_store_left_half_made_by_an_older_version_is_a_one_line_error(tmp_path
     with pytest.raises(TrackingError, match=r"is half-made .* move it away") as caught:
         open_store(f"sqlite:///{database}")
     assert "\n" not in str(caught.value)
+
+
+def test_an_evaluation_logs_the_feature_and_metric_seconds_that_scoring_measured(tracking_uri, monkeypatch):
+    import dataclasses
+
+    import cdrl.scoring
+
+    def measure_with_known_seconds(request):
+        return dataclasses.replace(measure(request), feature_seconds=12.5, metric_seconds=34.5)
+
+    monkeypatch.setattr(cdrl.scoring, "measure", measure_with_known_seconds)
+    result = score_data(preset("toy-checkerboard"), n_samples=50, n_reference=50, tracking_uri=tracking_uri)
+    logged = MlflowClient(tracking_uri).get_run(result.run_id).data.metrics
+    # One definition of each phase: what measure counted, not what is left of the scoring run's wall time.
+    assert result.timing["feature_seconds"] == logged["feature_seconds"] == 12.5
+    assert result.timing["metric_seconds"] == logged["metric_seconds"] == 34.5
+    assert logged["scoring_seconds"] < 12.5

@@ -146,9 +146,7 @@ def _build(
 ) -> ReferenceStatistics:
     _check_kid_features_cap(kid_features_cap)
     extracted = extract_reference_features(key, batches, extractor, device=device, batch_size=batch_size)
-    statistics = _statistics(key, extractor.name, extracted.features, kid_features_cap)
-    statistics.save(key.path(cache_root))
-    return statistics
+    return _cache(extracted, kid_features_cap, cache_root)
 
 
 def extract_reference_features(key: ReferenceKey, batches: ImageArray | Iterable, extractor: ExtractorSpec, *,
@@ -163,15 +161,20 @@ def _check_kid_features_cap(kid_features_cap: int) -> None:
         raise EvaluationError(f"kid_features_cap must be >= 0, got {kid_features_cap}")
 
 
-def _statistics(key: ReferenceKey, extractor_name: str, pool: np.ndarray, kid_features_cap: int) -> ReferenceStatistics:
-    """The statistics of a reference's pool features, however the features were obtained."""
-    mu, sigma = feature_statistics(pool, key.backend)
+def _cache(reference: ReferenceFeatures, kid_features_cap: int, cache_root: Path | None) -> ReferenceStatistics:
+    """The statistics of a reference's pool features, however they were obtained, saved where
+    :func:`load_reference_statistics` finds them."""
+    pool = reference.features
+    mu, sigma = feature_statistics(pool, reference.key.backend)
     kept = pool
     if len(pool) > kid_features_cap:
         # A seeded random subset: loaders are often sorted by class, so the first rows would be biased.
         rows = np.sort(np.random.default_rng(0).choice(len(pool), kid_features_cap, replace=False))
         kept = pool[rows]
-    return ReferenceStatistics(key=key, extractor_name=extractor_name, mu=mu, sigma=sigma, kid_features=kept)
+    statistics = ReferenceStatistics(key=reference.key, extractor_name=reference.extractor_name, mu=mu, sigma=sigma,
+                                     kid_features=kept)
+    statistics.save(reference.key.path(cache_root))
+    return statistics
 
 
 @dataclass(frozen=True, eq=False)
@@ -245,7 +248,5 @@ def reference_statistics(
         return cached
     bundled = load_reference_features(key)
     if bundled is not None:
-        statistics = _statistics(key, bundled.extractor_name, bundled.features, kid_features_cap)
-        statistics.save(key.path(cache_root))
-        return statistics
+        return _cache(bundled, kid_features_cap, cache_root)
     return _build(key, images, extractor, device, batch_size, kid_features_cap, cache_root)
