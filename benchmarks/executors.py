@@ -35,6 +35,7 @@ from rich.console import Console
 
 from benchmarks.runner import Phase, pending_evaluations, run_plan
 from benchmarks.suite import Plan, SuiteError, expand, load_suite, select
+from cdrl.distributed import collective_timeout
 from cdrl.tracking import resolve_tracking_uri
 
 
@@ -205,6 +206,7 @@ class SubmititExecutor:
         _require("submitit", "submitit", "slurm")
         import submitit
 
+        collective_timeout()  # a bad value stops here, not in every job (they read the same variable)
         if self.cluster == "slurm" and (settings.tracking_uri or "").startswith("sqlite:"):
             console.print("[yellow]warning:[/] SLURM jobs on several nodes need a shared tracking store: pass "
                           "--tracking-uri http://SERVER:5000 (an MLflow server; SQLite must not live on NFS)",
@@ -257,12 +259,18 @@ def _cause(report: str) -> str:
     return next((line.strip() for line in reversed(body) if line.strip()), "see its log")
 
 
-def _fit_training(job: SuiteJob, processes: int, use_gpus: bool, storage: str, max_failures: int) -> str:
-    """One training through Ray Train: ``processes`` workers in one process group, restarted on failure."""
+def _fit_training(job: SuiteJob, processes: int, use_gpus: bool, storage: str, max_failures: int,
+                  timeout_s: int) -> str:
+    """One training through Ray Train: ``processes`` workers in one process group, restarted on failure.
+
+    Ray Train starts the process group, with ``timeout_s``: the timeout torchrun's groups get
+    (:func:`cdrl.distributed.collective_timeout`).
+    """
     from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
 
     trainer = TorchTrainer(_train_worker, train_loop_config={"job": job},
+                           torch_config=TorchConfig(timeout_s=timeout_s),
                            scaling_config=ScalingConfig(num_workers=processes, use_gpu=use_gpus),
                            run_config=RunConfig(name=job.name.replace(":", "_").replace("/", "_"),
                                                 storage_path=storage,
@@ -297,6 +305,7 @@ class RayExecutor:
         import ray
 
         units = work_units(plan, settings, self.processes_per_training)
+        timeout_s = math.ceil(collective_timeout().total_seconds())
         # ray.init takes over SIGTERM and friends in this process; they are given back after ray.shutdown.
         handlers = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
         # Trainings queue for the cluster's GPUs (or an autoscaler's nodes) as long as they need to, instead of
@@ -310,7 +319,7 @@ class RayExecutor:
             pending = []
             for unit in units:
                 trained = (fit.remote(unit.training, self.processes_per_training, self.use_gpus, storage,
-                                      self.max_failures) if unit.training is not None else None)
+                                      self.max_failures, timeout_s) if unit.training is not None else None)
                 pending.append(evaluate.remote(unit.evaluation, trained))
             scored = sum(len(keys) for keys in ray.get(pending))
         finally:

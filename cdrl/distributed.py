@@ -7,6 +7,8 @@ Only rank 0 logs and writes; every rank draws its own batches and noise from ``r
 from __future__ import annotations
 
 import contextlib
+import datetime
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -16,6 +18,31 @@ import torch
 import torch.distributed as dist
 
 from cdrl.errors import CdrlBenchError
+
+
+COLLECTIVE_TIMEOUT_ENV_VAR = "CDRL_BENCH_COLLECTIVE_TIMEOUT_MINUTES"
+"""How long a rank waits in a collective for the others, in minutes (default ``DEFAULT_COLLECTIVE_TIMEOUT``)."""
+# Rank 0 alone scores while the other ranks wait in their next collective: a first 50k-image
+# reference and 50k samples through the Inception on CPU take hours, far over torch's defaults
+# (10 min NCCL, 30 min Gloo). A rank that dies still ends the job at once: torchrun, SLURM and
+# Ray stop the whole group, so the long wait only delays the report of a true deadlock.
+DEFAULT_COLLECTIVE_TIMEOUT = datetime.timedelta(hours=6)
+
+
+def collective_timeout() -> datetime.timedelta:
+    """The process group's timeout: ``$CDRL_BENCH_COLLECTIVE_TIMEOUT_MINUTES`` or six hours."""
+    value = os.environ.get(COLLECTIVE_TIMEOUT_ENV_VAR, "").strip()
+    if not value:
+        return DEFAULT_COLLECTIVE_TIMEOUT
+    try:
+        minutes = float(value)
+    except ValueError:
+        minutes = math.nan
+    if not (math.isfinite(minutes) and minutes > 0):
+        raise CdrlBenchError(f"{COLLECTIVE_TIMEOUT_ENV_VAR}={value!r} is not a number of minutes: set it to a "
+                             f"positive number, e.g. 720 for 12 hours, or unset it for "
+                             f"{DEFAULT_COLLECTIVE_TIMEOUT.total_seconds() / 3600:g} hours")
+    return datetime.timedelta(minutes=minutes)
 
 
 @dataclass(frozen=True)
@@ -79,9 +106,10 @@ def init_distributed(device: str | torch.device | None) -> tuple[Ranks, torch.de
         return Ranks(0, 1), device, False
     started = False
     if not dist.is_initialized():
+        timeout = collective_timeout()
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
         started = True
     return Ranks(dist.get_rank(), dist.get_world_size()), device, started
 

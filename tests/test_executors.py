@@ -113,3 +113,36 @@ def test_local_executor_refuses_cluster_options(suite_folder):
     assert result.exit_code != 0 and "--phase is for --executor local" in str(result.exception)
     assert not (suite_folder / "runs").exists()
     assert os.listdir(suite_folder) == ["tiny-test.toml"]
+
+
+def test_ray_train_starts_its_process_group_with_the_collective_timeout(monkeypatch):
+    import ray
+    import ray.train.torch
+
+    from benchmarks import executors
+
+    started = {}
+
+    class RecordingTrainer:  # Ray Train's TorchTrainer as far as the group's settings go
+        def __init__(self, *args, torch_config, **kwargs):
+            started["timeout_s"] = torch_config.timeout_s
+
+        def fit(self):
+            return type("Result", (), {"error": None})()
+
+    monkeypatch.setattr(ray.train.torch, "TorchTrainer", RecordingTrainer)
+    job = SuiteJob(JobSettings("ci-smoke"), "cdrl/seed0", "train")
+    assert executors._fit_training(job, 2, False, "unused", 0, timeout_s=5400) == "cdrl/seed0"
+    assert started == {"timeout_s": 5400}
+    # The executor reads the bound where the command runs, and a bad one stops it before Ray starts.
+    monkeypatch.setattr(ray, "init", lambda **_: pytest.fail("Ray started before the timeout was checked"))
+    monkeypatch.setenv("CDRL_BENCH_COLLECTIVE_TIMEOUT_MINUTES", "soon")
+    with pytest.raises(CdrlBenchError, match="CDRL_BENCH_COLLECTIVE_TIMEOUT_MINUTES='soon' is not a number"):
+        executors.RayExecutor().execute(JobSettings("ci-smoke").plan(), JobSettings("ci-smoke"), None)
+    # submitit's jobs read it themselves: a bad value stops the command before any job is submitted.
+    import submitit
+
+    monkeypatch.setattr(submitit, "AutoExecutor", lambda **_: pytest.fail("submitted before the check"))
+    with pytest.raises(CdrlBenchError, match="CDRL_BENCH_COLLECTIVE_TIMEOUT_MINUTES='soon' is not a number"):
+        executors.SubmititExecutor(Path("unused"), cluster="local").execute(JobSettings("ci-smoke").plan(),
+                                                                            JobSettings("ci-smoke"), None)

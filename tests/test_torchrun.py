@@ -83,3 +83,53 @@ def test_eval_and_sample_under_torchrun_equal_one_process(two_process_suite, tmp
     with np.load(tmp_path / "two.npz") as written:
         np.testing.assert_allclose(written["points"], expected.numpy(), rtol=0, atol=1e-5)
         assert json.loads(str(written["metadata"]))["steps_per_level"] == 2
+
+
+def _wait_for_rank_0(rank: int, port: int, rank_0_busy_seconds: float, timeout_minutes: str, out: Path) -> None:
+    import time
+
+    from cdrl.distributed import process_group, shared
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
+                      LOCAL_RANK=str(rank), CDRL_BENCH_COLLECTIVE_TIMEOUT_MINUTES=timeout_minutes)
+    with process_group("cpu") as (ranks, _):
+        if rank == 0:
+            time.sleep(rank_0_busy_seconds)  # scoring, while rank 1 waits in its next collective
+        try:
+            outcome = f"got {shared('rank 0 done', ranks)}"
+        except RuntimeError as error:
+            outcome = f"failed: {error}"
+    (out / f"rank{rank}.txt").write_text(outcome)
+
+
+@pytest.mark.parametrize("timeout_minutes, rank_1", [("0.03", r"failed: .*Timed out waiting 1\d{3}ms"),
+                                                     ("0.5", "got rank 0 done")])
+def test_ranks_wait_for_rank_0_as_long_as_the_collective_timeout_says(tmp_path, timeout_minutes, rank_1):
+    import re
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mp.spawn(_wait_for_rank_0, args=(port, 5.0, timeout_minutes, tmp_path), nprocs=2)
+    assert re.match(rank_1, (tmp_path / "rank1.txt").read_text()), (tmp_path / "rank1.txt").read_text()
+
+
+def test_the_collective_timeout_outlasts_a_first_reference_on_cpu(monkeypatch):
+    import datetime
+
+    from cdrl.distributed import COLLECTIVE_TIMEOUT_ENV_VAR, collective_timeout
+    from cdrl.errors import CdrlBenchError
+
+    monkeypatch.delenv(COLLECTIVE_TIMEOUT_ENV_VAR, raising=False)
+    # 50k reference images and 50k samples through the Inception at about 5 images/s: 5.6 hours.
+    assert collective_timeout() >= datetime.timedelta(hours=6)
+    monkeypatch.setenv(COLLECTIVE_TIMEOUT_ENV_VAR, "90")
+    assert collective_timeout() == datetime.timedelta(minutes=90)
+    for bad in ("0", "-5", "nan", "inf", "6h", "1e400"):
+        monkeypatch.setenv(COLLECTIVE_TIMEOUT_ENV_VAR, bad)
+        with pytest.raises(CdrlBenchError, match=f"^{COLLECTIVE_TIMEOUT_ENV_VAR}=.* is not a number of minutes: "
+                                                 f"set it to a positive number"):
+            collective_timeout()
