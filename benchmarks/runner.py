@@ -224,5 +224,5 @@ def _evaluate(plan: Plan, job: EvalJob, checkpoint: str | None, selection: str, 
         result = scoring.score_checkpoint(
             job.checkpoint or checkpoint, steps_per_level=job.steps_per_level, n_samples=job.n_samples,
             batch_size=suite.batch_size, guidance=job.guidance, checkpoint_selection=selection,
-            reference_overrides=job.model.reference_overrides, **common)
+            reference_overrides=job.model.reference_overrides, sampler_overrides=job.sampler_overrides, **common)
     return result

@@ -116,7 +116,8 @@ class ModelSpec:
     n_samples: int | None = field(default=None, metadata=at_least(1))
     #: The global training batch (all processes together); None: the suite's.
     global_batch: int | None = field(default=None, metadata=at_least(1))
-    #: Score the trainings of that model (by key) instead of training one: another protocol, one model.
+    #: Score the trainings of that model (by key) instead of training one: another protocol, or
+    #: another way of sampling (this model's ablations and overrides may change sampler.* only).
     scores: str | None = None
     #: This row's evaluation protocol where it differs from the suite's: the reference split, the
     #: number of reference images, and overrides of the reference data (e.g. another image pipeline).
@@ -240,6 +241,8 @@ class EvalJob:
     floor_config: ExperimentConfig | None = None
     #: The config saved in ``checkpoint``, when there is no training.
     checkpoint_config: ExperimentConfig | None = None
+    #: ``sampler.*`` settings this model samples the checkpoint with, where they differ from its training's.
+    sampler_overrides: tuple[str, ...] = ()
 
     def training_summary(self, policy: str) -> tuple[str, str]:
         """(global batch, checkpoint selection) of the model this job scores, for plans and tables."""
@@ -421,6 +424,12 @@ def load_suite(name: str | os.PathLike) -> Suite:
     except FieldError as error:
         raise SuiteError(f"{path.name}: {error} (see benchmarks/suites/README.md)") from None
     for model in suite.models:  # bad presets, methods, ablations and overrides fail here, not mid-suite
+        if model.scores:
+            try:
+                for profile in PROFILES:
+                    scoring_sampler_overrides(suite, model, profile)
+            except CdrlBenchError as error:
+                raise SuiteError(f"{path.name}: {error}") from None
         if model.checkpoint is not None or model.floor or model.scores:
             continue
         if any(override.startswith("training.batch_size=")
@@ -465,6 +474,30 @@ def model_config(suite: Suite, model: ModelSpec, profile: str, seed: int) -> Exp
     if settings.select_samples is not None:
         budget.append(f"run.select_samples={settings.select_samples}")
     return apply_overrides(config, budget)
+
+
+def sampler_settings(differences: list[tuple[str, str, str]]) -> tuple[str, ...] | None:
+    """The ``sampler.*`` overrides that give a trained model the wanted config, when ``differences``
+    (:func:`model_differences`) lie in ``sampler.*`` alone; None when training would differ too."""
+    if any(not key.startswith("sampler.") for key, _, _ in differences):
+        return None
+    return tuple(f"{key}={wanted}" for key, wanted, _ in differences)
+
+
+def scoring_sampler_overrides(suite: Suite, model: ModelSpec, profile: str) -> tuple[str, ...]:
+    """How a model with ``scores`` samples the trainings it scores: the ``sampler.*`` settings in
+    which its config (preset, method, ablations, overrides) differs from the scored model's."""
+    target = next(other for other in suite.models if other.key == model.scores)
+    differences = model_differences(model_config(suite, model, profile, seed=0),
+                                    model_config(suite, target, profile, seed=0))
+    overrides = sampler_settings(differences)
+    if overrides is None:
+        trained = [f"{key}={wanted}" if key != "preset" else f"preset {wanted}"
+                   for key, wanted, _ in differences if not key.startswith("sampler.")]
+        raise SuiteError(f"model {model.key!r} scores {model.scores!r} but would train differently "
+                         f"({', '.join(trained)}): a model that scores another may change only sampler.* "
+                         "settings; drop scores to train it, or the training settings to score that model")
+    return overrides
 
 
 def config_delta(suite: Suite, model: ModelSpec, profile: str = "full") -> list[str]:
@@ -536,12 +569,14 @@ def expand(suite: Suite, *, quick: bool = False, seeds: int | None = None, seed_
         if model.checkpoint is not None or model.floor:
             evaluations += _untrained_evaluations(suite, model, profile, settings)
             continue
+        sampler_overrides = scoring_sampler_overrides(suite, model, profile) if model.scores else ()
         for seed in settings.seeds:
             job = trainings[model.scores or model.key, seed]
-            for steps in eval_steps(model, job.config):
+            for steps in eval_steps(model, apply_overrides(job.config, list(sampler_overrides))):
                 for guidance in model.guidance:
                     evaluations.append(EvalJob(_eval_key("", model, steps, guidance, seed), model, job, steps,
-                                               job.config.schedule.n_levels, guidance, seed, model.samples(settings)))
+                                               job.config.schedule.n_levels, guidance, seed, model.samples(settings),
+                                               sampler_overrides=sampler_overrides))
     return Plan(suite, profile, "trained", tuple(trainings.values()), tuple(evaluations))
 
 
@@ -621,17 +656,20 @@ def _expand_checkpoint(suite: Suite, profile: str, settings: Profile, path: Path
         if model.checkpoint is not None or model.floor:
             stored += _untrained_evaluations(suite, model, profile, settings)
             continue
-        trained = next(other for other in suite.models if other.key == model.scores) if model.scores else model
-        differences = model_differences(model_config(suite, trained, profile, seed=0), saved)
-        if differences:
-            skipped.append(f"{model.label} ({_mismatch(differences)})")
+        # A model that differs from the checkpoint in sampler.* alone (no-tweedie-step, or one that
+        # scores another) is the checkpoint sampled its way.
+        differences = model_differences(model_config(suite, model, profile, seed=0), saved)
+        sampler_overrides = sampler_settings(differences)
+        if sampler_overrides is None:
+            skipped.append(f"{model.label} ({_mismatch([d for d in differences if not d[0].startswith('sampler.')])})")
             continue
         for seed in settings.seeds:
-            for steps in eval_steps(model, saved):
+            for steps in eval_steps(model, apply_overrides(saved, list(sampler_overrides))):
                 for guidance in model.guidance:
                     evaluations.append(EvalJob(_eval_key(f"{source}/", model, steps, guidance, seed), model, None,
                                                steps, saved.schedule.n_levels, guidance, seed, model.samples(settings),
-                                               source=source, checkpoint=path, checkpoint_config=saved))
+                                               source=source, checkpoint=path, checkpoint_config=saved,
+                                               sampler_overrides=sampler_overrides))
     if not evaluations:
         raise SuiteError(f"checkpoint {path} ({saved.training.method}, preset {saved.name}) matches no model of suite "
                          f"{suite.name}: pass a checkpoint of one of its presets "

@@ -248,6 +248,41 @@ def test_metric_directions():
     assert METRICS["in_support_fraction"].higher_is_better and METRICS["mode_coverage"].higher_is_better
 
 
+#: The tiny suite's CDRL model, and a model that scores its training with half the Langevin noise.
+QUIET_SUITE = (TINY_SUITE[:TINY_SUITE.index('[[models]]\nkey = "drl"')]
+               + '[[models]]\nkey = "quiet"\nscores = "cdrl"\noverrides = ["sampler.langevin_noise_scale=0.5"]\n'
+                 'steps = [1]\n')
+
+
+def test_a_model_that_scores_another_samples_its_training_its_own_way(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "tiny-test.toml"
+    path.write_text(QUIET_SUITE)
+    plan = expand(load_suite(path))
+    assert [job.key for job in plan.trainings] == ["cdrl/seed0"]  # one training serves both rows
+    jobs = {job.key: job for job in plan.evaluations}
+    assert jobs["quiet/K1/seed0"].sampler_overrides == ("sampler.langevin_noise_scale=0.5",)
+    assert jobs["cdrl/K1/seed0"].sampler_overrides == ()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    runner.run_plan(plan, tracking_uri=uri)
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("cdrl-suite-tiny-test").experiment_id])
+    by_key = {run.data.tags["cdrl.run_key"]: run for run in runs}
+    loud, quiet = by_key["cdrl/K1/seed0"], by_key["quiet/K1/seed0"]
+    assert (loud.data.params["eval.sampler.langevin_noise_scale"],
+            quiet.data.params["eval.sampler.langevin_noise_scale"]) == ("1.0", "0.5")
+    # The same checkpoint and seed: the samples differ by the Langevin noise alone.
+    assert quiet.data.tags["mlflow.parentRunId"] == loud.data.tags["mlflow.parentRunId"]
+    assert quiet.data.metrics["energy_distance"] != loud.data.metrics["energy_distance"]
+
+    # Anything a training would do differently is refused: it needs a training of its own.
+    message = _suite_error(tmp_path, QUIET_SUITE.replace('"sampler.langevin_noise_scale=0.5"]',
+                                                         '"sampler.langevin_noise_scale=0.5", "langevin.n_steps=3"]'))
+    assert message == ("bad.toml: model 'quiet' scores 'cdrl' but would train differently "
+                       "(langevin.n_steps=3): a model that scores another may change only sampler.* "
+                       "settings; drop scores to train it, or the training settings to score that model")
+
+
 def test_suites_declare_the_global_batch_and_the_checkpoint_they_score(tmp_path):
     attempt = functools.partial(_suite_error, tmp_path)
     assert "declares no global batch" in attempt(TINY_SUITE.replace("global_batch = 32\n", ""))
@@ -451,17 +486,17 @@ def test_a_given_checkpoint_is_evaluated_for_every_model_its_config_trains(tmp_p
         "training.method=drl, langevin.n_steps=30, training.variance_reduction=true; the checkpoint has cdrl, 15, "
         "false")
 
-    # The unablated model's checkpoint: CDRL only. A sampling-only ablation does not match either
-    # (the checkpoint is sampled with its own sampler settings).
+    # The unablated model's checkpoint: CDRL, and the sampling-only ablation, sampled its own way.
     base = model_config(suite, models["cdrl"], "full", seed=0)
     plan = expand(suite, checkpoint=_config_only_checkpoint(tmp_path / "cdrl.pt", base))
-    assert [job.model.key for job in plan.evaluations] == ["cdrl"]
+    assert {job.model.key: job.sampler_overrides for job in plan.evaluations} == {
+        "cdrl": (), "no-tweedie-step": ("sampler.tweedie_step=false",)}
     reasons = _reasons(plan)
-    assert reasons["- Tweedie step"] == "sampler.tweedie_step=false; the checkpoint has true"
-    assert reasons["- initializer noise"] == (
-        "sampler.initializer_noise=false, training.initializer_noise=false; the checkpoint has true, true")
+    assert "- Tweedie step" not in reasons
+    # A training difference is what keeps a model out; its sampler settings would follow.
+    assert reasons["- initializer noise"] == "training.initializer_noise=false; the checkpoint has true"
     steps = expand(load_suite("cifar10-steps"), checkpoint=tmp_path / "cdrl.pt")
-    assert _reasons(steps)["DRL"] == ("training.method=drl, schedule.kind=ddpm-linear, langevin.n_steps=30 and 8 "
+    assert _reasons(steps)["DRL"] == ("training.method=drl, schedule.kind=ddpm-linear, langevin.n_steps=30 and 6 "
                                       "more settings; the checkpoint has cdrl, cosine-logsnr, 15")
     assert {job.model.key for job in steps.evaluations} == {"cdrl"}
 
@@ -494,14 +529,16 @@ def _plan_json(*arguments: str) -> dict:
 def test_plan_prices_every_training_from_the_suites_stated_cost(tmp_path):
     document = _plan_json("--suite", "cifar10-ablations")
     costs = {cost["key"]: cost for cost in document["costs"]}
-    assert len(costs) == 12 and {cost["kind"] for cost in costs.values()} == {"stated"}
+    # 11 trainings: the sampling-only "- Tweedie step" scores CDRL's.
+    assert len(costs) == 11 and {cost["kind"] for cost in costs.values()} == {"stated"}
+    assert "no-tweedie-step/seed0" not in costs
     cdrl = costs["cdrl/seed0"]
     assert (cdrl["iterations"], cdrl["seconds_per_iteration"], cdrl["gpus"]) == (500_000, 0.39, 8)
     assert cdrl["gpu_hours"] == pytest.approx(0.39 * 500_000 * 8 / 3600)
     assert cdrl["source"] == "stated: H100 SXM, FLOP-count estimate"
     assert costs["no-initializer/seed0"]["seconds_per_iteration"] == 0.71  # the model's own
-    assert document["total_gpu_hours"] == pytest.approx((11 * 0.39 + 0.71) * 500_000 * 8 / 3600)
-    assert document["total"].startswith("total: 5,556 GPU-hours for 12 of 12 trainings (12 stated)")
+    assert document["total_gpu_hours"] == pytest.approx((10 * 0.39 + 0.71) * 500_000 * 8 / 3600)
+    assert document["total"].startswith("total: 5,122 GPU-hours for 11 of 11 trainings (11 stated)")
     assert [row["run"] for row in document["rows"]] == list(costs)  # the plan's own columns stay
 
     # Four GPUs: each trains twice the images per iteration, twice the seconds, the same GPU-hours.
