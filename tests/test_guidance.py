@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from examples.composition_2d import RIGHT, UP, intersection_fraction, sample_concepts, train_concept_model
-from cdrl.evaluation.digits_classifier import ClassifierError, class_accuracy, held_out_accuracy, train_digit_classifier
+from cdrl.evaluation.digits_classifier import (ClassifierError, class_accuracy, held_out_accuracy, predict,
+                                               train_digit_classifier)
 from cdrl.checkpoint import LoadedModel
 from cdrl.config import preset
 from cdrl.datasets import DataConfig, build_dataset, item_shape
@@ -125,6 +126,26 @@ def test_composed_half_planes_sample_their_intersection(concept_model) -> None:
 @pytest.fixture(scope="module")
 def digit_classifier():
     return train_digit_classifier(channels=1, image_size=16)
+
+
+def test_shipped_digit_classifiers_are_what_training_gives(digit_classifier, monkeypatch) -> None:
+    import cdrl.evaluation.digits_classifier as classifiers
+    from benchmarks.bundle_digit_classifiers import BUNDLED
+
+    # Scoring reads the shipped weights and trains nothing.
+    monkeypatch.setattr(classifiers, "train_digit_classifier", lambda *_: pytest.fail("trained a shipped classifier"))
+    classifiers.default_classifier.cache_clear()
+    try:
+        shipped = {shape: classifiers.default_classifier(*shape) for shape in BUNDLED}
+    finally:
+        classifiers.default_classifier.cache_clear()
+    for (channels, image_size), classifier in shipped.items():
+        assert (classifier.channels, classifier.image_size, classifier.training) == (channels, image_size, False)
+        assert held_out_accuracy(classifier) >= 0.95
+    # The 16x16 one is the classifier a training gives now (another CPU's kernels may move a few verdicts).
+    images = build_dataset(DataConfig(dataset="digits", split="test", image_size=16, class_conditional=True)).x
+    agreement = (predict(shipped[1, 16], images) == predict(digit_classifier, images)).float().mean()
+    assert agreement >= 0.98, f"{agreement:.3f}: rerun python -m benchmarks.bundle_digit_classifiers"
 
 
 def test_digit_classifier_scores_real_digits(digit_classifier) -> None:

@@ -4,11 +4,17 @@ The ``digits-cfg`` suite reports the accuracy-vs-FID trade-off over the guidance
 ``class_accuracy(samples, labels)`` is the share of samples that this classifier, trained on
 the digits training split at the samples' size and channels, assigns to the requested class
 (:func:`cdrl.scoring.score_samples` adds it for class-conditional digits models).
+
+The classifiers of the suites' digit shapes (1 x 8 x 8 and 1 x 16 x 16) ship with the project
+(``digit_classifiers/``, written by ``python -m benchmarks.bundle_digit_classifiers``): class
+accuracy is then read with one fixed instrument on every machine, as FID is with fixed
+Inception weights, and no process spends seconds training one.
 """
 
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +24,7 @@ from cdrl.datasets import DataConfig, build_dataset
 from cdrl.errors import CdrlBenchError
 
 NUM_DIGITS = 10
+BUNDLED_CLASSIFIERS_DIR = Path(__file__).resolve().parent / "digit_classifiers"
 
 
 class ClassifierError(CdrlBenchError):
@@ -74,10 +81,20 @@ def train_digit_classifier(channels: int = 1, image_size: int = 16, epochs: int 
     return classifier.eval()
 
 
+def bundled_classifier_path(channels: int, image_size: int) -> Path:
+    """Where the shipped classifier of this sample shape is (it may not exist)."""
+    return BUNDLED_CLASSIFIERS_DIR / f"digits-{image_size}px-{channels}ch.pt"
+
+
 @functools.lru_cache(maxsize=4)
 def default_classifier(channels: int, image_size: int) -> DigitClassifier:
-    """One trained classifier per sample shape and process (training takes seconds)."""
-    return train_digit_classifier(channels, image_size)
+    """The shipped classifier of this sample shape, else one trained now (seconds), once per process."""
+    path = bundled_classifier_path(channels, image_size)
+    if not path.is_file():
+        return train_digit_classifier(channels, image_size)
+    classifier = DigitClassifier(channels, image_size)
+    classifier.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return classifier.eval()
 
 
 @torch.no_grad()
