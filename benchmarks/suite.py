@@ -476,26 +476,23 @@ def model_config(suite: Suite, model: ModelSpec, profile: str, seed: int) -> Exp
     return apply_overrides(config, budget)
 
 
-def sampler_settings(differences: list[tuple[str, str, str]]) -> tuple[str, ...] | None:
-    """The ``sampler.*`` overrides that give a trained model the wanted config, when ``differences``
-    (:func:`model_differences`) lie in ``sampler.*`` alone; None when training would differ too."""
-    if any(not key.startswith("sampler.") for key, _, _ in differences):
-        return None
-    return tuple(f"{key}={wanted}" for key, wanted, _ in differences)
+def split_differences(differences: list[tuple[str, str, str]]
+                      ) -> tuple[list[tuple[str, str, str]], tuple[str, ...]]:
+    """``differences`` (:func:`model_differences`) as (those a training would have to make, the
+    ``sampler.*`` overrides that give a trained model the rest of the wanted config)."""
+    trained = [difference for difference in differences if not difference[0].startswith("sampler.")]
+    return trained, tuple(f"{key}={wanted}" for key, wanted, _ in differences if key.startswith("sampler."))
 
 
 def scoring_sampler_overrides(suite: Suite, model: ModelSpec, profile: str) -> tuple[str, ...]:
     """How a model with ``scores`` samples the trainings it scores: the ``sampler.*`` settings in
     which its config (preset, method, ablations, overrides) differs from the scored model's."""
     target = next(other for other in suite.models if other.key == model.scores)
-    differences = model_differences(model_config(suite, model, profile, seed=0),
-                                    model_config(suite, target, profile, seed=0))
-    overrides = sampler_settings(differences)
-    if overrides is None:
-        trained = [f"{key}={wanted}" if key != "preset" else f"preset {wanted}"
-                   for key, wanted, _ in differences if not key.startswith("sampler.")]
+    trained, overrides = split_differences(model_differences(model_config(suite, model, profile, seed=0),
+                                                             model_config(suite, target, profile, seed=0)))
+    if trained:
         raise SuiteError(f"model {model.key!r} scores {model.scores!r} but would train differently "
-                         f"({', '.join(trained)}): a model that scores another may change only sampler.* "
+                         f"({', '.join(_wanted(trained))}): a model that scores another may change only sampler.* "
                          "settings; drop scores to train it, or the training settings to score that model")
     return overrides
 
@@ -642,8 +639,12 @@ def _mismatch(differences: list[tuple[str, str, str]], shown: int = 3) -> str:
     first = differences[:shown]
     more = f" and {len(differences) - shown} more setting{'s' if len(differences) > shown + 1 else ''}" \
         if len(differences) > shown else ""
-    needs = ", ".join(f"{key}={value}" if key != "preset" else f"preset {value}" for key, value, _ in first)
-    return f"needs {needs}{more}; the checkpoint has {', '.join(saved for _, _, saved in first)}"
+    return f"needs {', '.join(_wanted(first))}{more}; the checkpoint has {', '.join(saved for _, _, saved in first)}"
+
+
+def _wanted(differences: list[tuple[str, str, str]]) -> list[str]:
+    """"energy.width=128", or "preset cifar10": each difference's wanted value."""
+    return [f"{key}={value}" if key != "preset" else f"preset {value}" for key, value, _ in differences]
 
 
 def _expand_checkpoint(suite: Suite, profile: str, settings: Profile, path: Path) -> Plan:
@@ -658,10 +659,10 @@ def _expand_checkpoint(suite: Suite, profile: str, settings: Profile, path: Path
             continue
         # A model that differs from the checkpoint in sampler.* alone (no-tweedie-step, or one that
         # scores another) is the checkpoint sampled its way.
-        differences = model_differences(model_config(suite, model, profile, seed=0), saved)
-        sampler_overrides = sampler_settings(differences)
-        if sampler_overrides is None:
-            skipped.append(f"{model.label} ({_mismatch([d for d in differences if not d[0].startswith('sampler.')])})")
+        trained, sampler_overrides = split_differences(model_differences(model_config(suite, model, profile, seed=0),
+                                                                         saved))
+        if trained:
+            skipped.append(f"{model.label} ({_mismatch(trained)})")
             continue
         for seed in settings.seeds:
             for steps in eval_steps(model, apply_overrides(saved, list(sampler_overrides))):
