@@ -124,9 +124,22 @@ def process_group(device: str | torch.device | None) -> Iterator[tuple[Ranks, to
     ranks, device, started = init_distributed(device)
     try:
         yield ranks, device
+    except RuntimeError as error:
+        # Gloo's own words for a collective that outwaited the timeout (NCCL's watchdog ends the process itself).
+        if ranks.world_size > 1 and "Timed out waiting" in str(error):
+            raise CdrlBenchError(
+                f"rank {ranks.rank} waited {_minutes(collective_timeout())} for the other ranks and gave up: if rank 0 "
+                f"was still scoring, set {COLLECTIVE_TIMEOUT_ENV_VAR} higher; otherwise look in the log of the "
+                "rank that did not arrive") from error
+        raise
     finally:
         if started:
             dist.destroy_process_group()
+
+
+def _minutes(timeout: datetime.timedelta) -> str:
+    minutes = timeout.total_seconds() / 60
+    return f"{minutes:g} minutes" if minutes < 120 else f"{minutes / 60:g} hours"
 
 
 def shared(value: Any, ranks: Ranks) -> Any:

@@ -1,9 +1,10 @@
-"""Fixtures shared by the training tests: one thread per test, and a fresh MLflow store per test."""
+"""Fixtures shared by the training tests: one thread per test, a fresh MLflow store per test, a free port."""
 
 from __future__ import annotations
 
 import math
 import shutil
+import socket
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A TCP port nothing listens on now, for a process group's rendezvous (tests run side by side under xdist)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

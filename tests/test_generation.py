@@ -73,10 +73,9 @@ def _generate_on_rank(rank: int, world_size: int, checkpoint: str, port: str, ou
         dist.destroy_process_group()
 
 
-def test_two_ranks_gather_the_same_samples_in_index_order(tmp_path):
+def test_two_ranks_gather_the_same_samples_in_index_order(tmp_path, free_port):
     out = str(tmp_path / "gathered.pt")
-    port = str(29500 + os.getpid() % 1000)
-    mp.spawn(_generate_on_rank, args=(2, TRAINED, port, out), nprocs=2, join=True)
+    mp.spawn(_generate_on_rank, args=(2, TRAINED, str(free_port), out), nprocs=2, join=True)
     single = draw(load_model(TRAINED))
     torch.testing.assert_close(torch.load(out), single, rtol=0, atol=1e-4)
 

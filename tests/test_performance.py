@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 
 import pytest
 import torch
@@ -111,13 +110,10 @@ def _ddp_step(rank: int, world_size: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
-def test_ddp_positive_phase_without_sync_gives_the_single_process_update(tmp_path):
+def test_ddp_positive_phase_without_sync_gives_the_single_process_update(tmp_path, free_port):
     """Both ranks see the same batch and noise: the all-reduced average equals one process's gradient."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     out = str(tmp_path / "ddp.pt")
-    mp.spawn(_ddp_step, args=(2, port, out), nprocs=2, join=True)
+    mp.spawn(_ddp_step, args=(2, free_port, out), nprocs=2, join=True)
     single = _trainer()
     _steps(single)
     for ddp_parameter, parameter in zip(torch.load(out), single.ebm.parameters()):

@@ -11,7 +11,6 @@ import json
 import math
 import os
 import re
-import socket
 import typing
 from pathlib import Path
 
@@ -169,11 +168,8 @@ def _ddp_rank(rank: int, port: int, out: Path, tracking_uri: str) -> None:
         "run_id": result.run_id}))
 
 
-def test_under_ddp_rank_0_selects_and_every_rank_holds_its_record(tmp_path, tracking_uri):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    mp.spawn(_ddp_rank, args=(port, tmp_path, tracking_uri), nprocs=2)
+def test_under_ddp_rank_0_selects_and_every_rank_holds_its_record(tmp_path, tracking_uri, free_port):
+    mp.spawn(_ddp_rank, args=(free_port, tmp_path, tracking_uri), nprocs=2)
     first, second = (json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1))
     assert first["best_checkpoint"] == str((tmp_path / "checkpoints" / BEST_CHECKPOINT).resolve())
     assert second["best_checkpoint"] is None and second["selection"] == first["selection"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -110,12 +109,6 @@ def test_killed_run_resumes_the_same_mlflow_run_and_loss_curve(tmp_path, trackin
         torch.testing.assert_close(final["trainer"][network], expected["trainer"][network], rtol=0, atol=0)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _ddp_rank(rank: int, world_size: int, port: int, out: Path, tracking_uri: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(world_size))
@@ -128,10 +121,10 @@ def _ddp_rank(rank: int, world_size: int, port: int, out: Path, tracking_uri: st
                 "run_id": result.run_id, "batch_sizes": batch_sizes}, out / f"rank{rank}.pt")
 
 
-def test_two_process_gloo_ddp_keeps_ranks_in_sync(tmp_path, tracking_uri):
+def test_two_process_gloo_ddp_keeps_ranks_in_sync(tmp_path, tracking_uri, free_port):
     run_dir = tmp_path / "ddp"
     run_dir.mkdir()
-    mp.spawn(_ddp_rank, args=(2, _free_port(), run_dir, tracking_uri), nprocs=2)
+    mp.spawn(_ddp_rank, args=(2, free_port, run_dir, tracking_uri), nprocs=2)
     first, second = (torch.load(run_dir / f"rank{rank}.pt") for rank in (0, 1))
     # Parameters and the spectral-norm u/v buffers alike.
     torch.testing.assert_close(first["ebm"], second["ebm"], rtol=0, atol=0)
