@@ -652,7 +652,8 @@ def check(
                        "[red]REGRESSED[/]" if item.regressed else "[green]ok[/]")
     console.print(report, width=max(console.width, 150))  # one line per metric, also in CI logs
     if drifts:
-        prints = Table(title="fingerprints: relative drift from the baseline (fixed seeds, stored checkpoints)")
+        prints = Table(title="fingerprints: relative drift from the baseline (of the median sample; fixed seeds, "
+                             "stored checkpoints)")
         for column in ("fingerprint", "drift", "tolerance", "status"):
             prints.add_column(column, justify="left" if column == "fingerprint" else "right")
         for item in drifts:

@@ -176,14 +176,17 @@ class FingerprintComparison:
     name: str
     drift: float
     tolerance: float
+    #: How many samples the fingerprint holds (its drift is the median sample's); 1: a training fingerprint.
+    samples: int = 1
 
     @property
     def regressed(self) -> bool:
         return not self.drift <= self.tolerance
 
     def describe(self) -> str:
-        return (f"fingerprint {self.name} drifted by {self.drift:.3g} (relative) > tolerance {self.tolerance:g}: "
-                "the method's numbers changed")
+        measured = f"the median of {self.samples} samples" if self.samples > 1 else "the largest entry"
+        return (f"fingerprint {self.name} drifted by {self.drift:.3g} (relative, {measured}) > tolerance "
+                f"{self.tolerance:g}: the method's numbers changed")
 
 
 def compare(suite: Suite, baseline: dict, current: dict, k: float | None = None) -> list[Comparison]:
@@ -221,7 +224,7 @@ def compare(suite: Suite, baseline: dict, current: dict, k: float | None = None)
 
 def compare_fingerprints(suite: Suite, baseline: dict, current: dict[str, list[float]]
                          ) -> list[FingerprintComparison]:
-    from benchmarks.fingerprint import drift
+    from benchmarks.fingerprint import drift, samples_per_fingerprint
 
     stored = baseline.get("fingerprints") or {}
     if suite.fingerprint_tolerance is None:
@@ -229,5 +232,6 @@ def compare_fingerprints(suite: Suite, baseline: dict, current: dict[str, list[f
     if not stored:
         raise SuiteError(f"suite {suite.name} checks fingerprints but the baseline has none: rewrite it with "
                          "`cdrl-bench check --update`")
-    return [FingerprintComparison(name, drift(current.get(name, []), values), suite.fingerprint_tolerance)
-            for name, values in stored.items()]
+    samples = samples_per_fingerprint(suite)
+    return [FingerprintComparison(name, drift(current.get(name, []), values, samples.get(name, 1)),
+                                  suite.fingerprint_tolerance, samples.get(name, 1)) for name, values in stored.items()]

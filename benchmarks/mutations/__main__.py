@@ -3,12 +3,14 @@
     python -m benchmarks.mutations                        # every mutation, then nothing else
     python -m benchmarks.mutations --clean 10             # plus 10 unmutated reruns (seeds and threads varied)
     python -m benchmarks.mutations --only no-step-scaling --only guidance-sign --json kills.json
+    python -m benchmarks.mutations --fingerprints-only --workers 2   # the fingerprints alone: a minute
 
 The gate is what CI runs: ``cdrl-bench run --suite SUITE`` then ``cdrl-bench check --suite
 SUITE --baseline BASELINE``, each in the scratch copy with its own MLflow store. A mutation is
 killed when the check exits non-zero (a regressed metric, a drifted fingerprint) or the run
 crashes; a clean rerun that fails is a false alarm. Not part of .ci/run: each gate run takes
-minutes.
+minutes. ``--fingerprints-only`` compares only the stored models' fingerprints with the
+baseline's (no training, no scoring): seconds per mutation, and the drift that killed each.
 """
 
 from __future__ import annotations
@@ -80,12 +82,37 @@ def _run_gate(root: Path, suite: str, baseline: str, threads: int, seed_offset: 
     return check.returncode, log + check.stdout + check.stderr, time.monotonic() - started
 
 
+#: Compares the scratch copy's fingerprints with the baseline's; exit 3 on a drift (1: it crashed).
+_FINGERPRINT_CHECK = """
+import sys
+from pathlib import Path
+from benchmarks.fingerprint import fingerprints
+from benchmarks.regression import compare_fingerprints, read_results
+from benchmarks.suite import load_suite
+suite = load_suite(sys.argv[1])
+drifts = compare_fingerprints(suite, read_results(Path(sys.argv[2])), fingerprints(suite))
+for item in sorted(drifts, key=lambda item: -item.drift):
+    print(("regression: " + item.describe()) if item.regressed else f"unchanged: {item.name} {item.drift:.2g}")
+sys.exit(3 if any(item.regressed for item in drifts) else 0)
+"""
+
+
+def _check_fingerprints(root: Path, suite: str, baseline: str, threads: int) -> tuple[int, str, float]:
+    environment = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": str(threads),
+                   "MKL_NUM_THREADS": str(threads)}
+    started = time.monotonic()
+    check = subprocess.run([sys.executable, "-c", _FINGERPRINT_CHECK, suite, baseline], cwd=root, env=environment,
+                           capture_output=True, text=True)
+    code = check.returncode if check.returncode in (0, 3) else -abs(check.returncode)
+    return code, check.stdout + check.stderr, time.monotonic() - started
+
+
 def _outcome(name: str, description: str, code: int, log: str, seconds: float, threads: int, seed_offset: int,
              mutated: bool, equivalent: str) -> Outcome:
     failures = [line.split("regression:", 1)[1].strip() for line in log.splitlines() if "regression:" in line]
     fingerprint_failures = sum(failure.startswith("fingerprint") for failure in failures)
     if code < 0:
-        verdict = "crashed"
+        verdict = "crashed" if mutated else "false alarm"  # an unmutated run must not crash either
         errors = [line for line in log.splitlines() if line.strip()]
         failures = [errors[-1][:160] if errors else f"exit {code}"]
     elif code == 0:
@@ -132,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                "with --threads 1)")
     parser.add_argument("--scratch", default="runs/mutations", help="where the scratch copies go")
     parser.add_argument("--json", help="also write the outcomes as JSON here")
+    parser.add_argument("--fingerprints-only", action="store_true",
+                        help="compare only the stored models' fingerprints (no gate run): seconds each")
     arguments = parser.parse_args(argv)
     if arguments.clean < 0 or min(arguments.threads, arguments.workers, arguments.clean_from) < 1:
         parser.error("--clean must be at least 0; --threads, --workers and --clean-from at least 1")
@@ -147,7 +176,9 @@ def main(argv: list[str] | None = None) -> int:
         root = _scratch_copy(scratch / name)
         if mutation is not None:
             mutation.apply(root)
-        code, log, seconds = _run_gate(root, arguments.suite, arguments.baseline, threads, seed_offset)
+        code, log, seconds = (_check_fingerprints(root, arguments.suite, arguments.baseline, threads)
+                              if arguments.fingerprints_only
+                              else _run_gate(root, arguments.suite, arguments.baseline, threads, seed_offset))
         (root / "gate.log").write_text(log)
         outcome = _outcome(name, mutation.description if mutation else f"unmutated, {threads} thread(s), "
                            f"seeds +{seed_offset}", code, log, seconds, threads, seed_offset, mutation is not None,
