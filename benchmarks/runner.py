@@ -85,8 +85,9 @@ def _scored_checkpoint(plan: Plan, job: TrainingJob, folder: Path, last: Path | 
 
 
 def _train(plan: Plan, job: TrainingJob, runs_dir: Path, tracking_uri: str | None, data_dir: str | None,
-           device, progress: Progress) -> tuple[str, str, str | None] | None:
-    """Train (or continue) ``job``; rank 0 gets what :func:`_scored_checkpoint` says, the other ranks None."""
+           device, progress: Progress) -> tuple[str, str, str | None, int] | None:
+    """Train (or continue) ``job``; rank 0 gets what :func:`_scored_checkpoint` says and the iteration the
+    training started from (a requeued job continues its checkpoint), the other ranks None."""
     config = _config(job, data_dir)
     folder = run_folder(plan, job, runs_dir)
     started = RunFolder(folder).checkpoint_paths()
@@ -98,7 +99,20 @@ def _train(plan: Plan, job: TrainingJob, runs_dir: Path, tracking_uri: str | Non
                               progress=progress)
     if result.run_id is None:  # not rank 0
         return None
-    return _scored_checkpoint(plan, job, folder, result.checkpoint, result.best_checkpoint, result.run_id)
+    return (*_scored_checkpoint(plan, job, folder, result.checkpoint, result.best_checkpoint, result.run_id),
+            result.started_at)
+
+
+def _trained_line(job: TrainingJob, started_at: int, seconds: float) -> str:
+    """'trained KEY (1500 iterations, 14 s)', saying so when a checkpoint (a requeue's) did part of them."""
+    iterations = job.config.training.iterations
+    if started_at >= iterations:
+        done = f"{iterations} iterations, already trained"
+    elif started_at:
+        done = f"iterations {started_at + 1}-{iterations}, continued from its checkpoint"
+    else:
+        done = f"{iterations} iterations"
+    return f"trained {job.key} ({done}, {seconds:.0f} s)"
 
 
 def _trained(plan: Plan, job: TrainingJob, runs_dir: Path, data_dir: str | None) -> tuple[str, str, str | None]:
@@ -175,12 +189,11 @@ def run_plan(plan: Plan, *, tracking_uri: str | None = None, runs_dir: Path = Pa
                         progress.update(overall, description=f"{suite.name}: training {training.key}")
                         started = time.monotonic()
                         # Rank 0 alone knows the checkpoint files and the MLflow run: it tells the others.
-                        checkpoint, selection, training_run = shared(
+                        checkpoint, selection, training_run, started_at = shared(
                             _train(plan, training, runs_dir, tracking_uri, data_dir, device, progress), ranks)
                         summary.trained.append(training.key)
                         summary.seconds["training"] += time.monotonic() - started
-                        progress.console.print(f"trained {training.key} ({training.config.training.iterations} "
-                                               f"iterations, {time.monotonic() - started:.0f} s)"
+                        progress.console.print(_trained_line(training, started_at, time.monotonic() - started)
                                                + (f": scoring {checkpoint} ({selection})" if jobs else ""),
                                                highlight=False, soft_wrap=True)
                         progress.advance(overall)

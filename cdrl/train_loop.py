@@ -72,6 +72,8 @@ class TrainResult:
     best_checkpoint: Path | None
     #: Which checkpoint is the run's result, e.g. "best: fid 41.7 at iteration 2000 of 4000 (...)".
     selection: str
+    #: The iteration this call started from: 0, or the checkpoint's that a resume continued.
+    started_at: int = 0
 
 
 # --------------------------------------------------------------------------- config checks
@@ -288,6 +290,7 @@ def _train(config: ExperimentConfig, dataset, folder: RunFolder, resumed: Resume
         trainer.load_state_dict(payload["trainer"])
         _restore_rng(trainer, payload["rng"][ranks.rank])
         rollbacks = payload["rollbacks"]
+    started_at = trainer.iteration
     metric = selection_metric(config)
     best = _restored_selection(payload, metric, cadence)
     last_checkpoint = resumed.checkpoint if resumed is not None and ranks.is_main else None
@@ -392,7 +395,7 @@ def _train(config: ExperimentConfig, dataset, folder: RunFolder, resumed: Resume
                                                f"checkpoint {last_checkpoint}", highlight=False, soft_wrap=True)
         return TrainResult(folder.root, trainer.iteration, last_checkpoint, run.run_id if run else None, trainer,
                            folder.best() if cadence.select_every and ranks.is_main else None,
-                           _selection_summary(cadence, best, trainer.iteration))
+                           _selection_summary(cadence, best, trainer.iteration), started_at)
 
 
 def _stop_for_preemption(trainer: CooperativeTrainer, folder: RunFolder, signum: int, ranks: Ranks,

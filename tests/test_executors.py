@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import signal
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from typer.testing import CliRunner
 import cli
 from benchmarks.executors import JobSettings, SuiteJob, WorkUnit, _cause, _SubmititTask, work_units
 from cdrl.errors import CdrlBenchError
+from cdrl.tracking import TAG_PID
 from tiny_suite import TINY_SUITE
 
 
@@ -103,6 +105,42 @@ def test_jobs_are_portable_and_requeue_themselves(tmp_path, monkeypatch, trackin
               "split\n\n----------------------\nYou can check full logs with 'job.stderr(0)' or at paths:\n"
               "  - /jobs/1_0_log.err\n  - /jobs/1_0_log.out\n")
     assert _cause(report) == "cdrl.config.ConfigError: training.batch_size=32 does not split"
+
+
+def test_a_preempted_submitit_job_is_requeued_and_resumes_its_training_to_the_end(suite_folder, tracking_uri):
+    """submitit's local cluster signals the running training as SLURM does before a preemption (USR2):
+    the training checkpoints the step it is in and closes its MLflow run KILLED, submitit requeues the
+    job, and the requeued job resumes the same run folder and MLflow run to the last iteration."""
+    import time
+
+    import submitit
+
+    long_suite = ONE_MODEL_SUITE.replace("iterations = 3", "iterations = 1500")
+    (suite_folder / "long.toml").write_text(long_suite.replace("run.checkpoint_every=1000", "run.checkpoint_every=100"))
+    settings = JobSettings("long.toml", tracking_uri=tracking_uri, device="cpu", threads=1).portable()
+    (unit,) = work_units(settings.plan(), settings, processes_per_training=1)
+    executor = submitit.AutoExecutor(folder=suite_folder / "jobs", cluster="local")
+    executor.update_parameters(timeout_min=10)
+    job = executor.submit(_SubmititTask(unit.training))
+    deadline = time.monotonic() + 300
+    while not any((suite_folder / "runs").rglob("ckpt-*.pt")):  # training, its signal handlers installed
+        assert job.state not in ("FINISHED", "INTERRUPTED") and time.monotonic() < deadline, job.stderr()
+        time.sleep(0.05)
+    client = MlflowClient(tracking_uri)
+    (run,) = client.search_runs([experiment.experiment_id for experiment in client.search_experiments()])
+    os.kill(int(run.data.tags[TAG_PID]), signal.SIGUSR2)  # what SLURM sends the job's task, as submitit asks
+    job.result()
+    log = job.stdout()
+    assert "Requeued job" in log and log.count("Starting with JobEnvironment") == 2
+    assert [found.info.run_id for found in client.search_runs([run.info.experiment_id])] == [run.info.run_id]
+    run = client.get_run(run.info.run_id)
+    assert run.info.status == "FINISHED" and run.data.params["training.iterations"] == "1500"
+    stop = re.match(r"stopped by SIGUSR2 after iteration (\d+); checkpoint .*ckpt-0*\1\.pt", run.data.tags["cdrl.preempted"])
+    stopped_at = int(stop.group(1))
+    assert 100 < stopped_at < 1500 and f"trained cdrl/seed0 (iterations {stopped_at + 1}-1500, continued" in log
+    # One loss curve to the end, the stop's step on it once: the requeued job resumed, it did not start again.
+    steps = [metric.step for metric in client.get_metric_history(run.info.run_id, "ebm_loss")]
+    assert len(steps) == len(set(steps)) and stopped_at in steps and max(steps) == 1500
 
 
 def test_local_executor_refuses_cluster_options(suite_folder):
