@@ -26,7 +26,8 @@ import pandas as pd
 
 from benchmarks.records import TAG_GUIDANCE, TAG_MODEL, TAG_SOURCE, TAG_STEPS, finished_eval_runs, latest_per_key
 from benchmarks.regression import standard_error
-from benchmarks.suite import EvalJob, SuiteError, Suite, config_delta, expand
+from benchmarks.suite import (EvalJob, ModelSpec, SuiteError, Suite, config_delta, expand,
+                              scoring_sampler_overrides)
 from cdrl.metrics import METRICS
 from cdrl.tracking import resolve_tracking_uri
 
@@ -307,11 +308,37 @@ def _notes(suite: Suite, profile: str, runs: pd.DataFrame, tracking_uri: str | N
     if suite.notes:
         notes.append(suite.notes.strip())
     for model in suite.models:
-        if model.checkpoint is None and not model.floor and model.scores is None:
-            delta = config_delta(suite, model)
-            if delta:
-                notes.append(f"{model.label}: {', '.join(delta)}.")
+        note = _model_note(suite, model, profile)
+        if note:
+            notes.append(f"{model.label or model.key}: {note}.")
     return notes
+
+
+def _model_note(suite: Suite, model: ModelSpec, profile: str) -> str:
+    """How a row's model differs from the suite's: what it trains or samples differently, and its own
+    evaluation protocol; the label stays short and the table narrow."""
+    parts = []
+    if model.scores is not None:
+        target = next(other for other in suite.models if other.key == model.scores)
+        sampling = scoring_sampler_overrides(suite, model, profile)
+        parts.append(f"scores the trainings of {target.label or target.key}"
+                     + (f", sampled with {', '.join(sampling)}" if sampling else ""))
+    elif model.checkpoint is None and not model.floor:
+        parts.extend(config_delta(suite, model, profile))
+    scored = []
+    if model.n_samples is not None:
+        scored.append(f"with {model.samples(suite.profiles[profile]):,} samples")
+    if model.reference_split is not None or model.n_reference is not None:
+        n_reference = model.n_reference or suite.profiles[profile].n_reference
+        split = model.reference_split or suite.reference_split
+        scored.append(f"against {'the' if n_reference is None else f'the first {n_reference:,}'} images of the "
+                      f"{split} split")
+    reference = f"reference {', '.join(model.reference_overrides)}" if model.reference_overrides else ""
+    if scored:
+        parts.append("scored " + " ".join(scored) + (f" ({reference})" if reference else ""))
+    elif reference:
+        parts.append(f"scored against {reference}")
+    return "; ".join(parts)
 
 
 # --------------------------------------------------------------------------- rendering

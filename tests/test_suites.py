@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -415,6 +416,24 @@ def test_table_notes_print_every_rows_config_delta(tmp_path):
                     "sampler.langevin_noise_scale=0.99", "training.variance_reduction=False", "training.grad_clip=None",
                     "training.iterations=1000000"):
         assert setting in drl_note, setting
+
+
+def test_table_notes_say_what_a_row_scores_and_its_own_protocol_so_labels_stay_short(tmp_path):
+    absent = f"sqlite:///{tmp_path}/absent.db"
+    ablations = build_table(load_suite("cifar10-ablations"), tracking_uri=absent)
+    assert "- Tweedie step: scores the trainings of CDRL (published details), sampled with " \
+           "sampler.tweedie_step=false." in ablations.notes
+    guidance = build_table(load_suite("imagenet32-cfg"), tracking_uri=absent)
+    assert "CDRL (conditional), published protocol: scores the trainings of CDRL (conditional); scored with 5,000 " \
+           "samples against the first 5,000 images of the test split (reference " \
+           "data.imagenet_source=npz64-resized)." in guidance.notes
+    assert not any(note.startswith("CDRL (conditional):") for note in guidance.notes)  # the suite's own protocol
+    assert max(len(label) for label in guidance.display["method"]) <= 40
+    suite = load_suite("imagenet32-cfg")
+    smaller = dataclasses.replace(suite.profiles["quick"], n_samples=1000)  # the profile caps the model's 5,000
+    quick = build_table(dataclasses.replace(suite, profiles={**suite.profiles, "quick": smaller}), quick=True,
+                        tracking_uri=absent)
+    assert any("scored with 1,000 samples against the first 5,000 images" in note for note in quick.notes)
 
 
 def test_suite_scores_the_best_checkpoint_it_selected(tmp_path, monkeypatch):
