@@ -611,7 +611,8 @@ def check(
     Example: cdrl-bench check --suite gate --baseline results/baselines/gate.json
     """
     from benchmarks.fingerprint import fingerprints
-    from benchmarks.regression import compare, compare_fingerprints, read_results, results_from_runs, write_results
+    from benchmarks.regression import (compare, compare_fingerprints, other_machine, read_results,
+                                       results_from_runs, write_results)
     from benchmarks.suite import load_suite
 
     _compute_setup(threads, None)
@@ -664,6 +665,11 @@ def check(
     if failures:
         for item in failures:
             error_console.print(f"[bold red]regression:[/] {item.describe()}", highlight=False, soft_wrap=True)
+        elsewhere = other_machine(stored.get("recorded") or {})
+        if elsewhere and any(item.regressed for item in drifts):  # fingerprints are numbers of one machine's kernels
+            error_console.print(f"note: the baseline was recorded on another machine ({elsewhere}); if the code did "
+                                "not change, the drift is the machines': rebuild the baseline on the machine CI runs "
+                                "on (results/gate/README.md)", highlight=False, soft_wrap=True)
         raise SystemExit(1)
     console.print(f"check passed: {len(comparisons)} metrics within tolerance"
                   f"{f', {len(drifts)} fingerprints unchanged' if drifts else ''}", highlight=False)

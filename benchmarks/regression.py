@@ -77,7 +77,27 @@ def results_from_runs(suite: Suite, profile: str, tracking_uri: str | None = Non
 
 def _environment() -> dict:
     return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
-            "python": platform.python_version(), "machine": platform.machine(), "threads": torch.get_num_threads()}
+            "python": platform.python_version(), "machine": platform.machine(), "cpu": cpu_description(),
+            "threads": torch.get_num_threads()}
+
+
+def cpu_description() -> str:
+    """The processor and the vector code PyTorch runs on it, e.g. "Intel(R) Xeon(R) Processor (AVX512)"."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as lines:
+            name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), name)
+    except OSError:
+        pass
+    return f"{name} ({torch.backends.cpu.get_cpu_capability()})"
+
+
+def other_machine(recorded: dict) -> str:
+    """How the machine that recorded a baseline differs from this one ("" when they agree, or it is unknown)."""
+    here = {"torch": torch.__version__, "cpu": cpu_description()}
+    differences = [f"{key} {recorded[key]} there, {value} here" for key, value in here.items()
+                   if recorded.get(key) not in (None, value)]
+    return "; ".join(differences)
 
 
 def write_results(document: dict, path: Path) -> Path:

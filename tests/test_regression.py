@@ -214,6 +214,30 @@ def test_the_gate_fingerprints_hold_on_another_cpu_code_path(tmp_path):
     assert drifts and not [item.describe() for item in drifts if item.regressed]
 
 
+def test_a_drifted_fingerprint_names_the_machine_the_baseline_was_recorded_on(tmp_path):
+    from benchmarks.regression import cpu_description
+
+    stored = read_results(GATE_BASELINE)
+    moved = dict(stored["fingerprints"])
+    moved["samples:toy-cdrl/K15/w0"] = [value * 1.01 for value in moved["samples:toy-cdrl/K15/w0"]]
+    baseline, results = tmp_path / "baseline.json", tmp_path / "results.json"
+    results.write_text(json.dumps(stored))
+
+    def check(recorded: dict):
+        baseline.write_text(json.dumps({**stored, "fingerprints": moved, "recorded": recorded}))
+        return CliRunner().invoke(app, ["check", "--suite", "gate", "--baseline", str(baseline),
+                                        "--results", str(results)])
+
+    elsewhere = check({**stored["recorded"], "torch": torch.__version__, "cpu": "Other CPU (AVX2)"})
+    assert elsewhere.exit_code == 1
+    output = " ".join(elsewhere.output.split())
+    assert "fingerprint samples:toy-cdrl/K15/w0 drifted by 0.0099 (relative, the median of 64 samples)" in output
+    assert (f"note: the baseline was recorded on another machine (cpu Other CPU (AVX2) there, {cpu_description()} "
+            "here); if the code did not change") in output
+    here = check({**stored["recorded"], "torch": torch.__version__, "cpu": cpu_description()})
+    assert here.exit_code == 1 and "note:" not in here.output
+
+
 def test_comparison_of_a_nan_mean_regresses():
     item = Comparison("p", "fid", (1.0, 2.0, 3.0), (float("nan"),), k=4)
     assert item.regressed
@@ -235,6 +259,19 @@ def test_every_catalogued_mutation_applies_to_the_current_code(tmp_path):
     stale = Mutation("stale", "a snippet the code no longer has", "cdrl/langevin.py", "no such line", "")
     with pytest.raises(MutationError, match="0 times"):
         stale.apply(tmp_path / MUTATIONS[0].name)
+
+
+def test_the_power_table_counts_a_crashed_clean_rerun_as_a_false_alarm():
+    from benchmarks.mutations.__main__ import _outcome, _table
+
+    wrapped = ("Traceback (most recent call last):\n  File \"x.py\", line 1\nRuntimeError: frozen_spectral_norm "
+               "needs the network in eval mode (no power\niterations)\n")
+    crashed = _outcome("spectral-norm-in-train-mode", "", -1, wrapped, 1.0, 1, 0, True, "")
+    assert crashed.verdict == "crashed" and crashed.first_failure.startswith("RuntimeError: frozen_spectral_norm")
+    clean_crash = _outcome("clean-1", "", -1, "error: no space left on device\n", 1.0, 1, 100, False, "")
+    assert clean_crash.verdict == "false alarm" and clean_crash.first_failure == "error: no space left on device"
+    assert _table([crashed, clean_crash]).endswith("killed 1 of 1 mutations (1 by quality metrics or a crash); "
+                                                   "false alarms 1 of 1 clean reruns")
 
 
 def test_fingerprints_catch_a_bug_that_only_changes_fewer_step_sampling(monkeypatch):

@@ -113,7 +113,9 @@ def _outcome(name: str, description: str, code: int, log: str, seconds: float, t
     fingerprint_failures = sum(failure.startswith("fingerprint") for failure in failures)
     if code < 0:
         verdict = "crashed" if mutated else "false alarm"  # an unmutated run must not crash either
-        errors = [line for line in log.splitlines() if line.strip()]
+        # The error's own line (a traceback may wrap it), else the last line.
+        lines = [line.strip() for line in log.splitlines() if line.strip()]
+        errors = [line for line in lines if re.match(r"(error:|[\w.]*(Error|Exception): )", line)] or lines
         failures = [errors[-1][:160] if errors else f"exit {code}"]
     elif code == 0:
         verdict = "survived" if mutated else "clean"
