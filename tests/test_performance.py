@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 
 import pytest
 import torch
@@ -288,16 +289,27 @@ def test_chain_computes_the_conditioning_once_per_chain_bit_for_bit(name, monkey
     assert len(calls) == 1  # 4 steps, one conditioning
 
 
-def test_cpu_fma_peak_probe_measures_or_says_it_cannot(monkeypatch):
+def test_cpu_fma_peak_probe_measures_the_widest_unit_or_says_it_cannot(monkeypatch):
     from benchmarks.speed import cpu_peak
 
-    peak = cpu_peak.fma_peak_tflops(threads=1, rounds=200_000, repeats=2)
-    if cpu_peak._has_avx2_fma() and shutil.which("cc"):
-        assert peak is not None and 0.001 < peak < 10
+    units = [unit.name for unit in cpu_peak.available_units()]
+    peaks = cpu_peak.unit_peaks(threads=1, rounds=2_000_000, repeats=3)
+    if units and shutil.which("cc"):
+        assert sorted(peaks) == sorted(units) and all(0.001 < tflops < 10 for tflops in peaks.values())
+        if "AVX-512" in peaks:  # one 512-bit FMA does two 256-bit ones' work: never slower per FLOP
+            assert peaks["AVX-512"] >= 0.8 * peaks["AVX2"], peaks
+        if shutil.which("objdump"):  # twelve chains in the loop, or the rate counts one chain twelve times
+            for unit in cpu_peak.available_units():
+                code = subprocess.run(["objdump", "-d", str(cpu_peak._binary(unit))], capture_output=True,
+                                      text=True, check=True).stdout
+                assert code.count("vfmadd") >= 12, f"{unit.name}: {code.count('vfmadd')} FMA instructions"
+        monkeypatch.setattr(cpu_peak, "unit_peaks", lambda *_: peaks)
+        assert cpu_peak.fma_peak(threads=1) == max((tflops, name) for name, tflops in peaks.items())
+        monkeypatch.undo()
     else:
-        assert peak is None
+        assert cpu_peak.fma_peak(threads=1, rounds=1000, repeats=1) is None
     monkeypatch.setattr(cpu_peak.shutil, "which", lambda name: None)
-    assert cpu_peak.fma_peak_tflops(threads=1, rounds=1000, repeats=1) is None
+    assert cpu_peak.fma_peak(threads=1, rounds=1000, repeats=1) is None
 
 
 def test_options_matrix_times_each_set_and_drops_cuda_only_options_on_cpu(tmp_path, monkeypatch):

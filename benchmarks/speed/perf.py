@@ -37,7 +37,7 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.speed.cpu_peak import fma_peak_tflops
+from benchmarks.speed.cpu_peak import fma_peak
 from cdrl.checkpoint import LoadedModel
 from cdrl.config import ExperimentConfig, apply_overrides, preset
 from cdrl.datasets import item_shape
@@ -324,9 +324,9 @@ def device_peak(device: torch.device, config: ExperimentConfig, override: float 
         return override, "--peak-tflops"
     if device.type == "cpu":
         threads = torch.get_num_threads()
-        fma = fma_peak_tflops(threads)
+        fma = fma_peak(threads)
         if fma is not None:
-            return fma, f"measured float32 AVX2 FMA peak on {threads} threads (benchmarks.speed.cpu_peak)"
+            return fma[0], f"measured float32 {fma[1]} FMA peak on {threads} threads (benchmarks.speed.cpu_peak)"
         return measured_cpu_peak_tflops(), "measured float32 sgemm 2048^3 on these threads (no FMA probe here)"
     arithmetic = ("bfloat16" if config.performance.ebm_precision == "bfloat16"
                   else "tf32" if config.performance.tf32 else "float32")
