@@ -143,6 +143,15 @@ def test_a_preempted_submitit_job_is_requeued_and_resumes_its_training_to_the_en
     assert len(steps) == len(set(steps)) and stopped_at in steps and max(steps) == 1500
 
 
+def test_the_suite_says_which_iterations_a_training_ran(suite_folder):
+    from benchmarks.runner import _trained_line
+
+    training = JobSettings("tiny-test.toml").plan().trainings[0]  # 3 iterations
+    assert _trained_line(training, 0, 14.2) == "trained cdrl/seed0 (3 iterations, 14 s)"
+    assert _trained_line(training, 1, 2.0) == "trained cdrl/seed0 (iterations 2-3, continued from its checkpoint, 2 s)"
+    assert _trained_line(training, 3, 0.1) == "trained cdrl/seed0 (3 iterations, already trained, 0 s)"
+
+
 def test_local_executor_refuses_cluster_options(suite_folder):
     result = CliRunner().invoke(cli.app, ["run", "--suite", "tiny-test.toml", "--processes-per-training", "2"])
     assert result.exit_code != 0 and "torchrun --nproc_per_node" in str(result.exception)
