@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -313,6 +314,25 @@ def test_cpu_fma_peak_probe_measures_the_widest_unit_or_says_it_cannot(monkeypat
         assert cpu_peak.fma_peak(threads=1, rounds=1000, repeats=1) is None
     monkeypatch.setattr(cpu_peak.shutil, "which", lambda name: None)
     assert cpu_peak.fma_peak(threads=1, rounds=1000, repeats=1) is None
+
+
+def test_a_cpu_bfloat16_run_is_held_to_the_faster_of_its_bfloat16_and_float32_peaks(monkeypatch):
+    cpu, float32 = torch.device("cpu"), preset("tiny")
+    bfloat16 = apply_overrides(float32, ["performance.ebm_precision=bfloat16"])
+    monkeypatch.setattr(perf, "fma_peak", lambda threads: (0.2, "AVX-512"))
+    rates = {torch.float32: 0.15, torch.bfloat16: 0.8}  # AMX: bfloat16 matmuls 4x the float32 FMA peak
+    monkeypatch.setattr(perf, "measured_cpu_peak_tflops", lambda dtype=torch.float32, **_: rates[dtype])
+    assert perf.device_peak(cpu, float32, None)[0] == 0.2
+    peak, source = perf.device_peak(cpu, bfloat16, None)
+    assert peak == 0.8 and "bfloat16 matmul" in source
+    rates[torch.bfloat16] = 0.03  # no bfloat16 arithmetic: converted, slower than float32
+    assert perf.device_peak(cpu, bfloat16, None) == perf.device_peak(cpu, float32, None)
+    assert perf.device_peak(cpu, bfloat16, 1.5) == (1.5, "--peak-tflops")
+    monkeypatch.undo()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists() and "amx_bf16" in cpuinfo.read_text():  # the measurement itself runs in bfloat16 (4-5x here)
+        assert (perf.measured_cpu_peak_tflops(1024, dtype=torch.bfloat16)
+                > 1.5 * perf.measured_cpu_peak_tflops(1024))
 
 
 def test_options_matrix_times_each_set_and_drops_cuda_only_options_on_cpu(tmp_path, monkeypatch):
