@@ -699,8 +699,9 @@ def perf(
                                       help="Peak TFLOP/s to compare with (default: "
                                                                   "datasheet for H100/H200; on CPU the measured "
                                                                   "FMA peak, benchmarks.speed.cpu_peak)."),
-    options_matrix: bool = typer.Option(False, "--options-matrix", help="Time the exact path, each speed option "
-                                                                        "alone and all together; print a table."),
+    options_matrix: bool = typer.Option(False, "--options-matrix",
+                                        help="Time the exact path, each speed option alone and all but bfloat16 "
+                                             "together; print a table."),
     json_out: Path = typer.Option(None, "--json", help="Also write the report as JSON here."),
 ) -> None:
     """Training s/iteration, Langevin steps/s, sampling images/s, FLOPs and the fraction of peak of a preset.

@@ -12,8 +12,8 @@ fraction of the device's peak FLOP/s. Speed options come in as config overrides
 
 ``--breakdown`` profiles one more iteration and splits its time by kind of operation
 (convolution forward and backward, matmuls, the rest) with the FLOP/s of each;
-``--options-matrix`` runs the exact path, each speed option alone and all of them together,
-and prints one table.
+``--options-matrix`` runs the exact path, each speed option alone and all but bfloat16
+together, and prints one table.
 
 On a shared machine wall time depends on the load: the report carries the process CPU
 seconds and the load average next to every wall-clock number.
@@ -461,7 +461,8 @@ def run(settings: PerfSettings) -> PerfReport:
 
 # --------------------------------------------------------------------------- options matrix
 
-#: What ``--options-matrix`` times, one run each: the exact path, each speed option alone, all together.
+#: What ``--options-matrix`` times, one run each: the exact path, each speed option alone, all but
+#: bfloat16 together (bfloat16 changes results the most, so it is timed alone).
 OPTION_MATRIX: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("plain (eager float32)", ()),
     ("channels_last", ("performance.channels_last=true",)),
