@@ -328,9 +328,10 @@ def device_peak(device: torch.device, config: ExperimentConfig, override: float 
     if device.type == "cpu":
         threads = torch.get_num_threads()
         fma = fma_peak(threads)
-        peak = ((fma[0], f"measured float32 {fma[1]} FMA peak on {threads} threads (benchmarks.speed.cpu_peak)")
-                if fma is not None else
-                (measured_cpu_peak_tflops(), "measured float32 sgemm 2048^3 on these threads (no FMA probe here)"))
+        if fma is not None:
+            peak = fma[0], f"measured float32 {fma[1]} FMA peak on {threads} threads (benchmarks.speed.cpu_peak)"
+        else:
+            peak = measured_cpu_peak_tflops(), "measured float32 sgemm 2048^3 on these threads (no FMA probe here)"
         if arithmetic == "bfloat16":
             # AMX runs bfloat16 matmuls several times faster than float32 FMAs; a CPU without bfloat16
             # arithmetic converts and stays under its float32 peak, which then remains the bound.
