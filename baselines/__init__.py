@@ -5,9 +5,8 @@
   linear-beta levels, step size delta^2 = b^2 k beta with b^2 = 2e-4 (half of CDRL's
   2 * 2e-4 * k * beta), x_s and x_t from independent noise, no Tweedie step, test-time Langevin
   noise x 0.99, and DRL's optimisation (no gradient clipping, EMA 0.999 without warm-up, a
-  learning-rate warm-up of at most 1,000 iterations; EMA decays a CPU-scale preset or suite
-  lowered stay theirs). The networks and the batch stay the
-  preset's. ``results/paper/drl_config.csv`` records DRL's published configuration.
+  learning-rate warm-up of at most 1,000 iterations; an EMA decay that a CPU-scale preset or
+  suite lowered is kept). The networks and the batch stay the preset's. ``results/paper/drl_config.csv`` records DRL's published configuration.
 * :data:`ABLATIONS` names override lists: the two improvements the CDRL paper names (its
   noise schedule, variance reduction), every practical detail of the published code, and
   "CDRL without initializer" (the DRL algorithm on CDRL's schedule, step size and training).
@@ -47,7 +46,8 @@ ABLATIONS: dict[str, tuple[str, ...]] = {
     "constant-step-size": ("langevin.step_scales_with_noise=false",),
     # The network output is the energy itself, not the energy divided by the step size.
     "energy-not-divided-by-step-size": ("langevin.energy_divided_by_step_size=false",),
-    # r_mul = r at the noisiest level too (the EBM models a conditional there as well).
+    # r_mul = r at the noisiest level too: the EBM's input there is scaled by sqrt(r) like the other
+    # levels' (the coupling term stays dropped, so the chain still samples the marginal at s).
     "final-level-scaled": ("schedule.final_level_unscaled=false",),
     # No final Tweedie denoising step when sampling.
     "no-tweedie-step": ("sampler.tweedie_step=false",),

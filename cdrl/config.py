@@ -17,7 +17,7 @@ from cdrl.langevin import LangevinConfig
 from cdrl.networks import EnergyNetConfig, InitializerConfig, build_energy_net, build_initializer, count_parameters
 from cdrl.performance import PerformanceConfig
 from cdrl.sampler import SamplerConfig
-from cdrl.schedule import ScheduleConfig
+from cdrl.schedule import ScheduleConfig, ddpm_read_steps
 from cdrl.typed import FieldError, above, at_least, bounds, build, check_field, check_tree, parse
 
 
@@ -328,6 +328,8 @@ def _example(field: dataclasses.Field, key: str) -> str:
         return f"set a valid {key}"
     if isinstance(default, tuple):
         default = ",".join(map(str, default))
+    elif isinstance(default, bool):
+        default = str(default).lower()
     return f"e.g. --set {key}={default}"
 
 
@@ -341,14 +343,38 @@ def _check_relations(config: ExperimentConfig) -> None:
         if schedule.beta_start >= schedule.beta_end:
             raise FieldError("schedule.beta_start", f"must be below schedule.beta_end ({schedule.beta_end:g}), "
                                                     f"got {schedule.beta_start:g}")
-        # DRL reads the diffusion at steps 0, d, ..., (T - 1) d and the last, d = ddpm_steps // (2 (T - 1)).
-        if schedule.n_levels < 2 or schedule.ddpm_steps < 2 * (schedule.n_levels - 1):
-            raise FieldError("schedule.n_levels", f"= {schedule.n_levels} does not fit the ddpm-linear schedule of "
-                                                  f"{schedule.ddpm_steps} steps: use 2 to "
-                                                  f"{schedule.ddpm_steps // 2 + 1} levels")
+        try:
+            ddpm_read_steps(schedule.n_levels, schedule.ddpm_steps)
+        except ValueError as error:
+            raise FieldError("schedule.n_levels", f"must fit the schedule: {error}") from None
+    initializer = config.initializer
+    if initializer.architecture == "unet" and len(set(initializer.channel_mults)) > 1:
+        raise FieldError("initializer.channel_mults", f"must all be equal (the published U-Net's skip connections "
+                                                      f"assume one width), got {list(initializer.channel_mults)}")
     if config.energy.num_classes != config.initializer.num_classes and config.training.method == "cdrl":
         raise FieldError("initializer.num_classes", f"must equal energy.num_classes ({config.energy.num_classes}), "
                                                     f"got {config.initializer.num_classes}")
+
+
+def check_networks_fit_data(config: ExperimentConfig) -> None:
+    """The networks take the data's items: their channels and, for the U-Net initializer, the image size.
+
+    Checked when a training starts rather than on every config, because a suite's data-only rows
+    (floors) change the data without networks to match.
+    """
+    shape = dataset_info(config.data.dataset).item_shape(config.data)
+    pairs = [("energy.in_channels", config.energy.in_channels, shape[0])]
+    if config.training.method == "cdrl":
+        pairs.append(("initializer.channels", config.initializer.channels, shape[0]))
+        if config.initializer.architecture == "unet":
+            # It places attention by resolution: a wrong size puts it at other levels, with no error.
+            pairs.append(("initializer.image_size", config.initializer.image_size, shape[-1]))
+    wrong = [(key, value, fits) for key, value, fits in pairs if value != fits]
+    if wrong:
+        given = ", ".join(f"{key}={value}" for key, value, _ in wrong)
+        fixes = " ".join(f"--set {key}={fits}" for key, _, fits in wrong)
+        raise ConfigError(f"{given} {'does' if len(wrong) == 1 else 'do'} not fit the data ({config.data.dataset} "
+                          f"items of shape {tuple(shape)}): add {fixes}")
 
 
 def _replace_path(node: Any, path: list[str], raw: str, full_key: str) -> Any:

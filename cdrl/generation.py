@@ -44,12 +44,9 @@ class GenerationSpec:
     """Everything that decides a set of samples besides the weights; build it with :meth:`resolve`."""
 
     n_samples: int
-    #: Langevin steps per level (resolved: never None).
-    steps_per_level: int
-    #: The sampler's options: the model's, with the ``sampler.*`` overrides of this spec.
+    #: The sampler's options: the model's, with the ``sampler.*`` overrides of this spec and its
+    #: steps per level resolved (never None).
     sampler: SamplerConfig
-    #: Step-size multiplier of a K-step chain, sqrt(n_steps / K) times the configured one.
-    step_multiplier: float
     seed: int = 0
     batch_size: int = DEFAULT_SAMPLE_BATCH
     #: Classifier-free guidance scale w (conditional models).
@@ -83,8 +80,11 @@ class GenerationSpec:
                                  "(e.g. --set sampler.tweedie_step=false)")
         sampler = apply_overrides(config, list(sampler_overrides)).sampler
         steps = sampler.steps(config.langevin, steps_per_level)
-        return cls(n_samples, steps, replace(sampler, steps_per_level=steps),
-                   multiplier_for_steps(steps, config.langevin), seed, batch_size, guidance, classes, weights)
+        return cls(n_samples, replace(sampler, steps_per_level=steps), seed, batch_size, guidance, classes, weights)
+
+    @property
+    def steps_per_level(self) -> int:
+        return self.sampler.steps_per_level
 
     def protocol(self, config: ExperimentConfig) -> dict[str, Any]:
         """How these samples were drawn, for MLflow parameters and sample metadata."""
@@ -97,7 +97,7 @@ class GenerationSpec:
         options = {f"sampler.{name}": value for name, value in asdict(self.sampler).items()
                    if name != "steps_per_level"}
         return {"steps_per_level": self.steps_per_level, "noise_levels": config.schedule.n_levels,
-                "step_multiplier": self.step_multiplier, "seed": self.seed, "weights": self.weights,
+                "step_multiplier": multiplier_for_steps(self.steps_per_level, config.langevin), "seed": self.seed, "weights": self.weights,
                 "guidance": self.guidance, "class_label": classes, **options}
 
 
@@ -178,6 +178,13 @@ def generate(model: LoadedModel, spec: GenerationSpec, *, device: torch.device |
     return _gather_by_index(local.to(backend_device), spec.n_samples, ranks).cpu()
 
 
+def check_sample_output(out: str | Path, is_image: bool) -> None:
+    """Refuse an output the samples cannot go to (2-D points into a folder of PNGs), before drawing them."""
+    out = Path(out)
+    if not is_image and out.suffix != ".npz":
+        raise CdrlBenchError(f"2-D toy samples are points, not images: pass --out {out.with_suffix('.npz')}")
+
+
 def save_samples(samples: torch.Tensor, out: str | Path, is_image: bool, metadata: dict) -> Path:
     """Write samples losslessly: a folder of PNGs (``000000.png`` ...) or one ``.npz``.
 
@@ -196,8 +203,7 @@ def save_samples(samples: torch.Tensor, out: str | Path, is_image: bool, metadat
                   else {"points": samples.numpy()})
         np.savez(out, **arrays, metadata=json.dumps(metadata))
         return out
-    if not is_image:
-        raise CdrlBenchError(f"2-D toy samples are points, not images: pass --out {out}.npz")
+    check_sample_output(out, is_image)
     out.mkdir(parents=True, exist_ok=True)
     pixels = to_uint8(samples).permute(0, 2, 3, 1).numpy()
     for index, image in enumerate(pixels):

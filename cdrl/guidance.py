@@ -89,13 +89,22 @@ def combine(network: ConditionalNetwork, concepts: Sequence[Concept]) -> BoundNe
     terms += [(concept.label, concept.weight) for concept in concepts]
     terms = [(label, coefficient) for label, coefficient in terms if coefficient != 0.0]
 
+    count = len(terms)
+    # The network gets the same label and logsnr tensor objects at every step of a chain, as an
+    # unguided chain does, so that a chain energy computes its conditioning once per level.
+    inputs: dict[str, object] = {}
+
     def combined(x: torch.Tensor, logsnr: torch.Tensor) -> torch.Tensor:
         batch = x.shape[0]
-        labels = torch.cat([embedding_labels(label, batch, x.device) for label, _ in terms])
-        if len(terms) == 1:  # its coefficient is exactly 1: the coefficients sum to 1
+        if inputs.get("labels_for") != (batch, x.device):
+            inputs["labels_for"] = (batch, x.device)
+            inputs["labels"] = torch.cat([embedding_labels(label, batch, x.device) for label, _ in terms])
+        labels = inputs["labels"]
+        if count == 1:  # its coefficient is exactly 1: the coefficients sum to 1
             return network(x, logsnr, labels)
-        count = len(terms)
-        outputs = network(x.repeat(count, *([1] * (x.dim() - 1))), logsnr.repeat(count), labels)
+        if inputs.get("logsnr") is not logsnr:  # holding it, so that its id is not reused
+            inputs["logsnr"], inputs["repeated_logsnr"] = logsnr, logsnr.repeat(count)
+        outputs = network(x.repeat(count, *([1] * (x.dim() - 1))), inputs["repeated_logsnr"], labels)
         outputs = outputs.unflatten(0, (count, batch))
         coefficients = torch.tensor([coefficient for _, coefficient in terms], dtype=outputs.dtype,
                                     device=outputs.device)

@@ -1,7 +1,7 @@
 """Langevin revision of the recovery-likelihood conditional p(x_s | x_t), the one MCMC of cdrl-bench.
 
-At a transition s -> t the chain runs on y = sqrt(r) x_s ("scaled" space, where
-x_t = y + sqrt(beta) eps) with the energy
+At a transition s -> t the chain runs on y = sqrt(r_mul) x_s ("scaled" space, where
+x_t = y + sqrt(beta) eps; r_mul is r except at the noisiest level, cdrl.schedule.Level) with the energy
 
     E(y) = f(y, logsnr_s) / c - (1 - final) ||y - x_t||^2 / (2 beta),
     c = 2 * step_constant * k * beta,
@@ -39,7 +39,8 @@ class LangevinConfig:
     n_steps: int = field(default=15, metadata=at_least(1))
     #: 2e-4 for images (published CIFAR-10/ImageNet code), 1e-3 for the 2-D toy.
     step_constant: float = field(default=2e-4, metadata=above(0))
-    #: Extra multiplier m on the step size (1 in training).
+    #: Multiplier m on the step size, in training and sampling (the published ``sz_mul``: 1 in
+    #: the paper's runs). A K-step chain multiplies it by sqrt(n_steps / K).
     step_multiplier: float = field(default=1.0, metadata=above(0))
     step_scales_with_noise: bool = True
     energy_divided_by_step_size: bool = True
@@ -58,8 +59,8 @@ def multiplier_for_steps(n_steps: int, config: LangevinConfig) -> float:
 class StepCoefficients:
     """Per-example (B,) coefficients of the chain at one level."""
 
-    #: k: the noise-dependent part of the step size.
-    noise_scale: torch.Tensor
+    #: k: the factor by which the step size grows with the noise at s.
+    step_factor: torch.Tensor
     #: c = 2 * step_constant * k * beta, the step size delta^2 at m = 1.
     step_size: torch.Tensor
 
@@ -67,10 +68,10 @@ class StepCoefficients:
 def step_coefficients(level: Level, config: LangevinConfig, logsnr_max: float) -> StepCoefficients:
     clean_variance = 1.0 - 1.0 / (1.0 + math.exp(-logsnr_max))
     if config.step_scales_with_noise:
-        noise_scale = torch.sqrt(level.variance_s) / math.sqrt(clean_variance)
+        step_factor = torch.sqrt(level.variance_s) / math.sqrt(clean_variance)
     else:
-        noise_scale = torch.ones_like(level.beta) / math.sqrt(clean_variance)
-    return StepCoefficients(noise_scale, 2.0 * config.step_constant * noise_scale * level.beta)
+        step_factor = torch.ones_like(level.beta) / math.sqrt(clean_variance)
+    return StepCoefficients(step_factor, 2.0 * config.step_constant * step_factor * level.beta)
 
 
 def energy_gradient(energy: EnergyFn, y: torch.Tensor, logsnr: torch.Tensor) -> torch.Tensor:
@@ -99,7 +100,7 @@ def langevin_revision(energy: EnergyFn, y: torch.Tensor, x_t: torch.Tensor, leve
     # The drift (delta^2 / 2) grad E split into its two terms; the coupling one is analytic.
     gradient_scale = 0.5 * squared_multiplier * (
         torch.ones_like(coefficients.step_size) if config.energy_divided_by_step_size else coefficients.step_size)
-    coupling = squared_multiplier * config.step_constant * coefficients.noise_scale * (1.0 - level.is_final)
+    coupling = squared_multiplier * config.step_constant * coefficients.step_factor * (1.0 - level.is_final)
     noise_std = torch.sqrt(coefficients.step_size * squared_multiplier) * noise_scale
     gradient_scale, coupling, noise_std = (broadcast(v, y) for v in (gradient_scale, coupling, noise_std))
     y = y.detach()

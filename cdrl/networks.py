@@ -47,8 +47,11 @@ class InitializerConfig:
     channels: int = field(default=3, metadata=at_least(1))
     image_size: int = field(default=32, metadata=at_least(1))
     width: int = field(default=64, metadata=at_least(1))
+    #: U-Net only (as are image_size, attention_resolutions, dropout and num_heads; the published
+    #: toy MLP has no dropout): width multiplier of each resolution, all equal as published.
     channel_mults: tuple[int, ...] = field(default=(1, 1, 1), metadata=at_least(1))
     blocks_per_level: int = field(default=3, metadata=at_least(1))
+    #: Resolutions (in pixels, counted from image_size) whose blocks are followed by attention.
     attention_resolutions: tuple[int, ...] = field(default=(16, 8), metadata=at_least(1))
     dropout: float = field(default=0.1, metadata=bounds(at_least=0, below=1))
     num_heads: int = field(default=1, metadata=at_least(1))
@@ -361,10 +364,14 @@ class UNetInitializer(nn.Module):
                     h = layer(h, embedding)
                 else:
                     h = layer(torch.cat([h, skips.pop()], dim=1), embedding)
-        out = self.final_conv(F.silu(self.norm(h)))
-        if self.config.residual:
-            out = x + out
-        return torch.tanh(out) if self.config.tanh_output else out
+        return _proposal_output(x, self.final_conv(F.silu(self.norm(h))), self.config)
+
+
+def _proposal_output(x: torch.Tensor, out: torch.Tensor, config: InitializerConfig) -> torch.Tensor:
+    """The initializer's last step: x + out when residual, then tanh when asked."""
+    if config.residual:
+        out = x + out
+    return torch.tanh(out) if config.tanh_output else out
 
 
 class MLPInitializer(nn.Module):
@@ -392,8 +399,7 @@ class MLPInitializer(nn.Module):
         h = self.h1(x)
         for block in self.module_list:
             h = block(h, embedding)
-        out = self.final_dense(F.silu(h))
-        return x + out if self.config.residual else out
+        return _proposal_output(x, self.final_dense(F.silu(h)), self.config)
 
 
 @contextlib.contextmanager

@@ -9,7 +9,7 @@ classifier-free-guided and composed models plug in by binding labels or mixing n
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence
 
 import torch
 
@@ -29,6 +29,10 @@ class SamplerConfig:
     steps_per_level: int | None = field(default=None, metadata=at_least(1))
     #: Final denoising step with Tweedie's formula (published for images, not for the toy).
     tweedie_step: bool = True
+    #: The score in that step: "published" is grad f / c' with c' = step_constant k m^2 beta, the
+    #: published code's (twice the model's score grad(f / c) at m = 1, and m-dependent);
+    #: "exact" is the model's score, as the paper writes Tweedie's formula.
+    tweedie_score: Literal["published", "exact"] = "published"
     #: Add sqrt(beta_tilde r_mul) noise to the initializer's proposal (published default).
     initializer_noise: bool = True
     #: Clamp the final samples to [-1, 1] (images; the toy data live on a wider range).
@@ -53,17 +57,20 @@ def propose(proposal: ProposalFn | None, x_t: torch.Tensor, level: Level, noise:
 
 
 def tweedie_denoise(energy: EnergyFn, x: torch.Tensor, level: Level, langevin: LangevinConfig,
-                    logsnr_max: float, step_multiplier: float) -> torch.Tensor:
+                    logsnr_max: float, step_multiplier: float,
+                    score: Literal["published", "exact"] = "published") -> torch.Tensor:
     """x_0 = (x_s + (1 - alpha_bar_s) score) / sqrt(alpha_bar_s) at the least noisy level.
 
-    The score is grad f(sqrt(r_mul) x) / c' with c' = step_constant * k * m^2 * beta: the
-    published code's scale (half the Langevin step size), kept for parity.
+    The model's log density at s is f(sqrt(r_mul) x) / c, c the Langevin step size at m = 1, so
+    its score is grad f / c ("exact"). The published code divides by c' = c m^2 / 2 instead
+    ("published", the default, kept for parity with the paper's numbers).
     """
     root_r = broadcast(torch.sqrt(level.r_mul), x)
     gradient = energy_gradient(lambda z, logsnr: energy(z * root_r, logsnr), x, level.logsnr_s)
     if langevin.energy_divided_by_step_size:
-        coefficients = step_coefficients(level, langevin, logsnr_max)
-        gradient = gradient / broadcast(0.5 * coefficients.step_size * step_multiplier ** 2, x)
+        step_size = step_coefficients(level, langevin, logsnr_max).step_size
+        divisor = 0.5 * step_size * step_multiplier ** 2 if score == "published" else step_size
+        gradient = gradient / broadcast(divisor, x)
     return (x + broadcast(level.variance_s, x) * gradient) / broadcast(torch.sqrt(level.alpha_bar_s), x)
 
 
@@ -90,5 +97,5 @@ def sample(energy: EnergyFn, proposal: ProposalFn | None, shape: Sequence[int], 
         if on_level is not None:
             on_level(index - 1, x)
     if config.tweedie_step and level is not None:
-        x = tweedie_denoise(energy, x, level, langevin, schedule.logsnr_max, multiplier)
+        x = tweedie_denoise(energy, x, level, langevin, schedule.logsnr_max, multiplier, config.tweedie_score)
     return x.clamp(-1.0, 1.0) if config.clamp else x

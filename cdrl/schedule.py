@@ -33,7 +33,7 @@ class ScheduleConfig:
     #: ddpm-linear: betas linear from beta_start to beta_end over ddpm_steps diffusion steps.
     beta_start: float = field(default=1e-4, metadata=bounds(above=0, below=1))
     beta_end: float = field(default=0.02, metadata=bounds(above=0, below=1))
-    ddpm_steps: int = field(default=1000, metadata=at_least(2))
+    ddpm_steps: int = field(default=1000, metadata=at_least(3))
     #: Use r_mul = 1 instead of r at the noisiest level, as the published code does.
     final_level_unscaled: bool = True
 
@@ -44,12 +44,11 @@ class Level:
 
     logsnr_t: torch.Tensor
     logsnr_s: torch.Tensor
-    alpha_bar_t: torch.Tensor
     alpha_bar_s: torch.Tensor
-    #: alpha_bar_t / alpha_bar_s: x_t = sqrt(r) x_s + sqrt(1 - r) eps.
-    r: torch.Tensor
-    #: r, except 1 at the noisiest level when ``ScheduleConfig.final_level_unscaled``.
+    #: r = alpha_bar_t / alpha_bar_s (x_t = sqrt(r) x_s + sqrt(1 - r) eps), except 1 at the
+    #: noisiest level when ``ScheduleConfig.final_level_unscaled``.
     r_mul: torch.Tensor
+    #: 1 - r.
     beta: torch.Tensor
     #: The "small" posterior variance of q(x_s | x_t, x).
     beta_tilde: torch.Tensor
@@ -59,15 +58,19 @@ class Level:
     variance_s: torch.Tensor
 
 
+def ddpm_read_steps(n_levels: int, ddpm_steps: int) -> list[int]:
+    """The diffusion steps DRL's schedule reads levels 0..T at (module docstring), strictly increasing."""
+    stride = ddpm_steps // (2 * (n_levels - 1)) if n_levels >= 2 else 0
+    if stride < 1 or stride * (n_levels - 1) >= ddpm_steps - 1:
+        raise ValueError(f"a ddpm-linear schedule of {ddpm_steps} steps fits 2 to {ddpm_steps // 2 + 1} noise "
+                         f"levels, not {n_levels}")
+    return [level * stride for level in range(n_levels)] + [ddpm_steps - 1]
+
+
 def ddpm_linear_alpha_bars(config: ScheduleConfig) -> torch.Tensor:
     """alpha_bar of levels 0..T under DRL's schedule, in float64 (as its published code computes them)."""
-    n_levels, steps = config.n_levels, config.ddpm_steps
-    if n_levels < 2 or (steps // (2 * (n_levels - 1))) * (n_levels - 1) >= steps - 1:
-        raise ValueError(f"a ddpm-linear schedule needs 2 <= n_levels and n_levels much below ddpm_steps, "
-                         f"got n_levels={n_levels}, ddpm_steps={steps}")
-    stride = steps // (2 * (n_levels - 1))
-    read_at = [level * stride for level in range(n_levels)] + [steps - 1]
-    betas = torch.linspace(config.beta_start, config.beta_end, steps, dtype=torch.float64)
+    read_at = ddpm_read_steps(config.n_levels, config.ddpm_steps)
+    betas = torch.linspace(config.beta_start, config.beta_end, config.ddpm_steps, dtype=torch.float64)
     alpha_bars = torch.cumprod(1.0 - betas, dim=0)
     return alpha_bars[read_at]
 
@@ -145,7 +148,7 @@ class LogSNRSchedule:
         r_mul = torch.where(is_final > 0, torch.ones_like(r), r) if self.config.final_level_unscaled else r
         beta = 1.0 - r
         beta_tilde = variance_s / variance_t * beta
-        values = (logsnr_t, logsnr_s, alpha_bar_t, alpha_bar_s, r, r_mul, beta, beta_tilde, is_final, variance_s)
+        values = (logsnr_t, logsnr_s, alpha_bar_s, r_mul, beta, beta_tilde, is_final, variance_s)
         if rounded:
             values = tuple(value.float() for value in values)
         return Level(*values)
@@ -176,13 +179,17 @@ class Posterior:
 
 
 def posterior(x: torch.Tensor, x_t: torch.Tensor, logsnr_s: torch.Tensor, logsnr_t: torch.Tensor) -> Posterior:
-    """q(x_s | x_t, x) with the "small" variance beta_tilde (the published code's default)."""
+    """q(x_s | x_t, x) with the "small" variance beta_tilde (the published code's default).
+
+    Computed from the logSNRs in the published code's arithmetic (its fixtures hold this to
+    float32 rounding), not from a :class:`Level`.
+    """
     logsnr_s, logsnr_t = broadcast(logsnr_s, x), broadcast(logsnr_t, x)
-    alpha_ts = torch.sqrt((1.0 + torch.exp(-logsnr_t)) / (1.0 + torch.exp(-logsnr_s)))
+    alpha_s_over_t = torch.sqrt((1.0 + torch.exp(-logsnr_t)) / (1.0 + torch.exp(-logsnr_s)))
     alpha_s = torch.sqrt(torch.sigmoid(logsnr_s))
     snr_ratio = torch.exp(logsnr_t - logsnr_s)
     one_minus_snr_ratio = -torch.expm1(logsnr_t - logsnr_s)
-    mean = snr_ratio * alpha_ts * x_t + one_minus_snr_ratio * alpha_s * x
+    mean = snr_ratio * alpha_s_over_t * x_t + one_minus_snr_ratio * alpha_s * x
     alpha_bar_t, alpha_bar_s = torch.sigmoid(logsnr_t), torch.sigmoid(logsnr_s)
     var = (1.0 - alpha_bar_s) / (1.0 - alpha_bar_t) * (1.0 - alpha_bar_t / alpha_bar_s)
     return Posterior(mean, var.expand_as(mean))

@@ -15,7 +15,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -103,8 +103,13 @@ def _device(device: str | torch.device | None) -> torch.device:
 def draw_samples(checkpoint: str | os.PathLike, *, n_samples: int, steps_per_level: int | None = None,
                  seed: int = 0, batch_size: int | None = None, guidance: float = 0.0,
                  class_label: int | None = None, use_ema: bool = True, device: str | torch.device | None = None,
-                 sampler_overrides: Sequence[str] = ()) -> tuple[torch.Tensor, ExperimentConfig, dict]:
+                 sampler_overrides: Sequence[str] = (),
+                 check_config: Callable[[ExperimentConfig], None] | None = None
+                 ) -> tuple[torch.Tensor, ExperimentConfig, dict]:
     """(samples, the model's config, the sampling protocol) of a checkpoint.
+
+    ``check_config`` is called with the model's config before any sample is drawn, for a caller
+    to refuse there what the samples could not be used for.
 
     A class-conditional model draws sample i of class ``class_label``, or of class i mod
     (number of classes) when none is given; :func:`cdrl.guidance.requested_classes` says which.
@@ -114,6 +119,8 @@ def draw_samples(checkpoint: str | os.PathLike, *, n_samples: int, steps_per_lev
     model, spec, protocol = _sampling(checkpoint, n_samples=n_samples, steps_per_level=steps_per_level, seed=seed,
                                       batch_size=batch_size, guidance=guidance, class_label=class_label,
                                       use_ema=use_ema, device=device, sampler_overrides=sampler_overrides)
+    if check_config is not None:
+        check_config(model.config)
     return generate(model, spec, device=device), model.config, protocol
 
 

@@ -33,7 +33,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 import cdrl
 from cdrl.checkpoint import CheckpointError, load_checkpoint, make_checkpoint, weights_problem
-from cdrl.config import ConfigError, ExperimentConfig, RunConfig, apply_overrides
+from cdrl.config import ConfigError, ExperimentConfig, RunConfig, apply_overrides, check_networks_fit_data
 from cdrl.datasets import build_dataset, dataset_info, infinite_batches, toy_in_support
 from cdrl.distributed import Ranks, any_rank, gathered, init_distributed, launched_world_size, rank_seed, shared
 from cdrl.errors import CdrlBenchError
@@ -249,6 +249,7 @@ def train(config: ExperimentConfig | None = None, *, resume: str | os.PathLike |
     else:
         config = apply_overrides(config, list(overrides))
     selection_metric(config)  # a metric that cannot score this data fails before any folder or run exists
+    check_networks_fit_data(config)
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise ConfigError(f"--out {out} is a file: a run needs a folder of its own; choose another --out")
     warning = use_threads(config.performance.threads)

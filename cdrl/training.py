@@ -32,6 +32,8 @@ class StepStats:
     """Detached per-step scalars (tensors: no host sync until someone reads them)."""
 
     ebm_loss: torch.Tensor
+    #: mean(w f) over the data and over the revised samples: energies weighted by the loss's
+    #: w = sigma_1 / sqrt(beta), as the published code logs them (the MLflow metric names).
     positive_energy: torch.Tensor
     negative_energy: torch.Tensor
     initializer_loss: torch.Tensor | None

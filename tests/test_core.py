@@ -10,12 +10,13 @@ import pytest
 import torch
 
 from cdrl.checkpoint import load_model, make_checkpoint, save_atomic
-from cdrl.config import ConfigError, ExperimentConfig, apply_overrides, preset
+from cdrl.config import ConfigError, ExperimentConfig, apply_overrides, check_networks_fit_data, preset
 from cdrl.ema import EMA
-from cdrl.langevin import LangevinConfig, langevin_revision, multiplier_for_steps
+from cdrl.langevin import LangevinConfig, langevin_revision, multiplier_for_steps, step_coefficients
+from cdrl.networks import InitializerConfig, build_initializer
 from cdrl.noise import GeneratorNoise, PerExampleNoise
-from cdrl.sampler import SamplerConfig, sample
-from cdrl.schedule import LogSNRSchedule
+from cdrl.sampler import SamplerConfig, sample, tweedie_denoise
+from cdrl.schedule import LogSNRSchedule, ScheduleConfig, ddpm_read_steps
 from cdrl.training import CooperativeTrainer
 
 GATE_MODELS = Path(__file__).resolve().parent.parent / "results" / "gate"
@@ -143,9 +144,35 @@ def test_langevin_without_energy_follows_the_gaussian_coupling():
     y = torch.ones(1, 3)
     config = LangevinConfig(n_steps=1)
     out = langevin_revision(lambda v, logsnr: (v * 0).sum(dim=1), y, x_t, level, config, 9.8, add_noise=False)
-    noise_scale = torch.sqrt(1 - level.alpha_bar_s) / math.sqrt(1 - 1 / (1 + math.exp(-9.8)))
-    expected = (1 - config.step_constant * noise_scale) / torch.sqrt(level.r_mul)
+    step_factor = torch.sqrt(1 - level.alpha_bar_s) / math.sqrt(1 - 1 / (1 + math.exp(-9.8)))
+    expected = (1 - config.step_constant * step_factor) / torch.sqrt(level.r_mul)
     torch.testing.assert_close(out, expected.expand(1, 3))
+
+
+@pytest.mark.parametrize("index", [1, 3])
+@pytest.mark.parametrize("steps", [15, 3])
+def test_tweedie_step_with_the_exact_score_is_the_posterior_mean_of_gaussian_data(index, steps):
+    """Data N(0, s^2 I) make x_s ~ N(0, v I), v = alpha_bar_s s^2 + 1 - alpha_bar_s, and E[x | x_s] =
+    sqrt(alpha_bar_s) s^2 x_s / v. An energy with f(sqrt(r_mul) x) / c = -||x||^2 / 2v is that
+    density; the exact score recovers the mean at any K, the published one takes 2 / m^2 of it."""
+    schedule, langevin, data_variance = LogSNRSchedule(), LangevinConfig(), 0.5
+    level = schedule.level(index, batch_size=4)
+    step_size = step_coefficients(level, langevin, schedule.logsnr_max).step_size[:, None]
+    variance = level.alpha_bar_s[:, None] * data_variance + level.variance_s[:, None]
+
+    def energy(z, logsnr):
+        return -(step_size * z ** 2 / (2 * variance * level.r_mul[:, None])).sum(dim=1)
+
+    x_s = torch.randn(4, 6, generator=torch.Generator().manual_seed(0))
+    multiplier = multiplier_for_steps(steps, langevin)
+    root_alpha = torch.sqrt(level.alpha_bar_s)[:, None]
+    # The Tweedie correction alone (it is 1e-4 of x_s at the least noisy level).
+    exact_correction = -level.variance_s[:, None] / variance * x_s
+    for score, correction in [("exact", exact_correction), ("published", 2 / multiplier ** 2 * exact_correction)]:
+        denoised = tweedie_denoise(energy, x_s, level, langevin, schedule.logsnr_max, multiplier, score)
+        torch.testing.assert_close(denoised * root_alpha - x_s, correction, rtol=2e-3, atol=0)
+    torch.testing.assert_close(tweedie_denoise(energy, x_s, level, langevin, schedule.logsnr_max, multiplier, "exact"),
+                               root_alpha * data_variance * x_s / variance, rtol=1e-5, atol=0)
 
 
 def test_ema_matches_torch_ema_semantics():
@@ -174,6 +201,42 @@ def test_overrides_are_typed_and_checked():
                          ("training.iterations=ten", "needs an integer"), ("training.method=gan", "one of")]:
         with pytest.raises(ConfigError, match=message):
             apply_overrides(config, [bad])
+
+
+def test_relations_between_fields_are_checked_with_the_fix():
+    with pytest.raises(ConfigError, match=r"initializer.channel_mults must all be equal .* got \[1, 2\]"):
+        apply_overrides(preset("digits"), ["initializer.channel_mults=1,2"])
+    drl_levels = ["schedule.kind=ddpm-linear", "schedule.ddpm_steps=20"]
+    assert apply_overrides(preset("tiny"), [*drl_levels, "schedule.n_levels=11"]).schedule.n_levels == 11
+    with pytest.raises(ConfigError, match="schedule of 20 steps fits 2 to 11 noise levels, not 12"):
+        apply_overrides(preset("tiny"), [*drl_levels, "schedule.n_levels=12"])
+    # The levels DRL reads are distinct at the largest count, and its published ones at six.
+    assert ddpm_read_steps(11, 20) == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 19]
+    assert ddpm_read_steps(6, 1000) == [0, 100, 200, 300, 400, 500, 999]
+    with pytest.raises(ValueError, match="fits 2 to 2 noise levels, not 2"):
+        LogSNRSchedule(ScheduleConfig(kind="ddpm-linear", n_levels=2, ddpm_steps=2))
+
+
+def test_networks_must_fit_the_data_before_training():
+    check_networks_fit_data(preset("digits"))
+    check_networks_fit_data(preset("toy-checkerboard"))
+    smaller = apply_overrides(preset("digits"), ["data.image_size=8"])
+    with pytest.raises(ConfigError, match=r"^initializer.image_size=16 does not fit the data \(digits items of shape "
+                                          r"\(1, 8, 8\)\): add --set initializer.image_size=8$"):
+        check_networks_fit_data(smaller)
+    check_networks_fit_data(apply_overrides(smaller, ["initializer.image_size=8"]))
+    # DRL has no initializer to fit.
+    check_networks_fit_data(apply_overrides(smaller, ["training.method=drl"]))
+    with pytest.raises(ConfigError, match="energy.in_channels=1, initializer.channels=1 do not fit .* add --set "
+                                          "energy.in_channels=3 --set initializer.channels=3"):
+        check_networks_fit_data(apply_overrides(preset("digits"), ["data.channels=3"]))
+
+
+def test_the_mlp_initializer_honours_tanh_output():
+    config = InitializerConfig(architecture="mlp", channels=2, width=32, blocks_per_level=1, tanh_output=True)
+    torch.manual_seed(0)
+    out = build_initializer(config)(torch.full((3, 2), 5.0), torch.zeros(3))
+    assert out.abs().max() < 1 and torch.allclose(out, torch.tanh(torch.full((3, 2), 5.0)))
 
 
 def test_saved_configs_and_overrides_are_checked_against_the_field_types():

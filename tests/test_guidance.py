@@ -17,6 +17,7 @@ from cdrl.guidance import Concept, GuidanceError, build_guided_model, combine, g
 from cdrl.langevin import energy_gradient
 from cdrl.networks import build_energy_net, build_initializer
 from cdrl.noise import PerExampleNoise
+from cdrl.performance import ChainEnergy, PerformanceConfig
 from cdrl.sampler import sample
 from cdrl.schedule import LogSNRSchedule
 
@@ -75,6 +76,24 @@ def test_guided_energy_and_proposal_are_the_guidance_combination(guidance: float
             proposal(x, logsnr),
             (1 + guidance) * model.initializer(x, logsnr, cond) - guidance * model.initializer(x, logsnr, null),
             rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("guidance", [0.0, 1.0])
+def test_a_guided_chain_computes_the_energy_conditioning_once_per_level(guidance: float, monkeypatch) -> None:
+    """The combination hands a chain energy the same label and logsnr tensors at every step, as an
+    unguided chain does, so its conditioning cache holds: one computation per level (the Tweedie
+    step reuses the last level's), not one per Langevin step. The samples are the uncached ones."""
+    model = _model()
+    config = dataclasses.replace(model.config, sampler=dataclasses.replace(model.config.sampler, steps_per_level=3))
+    model = dataclasses.replace(model, config=config)
+    chain = ChainEnergy(model.ebm, PerformanceConfig(), "cpu")
+    computed = []
+    conditioning = model.ebm.conditioning
+    monkeypatch.setattr(model.ebm, "conditioning", lambda *inputs: computed.append(1) or conditioning(*inputs))
+    with chain.frozen() as energy:
+        cached = _draw(model, *build_guided_model(model, guidance, 5, ebm=energy), batch=3)
+    assert len(computed) == config.schedule.n_levels
+    assert torch.equal(cached, _draw(model, *build_guided_model(model, guidance, 5), batch=3))
 
 
 def test_composition_sums_concepts_less_the_null_energy_per_example() -> None:
