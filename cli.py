@@ -262,7 +262,8 @@ def sample(
                                                                   "turn)."),
     live: bool = _LIVE,
     device: str = _DEVICE,
-    tracking_uri: str = typer.Option(None, "--tracking-uri", help="MLflow store, to resolve a run id."),
+    tracking_uri: str = typer.Option(None, "--tracking-uri", help="MLflow store, to resolve a run id (default "
+                                                                  "$MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."),
     pick: Pick = _PICK,
     sampler_overrides: list[str] = _SAMPLER_SET,
     threads: int = _THREADS,
@@ -272,11 +273,15 @@ def sample(
     Example: cdrl-bench sample runs/digits-cond --n 64 --steps 5 --guidance 2 --class 7 --out sevens/
     """
     from cdrl.distributed import process_group
-    from cdrl.generation import save_samples
+    from cdrl.datasets import dataset_info
+    from cdrl.generation import check_sample_output, save_samples
     from cdrl.run_folder import locate_checkpoint
     from cdrl.scoring import draw_samples
 
     _writable(out, "--out", folder=out.suffix != ".npz")  # a folder of PNGs, or one FILE.npz
+
+    def is_image(config) -> bool:
+        return dataset_info(config.data.dataset).is_image
     device = _compute_setup(threads, device)
     _check_store(tracking_uri)
     located = locate_checkpoint(checkpoint, tracking_uri, pick)
@@ -284,11 +289,11 @@ def sample(
     with process_group(device) as (ranks, device), _progress(ranks):
         samples, config, protocol = draw_samples(located.path, n_samples=n, steps_per_level=steps, seed=seed,
                                                  batch_size=batch_size, guidance=guidance, class_label=class_label,
-                                                 use_ema=not live, device=device, sampler_overrides=sampler_overrides)
+                                                 use_ema=not live, device=device, sampler_overrides=sampler_overrides,
+                                                 check_config=lambda config: check_sample_output(out, is_image(config)))
     if not ranks.is_main:
         return
-    written = save_samples(samples, out, config.initializer.architecture == "unet",
-                           {**protocol, "checkpoint_selection": located.selection})
+    written = save_samples(samples, out, is_image(config), {**protocol, "checkpoint_selection": located.selection})
     console.print(f"wrote {n} samples to {written} ({protocol['noise_levels']}x{protocol['steps_per_level']} steps, "
                   f"{protocol['weights']} weights, seed {seed})", highlight=False, soft_wrap=True)
 
@@ -308,7 +313,8 @@ def evaluate(
     guidance: float = _GUIDANCE,
     class_label: int = typer.Option(None, "--class", min=0, help="Score one class only (0-based)."),
     live: bool = _LIVE,
-    data_dir: Path = typer.Option(None, "--data-dir", help="Folder holding the reference dataset's files."),
+    data_dir: Path = typer.Option(None, "--data-dir", help="Folder holding the reference dataset's files "
+                                                                             "(default ./data)."),
     device: str = _DEVICE,
     tracking_uri: str = _TRACKING_URI,
     experiment: str = typer.Option(None, "--experiment", help="MLflow experiment for the score (default cdrl-bench)."),
@@ -348,7 +354,7 @@ def stats(
     n_images: int = typer.Option(None, "--n", min=2, help="Use the first N images (default: the whole split)."),
     backend: str = _BACKEND,
     mode: Mode = _MODE,
-    data_dir: Path = typer.Option(None, "--data-dir", help="Folder holding the dataset's files."),
+    data_dir: Path = typer.Option(None, "--data-dir", help="Folder holding the dataset's files (default ./data)."),
     device: str = _DEVICE,
     threads: int = _THREADS,
 ) -> None:
@@ -409,10 +415,10 @@ def run_suite(
 
     Example: cdrl-bench run --suite toy-steps --quick   (then: cdrl-bench table --suite toy-steps --quick)
 
-    On SLURM (a job per training, then one for its evaluations):
+    On SLURM (a job per training, then one for its evaluations), one command:
 
-      cdrl-bench run --suite cifar10-steps --executor submitit --processes-per-training 8 --partition gpu
-      --tracking-uri http://MLFLOW-SERVER:5000
+      cdrl-bench run --suite cifar10-steps --executor submitit --processes-per-training 8 \\
+        --partition gpu --tracking-uri http://MLFLOW-SERVER:5000
 
     On Ray: --executor ray --ray-address auto (same options otherwise).
     """
@@ -477,10 +483,10 @@ def plan(
                                           "preset and networks in this MLflow store (default: no store is read)."),
     seconds_per_iteration: float = typer.Option(None, "--seconds-per-iteration", min=1e-9, max=1e6,
                                                 help="Seconds per training iteration on --gpus GPUs, for every "
-                                                     "training (default: measured, else the suite's [cost])."),
+                                                     "training (default: measured, else the suite's \\[cost])."),
     gpus: int = typer.Option(None, "--gpus", min=1, max=1_000_000,
                              help="GPUs per training to price (default --world-size or $WORLD_SIZE when given, "
-                                  "else the measured runs' or the suite's [cost] gpus); seconds scale by each "
+                                  "else the measured runs' or the suite's \\[cost] gpus); seconds scale by each "
                                   "GPU's share of the batch."),
     output_format: Literal["rich", "json"] = typer.Option("rich", "--format", help="Output format."),
 ) -> None:
@@ -488,8 +494,9 @@ def plan(
 
     Every training with its iterations, global batch and each process's share, and which of its
     checkpoints is scored; then its evaluation points. Then each training's cost: seconds per
-    iteration (measured by finished runs in --tracking-uri, else stated in the suite's [cost],
-    else --seconds-per-iteration) x iterations x GPUs / 3600 = GPU-hours, and the total.
+    iteration (--seconds-per-iteration when given, else measured by finished runs in
+    --tracking-uri, else stated in the suite's \\[cost]) x iterations x GPUs / 3600 = GPU-hours,
+    and the total.
 
     Example: cdrl-bench plan --suite cifar10-ablations --world-size 8 --tracking-uri sqlite:///mlflow.db
     """
@@ -593,9 +600,9 @@ def check(
     baseline: Path = typer.Option(..., "--baseline", help="Stored results to compare with, e.g. "
                                                           "results/baselines/gate.json."),
     results: Path = typer.Option(None, "--results", help="Compare this results file instead of the runs in MLflow."),
-    k: float = typer.Option(None, "--k", min=0.0, max=1e6,
-                            help="Standard errors of tolerance (default: the k of the suite's "
-                                              "check section)."),
+    k: float = typer.Option(None, "--k", max=1e6,
+                            help="Standard errors of tolerance, above 0 (default: the k of the suite's "
+                                 "check section)."),
     update: bool = typer.Option(False, "--update", help="Write the current MLflow results (and fingerprints) to "
                                                         "--baseline instead."),
     quick: bool = _QUICK_RUNS,
@@ -620,7 +627,7 @@ def check(
     definition = load_suite(suite)
     if k is not None and not k > 0:
         raise CdrlBenchError(f"--k must be positive, got {k}: it is the number of standard errors of tolerance")
-    current = read_results(results) if results is not None else \
+    current = read_results(results, "--results") if results is not None else \
         results_from_runs(definition, "quick" if quick else "full", tracking_uri)
     if update:
         if definition.fingerprint_tolerance is not None:

@@ -110,22 +110,26 @@ def write_results(document: dict, path: Path) -> Path:
     return path
 
 
-def read_results(path: Path) -> dict:
-    """A results document, refused with the fix when it cannot be checked against."""
+def read_results(path: Path, option: str = "--baseline") -> dict:
+    """A results document, given as ``option``; refused with the fix when it cannot be checked against.
+
+    ``check --update --baseline PATH`` writes one (the current runs); ``--results`` reads such a file
+    instead of the runs.
+    """
+    rewrite = f"`cdrl-bench check --update --baseline {path}` writes the current runs there"
     if not path.is_file():
-        raise SuiteError(f"results file {path} does not exist: write one with `cdrl-bench check --update "
-                         f"--baseline {path}`")
+        instead = ", or drop --results to check the runs in MLflow" if option == "--results" else ""
+        raise SuiteError(f"{option} {path} does not exist: {rewrite}{instead}")
     try:
         document = json.loads(path.read_text())
     except json.JSONDecodeError as error:
-        raise SuiteError(f"{path} is not valid JSON ({error}): rewrite it with `cdrl-bench check --update`") from None
+        raise SuiteError(f"{option} {path} is not valid JSON ({error}): {rewrite}") from None
     if not isinstance(document, dict) or document.get("format") != FORMAT:
-        raise SuiteError(f"{path} is not a format-{FORMAT} results file (per-seed values): rewrite it with "
-                         "`cdrl-bench check --update`")
+        raise SuiteError(f"{option} {path} is not a format-{FORMAT} results file (per-seed values): {rewrite}")
     if not isinstance(document.get("points"), dict) or not any(
             point.get("metrics") for point in document["points"].values()):
-        raise SuiteError(f"{path} checks nothing (no points with metrics): rewrite it with "
-                         "`cdrl-bench check --update` after running the suite")
+        raise SuiteError(f"{option} {path} checks nothing (no points with metrics): {rewrite} after running the "
+                         "suite")
     return document
 
 

@@ -139,6 +139,10 @@ def save_atomic(payload: Any, path: str | os.PathLike) -> Path:
     return atomic_write(path, lambda stream: torch.save(payload, stream))
 
 
+#: How torch.save's files begin: a zip archive (the default since torch 1.6), or a legacy pickle.
+_ZIP_MAGIC, _PICKLE_PROTOCOL = b"PK\x03\x04", b"\x80"
+
+
 def read_checkpoint_file(path: str | os.PathLike) -> dict:
     """The payload of a checkpoint file; a cdrl-bench checkpoint is verified against its digest (and returned without it)."""
     path = Path(path)
@@ -147,10 +151,16 @@ def read_checkpoint_file(path: str | os.PathLike) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for truncated, garbled or foreign files
+        with path.open("rb") as file:
+            start = file.read(4)
+        if not (start.startswith(_ZIP_MAGIC) or start.startswith(_PICKLE_PROTOCOL)):
+            raise CorruptCheckpoint(f"cannot read checkpoint {path}: it is not a PyTorch checkpoint (torch.save "
+                                    "writes a zip archive or a pickle): pass the .pt/.pth.tar file it wrote",
+                                    "unreadable: not a PyTorch checkpoint") from None
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CorruptCheckpoint(f"cannot read checkpoint {path}: the file is truncated, corrupt or not a PyTorch "
-                                f"checkpoint ({first_line[:200]}); use an older checkpoint of the run, or "
-                                "re-download or re-copy it", f"unreadable: {first_line[:120]}") from None
+        raise CorruptCheckpoint(f"cannot read checkpoint {path}: the file is truncated or corrupt "
+                                f"({first_line[:200]}); use an older checkpoint of the run, or re-download or "
+                                "re-copy it", f"unreadable: {first_line[:120]}") from None
     if not isinstance(payload, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(payload).__name__}, not a dict of state")
     if payload.get("format") == FORMAT:

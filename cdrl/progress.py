@@ -51,6 +51,19 @@ class JobProgress(Progress):
         self._every = every
         self._last_line = time.monotonic()
 
+    # A transient display leaves nothing on a terminal; in a log it would leave a stray blank line
+    # (rich ends a display on a non-interactive console with one), so there it is never started.
+    def start(self) -> None:
+        if not self._silent_in_log():
+            super().start()
+
+    def stop(self) -> None:
+        if not self._silent_in_log():
+            super().stop()
+
+    def _silent_in_log(self) -> bool:
+        return self._plain and self.live.transient
+
     @classmethod
     def default_columns(cls) -> tuple[ProgressColumn, ...]:
         return (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

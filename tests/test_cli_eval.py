@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -91,12 +92,30 @@ def test_bad_input_raises_the_cli_error_type(checkpoint, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_the_console_script_prints_one_line_and_exits_2(tmp_path):
-    completed = subprocess.run([sys.executable, "-m", "cli", "eval", str(tmp_path / "missing.pt")],
-                               capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+TOY_MODEL = Path(__file__).resolve().parents[1] / "results" / "gate" / "toy-cdrl.pt"
+
+
+@pytest.mark.parametrize("arguments, named", [(["eval", "missing.pt"], "missing.pt"),
+                                              (["sample", str(TOY_MODEL), "--out", "points.png"], "points.npz")])
+def test_the_console_script_prints_one_line_and_exits_2(tmp_path, arguments, named):
+    """One line in a log too: sample's error passes through its (transient) progress display."""
+    completed = subprocess.run([sys.executable, "-m", "cli", *arguments], capture_output=True, text=True,
+                               cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     assert completed.returncode == 2
-    lines = completed.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "missing.pt" in lines[0], completed.stderr
+    lines = completed.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and named in lines[0], completed.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_points_asked_for_as_images_are_refused_before_sampling(tmp_path, monkeypatch):
+    def generate(*arguments, **options):
+        raise AssertionError("samples drawn before the output was checked")
+
+    monkeypatch.setattr("cdrl.scoring.generate", generate)
+    result = runner.invoke(app, ["sample", str(TOY_MODEL), "--n", "100000", "--out", str(tmp_path / "points.png")])
+    assert isinstance(result.exception, CdrlBenchError), result.output
+    assert f"pass --out {tmp_path / 'points.npz'}" in str(result.exception)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_guided_eval_of_a_conditional_digits_model_reports_class_accuracy(isolated_cache):

@@ -156,14 +156,25 @@ def test_cifar10_missing_without_download_names_the_fix(tmp_path: Path) -> None:
         build_dataset(DataConfig("cifar10", data_dir=str(tmp_path), download=False))
 
 
-def test_cifar10_failed_download_names_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def offline(*args: object, **kwargs: object) -> None:
+def test_cifar10_failed_download_names_the_fix_and_leaves_nothing(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    def offline(url: str, root: str, **kwargs: object) -> None:
+        # As torchvision does: the folder and a partial archive exist before the network fails.
+        Path(root).mkdir(parents=True, exist_ok=True)
+        (Path(root) / "cifar-10-python.tar.gz").write_bytes(b"partial")
         raise urllib.error.URLError("Name or service not known")
 
     monkeypatch.setattr("cdrl.datasets.cifar10.download_and_extract_archive", offline)
     with pytest.raises(DatasetError, match=r"download failed \(no network\?\): pass --data-dir") as caught:
-        build_dataset(DataConfig("cifar10", data_dir=str(tmp_path)))
+        build_dataset(DataConfig("cifar10", data_dir=str(tmp_path / "new")))
     assert "\n" not in str(caught.value)
+    assert not (tmp_path / "new").exists()
+    # A folder that was there before is the user's: it stays.
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(DatasetError, match="download failed"):
+        build_dataset(DataConfig("cifar10", data_dir=str(tmp_path / "mine")))
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
 
 
 def test_cifar10_rejects_a_malformed_batch(cifar_dir: Path) -> None:

@@ -68,9 +68,14 @@ def test_truncated_checkpoint_is_one_line(tmp_path):
     trainer = stepped_trainer(0)
     path = save_atomic(make_checkpoint(trainer.config, trainer.state_dict()), tmp_path / "ckpt.pt")
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    with pytest.raises(CheckpointError, match="truncated, corrupt") as error:
+    with pytest.raises(CheckpointError, match="truncated or corrupt") as error:
         load_checkpoint(path)
     assert "\n" not in str(error.value) and str(path) in str(error.value)
+    text = tmp_path / "notes.pt"
+    text.write_text("not a checkpoint\n")
+    with pytest.raises(CheckpointError, match=r"notes.pt: it is not a PyTorch checkpoint \(torch.save writes a zip "
+                                              r"archive or a pickle\): pass the .pt/.pth.tar file it wrote$"):
+        load_checkpoint(text)
 
 
 def test_sample_falls_back_to_the_newest_intact_checkpoint_and_says_so(tmp_path, caplog, monkeypatch, capsys):

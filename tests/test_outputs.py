@@ -337,3 +337,22 @@ def test_progress_in_a_log_is_a_plain_line_with_rate_and_eta_at_each_interval():
     assert reported[-1].startswith("cdrl/seed0: 4/10 (40%), ") and " elapsed, ETA " in reported[-1]
     assert reported[-1].endswith("| ebm +0.1000")
     assert lines(every=3600.0) == []  # at most one line per interval
+
+
+def test_a_transient_progress_in_a_log_leaves_nothing_but_its_lines():
+    """A command's error must stay the one line it is in CI logs: rich ends any display on a
+    non-interactive console with a blank line, which a transient display must not leave."""
+    from rich.console import Console
+
+    from cdrl.progress import JobProgress
+
+    def written(transient: bool) -> str:
+        stream = io.StringIO()
+        with JobProgress(console=Console(file=stream, force_terminal=False, width=300), every=0.0,
+                         transient=transient) as progress:
+            progress.advance(progress.add_task("sampling", total=2))
+        return stream.getvalue()
+
+    transient = written(transient=True)
+    assert transient.count("\n") == 1 and transient.startswith("sampling: 1/2 (50%), ")
+    assert "sampling ━" in written(transient=False)  # a lasting display still ends with its last frame

@@ -112,6 +112,11 @@ def test_baselines_that_cannot_check_are_refused(suite, tmp_path):
     old.write_text(json.dumps({"suite": "check-test", "metrics": {"cdrl/K15": {"fid": 3.0}}}))
     with pytest.raises(SuiteError, match="format-2"):
         read_results(old)
+    with pytest.raises(SuiteError, match=r"^--results .*missing.json does not exist: `cdrl-bench check --update "
+                                         r"--baseline .*missing.json` writes the current runs there, or drop --results"):
+        read_results(tmp_path / "missing.json", "--results")
+    with pytest.raises(SuiteError, match=r"^--baseline .*missing.json does not exist: .* writes the current runs there$"):
+        read_results(tmp_path / "missing.json")
     with pytest.raises(SuiteError, match="at least 3"):
         compare(suite, _document({"energy_distance": [0.01, 0.02]}), _document({"energy_distance": [0.01]}))
     with pytest.raises(SuiteError, match="quick profile"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import codecs
 import importlib
 import pickle
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -118,10 +119,13 @@ def _ensure_cifar10(config: DataConfig) -> Path:
     fix = f"pass --data-dir pointing at a folder containing {CIFAR10_FOLDER}/ (extracted from {CIFAR10.filename})"
     if not config.download:
         raise DatasetError(f"CIFAR-10 not found in {root} and download is off: {fix}, or allow download")
+    created = not root.exists()
     try:
         # torchvision's URL and archive md5: a corrupted or tampered download fails here.
         download_and_extract_archive(CIFAR10.url, str(root), filename=CIFAR10.filename, md5=CIFAR10.tgz_md5)
     except (OSError, RuntimeError) as err:  # URLError is an OSError
+        if created:  # the folder the download made, with its partial archive: a failed command leaves nothing
+            shutil.rmtree(root, ignore_errors=True)
         raise DatasetError(f"CIFAR-10 not found in {root} and download failed (no network?): {fix}") from err
     if not _cifar_files_present(folder):
         raise DatasetError(f"CIFAR-10 download to {root} did not produce {CIFAR10_FOLDER}/: {fix}")
