@@ -531,7 +531,8 @@ def plan(
     for column in rows[0]:
         view.add_column(column, overflow="fold", no_wrap=column not in ("run", "preset", "checkpoint", "points"))
     for row in rows:
-        view.add_row(*row.values())
+        view.add_row(*("" if value is None else f"{value:,}" if isinstance(value, int) else value
+                       for value in row.values()))
     console.print(view)
     if costs:
         priced = Table(title="cost: s/iteration x iterations x GPUs / 3600 = GPU-hours")

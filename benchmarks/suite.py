@@ -918,8 +918,11 @@ def cost_total(costs: Sequence[TrainingCost]) -> str:
     return line
 
 
-def plan_rows(plan: Plan, world_size: int = 1) -> list[dict[str, str]]:
-    """One row per training (and per untrained model) of a plan: what ``cdrl-bench plan`` prints."""
+def plan_rows(plan: Plan, world_size: int = 1) -> list[dict[str, str | int | None]]:
+    """One row per training (and per untrained model) of a plan: what ``cdrl-bench plan`` prints.
+
+    Counts are ints (None where they do not apply), for ``plan --format json``; the rest is text.
+    """
     from cdrl.train_loop import per_process_batch
     if world_size < 1:
         raise SuiteError(f"--world-size must be at least 1, got {world_size}")
@@ -928,16 +931,17 @@ def plan_rows(plan: Plan, world_size: int = 1) -> list[dict[str, str]]:
         first = jobs[0]
         global_batch, selection = first.training_summary(plan.suite.checkpoint_selection)
         config = first.training.config if first.training else first.checkpoint_config or first.floor_config
-        per_process = ""
+        per_process: int | str | None = None
         if first.training is not None:
             try:
-                per_process = str(per_process_batch(config.training.batch_size, world_size))
+                per_process = per_process_batch(config.training.batch_size, world_size)
             except ConfigError:  # the run itself would refuse this world size
                 per_process = "does not split"
         rows.append({
             "run": key, "preset": config.name if config else "",
-            "iterations": f"{config.training.iterations:,}" if first.training else "",
-            "batch": global_batch, "per process": per_process, "checkpoint": selection, "evals": str(len(jobs)),
+            "iterations": config.training.iterations if first.training else None,
+            "batch": int(global_batch) if global_batch.isdigit() else None, "per process": per_process,
+            "checkpoint": selection, "evals": len(jobs),
             "points": _points_line(jobs) if first.floor_config is None else "data floor",
         })
     return rows

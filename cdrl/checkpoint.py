@@ -370,6 +370,9 @@ def import_official_checkpoint(path: str | os.PathLike, preset_name: str, class_
     if class_map is not None:
         _check_class_map(config, class_map)  # before reading a large file
     payload = read_checkpoint_file(path)
+    if payload.get("format") == FORMAT:
+        raise CheckpointError(f"{path} is already a cdrl-bench checkpoint: pass it to sample, eval or "
+                              "train --resume as it is")
     required = ("pi_state_dict", "p_state_dict")
     if any(key not in payload for key in required):
         raise CheckpointError(f"{path} lacks {', '.join(k for k in required if k not in payload)}: "

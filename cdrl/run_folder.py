@@ -189,7 +189,7 @@ def locate_checkpoint(name: str | os.PathLike, tracking_uri: str | None = None,
 
     A run folder or run id gives its newest intact checkpoint (verified here: newer corrupt ones are
     passed over, and named in ``selection``), or with ``pick="best"`` its best.pt. A file is taken
-    as given; loading it verifies it.
+    as given (``pick="best"`` is refused there); loading it verifies it.
     """
     return _locate(name, tracking_uri, pick)[0]
 
@@ -199,6 +199,9 @@ def _locate(name: str | os.PathLike, tracking_uri: str | None,
     """:func:`locate_checkpoint`, with the loaded (config, payload) where finding it loaded it."""
     path = Path(name)
     if path.is_file():
+        if pick == "best":
+            raise CheckpointError(f"--pick best chooses within a run folder or MLflow run, and {path} is a checkpoint "
+                                  "file: pass its run folder, or drop --pick")
         return LocatedCheckpoint(path, "given file"), None
     if path.is_dir():
         folder, source = RunFolder.of(path), f"run folder {path}"

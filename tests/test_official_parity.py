@@ -160,3 +160,9 @@ def test_import_of_a_truncated_file_fails_cleanly(tmp_path):
     truncated.write_bytes(_fixture("official_small_uncond.pth.tar").read_bytes()[:100_000])
     with pytest.raises(CheckpointError, match="truncated"):
         import_official_checkpoint(truncated, "official-small")
+
+
+def test_import_of_a_cdrl_bench_checkpoint_says_it_needs_none():
+    ours = Path(__file__).resolve().parents[1] / "results" / "gate" / "toy-cdrl.pt"
+    with pytest.raises(CheckpointError, match=r"toy-cdrl.pt is already a cdrl-bench checkpoint: pass it to sample"):
+        import_official_checkpoint(ours, "toy-checkerboard")

@@ -230,6 +230,9 @@ def test_a_run_names_its_newest_or_best_checkpoint_and_says_which(tmp_path, trac
     by_id = locate_checkpoint(result.run_id, tracking_uri, pick="best")
     assert by_id.path == best.path and by_id.selection == f"best of MLflow run {result.run_id}"
     assert locate_checkpoint(best.path).selection == "given file"
+    with pytest.raises(CheckpointError, match=r"--pick best chooses within a run folder or MLflow run, and .*best.pt is "
+                                              r"a checkpoint file: pass its run folder, or drop --pick"):
+        locate_checkpoint(best.path, pick="best")
     plain = toy_train(tmp_path / "plain", tracking_uri, "training.iterations=2")
     with pytest.raises(CheckpointError, match="has no best.pt"):
         locate_checkpoint(plain.run_dir, pick="best")

@@ -379,10 +379,10 @@ def test_finished_runs_of_a_suite_whose_tags_hold_quotes(tracking_uri):
 
 def test_plan_shows_global_and_per_process_batch_and_selection():
     rows = {row["run"]: row for row in plan_rows(expand(load_suite("cifar10-steps")), world_size=8)}
-    assert {row["batch"] for row in rows.values()} == {"256"}
-    assert {row["per process"] for row in rows.values()} == {"32"}
+    assert {row["batch"] for row in rows.values()} == {256}
+    assert {row["per process"] for row in rows.values()} == {32}
     assert rows["cdrl/seed0"]["checkpoint"] == "best FID (5k every 20k it)"
-    assert rows["drl/seed0"]["iterations"] == "1,000,000"
+    assert rows["drl/seed0"]["iterations"] == 1_000_000
     assert {row["per process"] for row in plan_rows(expand(load_suite("cifar10-steps")), 3)} == {"does not split"}
     gate = {row["run"]: row for row in plan_rows(expand(load_suite("gate")))}
     assert gate["toy-train/seed0"]["checkpoint"] == "last"
@@ -559,6 +559,8 @@ def test_plan_prices_every_training_from_the_suites_stated_cost(tmp_path):
     assert document["total_gpu_hours"] == pytest.approx((10 * 0.39 + 0.71) * 500_000 * 8 / 3600)
     assert document["total"].startswith("total: 5,122 GPU-hours for 11 of 11 trainings (11 stated)")
     assert [row["run"] for row in document["rows"]] == list(costs)  # the plan's own columns stay
+    assert (document["rows"][0]["iterations"], document["rows"][0]["batch"], document["rows"][0]["evals"]) == (
+        500_000, 256, 2)  # counts as numbers, not the table's text
 
     # Four GPUs: each trains twice the images per iteration, twice the seconds, the same GPU-hours.
     for arguments in (["--gpus", "4"], ["--world-size", "4"]):
