@@ -630,6 +630,11 @@ def check(
         raise CdrlBenchError(f"--k must be positive, got {k}: it is the number of standard errors of tolerance")
     current = read_results(results, "--results") if results is not None else \
         results_from_runs(definition, "quick" if quick else "full", tracking_uri)
+    if results is None and not current["points"]:
+        store = f" --tracking-uri {tracking_uri}" if tracking_uri else ""
+        raise CdrlBenchError(f"no finished runs of suite {definition.name} ({current['profile']} profile) in the "
+                             f"MLflow store: run `cdrl-bench run --suite {suite}{' --quick' if quick else ''}{store}` "
+                             "first")
     if update:
         if definition.fingerprint_tolerance is not None:
             current["fingerprints"] = fingerprints(definition)

@@ -148,6 +148,11 @@ def test_check_command_exit_codes_and_report(suite, tmp_path):
     refused = check(_document(BASELINE, "quick"))
     # cli.main turns this error into one `error: ...` line and exit status 2.
     assert isinstance(refused.exception, SuiteError) and "quick-profile baseline" in str(refused.exception)
+    empty_store = f"sqlite:///{tmp_path / 'empty.db'}"
+    nothing = cli.invoke(app, ["check", "--suite", str(suite.path), "--baseline", str(baseline), "--quick",
+                               "--tracking-uri", empty_store])
+    assert str(nothing.exception) == (f"no finished runs of suite check-test (quick profile) in the MLflow store: run "
+                                      f"`cdrl-bench run --suite {suite.path} --quick --tracking-uri {empty_store}` first")
 
 
 def test_unbiased_energy_distance_is_centred_on_zero_for_one_density():
