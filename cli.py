@@ -620,7 +620,7 @@ def check(
     """
     from benchmarks.fingerprint import fingerprints
     from benchmarks.regression import (compare, compare_fingerprints, other_machine, read_results,
-                                       results_from_runs, write_results)
+                                       results_from_runs, standard_error, write_results)
     from benchmarks.suite import load_suite
 
     _compute_setup(threads, None)
@@ -628,6 +628,7 @@ def check(
     definition = load_suite(suite)
     if k is not None and not k > 0:
         raise CdrlBenchError(f"--k must be positive, got {k}: it is the number of standard errors of tolerance")
+    stored = None if update else read_results(baseline)  # a bad --baseline fails before the store is read
     current = read_results(results, "--results") if results is not None else \
         results_from_runs(definition, "quick" if quick else "full", tracking_uri)
     if results is None and not current["points"]:
@@ -642,7 +643,6 @@ def check(
                       f"{', %d fingerprints' % len(current['fingerprints']) if 'fingerprints' in current else ''})",
                       highlight=False)
         return
-    stored = read_results(baseline)
     comparisons = compare(definition, stored, current, k)
     drifts = compare_fingerprints(definition, stored, fingerprints(definition)) \
         if definition.fingerprint_tolerance is not None else []
@@ -652,16 +652,16 @@ def check(
     for column in ("point", "metric", "baseline", "current", "σ", "tolerance", "worse by", "status"):
         report.add_column(column, justify="left" if column in ("point", "metric") else "right")
 
-    def mean_and_error(values: tuple[float, ...]) -> str:
+    def mean_and_error(values: tuple[float, ...], item) -> str:
         import statistics
 
         if not values:
             return "missing"
-        error = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else float("nan")
+        error = standard_error(values, item.metric, item.n_samples)  # as the tables compute it
         return f"{statistics.fmean(values):.4g} ± {error:.2g} ({len(values)})"
 
     for item in comparisons:
-        report.add_row(item.point, item.metric, mean_and_error(item.baseline), mean_and_error(item.current),
+        report.add_row(item.point, item.metric, mean_and_error(item.baseline, item), mean_and_error(item.current, item),
                        f"{item.sigma:.2g}", f"{item.tolerance:.2g}", f"{item.worse_by:+.2g}",
                        "[red]REGRESSED[/]" if item.regressed else "[green]ok[/]")
     console.print(report, width=max(console.width, 150))  # one line per metric, also in CI logs

@@ -87,6 +87,8 @@ class SuiteJob:
     settings: JobSettings
     only: str
     phase: Phase
+    #: The evaluations this job may run (its shard's part of ``only``'s); empty: all of them.
+    keys: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -97,6 +99,8 @@ class SuiteJob:
 
         use_threads(self.settings.threads)
         plan = select(self.settings.plan(), only=self.only)
+        if self.keys:
+            plan = replace(plan, evaluations=tuple(job for job in plan.evaluations if job.key in self.keys))
         settings = self.settings
         summary = run_plan(plan, tracking_uri=settings.tracking_uri, runs_dir=Path(settings.runs_dir),
                            data_dir=settings.data_dir, device=settings.device, phase=self.phase)
@@ -120,15 +124,19 @@ def work_units(plan: Plan, settings: JobSettings, processes_per_training: int = 
     from cdrl.train_loop import per_process_batch
 
     pending = pending_evaluations(plan, settings.tracking_uri)
-    units, untrained = [], []
+    units = []
     for training in plan.trainings:
-        if any(job.training is training for job in pending):
+        mine = tuple(job.key for job in pending if job.training is training)
+        if mine:
             per_process_batch(training.config.training.batch_size, processes_per_training)
-            units.append(WorkUnit(SuiteJob(settings, training.key, "train"), SuiteJob(settings, training.key, "eval")))
+            units.append(WorkUnit(SuiteJob(settings, training.key, "train"),
+                                  SuiteJob(settings, training.key, "eval", mine)))
+    # Jobs name a model; their keys keep each to this plan's part (a shard's) of that model's evaluations.
+    untrained: dict[str, list[str]] = {}
     for job in pending:
-        if job.training is None and job.model.key not in untrained:
-            untrained.append(job.model.key)
-    return [WorkUnit(None, SuiteJob(settings, model, "eval")) for model in untrained] + units
+        if job.training is None:
+            untrained.setdefault(job.model.key, []).append(job.key)
+    return [WorkUnit(None, SuiteJob(settings, model, "eval", tuple(keys))) for model, keys in untrained.items()] + units
 
 
 class Executor(Protocol):

@@ -130,15 +130,21 @@ def read_results(path: Path, option: str = "--baseline") -> dict:
             point.get("metrics") for point in document["points"].values()):
         raise SuiteError(f"{option} {path} checks nothing (no points with metrics): {rewrite} after running the "
                          "suite")
+    for point, values in document["points"].items():
+        for metric, measured in values.get("metrics", {}).items():
+            if not all(isinstance(value, (int, float)) and math.isfinite(value) for value in measured):
+                raise SuiteError(f"{option} {path}: {metric} of {point} holds a value that is not a finite number "
+                                 f"({measured}): {rewrite}")
     return document
 
 
 def seed_spread(values: Sequence[float], metric: str, n_samples: int | None = None) -> float:
     """Seed-to-seed standard deviation of a metric's values (NaN below two seeds); for a share of
     ``n_samples`` independent samples at least the binomial sqrt(p (1 - p) / n), which a few seeds can
-    underestimate (and one seed cannot measure)."""
+    underestimate (and one seed cannot measure), unless the values do not vary with the seed."""
     measured = statistics.stdev(values) if len(values) > 1 else math.nan
-    if not METRICS[metric].proportion or not n_samples:
+    # Equal at every seed: the same samples each time (a data floor's fixed images), no sampling noise to bound.
+    if not METRICS[metric].proportion or not n_samples or measured == 0:
         return measured
     share = min(max(statistics.fmean(values), 0.0), 1.0)
     binomial = math.sqrt(share * (1 - share) / n_samples)
@@ -160,6 +166,8 @@ class Comparison:
     floor: float = 0.0
     #: Samples per evaluation, for the binomial bound of a proportion's std (None: unknown).
     n_samples: int | None = None
+    #: Seeds evaluated at this point now; fewer values than seeds means some were not finite.
+    seeds: int = 0
 
     @property
     def baseline_mean(self) -> float:
@@ -185,11 +193,19 @@ class Comparison:
         return -difference if METRICS[self.metric].higher_is_better else difference
 
     @property
+    def missing_seeds(self) -> int:
+        """Seeds that were evaluated but reported no finite value (a diverged run logs none)."""
+        return max(self.seeds - len(self.current), 0)
+
+    @property
     def regressed(self) -> bool:
-        return not math.isfinite(self.current_mean) or self.worse_by > self.tolerance
+        return not math.isfinite(self.current_mean) or self.missing_seeds > 0 or self.worse_by > self.tolerance
 
     def describe(self) -> str:
         direction = "higher" if METRICS[self.metric].higher_is_better else "lower"
+        if self.missing_seeds:
+            return (f"{self.metric} of {self.point} is not finite at {self.missing_seeds} of its {self.seeds} seeds "
+                    "(diverged, or the metric failed): the method's numbers broke")
         return (f"{self.metric} of {self.point} is {self.current_mean:.4g} over {len(self.current)} seeds, worse "
                 f"than the baseline's {self.baseline_mean:.4g} by {self.worse_by:.3g} > tolerance "
                 f"{self.tolerance:.3g} ({direction} is better)")
@@ -230,6 +246,7 @@ def compare(suite: Suite, baseline: dict, current: dict, k: float | None = None)
         raise SuiteError(f"no current result for {len(missing)} baseline point(s) ({', '.join(missing[:4])}"
                          f"{', …' if len(missing) > 4 else ''}): run `cdrl-bench run --suite {suite.name}"
                          f"{' --quick' if current.get('profile') == 'quick' else ''}` first")
+    _refuse_unchecked(suite, baseline, current)
     comparisons = []
     for point, values in baseline["points"].items():
         for metric, measured in values["metrics"].items():
@@ -239,11 +256,33 @@ def compare(suite: Suite, baseline: dict, current: dict, k: float | None = None)
                 raise SuiteError(f"the baseline has {len(measured)} seed(s) of {metric} at {point}: a tolerance needs "
                                  f"the seed-to-seed spread of at least {MIN_BASELINE_SEEDS}; rebuild it with "
                                  f"`cdrl-bench run --suite {suite.name} --seeds 10` and `check --update`")
-            found = current["points"][point]["metrics"].get(metric, [])
+            now = current["points"][point]
+            found = now["metrics"].get(metric, [])
             comparisons.append(Comparison(point, metric, tuple(measured), tuple(found), suite.check_k if k is None
                                           else k, suite.tolerance_floors.get(metric, 0.0),
-                                          values.get("n_samples")))
+                                          values.get("n_samples"), len(now.get("seeds", found))))
     return comparisons
+
+
+def _refuse_unchecked(suite: Suite, baseline: dict, current: dict) -> None:
+    """Results the baseline cannot check are refused, not passed: points or metrics it lacks, another sample count."""
+    rebuild = (f"rebuild the baseline from this code (`cdrl-bench run --suite {suite.name} --seeds 8`, then "
+               "`check --update`) so that they are checked")
+    new = []
+    for point, values in current["points"].items():
+        if point not in baseline["points"]:
+            new.append(point)
+        else:
+            new += [f"{metric} of {point}" for metric in values.get("metrics", {})
+                    if metric not in baseline["points"][point]["metrics"]]
+    if new:
+        raise SuiteError(f"the results hold {len(new)} point(s) or metric(s) the baseline lacks "
+                         f"({', '.join(new[:4])}{', …' if len(new) > 4 else ''}): {rebuild}")
+    for point, values in baseline["points"].items():
+        stored, now = values.get("n_samples"), current["points"][point].get("n_samples")
+        if stored and now and stored != now:
+            raise SuiteError(f"{point} was scored on {now} samples, the baseline on {stored}: FID and KID depend "
+                             f"on the count; score as many, or {rebuild}")
 
 
 def compare_fingerprints(suite: Suite, baseline: dict, current: dict[str, list[float]]

@@ -136,11 +136,15 @@ def _metrics_line(metrics: dict[str, float]) -> str:
 
 
 def pending_evaluations(plan: Plan, tracking_uri: str | None) -> list[EvalJob]:
-    """The evaluations of ``plan`` that have no FINISHED run in the store yet (same suite version and profile)."""
+    """The evaluations of ``plan`` that have no FINISHED run in the store yet (same suite version and profile).
+
+    A run counts for its key and source: a stored checkpoint replaced by another file (another
+    hash) is evaluated again.
+    """
     suite = plan.suite
     done = finished_eval_runs(suite.experiment, suite.name, suite.version, plan.profile, tracking_uri)
-    finished_keys = set(done[f"tags.{TAG_RUN_KEY}"]) if not done.empty else set()
-    return [job for job in plan.evaluations if job.key not in finished_keys]
+    finished = set(zip(done[f"tags.{TAG_RUN_KEY}"], done[f"tags.{TAG_SOURCE}"])) if not done.empty else set()
+    return [job for job in plan.evaluations if (job.key, job.source) not in finished]
 
 
 def run_plan(plan: Plan, *, tracking_uri: str | None = None, runs_dir: Path = Path("runs"),

@@ -704,8 +704,10 @@ def select(plan: Plan, *, only: str | None = None, shard: tuple[int, int] | None
         def chosen(job: TrainingJob | EvalJob) -> bool:
             return job.model.key == model and (not seed or job.seed == int(seed[4:]))
 
-        trainings = tuple(job for job in trainings if chosen(job))
-        evaluations = tuple(job for job in evaluations if chosen(job) or job.training in trainings)
+        evaluations = tuple(job for job in evaluations if chosen(job) or job.training is not None and chosen(job.training))
+        # With the trainings they score: a sampling-only model (e.g. no-tweedie-step) scores another's.
+        needed = [job.training for job in evaluations if job.training is not None]
+        trainings = tuple(job for job in trainings if chosen(job) or job in needed)
     if shard is not None:
         index, count = shard
         trainings = trainings[index::count]

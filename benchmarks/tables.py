@@ -24,7 +24,8 @@ from typing import NamedTuple
 
 import pandas as pd
 
-from benchmarks.records import TAG_GUIDANCE, TAG_MODEL, TAG_SOURCE, TAG_STEPS, finished_eval_runs, latest_per_key
+from benchmarks.records import (TAG_GUIDANCE, TAG_MODEL, TAG_RUN_KEY, TAG_SOURCE, TAG_STEPS, finished_eval_runs,
+                               latest_per_key)
 from benchmarks.regression import standard_error
 from benchmarks.suite import (EvalJob, ModelSpec, SuiteError, Suite, config_delta, expand,
                               scoring_sampler_overrides)
@@ -287,6 +288,17 @@ def _shared_settings(display: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     return display, notes
 
 
+def _unreported(runs: pd.DataFrame, metrics: tuple[str, ...]) -> list[str]:
+    """"run key: metric, ..." for every run that reported a metric of the suite as missing or not finite."""
+    found = []
+    for _, run in runs.iterrows():
+        values = pd.to_numeric(pd.Series([run.get(f"metrics.{metric}") for metric in metrics]), errors="coerce")
+        missing = [METRICS[metric].label for metric, value in zip(metrics, values) if not math.isfinite(value)]
+        if missing:
+            found.append(f"{run[f'tags.{TAG_RUN_KEY}']}: {', '.join(missing)}")
+    return found
+
+
 def _notes(suite: Suite, profile: str, runs: pd.DataFrame, tracking_uri: str | None) -> list[str]:
     notes = []
     if suite.reference:
@@ -302,6 +314,10 @@ def _notes(suite: Suite, profile: str, runs: pd.DataFrame, tracking_uri: str | N
                     "seed cannot measure" if shares else "")
         notes.append(f"measured: mean ± standard error over the seeds counted in the seeds column ({len(runs)} "
                      f"finished evaluation runs){binomial}. ↓ lower is better, ↑ higher; bold: the best of a column.")
+        unreported = _unreported(runs, suite.metrics)
+        if unreported:
+            notes.append(f"Not finite, so left out of their rows' means (a diverged run reports none): "
+                         f"{'; '.join(unreported)}. Those rows' means are over fewer seeds than the seeds column.")
         if any(model.floor for model in suite.models):
             notes.append("Floor rows score real data exactly as samples are scored (fresh draws of a 2-D density, "
                          "or the other split's images): the best each metric can read at this sample size.")

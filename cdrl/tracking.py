@@ -424,13 +424,19 @@ class TrackedRun:
         self.client.log_dict(self.run_id, dictionary, artifact_file)
 
     def finish(self, status: str = "FINISHED", reason: str | None = None) -> None:
-        """Send what is buffered and mark the run FINISHED, FAILED or KILLED (``reason``: tag ``cdrl.killed``)."""
+        """Send what is buffered and mark the run FINISHED, FAILED or KILLED (``reason``: tag ``cdrl.killed``).
+
+        A run whose last metrics could not be sent ends FAILED, never FINISHED: a suite counts a
+        FINISHED evaluation as done, and would never score it again.
+        """
         try:
             self.flush()
             if reason is not None:
                 self.set_tags({TAG_KILLED: reason})
-        finally:
-            self.client.set_terminated(self.run_id, status)
+        except BaseException:
+            self.client.set_terminated(self.run_id, "FAILED" if status == "FINISHED" else status)
+            raise
+        self.client.set_terminated(self.run_id, status)
 
 
 def _experiment_id(client: MlflowClient, name: str, tracking_uri: str) -> str:

@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 import cli
 from benchmarks.executors import JobSettings, SuiteJob, WorkUnit, _cause, _SubmititTask, work_units
+from benchmarks.suite import select
 from cdrl.errors import CdrlBenchError
 from cdrl.tracking import TAG_PID
 from tiny_suite import TINY_SUITE
@@ -91,8 +92,10 @@ def test_jobs_are_portable_and_requeue_themselves(tmp_path, monkeypatch, trackin
 
     settings = JobSettings(str(tmp_path / "tiny-test.toml"), tracking_uri=tracking_uri)
     units = work_units(settings.plan(), settings, processes_per_training=2)
-    assert units == [WorkUnit(SuiteJob(settings, "cdrl/seed0", "train"), SuiteJob(settings, "cdrl/seed0", "eval")),
-                     WorkUnit(SuiteJob(settings, "drl/seed0", "train"), SuiteJob(settings, "drl/seed0", "eval"))]
+    scored = {training: tuple(job.key for job in settings.plan().evaluations if job.training.key == training)
+              for training in ("cdrl/seed0", "drl/seed0")}
+    assert units == [WorkUnit(SuiteJob(settings, key, "train"), SuiteJob(settings, key, "eval", scored[key]))
+                     for key in ("cdrl/seed0", "drl/seed0")]
     task = _SubmititTask(units[0].training)
     assert pickle.loads(pickle.dumps(task)) == task
     requeued = task.checkpoint()  # what submitit resubmits when SLURM preempts the job
@@ -105,6 +108,18 @@ def test_jobs_are_portable_and_requeue_themselves(tmp_path, monkeypatch, trackin
               "split\n\n----------------------\nYou can check full logs with 'job.stderr(0)' or at paths:\n"
               "  - /jobs/1_0_log.err\n  - /jobs/1_0_log.out\n")
     assert _cause(report) == "cdrl.config.ConfigError: training.batch_size=32 does not split"
+
+
+def test_the_jobs_of_shards_run_disjoint_evaluations(tracking_uri, monkeypatch):
+    """A job names a model; a shard's jobs must still run only that shard's evaluations of it."""
+    ran = []
+    monkeypatch.setattr("benchmarks.executors.run_plan",
+                        lambda plan, **options: ran.extend(job.key for job in plan.evaluations))
+    settings = JobSettings("gate", seeds=4, tracking_uri=tracking_uri)
+    for index in range(2):
+        for unit in work_units(select(settings.plan(), shard=(index, 2)), settings):
+            unit.evaluation()
+    assert sorted(ran) == sorted(job.key for job in settings.plan().evaluations)
 
 
 def test_a_preempted_submitit_job_is_requeued_and_resumes_its_training_to_the_end(suite_folder, tracking_uri):

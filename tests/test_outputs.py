@@ -356,3 +356,20 @@ def test_a_transient_progress_in_a_log_leaves_nothing_but_its_lines():
     transient = written(transient=True)
     assert transient.count("\n") == 1 and transient.startswith("sampling: 1/2 (50%), ")
     assert "sampling ━" in written(transient=False)  # a lasting display still ends with its last frame
+
+
+def test_a_seed_that_reported_no_finite_metric_is_named_under_the_table(monkeypatch, toy_steps):
+    """A diverged run finishes without metrics: its row's mean is over fewer seeds, and the table says so."""
+    def values(job, seed):
+        measured = toy_values(job, seed)
+        if (job.model.key, job.steps_per_level, seed) == ("cdrl", 15, 2):
+            measured["energy_distance"] = float("nan")
+        return measured
+
+    runs = made_up_runs("toy-steps", values)
+    monkeypatch.setattr(tables, "finished_eval_runs", lambda *args, **kwargs: runs)
+    table = tables.build_table(load_suite("toy-steps"), quick=True)
+    assert [note for note in table.notes if note.startswith("Not finite")] == [
+        "Not finite, so left out of their rows' means (a diverged run reports none): cdrl/K15/seed2: energy distance. "
+        "Those rows' means are over fewer seeds than the seeds column."]
+    assert not any(note.startswith("Not finite") for note in toy_steps.notes)

@@ -13,7 +13,8 @@ import torch
 from typer.testing import CliRunner
 
 from benchmarks.fingerprint import drift
-from benchmarks.regression import Comparison, FingerprintComparison, compare, compare_fingerprints, read_results
+from benchmarks.regression import (Comparison, FingerprintComparison, compare, compare_fingerprints, read_results,
+                                   seed_spread)
 from benchmarks.suite import SuiteError, load_suite
 from cdrl.datasets import toy_sample
 from cdrl.toy_metrics import energy_distance, toy_metrics
@@ -99,6 +100,40 @@ def test_a_metric_no_seed_reported_fails(suite):
     assert math.isnan(failed[0].current_mean)
 
 
+def test_a_metric_some_seeds_did_not_report_fails(suite):
+    """A diverged run finishes with no finite metrics: its seed must not just drop out of the mean."""
+    current = _document({name: values[:3] for name, values in BASELINE.items()})
+    current["points"]["cdrl/K15"]["metrics"]["energy_distance"] = [0.011]  # seeds 1 and 2: not finite
+    failed = [item for item in compare(suite, _document(BASELINE), current) if item.regressed]
+    assert [item.metric for item in failed] == ["energy_distance"]
+    assert failed[0].describe() == ("energy_distance of cdrl/K15 is not finite at 2 of its 3 seeds (diverged, or "
+                                    "the metric failed): the method's numbers broke")
+
+
+def test_results_the_baseline_cannot_check_are_refused(suite):
+    same = {name: values[:3] for name, values in BASELINE.items()}
+    extra_point = _document(same)
+    extra_point["points"]["new-model/K15"] = {"seeds": [0], "metrics": {"energy_distance": [99.0]}}
+    with pytest.raises(SuiteError, match=r"the results hold 1 point\(s\) or metric\(s\) the baseline lacks "
+                                         r"\(new-model/K15\): rebuild the baseline"):
+        compare(suite, _document(BASELINE), extra_point)
+    extra_metric = _document({**same, "fid": [1e9] * 3})
+    with pytest.raises(SuiteError, match=r"\(fid of cdrl/K15\)"):
+        compare(suite, _document(BASELINE), extra_metric)
+    fewer_samples, baseline = _document(same), _document(BASELINE)
+    baseline["points"]["cdrl/K15"]["n_samples"], fewer_samples["points"]["cdrl/K15"]["n_samples"] = 2000, 500
+    with pytest.raises(SuiteError, match="cdrl/K15 was scored on 500 samples, the baseline on 2000"):
+        compare(suite, baseline, fewer_samples)
+
+
+def test_a_proportion_equal_at_every_seed_takes_no_binomial_bound():
+    """A data floor scores the same images at every seed: no sampling noise, so its tolerance floor applies."""
+    assert seed_spread([0.93] * 8, "class_accuracy", n_samples=100) == 0.0
+    share = (0.93 + 0.93 + 0.94) / 3  # seeds that vary: the binomial bound, above their measured 0.006
+    assert seed_spread([0.93, 0.93, 0.94], "class_accuracy", n_samples=100) == pytest.approx(
+        math.sqrt(share * (1 - share) / 100))
+
+
 def test_baselines_that_cannot_check_are_refused(suite, tmp_path):
     empty = tmp_path / "empty.json"
     empty.write_text("")
@@ -112,6 +147,10 @@ def test_baselines_that_cannot_check_are_refused(suite, tmp_path):
     old.write_text(json.dumps({"suite": "check-test", "metrics": {"cdrl/K15": {"fid": 3.0}}}))
     with pytest.raises(SuiteError, match="format-2"):
         read_results(old)
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps(_document({**BASELINE, "energy_distance": [0.01, float("nan"), 0.012]})))
+    with pytest.raises(SuiteError, match=r"energy_distance of cdrl/K15 holds a value that is not a finite number"):
+        read_results(broken)
     with pytest.raises(SuiteError, match=r"^--results .*missing.json does not exist: `cdrl-bench check --update "
                                          r"--baseline .*missing.json` writes the current runs there, or drop --results"):
         read_results(tmp_path / "missing.json", "--results")

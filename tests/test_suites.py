@@ -227,6 +227,10 @@ def test_only_and_shards_split_a_plan_into_disjoint_parts():
     one_seed = select(plan, only="cdrl/seed1")
     assert [job.key for job in one_seed.trainings] == ["cdrl/seed1"]
     assert {job.seed for job in one_seed.evaluations} == {1}
+    # A sampling-only model scores another model's training: --only takes that training along.
+    tweedie = select(expand(load_suite("cifar10-ablations")), only="no-tweedie-step")
+    assert [job.key for job in tweedie.trainings] == ["cdrl/seed0"]
+    assert tweedie.evaluations and {job.model.key for job in tweedie.evaluations} == {"no-tweedie-step"}
     gate = expand(load_suite("gate"))  # stored models and data floors: evaluations without a training
     assert any(job.training is None for job in gate.evaluations)
     for whole, count in [(whole, count) for whole in (plan, gate) for count in (1, 2, 3, 5)]:
@@ -637,3 +641,19 @@ def test_cost_keys_are_typed_and_bounded(tmp_path):
     assert "cost.gpu is not a known key" in attempt(TINY_SUITE + "\n[cost]\ngpu = 8\n")
     assert "models[1].seconds_per_iteration must be greater than 0, got -1.0" in attempt(
         TINY_SUITE.replace('steps = [3]', 'steps = [3]\nseconds_per_iteration = -1'))
+
+
+def test_a_stored_checkpoint_replaced_by_another_file_is_evaluated_again(tracking_uri):
+    """An evaluation is done for its key and its checkpoint's hash: the same key of another file is pending."""
+    plan = expand(load_suite("gate"))
+    client = MlflowClient(tracking_uri)
+    experiment = client.create_experiment(plan.suite.experiment)
+    stored = next(job for job in plan.evaluations if job.source.startswith("checkpoint-"))
+    for job in plan.evaluations:
+        source = "checkpoint-000000000000" if job is stored else job.source  # the file it replaced
+        run = client.create_run(experiment, tags={"cdrl.kind": "eval", "cdrl.suite": plan.suite.name,
+                                                  "cdrl.suite_version": str(plan.suite.version),
+                                                  "cdrl.profile": plan.profile, "cdrl.run_key": job.key,
+                                                  "cdrl.source": source})
+        client.set_terminated(run.info.run_id, "FINISHED")
+    assert [job.key for job in runner.pending_evaluations(plan, tracking_uri)] == [stored.key]

@@ -304,3 +304,17 @@ def test_an_evaluation_logs_the_feature_and_metric_seconds_that_scoring_measured
     assert result.timing["feature_seconds"] == logged["feature_seconds"] == 12.5
     assert result.timing["metric_seconds"] == logged["metric_seconds"] == 34.5
     assert logged["scoring_seconds"] < 12.5
+
+
+def test_a_run_whose_last_metrics_cannot_be_sent_ends_failed_not_finished(tracking_uri, monkeypatch):
+    """A suite counts a FINISHED evaluation as done for good: one whose metrics never arrived must not be."""
+    def unreachable(self, run_id, metrics=(), **options):
+        raise ConnectionError("tracking server unreachable")
+
+    with pytest.raises(ConnectionError):
+        with tracked_run(tracking_uri=tracking_uri, experiment_name="flush") as run:
+            monkeypatch.setattr(MlflowClient, "log_batch", unreachable)
+            run.log_metrics({"fid": 12.5}, step=0)
+    monkeypatch.undo()
+    (ended,) = all_runs(tracking_uri)
+    assert ended.info.status == "FAILED" and "fid" not in ended.data.metrics
