@@ -233,13 +233,13 @@ def _evaluate(plan: Plan, job: EvalJob, checkpoint: str | None, selection: str, 
             **({TAG_PARENT_RUN: training_run} if training_run else {})}
     common = dict(backend=suite.backend, reference_split=job.model.reference_split or suite.reference_split,
                   n_reference=job.model.n_reference or suite.profiles[plan.profile].n_reference,
-                  seed=job.seed, device=device, data_dir=data_dir, tracking_uri=tracking_uri,
-                  experiment_name=suite.experiment, tags=tags)
+                  reference_overrides=job.model.reference_overrides, seed=job.seed, device=device, data_dir=data_dir,
+                  tracking_uri=tracking_uri, experiment_name=suite.experiment, tags=tags)
     if job.floor_config is not None:
         result = scoring.score_data(job.floor_config, n_samples=job.n_samples, **common)
     else:
         result = scoring.score_checkpoint(
             job.checkpoint or checkpoint, steps_per_level=job.steps_per_level, n_samples=job.n_samples,
             batch_size=suite.batch_size, guidance=job.guidance, checkpoint_selection=selection,
-            reference_overrides=job.model.reference_overrides, sampler_overrides=job.sampler_overrides, **common)
+            sampler_overrides=job.sampler_overrides, **common)
     return result

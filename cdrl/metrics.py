@@ -172,7 +172,10 @@ def _class_accuracy(request: ScoreRequest) -> Measured:
     """The share of samples that a small digit CNN assigns to the class each was asked for."""
     from cdrl.evaluation.digits_classifier import class_accuracy, default_classifier, held_out_accuracy
 
-    samples = request.samples
+    from cdrl.evaluation import to_uint8
+
+    # The pixels FID sees and a saved PNG holds (clamped, quantised), not the sampler's raw floats.
+    samples = to_uint8(request.samples).float() / 127.5 - 1.0
     classifier = default_classifier(samples.shape[1], samples.shape[-1])
     accuracy = class_accuracy(samples, request.classes, classifier)
     held_out = round(held_out_accuracy(classifier), 4)

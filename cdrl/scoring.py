@@ -190,26 +190,31 @@ def data_as_samples(config: ExperimentConfig, n_samples: int, seed: int, referen
     return images, labels, {"floor": f"the first {count} {data.dataset}/{split} images"}
 
 
-def score_data(config: ExperimentConfig, *, n_samples: int, backend: str = DEFAULT_BACKEND,
+def score_data(config: ExperimentConfig, *, n_samples: int, backend: str = DEFAULT_BACKEND, mode: str | None = None,
                reference_split: str = "train", n_reference: int | None = None, seed: int = 0,
+               reference_overrides: Sequence[str] = (),
                data_dir: str | None = None, device: str | torch.device | None = None,
                tracking_uri: str | None = None, experiment_name: str | None = None,
                tags: dict[str, str] | None = None, log: bool = True) -> ScoreResult | None:
     """Score real data exactly as samples are scored: the best value each metric can reach here.
 
-    In a process group rank 0 alone scores and returns the result; the other ranks return None.
+    ``mode`` and ``reference_overrides`` as in :func:`score_checkpoint` (the overrides also read the
+    floor's own images), so that a floor compares with the rows scored beside it. In a process group
+    rank 0 alone scores and returns the result; the other ranks return None.
     """
     if not current_ranks().is_main:
         return None
+    config = apply_overrides(config, list(reference_overrides))
     if data_dir is not None:
         config = replace(config, data=replace(config.data, data_dir=data_dir))
     with _score_run(config, log, tracking_uri, experiment_name, tags) as run:
         started = time.monotonic()
         samples, labels, floor = data_as_samples(config, n_samples, seed, reference_split)
-        scores = score_samples(samples, config, backend=backend, reference_split=reference_split,
+        scores = score_samples(samples, config, backend=backend, mode=mode, reference_split=reference_split,
                                n_reference=n_reference, seed=seed, data_dir=data_dir, device=device, classes=labels)
         metrics, protocol, line = scores.metrics, scores.protocol, scores.line
-        protocol.update(floor, seed=seed)
+        protocol.update(floor, seed=seed,
+                        **({"reference_overrides": " ".join(reference_overrides)} if reference_overrides else {}))
         timing = _timing(len(samples), 0.0, time.monotonic() - started, scores)
         _record(run, metrics, timing, protocol, config, samples, f"{config.name}: {floor['floor']}")
         return ScoreResult(metrics, protocol, f"{line} | floor: {floor['floor']}", run.run_id if run else None,

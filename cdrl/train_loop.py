@@ -350,6 +350,7 @@ def _train(config: ExperimentConfig, dataset, folder: RunFolder, resumed: Resume
                                                            run, progress.console, float(peak), rolled_back_to)
                 batches = infinite_batches(dataset, batch, training.seed, ranks.rank, ranks.world_size,
                                            start_iteration=trainer.iteration)
+                clock, clock_iteration = time.monotonic(), trainer.iteration  # the rate restarts where it resumes
                 peak.zero_()
                 progress.update(task, completed=trainer.iteration)
                 continue
@@ -363,8 +364,6 @@ def _train(config: ExperimentConfig, dataset, folder: RunFolder, resumed: Resume
                 progress.update(task, rate=f"{rate:.2f} it/s", losses=losses)
                 if run is not None:
                     run.log_metrics({**values, "iterations_per_second": rate}, step=iteration)
-            if stop_signal:
-                _stop_for_preemption(trainer, folder, stop_signal, ranks, run, rollbacks, best)
             if sample_due and ranks.is_main:
                 _log_samples(trainer, folder, iteration, run)
             if checkpoint_due or select_due:
@@ -384,6 +383,10 @@ def _train(config: ExperimentConfig, dataset, folder: RunFolder, resumed: Resume
                                       f"cdrl.best_{metric}": score})
                 # The other ranks wait here while rank 0 scores, and keep its record for their result.
                 best = shared(best, ranks)
+            # After this step's sample grid and selection: a resumed run starts at the next step, so
+            # what was due here (the last iteration's selection too) would never come round again.
+            if stop_signal:
+                _stop_for_preemption(trainer, folder, stop_signal, ranks, run, rollbacks, best)
             if checkpoint_due:
                 if ranks.is_main:
                     run.flush()  # metrics up to here are stored before the checkpoint a resume restarts from
@@ -505,7 +508,8 @@ def _on_divergence(trainer: CooperativeTrainer, cadence: RunConfig, folder: RunF
     if cadence.on_divergence == "stop":
         raise TrainingDiverged(f"{message} (run.on_divergence=stop): lower training.ebm_lr, or set "
                                "run.on_divergence=rollback to continue from the last checkpoint")
-    if not folder.checkpoint_paths():
+    # Rank 0's view of the folder, for every rank: another node's file cache may lag behind it.
+    if shared(not folder.checkpoint_paths() if ranks.is_main else None, ranks):
         raise TrainingDiverged(f"{message}, before the first checkpoint: lower training.ebm_lr or "
                                "run.checkpoint_every")
     if rollbacks >= cadence.max_rollbacks:

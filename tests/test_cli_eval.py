@@ -169,3 +169,18 @@ def test_scoring_against_a_whole_split_counts_its_images(monkeypatch):
     with pytest.raises(RuntimeError, match="stop after the reference"):
         score_samples(torch.zeros(4, 1, 8, 8), preset("tiny"), reference_split="test")
     assert seen["n_images"] == 360
+
+
+def test_class_accuracy_reads_the_pixels_fid_sees(monkeypatch):
+    """The digit CNN scores the clamped, quantised samples (what FID and a saved PNG see), not raw floats."""
+    from types import SimpleNamespace
+
+    import cdrl.evaluation.digits_classifier as digits_classifier
+    from cdrl.metrics import _class_accuracy
+
+    seen = []
+    monkeypatch.setattr(digits_classifier, "class_accuracy",
+                        lambda samples, classes, classifier: seen.append(samples) or 1.0)
+    _class_accuracy(SimpleNamespace(samples=torch.linspace(-3, 3, 64).reshape(1, 1, 8, 8), classes=torch.tensor([0])))
+    levels = (seen[0] + 1) * 127.5
+    assert seen[0].min() == -1 and seen[0].max() == 1 and torch.allclose(levels, levels.round(), atol=1e-4)

@@ -93,3 +93,22 @@ def test_signal_goes_on_to_the_handler_it_displaced_after_the_run_is_closed(tmp_
         assert signal.getsignal(signal.SIGUSR2) is scheduler_handler
     finally:
         signal.signal(signal.SIGUSR2, previous)
+
+
+def test_a_selection_due_at_the_interrupted_step_is_made_before_stopping(tmp_path, tracking_uri, monkeypatch):
+    """A resumed run starts at the next step: a selection due at the stopped one (here the last) is made first."""
+    from cdrl import train_loop
+
+    scored = []
+
+    def score(trainer, metric, ranks):
+        scored.append(trainer.iteration)
+        return 1.0 / trainer.iteration  # later is better: the last iteration's checkpoint is the best
+
+    monkeypatch.setattr(train_loop, "_selection_score", score)
+    _signal_during_step(monkeypatch, 7, signal.SIGTERM)  # the last step, 8, is running when the signal comes
+    with pytest.raises(Preempted):
+        train(preset("tiny"), overrides=[*SETTINGS, "run.select_every=4", "run.select_samples=2"],
+              out=tmp_path / "run", tracking_uri=tracking_uri, show_progress=False)
+    assert scored == [4, 8]
+    assert _weights(RunFolder(tmp_path / "run").best())["iteration"] == 8

@@ -318,3 +318,15 @@ def test_a_run_whose_last_metrics_cannot_be_sent_ends_failed_not_finished(tracki
     monkeypatch.undo()
     (ended,) = all_runs(tracking_uri)
     assert ended.info.status == "FAILED" and "fid" not in ended.data.metrics
+
+
+def test_a_floor_reads_its_data_with_the_reference_overrides(tracking_uri, monkeypatch):
+    """A floor is compared with rows scored under a suite's reference_overrides: it must read data the same way."""
+    import cdrl.scoring
+
+    seen, original = [], cdrl.scoring.data_as_samples
+    monkeypatch.setattr(cdrl.scoring, "data_as_samples",
+                        lambda config, *arguments: seen.append(config.data.toy_scale) or original(config, *arguments))
+    result = score_data(preset("toy-checkerboard"), n_samples=50, n_reference=50, tracking_uri=tracking_uri,
+                        reference_overrides=["data.toy_scale=2.0"])
+    assert seen == [2.0] and result.protocol["reference_overrides"] == "data.toy_scale=2.0"

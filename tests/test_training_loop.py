@@ -149,6 +149,8 @@ def test_divergence_rolls_back_to_the_last_checkpoint_with_lower_learning_rates(
     assert curve(tracking_uri, result.run_id, "diverged") == {4: 1.0}
     assert curve(tracking_uri, result.run_id, "lr_scale") == {4: 0.5}
     assert all(math.isfinite(value) for value in curve(tracking_uri, result.run_id).values())
+    # The speed restarts at the step rolled back to: never zero or negative across the rollback.
+    assert all(rate > 0 for rate in curve(tracking_uri, result.run_id, "iterations_per_second").values())
     assert result.trainer.ebm_scheduler.base_lrs == [0.5 * 1e-4]
     assert load_checkpoint(result.checkpoint)[1]["rollbacks"] == 1
 
