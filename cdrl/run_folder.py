@@ -115,10 +115,13 @@ class RunFolder:
             lock.release()
 
     def check_fresh(self) -> None:
-        """A new run may not start in the folder of another."""
+        """A new run may not start in the folder of another (nor beside a best.pt, which --pick best would take)."""
         if self.checkpoint_paths():
             raise ConfigError(f"{self.root} already holds checkpoints: continue it with --resume {self.root} "
                               "or choose another --out")
+        if self.best() is not None:
+            raise ConfigError(f"{self.root} holds the best.pt of an earlier run (stopped before its first checkpoint, "
+                              f"so it cannot be resumed): remove {self.best()} or choose another --out")
 
     def prepare(self, config: ExperimentConfig, corrupt: tuple[Path, ...] = ()) -> None:
         """Create the layout, drop what a crash left half-written, set aside ``corrupt`` checkpoints, record the config."""

@@ -6,6 +6,8 @@ images and every set's features are extracted once per session.
 
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 import os
 import subprocess
@@ -376,6 +378,11 @@ def test_reference_statistics_are_cached_by_key_and_reused(
     result = metrics_from_features(legacy_features["digits_b"], loaded, isc=False)
     assert result.protocol.n_reference == 8 and "digits/train ref" in result.protocol.line()
     assert result.protocol.kid_subset_size == 8
+    # Cached statistics keep at most a cap of features for KID: the protocol says how many it drew from.
+    capped = metrics_from_features(legacy_features["digits_b"],
+                                   dataclasses.replace(loaded, kid_features=loaded.kid_features[:5]), isc=False)
+    assert (capped.protocol.n_reference, capped.protocol.kid_reference, capped.protocol.kid_subset_size) == (8, 5, 5)
+    assert "KID 100×5 of 5 ref" in capped.protocol.line()
 
     other_key = ReferenceKey.for_extractor(
         "digits", "test", 8, resolve_extractor("torch-fidelity", weights=inception_weights)

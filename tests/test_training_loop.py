@@ -202,6 +202,12 @@ def test_resume_refuses_model_changes_and_occupied_run_folders(tmp_path, trackin
                                                   "--tracking-uri", tracking_uri)
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == before
     assert [run.info.status for run in all_runs(tracking_uri)] == ["FINISHED"]
+    # A best.pt alone (a run stopped after a selection, before its first checkpoint) is not a fresh folder either.
+    lone = tmp_path / "lone" / "checkpoints"
+    lone.mkdir(parents=True)
+    (lone / "best.pt").write_bytes((run_dir / "checkpoints" / before[-1]).read_bytes())
+    assert "holds the best.pt of an earlier run" in run_cli(monkeypatch, capsys, "--preset", "tiny", "--out",
+                                                            str(lone.parent), "--tracking-uri", tracking_uri)
     # A longer budget is a legitimate change: the same run goes on, found here by its MLflow run id.
     (run,) = all_runs(tracking_uri)
     resumed = train(resume=run.info.run_id, overrides=["training.iterations=4"], tracking_uri=tracking_uri,

@@ -46,6 +46,9 @@ class Protocol:
     reference_split: str
     kid_subsets: int | None = None
     kid_subset_size: int | None = None
+    #: Reference features KID's subsets were drawn from: cached statistics keep at most a cap of
+    #: them, fewer than n_reference (the images behind FID's mean and covariance).
+    kid_reference: int | None = None
     isc_splits: int | None = None
 
     def line(self) -> str:
@@ -57,7 +60,7 @@ class Protocol:
             f"resize={self.mode} ({MODE_DESCRIPTIONS[self.mode]})"
         )
         if self.kid_subset_size is not None:
-            text += f", KID {self.kid_subsets}×{self.kid_subset_size}"
+            text += f", KID {self.kid_subsets}×{self.kid_subset_size} of {self.kid_reference} ref"
         return text
 
 
@@ -143,13 +146,13 @@ def metrics_from_features(
 
     unavailable = {}
     kid_mean = kid_std = None
-    used_subset_size = used_subsets = None
+    used_subset_size = used_subsets = kid_reference = None
     if kid:
         if reference_pool.shape[0] < 2:
             unavailable["kid"] = "the reference statistics hold no features; rebuild them with kid_features_cap > 0"
         else:
-            used_subsets = kid_subsets
-            used_subset_size = min(kid_subset_size, len(generated), reference_pool.shape[0])
+            used_subsets, kid_reference = kid_subsets, reference_pool.shape[0]
+            used_subset_size = min(kid_subset_size, len(generated), kid_reference)
             kid_mean, kid_std = library.kernel_distance(
                 generated.pool, reference_pool, used_subsets, used_subset_size, seed
             )
@@ -179,6 +182,7 @@ def metrics_from_features(
         reference_split=reference_split,
         kid_subsets=used_subsets,
         kid_subset_size=used_subset_size,
+        kid_reference=kid_reference,
         isc_splits=used_splits,
     )
     return MetricResult(
