@@ -264,9 +264,10 @@ def test_training_in_a_folder_closes_the_runs_that_sigkilled_trainings_left_runn
         sleeper.wait()
 
 
-def test_a_suite_evaluation_closes_the_twin_a_killed_one_left(tracking_uri):
+def test_a_suite_evaluation_closes_the_twin_a_killed_one_left(tracking_uri, tmp_path):
     client = MlflowClient(tracking_uri)
-    experiment = client.create_experiment("suite")
+    # Artifacts beside the store: MLflow's default is ./mlruns in the working directory.
+    experiment = client.create_experiment("suite", artifact_location=(tmp_path / "artifacts").as_uri())
     key = {TAG_KIND: "eval", TAG_SUITE: "unit", TAG_RUN_KEY: "toy/K3/seed0"}
     twin = _planted(client, experiment, _dead_pid(), **key)
     other = _planted(client, experiment, _dead_pid(), **{**key, TAG_RUN_KEY: "toy/K5/seed0"})
