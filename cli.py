@@ -282,6 +282,7 @@ def sample(
 
     def is_image(config) -> bool:
         return dataset_info(config.data.dataset).is_image
+
     device = _compute_setup(threads, device)
     _check_store(tracking_uri)
     located = locate_checkpoint(checkpoint, tracking_uri, pick)

@@ -6,7 +6,8 @@
   2 * 2e-4 * k * beta), x_s and x_t from independent noise, no Tweedie step, test-time Langevin
   noise x 0.99, and DRL's optimisation (no gradient clipping, EMA 0.999 without warm-up, a
   learning-rate warm-up of at most 1,000 iterations; an EMA decay that a CPU-scale preset or
-  suite lowered is kept). The networks and the batch stay the preset's. ``results/paper/drl_config.csv`` records DRL's published configuration.
+  suite lowered is kept). The networks and the batch stay the preset's.
+  ``results/paper/drl_config.csv`` records DRL's published configuration.
 * :data:`ABLATIONS` names override lists: the two improvements the CDRL paper names (its
   noise schedule, variance reduction), every practical detail of the published code, and
   "CDRL without initializer" (the DRL algorithm on CDRL's schedule, step size and training).

@@ -101,10 +101,6 @@ def other_machine(recorded: dict) -> str:
 
 
 def write_results(document: dict, path: Path) -> Path:
-    if not document["points"]:
-        raise SuiteError(f"suite {document['suite']} ({document['profile']}) has no finished runs to record: run "
-                         f"`cdrl-bench run --suite {document['suite']}"
-                         f"{' --quick' if document['profile'] == 'quick' else ''}` first")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, indent=1) + "\n")
     return path

@@ -704,7 +704,8 @@ def select(plan: Plan, *, only: str | None = None, shard: tuple[int, int] | None
         def chosen(job: TrainingJob | EvalJob) -> bool:
             return job.model.key == model and (not seed or job.seed == int(seed[4:]))
 
-        evaluations = tuple(job for job in evaluations if chosen(job) or job.training is not None and chosen(job.training))
+        evaluations = tuple(job for job in evaluations
+                            if chosen(job) or job.training is not None and chosen(job.training))
         # With the trainings they score: a sampling-only model (e.g. no-tweedie-step) scores another's.
         needed = [job.training for job in evaluations if job.training is not None]
         trainings = tuple(job for job in trainings if chosen(job) or job in needed)
@@ -931,7 +932,7 @@ def plan_rows(plan: Plan, world_size: int = 1) -> list[dict[str, str | int | Non
     rows = []
     for key, jobs in _by_source(plan).items():
         first = jobs[0]
-        global_batch, selection = first.training_summary(plan.suite.checkpoint_selection)
+        _, selection = first.training_summary(plan.suite.checkpoint_selection)
         config = first.training.config if first.training else first.checkpoint_config or first.floor_config
         per_process: int | str | None = None
         if first.training is not None:
@@ -942,7 +943,8 @@ def plan_rows(plan: Plan, world_size: int = 1) -> list[dict[str, str | int | Non
         rows.append({
             "run": key, "preset": config.name if config else "",
             "iterations": config.training.iterations if first.training else None,
-            "batch": int(global_batch) if global_batch.isdigit() else None, "per process": per_process,
+            "batch": config.training.batch_size if config and first.floor_config is None else None,
+            "per process": per_process,
             "checkpoint": selection, "evals": len(jobs),
             "points": _points_line(jobs) if first.floor_config is None else "data floor",
         })

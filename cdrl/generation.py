@@ -97,8 +97,8 @@ class GenerationSpec:
         options = {f"sampler.{name}": value for name, value in asdict(self.sampler).items()
                    if name != "steps_per_level"}
         return {"steps_per_level": self.steps_per_level, "noise_levels": config.schedule.n_levels,
-                "step_multiplier": multiplier_for_steps(self.steps_per_level, config.langevin), "seed": self.seed, "weights": self.weights,
-                "guidance": self.guidance, "class_label": classes, **options}
+                "step_multiplier": multiplier_for_steps(self.steps_per_level, config.langevin), "seed": self.seed,
+                "weights": self.weights, "guidance": self.guidance, "class_label": classes, **options}
 
 
 def example_seed(seed: int, index: int) -> int:

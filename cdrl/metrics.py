@@ -170,9 +170,8 @@ def _exact_2d(request: ScoreRequest) -> Measured:
 
 def _class_accuracy(request: ScoreRequest) -> Measured:
     """The share of samples that a small digit CNN assigns to the class each was asked for."""
-    from cdrl.evaluation.digits_classifier import class_accuracy, default_classifier, held_out_accuracy
-
     from cdrl.evaluation import to_uint8
+    from cdrl.evaluation.digits_classifier import class_accuracy, default_classifier, held_out_accuracy
 
     # The pixels FID sees and a saved PNG holds (clamped, quantised), not the sampler's raw floats.
     samples = to_uint8(request.samples).float() / 127.5 - 1.0

@@ -30,10 +30,12 @@ def test_the_spec_resolves_steps_and_their_step_multiplier_once():
     config = preset("cifar10")
     assert config.langevin.n_steps == 15 and config.sampler.steps_per_level is None
     default = GenerationSpec.resolve(config, 10)
-    assert (default.steps_per_level, default.protocol(config)["step_multiplier"]) == (15, config.langevin.step_multiplier)
+    assert (default.steps_per_level, default.protocol(config)["step_multiplier"]) == (
+        15, config.langevin.step_multiplier)
     fewer = GenerationSpec.resolve(config, 10, steps_per_level=3)
     protocol = fewer.protocol(config)
-    assert fewer.steps_per_level == 3 and protocol["step_multiplier"] == pytest.approx(5 ** 0.5 * config.langevin.step_multiplier)
+    assert fewer.steps_per_level == 3
+    assert protocol["step_multiplier"] == pytest.approx(5 ** 0.5 * config.langevin.step_multiplier)
     assert (protocol["noise_levels"], protocol["steps_per_level"], protocol["class_label"]) == (6, 3, "all")
     composed = GenerationSpec.resolve(preset("digits-cond"), 4, classes=(1, 7))
     assert composed.protocol(preset("digits-cond"))["class_label"] == "1+7"
