@@ -599,36 +599,44 @@ def table(
 @app.command()
 def check(
     suite: str = _SUITE,
-    baseline: Path = typer.Option(..., "--baseline", help="Stored results to compare with, e.g. "
-                                                          "results/baselines/gate.json."),
+    baseline: Path = typer.Option(None, "--baseline", help="Stored results to compare with (default: the suite's "
+                                                          "shipped baseline, results/baselines/SUITE.json)."),
     results: Path = typer.Option(None, "--results", help="Compare this results file instead of the runs in MLflow."),
     k: float = typer.Option(None, "--k", max=1e6,
                             help="Standard errors of tolerance, above 0 (default: the k of the suite's "
                                  "check section)."),
     update: bool = typer.Option(False, "--update", help="Write the current MLflow results (and fingerprints) to "
-                                                        "--baseline instead."),
+                                                        "--baseline instead; refused below the suite's baseline seeds."),
+    output_format: str = typer.Option("table", "--format", help="table (default) or json (the whole verdict)."),
     quick: bool = _QUICK_RUNS,
     tracking_uri: str = _TRACKING_URI,
     threads: int = _THREADS,
 ) -> None:
-    """Regression check: exit 1 naming each metric worse than the baseline by more than k standard errors.
+    """Regression check: exit 1 naming each metric, fingerprint, protocol or config that changed.
 
     The tolerance of each metric is derived from the seed-to-seed spread stored in the baseline:
-    k * sigma * sqrt(1/n_baseline + 1/n_current). Suites with stored checkpoints also compare
-    numerical fingerprints (fixed-seed samples, a few training steps) with the baseline's.
+    k * sigma * sqrt(1/n_baseline + 1/n_current); trained points fail when worse by more, points
+    of fixed inputs (stored models, data floors) when they move by more in either direction.
+    Suites with stored checkpoints also compare numerical fingerprints (fixed-seed samples, a few
+    training steps) and, the gate, the ruler (metrics and dataset pipelines on fixed inputs) and
+    the resolved config of every preset and suite model.
 
-    Example: cdrl-bench check --suite gate --baseline results/baselines/gate.json
+    Example: cdrl-bench check --suite gate
     """
-    from benchmarks.fingerprint import fingerprints
-    from benchmarks.regression import (compare, compare_fingerprints, other_machine, read_results,
-                                       results_from_runs, standard_error, write_results)
+    import json
+
+    from benchmarks.regression import (baseline_document, judge, other_machine, read_results, results_from_runs,
+                                       stored_baseline, write_results)
     from benchmarks.suite import load_suite
 
+    if output_format not in ("table", "json"):
+        raise CdrlBenchError(f"--format must be table or json, got {output_format!r}")
     _compute_setup(threads, None)
     _check_store(tracking_uri)
     definition = load_suite(suite)
     if k is not None and not k > 0:
         raise CdrlBenchError(f"--k must be positive, got {k}: it is the number of standard errors of tolerance")
+    baseline = baseline or stored_baseline(definition)
     stored = None if update else read_results(baseline)  # a bad --baseline fails before the store is read
     current = read_results(results, "--results") if results is not None else \
         results_from_runs(definition, "quick" if quick else "full", tracking_uri)
@@ -638,55 +646,69 @@ def check(
                              f"MLflow store: run `cdrl-bench run --suite {suite}{' --quick' if quick else ''}{store}` "
                              "first")
     if update:
-        if definition.fingerprint_tolerance is not None:
-            current["fingerprints"] = fingerprints(definition)
-        console.print(f"wrote {write_results(current, baseline)} ({len(current['points'])} points"
-                      f"{', %d fingerprints' % len(current['fingerprints']) if 'fingerprints' in current else ''})",
+        document = baseline_document(definition, current)
+        console.print(f"wrote {write_results(document, baseline)} ({len(document['points'])} points, "
+                      f"{len(document['fingerprints'])} fingerprints"
+                      f"{', %d configs' % len(document['configs']) if 'configs' in document else ''})",
                       highlight=False)
         return
-    comparisons = compare(definition, stored, current, k)
-    drifts = compare_fingerprints(definition, stored, fingerprints(definition)) \
-        if definition.fingerprint_tolerance is not None else []
-    report = Table(title=f"{definition.name} ({current['profile']}): current vs {baseline}",
-                   caption=f"tolerance = k·σ·√(1/n_baseline + 1/n_current), k = {comparisons[0].k:g}; "
-                           "σ: seed-to-seed std in the baseline; ± standard error", caption_justify="left")
+    verdict = judge(definition, stored, current, k)
+    if output_format == "json":
+        print(json.dumps(verdict.to_json(), indent=1))
+    else:
+        _print_verdict(verdict, f"{definition.name} ({current['profile']}): current vs {baseline}")
+    if verdict.failures:
+        for item in verdict.failures:
+            error_console.print(f"[bold red]regression:[/] {escape(item.describe())}", highlight=False, soft_wrap=True)
+        elsewhere = other_machine(stored.get("recorded") or {})
+        if elsewhere and any(item.regressed for item in verdict.fingerprints):  # one machine's kernels
+            error_console.print(f"note: the baseline was recorded on another machine ({elsewhere}); if the code did "
+                                "not change, the drift is the machines': rebuild the baseline on the machine CI runs "
+                                "on (results/gate/README.md)", highlight=False, soft_wrap=True)
+        raise SystemExit(1)
+    if output_format == "table":
+        console.print(f"check passed: {len(verdict.comparisons)} metrics within tolerance"
+                      f"{f', {len(verdict.fingerprints)} fingerprints unchanged' if verdict.fingerprints else ''}"
+                      f"{', protocols and configs equal' if not verdict.mismatches else ''}", highlight=False)
+
+
+def _print_verdict(verdict, title: str) -> None:
+    """The verdict's tables: every metric with its tolerance, every fingerprint's drift, every mismatch."""
+    import statistics
+
+    from benchmarks.regression import standard_error
+
+    comparisons = verdict.comparisons
+    report = Table(title=title, caption=f"tolerance = k·σ·√(1/n_baseline + 1/n_current), k = {comparisons[0].k:g}; "
+                                        "σ: seed-to-seed std in the baseline; ± standard error; ⇅: fixed inputs, "
+                                        "checked in both directions", caption_justify="left")
     for column in ("point", "metric", "baseline", "current", "σ", "tolerance", "worse by", "status"):
         report.add_column(column, justify="left" if column in ("point", "metric") else "right")
 
     def mean_and_error(values: tuple[float, ...], item) -> str:
-        import statistics
-
         if not values:
             return "missing"
         error = standard_error(values, item.metric, item.n_samples)  # as the tables compute it
         return f"{statistics.fmean(values):.4g} ± {error:.2g} ({len(values)})"
 
     for item in comparisons:
-        report.add_row(item.point, item.metric, mean_and_error(item.baseline, item), mean_and_error(item.current, item),
-                       f"{item.sigma:.2g}", f"{item.tolerance:.2g}", f"{item.worse_by:+.2g}",
-                       "[red]REGRESSED[/]" if item.regressed else "[green]ok[/]")
+        colour = "green" if not item.regressed else "red"
+        report.add_row(item.point + (" ⇅" if item.two_sided else ""), item.metric, mean_and_error(item.baseline, item),
+                       mean_and_error(item.current, item), f"{item.sigma:.2g}", f"{item.tolerance:.2g}",
+                       f"{item.worse_by:+.2g}", f"[{colour}]{item.status}[/]")
     console.print(report, width=max(console.width, 150))  # one line per metric, also in CI logs
-    if drifts:
-        prints = Table(title="fingerprints: relative drift from the baseline (of the median sample; fixed seeds, "
-                             "stored checkpoints)")
+    if verdict.fingerprints:
+        prints = Table(title="fingerprints: relative drift from the baseline (of the median sample; of the largest "
+                             "entry for training and ruler; fixed seeds and inputs)")
         for column in ("fingerprint", "drift", "tolerance", "status"):
             prints.add_column(column, justify="left" if column == "fingerprint" else "right")
-        for item in drifts:
+        for item in verdict.fingerprints:
             prints.add_row(item.name, f"{item.drift:.2g}", f"{item.tolerance:g}",
                            "[red]DRIFTED[/]" if item.regressed else "[green]ok[/]")
-        console.print(prints)
-    failures = [item for item in (*comparisons, *drifts) if item.regressed]
-    if failures:
-        for item in failures:
-            error_console.print(f"[bold red]regression:[/] {item.describe()}", highlight=False, soft_wrap=True)
-        elsewhere = other_machine(stored.get("recorded") or {})
-        if elsewhere and any(item.regressed for item in drifts):  # fingerprints are numbers of one machine's kernels
-            error_console.print(f"note: the baseline was recorded on another machine ({elsewhere}); if the code did "
-                                "not change, the drift is the machines': rebuild the baseline on the machine CI runs "
-                                "on (results/gate/README.md)", highlight=False, soft_wrap=True)
-        raise SystemExit(1)
-    console.print(f"check passed: {len(comparisons)} metrics within tolerance"
-                  f"{f', {len(drifts)} fingerprints unchanged' if drifts else ''}", highlight=False)
+        console.print(prints, width=max(console.width, 150))
+    for item in verdict.mismatches:
+        console.print(f"[red]CHANGED[/] {escape(item.kind)} {escape(item.name)}: {escape(item.detail)}",
+                      highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -7,9 +7,16 @@ well-conditioned models:
 
 * ``samples``: for each evaluation point of a stored checkpoint (steps per level, guidance),
   the first :data:`SAMPLES` samples drawn with the fixed seed :data:`SEED`;
+* ``layout``: the same samples of each stored checkpoint's first point drawn in batches of
+  :data:`LAYOUT_BATCH` of the count (a ragged last batch): sample i must not depend on where
+  it sits in a batch;
+* ``samples-live``: the same samples drawn with the live weights, for a stored checkpoint that
+  holds live weights apart from the EMA's (loading the wrong ones moves one of the two);
 * ``training``: :data:`TRAINING_STEPS` cooperative training steps from the stored weights
   (fresh optimisers) with a fixed seed: per-step losses and energies, then the norms of the
   live and EMA weights of both networks and of their difference (the EMA's lag).
+
+With ``[check] ruler_tolerance``, the ruler's fingerprints (:mod:`benchmarks.ruler`) join them.
 
 ``drift`` measures how far a fingerprint moved from the baseline's: each entry relative to its
 own value, the largest per sample, and the median over the samples. Float32 rounding differs
@@ -22,7 +29,7 @@ method moves every chain. The check fails a fingerprint whose drift exceeds the 
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -58,31 +65,55 @@ def drift(current: list[float], baseline: list[float], samples: int = 1) -> floa
     return float(torch.quantile(per_sample, 0.5))
 
 
-def _sample_points(suite: Suite) -> Iterator[tuple[str, Path, int, int, float]]:
-    """(fingerprint name, checkpoint, samples, steps per level, guidance) of every sample fingerprint."""
+#: The layout fingerprint's batch, as a share of its sample count: 3 of 8 leaves a ragged last batch.
+LAYOUT_BATCH = 3 / 8
+
+
+@dataclass(frozen=True)
+class SamplePoint:
+    """One sample fingerprint: what is drawn from which stored checkpoint, how."""
+
+    name: str
+    checkpoint: Path
+    count: int
+    steps: int
+    guidance: float
+    batch_size: int
+    weights: str = "ema"
+
+
+def _sample_points(suite: Suite) -> Iterator[SamplePoint]:
     for model in suite.models:
         if model.checkpoint_path is None:
             continue
-        config, _ = load_checkpoint(model.checkpoint_path)
+        config, payload = load_checkpoint(model.checkpoint_path)
         count = SAMPLES["image" if dataset_info(config.data.dataset).is_image else "2d"]
-        for steps in eval_steps(model, config):
-            for guidance in model.guidance:
-                yield f"samples:{model.key}/K{steps}/w{guidance:g}", model.checkpoint_path, count, steps, guidance
+        points = [(steps, guidance) for steps in eval_steps(model, config) for guidance in model.guidance]
+        for steps, guidance in points:
+            yield SamplePoint(f"samples:{model.key}/K{steps}/w{guidance:g}", model.checkpoint_path, count, steps,
+                              guidance, count)
+        steps, guidance = points[0]
+        yield SamplePoint(f"layout:{model.key}/K{steps}/w{guidance:g}", model.checkpoint_path, count, steps, guidance,
+                          max(1, int(count * LAYOUT_BATCH)))
+        if "ebm_ema" in payload["trainer"]:
+            yield SamplePoint(f"samples-live:{model.key}/K{steps}/w{guidance:g}", model.checkpoint_path, count, steps,
+                              guidance, count, weights="live")
 
 
 def samples_per_fingerprint(suite: Suite) -> dict[str, int]:
-    """How many samples each sample fingerprint holds (a training fingerprint is one)."""
-    return {name: count for name, _, count, _, _ in _sample_points(suite)}
+    """How many samples each sample fingerprint holds (a training or ruler fingerprint is one)."""
+    return {point.name: point.count for point in _sample_points(suite)}
 
 
 def sample_fingerprints(suite: Suite) -> dict[str, list[float]]:
     from cdrl.scoring import draw_samples
 
     prints = {}
-    for name, checkpoint, count, steps, guidance in _sample_points(suite):
-        samples, _, _ = draw_samples(checkpoint, n_samples=count, steps_per_level=steps, seed=SEED,
-                                     batch_size=count, guidance=guidance, device="cpu")
-        prints[name] = samples.flatten().tolist()
+    for point in _sample_points(suite):
+        samples, _, _ = draw_samples(point.checkpoint, n_samples=point.count, steps_per_level=point.steps, seed=SEED,
+                                     batch_size=point.batch_size, guidance=point.guidance, device="cpu",
+                                     use_ema=point.weights == "ema")
+        prints[point.name] = samples.flatten().tolist()
     return prints
 
 
@@ -117,5 +148,11 @@ def training_fingerprints(suite: Suite) -> dict[str, list[float]]:
 
 
 def fingerprints(suite: Suite) -> dict[str, list[float]]:
-    """Every fingerprint of a suite's stored checkpoints (empty when it has none)."""
-    return {**sample_fingerprints(suite), **training_fingerprints(suite)}
+    """Every fingerprint of a suite's stored checkpoints (empty when it has none), and the ruler's where it checks it."""
+    prints = {**sample_fingerprints(suite), **training_fingerprints(suite)} \
+        if suite.check.fingerprint_tolerance is not None else {}
+    if suite.check.ruler_tolerance is not None:
+        from benchmarks.ruler import ruler_fingerprints
+
+        prints.update(ruler_fingerprints())
+    return prints

@@ -38,6 +38,8 @@ class GateModel:
     method: str
     iterations: int
     overrides: tuple[str, ...] = ()
+    #: Also store the live weights (beside the EMA's), so that loading the wrong ones changes the fingerprints.
+    keep_live: bool = False
 
     def config(self) -> ExperimentConfig:
         config = apply_method(apply_overrides(preset(self.preset), list(self.overrides)), self.method)
@@ -57,6 +59,10 @@ GATE_MODELS: dict[str, GateModel] = {
     "toy-drl": GateModel("toy-checkerboard", "cdrl", 3000, (*ABLATIONS["no-initializer"], *_CADENCE)),
     # Class-conditional digits at their native 8 x 8, as the digits-cfg suite trains them.
     "digits-cond": GateModel("digits-cond", "cdrl", 2000, _DIGITS_8X8),
+    # DRL as published (baselines.drl: DDPM linear levels, half the step size, test-time noise x 0.99, no
+    # Tweedie step) on a narrower EBM (its 6 x 30 chains cost twice CDRL's), with its live weights too:
+    # they differ from the EMA's.
+    "toy-drl-published": GateModel("toy-checkerboard", "drl", 1500, ("energy.width=64", *_CADENCE), keep_live=True),
 }
 
 
@@ -73,17 +79,30 @@ def _half(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {name: tensor.half() if tensor.is_floating_point() else tensor for name, tensor in state.items()}
 
 
-def export(checkpoint: Path, out: Path) -> Path:
-    """Write the EMA weights of a training checkpoint (float16) with its config: a stored gate model."""
+def _half_ema(ema_state: dict) -> dict:
+    return {**ema_state, "shadow_params": [tensor.half() for tensor in ema_state["shadow_params"]]}
+
+
+def export(checkpoint: Path, out: Path, keep_live: bool = False) -> Path:
+    """Write the EMA weights of a training checkpoint (float16) with its config: a stored gate model.
+
+    ``keep_live``: the live weights and the EMA state as they are (both float16), instead of the live
+    weights replaced by their average.
+    """
     config, payload = load_checkpoint(checkpoint)
     trainer = payload["trainer"]
-    state = {"iteration": trainer["iteration"],
-             "ebm": _half(_ema_state(build_energy_net(config.energy), trainer["ebm"], trainer.get("ebm_ema")))}
-    if "initializer" in trainer:
-        state["initializer"] = _half(_ema_state(build_initializer(config.initializer), trainer["initializer"],
-                                                trainer.get("initializer_ema")))
-    return save_atomic(make_checkpoint(config, state, exported_from=checkpoint.name,
-                                       storage="EMA weights in float16"), out)
+    builders = {"ebm": lambda: build_energy_net(config.energy), "initializer": lambda: build_initializer(config.initializer)}
+    state = {"iteration": trainer["iteration"]}
+    for network, build in builders.items():
+        if network not in trainer:
+            continue
+        if keep_live and f"{network}_ema" in trainer:
+            state[network] = _half(trainer[network])
+            state[f"{network}_ema"] = _half_ema(trainer[f"{network}_ema"])
+        else:
+            state[network] = _half(_ema_state(build(), trainer[network], trainer.get(f"{network}_ema")))
+    storage = "live and EMA weights in float16" if keep_live else "EMA weights in float16"
+    return save_atomic(make_checkpoint(config, state, exported_from=checkpoint.name, storage=storage), out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                        out=None if started else folder, tracking_uri=arguments.tracking_uri,
                        experiment_name="cdrl-gate-models", tags={"cdrl.gate_model": arguments.model})
         checkpoint = result.checkpoint
-    print(f"wrote {export(checkpoint, out)} from {checkpoint}")
+    print(f"wrote {export(checkpoint, out, GATE_MODELS[arguments.model].keep_live)} from {checkpoint}")
     return 0
 
 

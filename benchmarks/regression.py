@@ -17,8 +17,17 @@ metric's own direction, by more than ``k`` standard errors of the difference of 
 deviation measured in the baseline (so a baseline needs at least :data:`MIN_BASELINE_SEEDS`
 seeds; for a share of samples, such as the in-support fraction, at least the binomial
 sqrt(p (1 - p) / n), which a few seeds can underestimate) and k is the suite's ``[check] k``;
-a metric whose sigma can be 0 gets the suite's ``tolerance_floors`` as its smallest tolerance. Fingerprints (:mod:`benchmarks.fingerprint`)
-fail when they drift by more than the suite's ``fingerprint_tolerance``.
+a metric whose sigma can be 0 gets the suite's ``tolerance_floors`` as its smallest tolerance.
+A point whose inputs are fixed (a stored or given checkpoint, a data floor) is checked in both
+directions: only the code can move it, so a number that got *better* by more than the
+tolerance fails too. Trained points stay one-sided: a better training is no finding.
+
+What else must equal the baseline's: each point's recorded protocol (backend, resize mode,
+Inception weights, reference split and counts, sampler options: everything but paths, seeds
+and library versions); the fingerprints (:mod:`benchmarks.fingerprint`: fixed-seed samples of
+the stored models, within ``fingerprint_tolerance``; :mod:`benchmarks.ruler`: the metrics and
+dataset pipelines on fixed inputs, within ``ruler_tolerance``); and, with ``[check] configs``,
+the resolved config of every preset and suite model (:mod:`benchmarks.resolved_configs`).
 """
 
 from __future__ import annotations
@@ -36,12 +45,20 @@ import torch
 
 from benchmarks.records import TAG_GUIDANCE, TAG_MODEL, TAG_SEED, TAG_SOURCE, TAG_STEPS, finished_eval_runs, \
     latest_per_key
+from benchmarks.ruler import PREFIX as RULER_PREFIX
 from benchmarks.suite import Suite, SuiteError
 from cdrl.metrics import METRICS
 
 FORMAT = 2
 #: A tolerance derived from the seed-to-seed spread needs that spread measured on this many seeds.
 MIN_BASELINE_SEEDS = 3
+#: How to rebuild a baseline after an intended change: on a trusted commit, from every seed the suite asks.
+REBUILD = "results/gate/README.md, 'Rebuilding the baseline'"
+
+
+def rebuild_hint(suite: Suite) -> str:
+    return (f"on a trusted commit, `cdrl-bench run --suite {suite.name} --seeds {suite.check.baseline_seeds}` then "
+            f"`cdrl-bench check --suite {suite.name} --update` (results/gate/README.md)")
 
 
 def point_key(model: str, steps: int, guidance: float, source: str) -> str:
@@ -50,6 +67,23 @@ def point_key(model: str, steps: int, guidance: float, source: str) -> str:
         return f"{model}/floor"
     key = f"{model}/K{steps}" + (f"/w{guidance:g}" if guidance else "")
     return key if source in ("", "trained") else f"{key}@{source}"
+
+
+def fixed_inputs(point: str) -> bool:
+    """Whether a point (:func:`point_key`) scores fixed inputs: a given or stored checkpoint, or data."""
+    return "@" in point or point.endswith("/floor")
+
+
+#: Protocol entries that say where or when rather than how a number was measured: the machine's
+#: paths, the seed (one per run; the points' seeds are compared apart), the library's version.
+_PROTOCOL_LOCAL = ("checkpoint", "seed", "weights_file", "weights_source", "backend_version")
+_PROTOCOL_PREFIX = "params.eval."
+
+
+def _protocol(run) -> dict[str, str]:
+    return {name[len(_PROTOCOL_PREFIX):]: value for name, value in run.items()
+            if name.startswith(_PROTOCOL_PREFIX) and isinstance(value, str)
+            and name[len(_PROTOCOL_PREFIX):] not in _PROTOCOL_LOCAL}
 
 
 def results_from_runs(suite: Suite, profile: str, tracking_uri: str | None = None) -> dict:
@@ -61,7 +95,7 @@ def results_from_runs(suite: Suite, profile: str, tracking_uri: str | None = Non
         for _, run in runs.iterrows():
             key = point_key(run[f"tags.{TAG_MODEL}"], int(run[f"tags.{TAG_STEPS}"]),
                             float(run[f"tags.{TAG_GUIDANCE}"]), run[f"tags.{TAG_SOURCE}"])
-            point = points.setdefault(key, {"seeds": [], "metrics": {}})
+            point = points.setdefault(key, {"seeds": [], "metrics": {}, "protocol": _protocol(run)})
             point["seeds"].append(int(run["_seed"]))
             generated = run.get("params.eval.n_generated")
             if isinstance(generated, str) and generated.isdigit():
@@ -109,29 +143,41 @@ def write_results(document: dict, path: Path) -> Path:
 def read_results(path: Path, option: str = "--baseline") -> dict:
     """A results document, given as ``option``; refused with the fix when it cannot be checked against.
 
-    ``check --update --baseline PATH`` writes one (the current runs); ``--results`` reads such a file
-    instead of the runs.
+    A baseline is built on a trusted commit from every seed its suite asks (:data:`REBUILD`);
+    ``--results`` reads a results file written the same way instead of the runs in MLflow.
     """
-    rewrite = f"`cdrl-bench check --update --baseline {path}` writes the current runs there"
+    fix = (f"pass the suite's stored baseline (the default), or build one on a trusted commit ({REBUILD})"
+           if option == "--baseline" else "drop --results to check the runs in MLflow")
     if not path.is_file():
-        instead = ", or drop --results to check the runs in MLflow" if option == "--results" else ""
-        raise SuiteError(f"{option} {path} does not exist: {rewrite}{instead}")
+        raise SuiteError(f"{option} {path} does not exist: {fix}")
     try:
         document = json.loads(path.read_text())
     except json.JSONDecodeError as error:
-        raise SuiteError(f"{option} {path} is not valid JSON ({error}): {rewrite}") from None
+        raise SuiteError(f"{option} {path} is not valid JSON ({error}): {fix}") from None
     if not isinstance(document, dict) or document.get("format") != FORMAT:
-        raise SuiteError(f"{option} {path} is not a format-{FORMAT} results file (per-seed values): {rewrite}")
+        raise SuiteError(f"{option} {path} is not a format-{FORMAT} results file (per-seed values): {fix}")
     if not isinstance(document.get("points"), dict) or not any(
             point.get("metrics") for point in document["points"].values()):
-        raise SuiteError(f"{option} {path} checks nothing (no points with metrics): {rewrite} after running the "
-                         "suite")
+        raise SuiteError(f"{option} {path} checks nothing (no points with metrics): {fix}")
     for point, values in document["points"].items():
         for metric, measured in values.get("metrics", {}).items():
             if not all(isinstance(value, (int, float)) and math.isfinite(value) for value in measured):
                 raise SuiteError(f"{option} {path}: {metric} of {point} holds a value that is not a finite number "
-                                 f"({measured}): {rewrite}")
+                                 f"({measured}): {fix}")
     return document
+
+
+def refuse_thin_baseline(suite: Suite, document: dict) -> None:
+    """A baseline's tolerances are its seed-to-seed spread: ``--update`` refuses points with fewer seeds than
+    the suite's ``[check] baseline_seeds``."""
+    wanted = suite.check.baseline_seeds
+    thin = {point: len(values["seeds"]) for point, values in document["points"].items()
+            if len(values["seeds"]) < wanted}
+    if thin:
+        shown = ", ".join(f"{point} ({count})" for point, count in list(thin.items())[:3])
+        raise SuiteError(f"--update writes a baseline, whose tolerances are the seed-to-seed spread of "
+                         f"{wanted} seeds, but the runs hold fewer at {len(thin)} point(s): {shown}"
+                         f"{', …' if len(thin) > 3 else ''}: {rebuild_hint(suite)}")
 
 
 def seed_spread(values: Sequence[float], metric: str, n_samples: int | None = None) -> float:
@@ -164,6 +210,8 @@ class Comparison:
     n_samples: int | None = None
     #: Seeds evaluated at this point now; fewer values than seeds means some were not finite.
     seeds: int = 0
+    #: Fixed inputs (:func:`fixed_inputs`): a change in either direction beyond the tolerance fails.
+    two_sided: bool = False
 
     @property
     def baseline_mean(self) -> float:
@@ -189,19 +237,36 @@ class Comparison:
         return -difference if METRICS[self.metric].higher_is_better else difference
 
     @property
+    def changed_for_the_better(self) -> bool:
+        """Better than the baseline beyond the tolerance, on fixed inputs: the code that measures changed."""
+        return self.two_sided and -self.worse_by > self.tolerance
+
+    @property
     def missing_seeds(self) -> int:
         """Seeds that were evaluated but reported no finite value (a diverged run logs none)."""
         return max(self.seeds - len(self.current), 0)
 
     @property
     def regressed(self) -> bool:
-        return not math.isfinite(self.current_mean) or self.missing_seeds > 0 or self.worse_by > self.tolerance
+        return (not math.isfinite(self.current_mean) or self.missing_seeds > 0 or self.worse_by > self.tolerance
+                or self.changed_for_the_better)
+
+    @property
+    def status(self) -> str:
+        if not self.regressed:
+            return "ok"
+        return "CHANGED (better)" if self.changed_for_the_better else "REGRESSED"
 
     def describe(self) -> str:
         direction = "higher" if METRICS[self.metric].higher_is_better else "lower"
         if self.missing_seeds:
             return (f"{self.metric} of {self.point} is not finite at {self.missing_seeds} of its {self.seeds} seeds "
                     "(diverged, or the metric failed): the method's numbers broke")
+        if self.changed_for_the_better:
+            return (f"{self.metric} of {self.point} changed beyond noise, better: {self.current_mean:.4g} over "
+                    f"{len(self.current)} seeds against the baseline's {self.baseline_mean:.4g}, by {-self.worse_by:.3g} "
+                    f"> tolerance {self.tolerance:.3g} ({direction} is better); its inputs are fixed, so the code that "
+                    f"samples or measures them changed: if intended, rebuild the baseline ({REBUILD})")
         return (f"{self.metric} of {self.point} is {self.current_mean:.4g} over {len(self.current)} seeds, worse "
                 f"than the baseline's {self.baseline_mean:.4g} by {self.worse_by:.3g} > tolerance "
                 f"{self.tolerance:.3g} ({direction} is better)")
@@ -221,8 +286,10 @@ class FingerprintComparison:
 
     def describe(self) -> str:
         measured = f"the median of {self.samples} samples" if self.samples > 1 else "the largest entry"
+        changed = ("the ruler's numbers changed (a metric, the image pipeline or a dataset's)"
+                   if self.name.startswith(RULER_PREFIX) else "the method's numbers changed")
         return (f"fingerprint {self.name} drifted by {self.drift:.3g} (relative, {measured}) > tolerance "
-                f"{self.tolerance:g}: the method's numbers changed")
+                f"{self.tolerance:g}: {changed}")
 
 
 def compare(suite: Suite, baseline: dict, current: dict, k: float | None = None) -> list[Comparison]:
@@ -230,8 +297,7 @@ def compare(suite: Suite, baseline: dict, current: dict, k: float | None = None)
     for document, name in ((baseline, "baseline"), (current, "results")):
         if (document.get("suite"), document.get("suite_version")) != (suite.name, suite.version):
             raise SuiteError(f"the {name} are of suite {document.get('suite')} v{document.get('suite_version')}, "
-                             f"not {suite.name} v{suite.version}: regenerate the baseline with "
-                             f"`cdrl-bench check --suite {suite.name} --update --baseline FILE`")
+                             f"not {suite.name} v{suite.version}: rebuild the baseline {rebuild_hint(suite)}")
     if baseline.get("profile") != current.get("profile"):
         flag = " --quick" if baseline.get("profile") == "quick" else ""
         raise SuiteError(f"the baseline is of the {baseline.get('profile')} profile and the results of the "
@@ -247,23 +313,23 @@ def compare(suite: Suite, baseline: dict, current: dict, k: float | None = None)
     for point, values in baseline["points"].items():
         for metric, measured in values["metrics"].items():
             if metric not in METRICS:
-                raise SuiteError(f"the baseline names an unknown metric {metric!r}: regenerate it with --update")
+                raise SuiteError(f"the baseline names an unknown metric {metric!r}: rebuild it ({REBUILD})")
             if len(measured) < MIN_BASELINE_SEEDS:
                 raise SuiteError(f"the baseline has {len(measured)} seed(s) of {metric} at {point}: a tolerance needs "
-                                 f"the seed-to-seed spread of at least {MIN_BASELINE_SEEDS}; rebuild it with "
-                                 f"`cdrl-bench run --suite {suite.name} --seeds 10` and `check --update`")
+                                 f"the seed-to-seed spread of at least {MIN_BASELINE_SEEDS}; rebuild it "
+                                 f"{rebuild_hint(suite)}")
             now = current["points"][point]
             found = now["metrics"].get(metric, [])
-            comparisons.append(Comparison(point, metric, tuple(measured), tuple(found), suite.check_k if k is None
-                                          else k, suite.tolerance_floors.get(metric, 0.0),
-                                          values.get("n_samples"), len(now.get("seeds", found))))
+            comparisons.append(Comparison(point, metric, tuple(measured), tuple(found), suite.check.k if k is None
+                                          else k, suite.check.tolerance_floors.get(metric, 0.0),
+                                          values.get("n_samples"), len(now.get("seeds", found)),
+                                          two_sided=fixed_inputs(point)))
     return comparisons
 
 
 def _refuse_unchecked(suite: Suite, baseline: dict, current: dict) -> None:
     """Results the baseline cannot check are refused, not passed: points or metrics it lacks, another sample count."""
-    rebuild = (f"rebuild the baseline from this code (`cdrl-bench run --suite {suite.name} --seeds 8`, then "
-               "`check --update`) so that they are checked")
+    rebuild = f"rebuild the baseline from this code so that they are checked: {rebuild_hint(suite)}"
     new = []
     for point, values in current["points"].items():
         if point not in baseline["points"]:
@@ -283,14 +349,127 @@ def _refuse_unchecked(suite: Suite, baseline: dict, current: dict) -> None:
 
 def compare_fingerprints(suite: Suite, baseline: dict, current: dict[str, list[float]]
                          ) -> list[FingerprintComparison]:
+    """Every stored fingerprint against the current one: a model's within ``fingerprint_tolerance`` (of its
+    median sample), the ruler's within ``ruler_tolerance`` (of its largest entry)."""
     from benchmarks.fingerprint import drift, samples_per_fingerprint
 
     stored = baseline.get("fingerprints") or {}
-    if suite.fingerprint_tolerance is None:
+    if suite.check.fingerprint_tolerance is None and suite.check.ruler_tolerance is None:
         return []
     if not stored:
-        raise SuiteError(f"suite {suite.name} checks fingerprints but the baseline has none: rewrite it with "
-                         "`cdrl-bench check --update`")
+        raise SuiteError(f"suite {suite.name} checks fingerprints but the baseline has none: rebuild it "
+                         f"{rebuild_hint(suite)}")
+    new = sorted(current.keys() - stored.keys())
+    if new:
+        raise SuiteError(f"the baseline lacks {len(new)} fingerprint(s) this code computes ({', '.join(new[:4])}"
+                         f"{', …' if len(new) > 4 else ''}): rebuild it {rebuild_hint(suite)}")
     samples = samples_per_fingerprint(suite)
-    return [FingerprintComparison(name, drift(current.get(name, []), values, samples.get(name, 1)),
-                                  suite.fingerprint_tolerance, samples.get(name, 1)) for name, values in stored.items()]
+    comparisons = []
+    for name, values in stored.items():
+        ruler = name.startswith(RULER_PREFIX)
+        tolerance = suite.check.ruler_tolerance if ruler else suite.check.fingerprint_tolerance
+        if tolerance is None:
+            raise SuiteError(f"the baseline holds fingerprint {name} but suite {suite.name} sets no "
+                             f"{'ruler' if ruler else 'fingerprint'}_tolerance: rebuild it {rebuild_hint(suite)}")
+        count = samples.get(name, 1)
+        comparisons.append(FingerprintComparison(name, drift(current.get(name, []), values, count), tolerance, count))
+    return comparisons
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """Something that must equal the baseline's and does not: a point's protocol, a resolved config."""
+
+    kind: str
+    name: str
+    detail: str
+    regressed: bool = True
+
+    def describe(self) -> str:
+        return (f"{self.kind} {self.name} changed: {self.detail}; the same numbers now mean something else: if "
+                f"intended, rebuild the baseline ({REBUILD})")
+
+
+def compare_protocols(baseline: dict, current: dict) -> list[Mismatch]:
+    """Each point's recorded protocol against the baseline's, entry by entry."""
+    mismatches = []
+    for point, values in baseline["points"].items():
+        stored, now = values.get("protocol"), current["points"].get(point, {}).get("protocol")
+        if stored is None or now is None:
+            continue  # results written before protocols were recorded: nothing to compare
+        changed = [f"{key} {stored.get(key, 'absent')} → {now.get(key, 'absent')}"
+                   for key in sorted(stored.keys() | now.keys()) if stored.get(key) != now.get(key)]
+        if changed:
+            mismatches.append(Mismatch("protocol of", point, ", ".join(changed)))
+    return mismatches
+
+
+def compare_configs(suite: Suite, baseline: dict, current: dict[str, dict]) -> list[Mismatch]:
+    """The resolved configs (:mod:`benchmarks.resolved_configs`) against the baseline's, field by field."""
+    from benchmarks.resolved_configs import config_changes
+
+    if not suite.check.configs:
+        return []
+    if "configs" not in baseline:
+        raise SuiteError(f"suite {suite.name} checks resolved configs but the baseline has none: rebuild it "
+                         f"{rebuild_hint(suite)}")
+    return [Mismatch("config", name, detail) for name, detail in config_changes(baseline["configs"], current)]
+
+
+def stored_baseline(suite: Suite) -> Path:
+    """The baseline shipped for a suite (``results/baselines/NAME.json``, in the checkout or the installed wheel)."""
+    from benchmarks.suite import results_path
+
+    return results_path(f"results/baselines/{suite.name}.json")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Everything ``check`` compared, and what failed."""
+
+    comparisons: list[Comparison]
+    fingerprints: list[FingerprintComparison]
+    mismatches: list[Mismatch]
+
+    @property
+    def failures(self) -> list[Comparison | FingerprintComparison | Mismatch]:
+        return [item for item in (*self.comparisons, *self.fingerprints, *self.mismatches) if item.regressed]
+
+    def to_json(self) -> dict:
+        return {
+            "passed": not self.failures,
+            "metrics": [{"point": item.point, "metric": item.metric, "baseline": list(item.baseline),
+                         "current": list(item.current), "sigma": item.sigma, "tolerance": item.tolerance,
+                         "worse_by": item.worse_by, "two_sided": item.two_sided, "status": item.status}
+                        for item in self.comparisons],
+            "fingerprints": [{"name": item.name, "drift": item.drift, "tolerance": item.tolerance,
+                              "status": "DRIFTED" if item.regressed else "ok"} for item in self.fingerprints],
+            "mismatches": [{"kind": item.kind, "name": item.name, "detail": item.detail} for item in self.mismatches],
+            "failures": [item.describe() for item in self.failures],
+        }
+
+
+def judge(suite: Suite, baseline: dict, current: dict, k: float | None = None) -> Verdict:
+    """The check of current results against a baseline: metrics, protocols, fingerprints and configs."""
+    from benchmarks.fingerprint import fingerprints
+
+    comparisons = compare(suite, baseline, current, k)
+    mismatches = compare_protocols(baseline, current)
+    if suite.check.configs:
+        from benchmarks.resolved_configs import resolved_configs
+
+        mismatches += compare_configs(suite, baseline, resolved_configs())
+    return Verdict(comparisons, compare_fingerprints(suite, baseline, fingerprints(suite)), mismatches)
+
+
+def baseline_document(suite: Suite, current: dict) -> dict:
+    """Current results as a baseline: refused below the suite's seeds; with fingerprints and configs it checks."""
+    from benchmarks.fingerprint import fingerprints
+
+    refuse_thin_baseline(suite, current)
+    document = {**current, "fingerprints": fingerprints(suite)}
+    if suite.check.configs:
+        from benchmarks.resolved_configs import resolved_configs
+
+        document["configs"] = resolved_configs()
+    return document

@@ -171,6 +171,28 @@ class CostSpec:
 
 
 @dataclass(frozen=True)
+class CheckSpec:
+    """How ``cdrl-bench check`` judges a suite (its ``[check]`` section; benchmarks/regression.py)."""
+
+    #: A metric fails when worse than the baseline's mean by more than k standard errors of the
+    #: difference of means (seed-to-seed std measured in the baseline); on fixed inputs (stored
+    #: models, data floors) also when better by as much.
+    k: float = field(default=4.0, metadata=above(0))
+    #: Smallest tolerance per metric, for metrics whose seed-to-seed std can be 0 (e.g. coverage).
+    tolerance_floors: dict[str, float] = field(default_factory=dict)
+    #: Also compare numerical fingerprints of the stored checkpoints (benchmarks.fingerprint): the
+    #: largest relative drift allowed; None: no fingerprints.
+    fingerprint_tolerance: float | None = field(default=None, metadata=above(0))
+    #: Also compare the ruler's fingerprints (benchmarks.ruler: metrics and dataset pipelines on
+    #: fixed inputs): the largest relative drift of any entry allowed; None: not compared.
+    ruler_tolerance: float | None = field(default=None, metadata=above(0))
+    #: Also compare the resolved config of every preset and shipped suite model (benchmarks.resolved_configs).
+    configs: bool = False
+    #: Seeds per point a baseline must hold: ``check --update`` refuses fewer.
+    baseline_seeds: int = field(default=3, metadata=at_least(3))
+
+
+@dataclass(frozen=True)
 class Suite:
     name: str
     version: int
@@ -197,14 +219,7 @@ class Suite:
     #: Also list the reference rows no model matches (the rest of the paper's table).
     context_rows: bool = False
     plot: PlotSpec | None = None
-    #: Regression check: a metric fails when worse than the baseline's mean by more than
-    #: k standard errors of the difference of means (seed-to-seed std measured in the baseline).
-    check_k: float = 4.0
-    #: Smallest tolerance per metric, for metrics whose seed-to-seed std can be 0 (e.g. coverage).
-    tolerance_floors: dict[str, float] = field(default_factory=dict)
-    #: Also compare numerical fingerprints of the stored checkpoints (benchmarks.fingerprint): the
-    #: largest relative drift allowed; None: no fingerprints.
-    fingerprint_tolerance: float | None = None
+    check: CheckSpec = CheckSpec()
     notes: str = ""
     #: Stated cost of a training iteration, for ``cdrl-bench plan``'s GPU-hours.
     cost: CostSpec = CostSpec()
@@ -307,11 +322,6 @@ class _EvalSection:
     checkpoint: Literal["best", "last"] = "best"
 
 
-@dataclass(frozen=True)
-class _CheckSection:
-    k: float = field(default=4.0, metadata=above(0))
-    tolerance_floors: dict[str, float] = field(default_factory=dict)
-    fingerprint_tolerance: float | None = field(default=None, metadata=above(0))
 
 
 @dataclass(frozen=True)
@@ -339,7 +349,7 @@ class _SuiteFile:
     train: _TrainSection = _TrainSection()
     eval: _EvalSection = _EvalSection()
     profiles: _Profiles = _Profiles()
-    check: _CheckSection = _CheckSection()
+    check: CheckSpec = CheckSpec()
     cost: CostSpec = CostSpec()
 
 
@@ -405,8 +415,7 @@ def _read_suite(path: Path, values: dict[str, Any]) -> Suite:
         reference_split=written.eval.reference_split, batch_size=written.eval.batch_size,
         global_batch=written.train.global_batch, checkpoint_selection=written.eval.checkpoint,
         reference=written.reference, reference_label=written.reference_label, context_rows=written.context_rows,
-        plot=plot, check_k=written.check.k, tolerance_floors=floors,
-        fingerprint_tolerance=written.check.fingerprint_tolerance, notes=written.notes, cost=written.cost)
+        plot=plot, check=written.check, notes=written.notes, cost=written.cost)
     if suite.reference_path is not None and not suite.reference_path.is_file():
         raise FieldError("reference", f"names {suite.reference}, which is not in results/paper/: fix the file name")
     return suite

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
+from benchmarks.archives import asymmetric_images, images64, write_cifar10, write_imagenet32, write_imagenet64
 from cdrl.datasets import (
     DATASETS,
     DataConfig,
@@ -38,59 +39,20 @@ from cdrl.datasets.imagenet32 import resize_as_published
 TOY_NAMES = ["toy-checkerboard", "toy-8gaussians", "toy-2rings", "toy-quadrants"]
 
 
-def asymmetric_images(count: int, seed: int) -> np.ndarray:
-    """uint8 (count, 3072) CHW-planar rows: random pixels whose mirror image differs, distinct per channel."""
-    rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, size=(count, 3, 32, 32), dtype=np.uint8)
-    images[:, :, :, 0] = 0  # first column black, last white: no image equals its mirror
-    images[:, :, :, -1] = 255
-    images[:, 1] //= 2  # channels differ, so a planar/interleaved mix-up shows
-    return images.reshape(count, -1)
-
-
 @pytest.fixture
 def cifar_dir(tmp_path: Path) -> Path:
     """A cifar-10-batches-py/ like the official one's, but with 4 images per train batch and 3 test images."""
-    folder = tmp_path / "cifar-10-batches-py"
-    folder.mkdir()
-    for number in range(1, 6):
-        images = asymmetric_images(4, seed=number)
-        batch = {b"batch_label": b"training batch", b"labels": [(number + i) % 10 for i in range(4)], b"data": images,
-                 b"filenames": [b"x.png"] * 4}  # fmt: skip
-        (folder / f"data_batch_{number}").write_bytes(pickle.dumps(batch))
-    test = {b"batch_label": b"testing batch", b"labels": [7, 8, 9], b"data": asymmetric_images(3, seed=0)}
-    (folder / "test_batch").write_bytes(pickle.dumps(test))
-    names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
-    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": names, b"num_vis": 3072}))
-    return tmp_path
+    return write_cifar10(tmp_path)
 
 
 @pytest.fixture
 def imagenet_dir(tmp_path: Path) -> Path:
     """Two train batches (one np.savez, one np.savez_compressed) and a val file, with 1-based labels."""
-    train = tmp_path / "Imagenet32_train_npz"
-    train.mkdir()
-    first, second = asymmetric_images(3, seed=10), asymmetric_images(2, seed=11)
-    np.savez(train / "train_data_batch_1.npz", data=first, labels=[1, 500, 1000], mean=first.mean(0))
-    np.savez_compressed(train / "train_data_batch_2.npz", data=second, labels=[2, 3], mean=second.mean(0))
-    val = tmp_path / "Imagenet32_val_npz"
-    val.mkdir()
-    np.savez(val / "val_data.npz", data=asymmetric_images(2, seed=12), labels=[1000, 1])
-    return tmp_path
+    return write_imagenet32(tmp_path)
 
 
 def expected_image(row: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(row.reshape(3, 32, 32).astype(np.float32)) / 127.5 - 1.0
-
-
-def images64(count: int, seed: int) -> np.ndarray:
-    """uint8 (count, 12288) CHW-planar 64x64 rows: random pixels, 8 black columns left and 8 white right."""
-    rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, size=(count, 3, 64, 64), dtype=np.uint8)
-    images[..., :8] = 0  # wider than the 64 -> 32 filter, so the resized image still spans 0..255
-    images[..., -8:] = 255
-    images[:, 1] //= 2  # channels differ, so a planar/interleaved mix-up shows
-    return images.reshape(count, -1)
 
 
 def published_image(row: np.ndarray) -> torch.Tensor:
@@ -103,15 +65,7 @@ def published_image(row: np.ndarray) -> torch.Tensor:
 @pytest.fixture
 def imagenet64_dir(tmp_path: Path) -> Path:
     """Batches 1 (np.savez) and 6 (np.savez_compressed) in the two folders the train zips unpack to, and a val file."""
-    part1, part2, val = (tmp_path / name for name in
-                         ("Imagenet64_train_part1_npz", "Imagenet64_train_part2_npz", "Imagenet64_val_npz"))
-    for folder in (part1, part2, val):
-        folder.mkdir()
-    first, sixth = images64(3, seed=20), images64(2, seed=21)
-    np.savez(part1 / "train_data_batch_1.npz", data=first, labels=[1, 500, 1000], mean=first.mean(0))
-    np.savez_compressed(part2 / "train_data_batch_6.npz", data=sixth, labels=[2, 3], mean=sixth.mean(0))
-    np.savez(val / "val_data.npz", data=images64(2, seed=22), labels=[1000, 1])
-    return tmp_path
+    return write_imagenet64(tmp_path)
 
 
 # ---------------------------------------------------------------------------

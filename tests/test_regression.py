@@ -151,11 +151,14 @@ def test_baselines_that_cannot_check_are_refused(suite, tmp_path):
     broken.write_text(json.dumps(_document({**BASELINE, "energy_distance": [0.01, float("nan"), 0.012]})))
     with pytest.raises(SuiteError, match=r"energy_distance of cdrl/K15 holds a value that is not a finite number"):
         read_results(broken)
-    with pytest.raises(SuiteError, match=r"^--results .*missing.json does not exist: `cdrl-bench check --update "
-                                         r"--baseline .*missing.json` writes the current runs there, or drop --results"):
+    with pytest.raises(SuiteError, match=r"^--results .*missing.json does not exist: drop --results to check the "
+                                         r"runs in MLflow$"):
         read_results(tmp_path / "missing.json", "--results")
-    with pytest.raises(SuiteError, match=r"^--baseline .*missing.json does not exist: .* writes the current runs there$"):
+    # A missing baseline points at the stored one, never at --update (which would pass by construction).
+    with pytest.raises(SuiteError, match=r"^--baseline .*missing.json does not exist: pass the suite's stored "
+                                         r"baseline \(the default\), or build one on a trusted commit") as missing:
         read_results(tmp_path / "missing.json")
+    assert "--update" not in str(missing.value)
     with pytest.raises(SuiteError, match="at least 3"):
         compare(suite, _document({"energy_distance": [0.01, 0.02]}), _document({"energy_distance": [0.01]}))
     with pytest.raises(SuiteError, match="quick profile"):
@@ -231,16 +234,23 @@ def test_a_sample_fingerprint_drifts_when_most_samples_move_not_one_chain():
         "samples:toy/K15/w0", 0.01, 1e-3, 8).describe()
 
 
-def test_stored_gate_checks_itself_and_its_fingerprints_are_unchanged():
-    """The committed baseline against itself passes, and the method reproduces its fingerprints here."""
-    from benchmarks.fingerprint import fingerprints
+def test_stored_gate_checks_itself_and_its_fingerprints_are_unchanged(tmp_path):
+    """The committed baseline against itself passes through `check` with no --baseline (the shipped one is
+    the default): its metrics, protocols, every fingerprint (models and ruler) reproduced here, the configs."""
+    from benchmarks.regression import stored_baseline
 
     gate = load_suite("gate")
+    assert stored_baseline(gate) == GATE_BASELINE
     stored = read_results(GATE_BASELINE)
-    assert not any(item.regressed for item in compare(gate, stored, stored))
-    drifts = compare_fingerprints(gate, stored, fingerprints(gate))
-    assert len(drifts) == len(stored["fingerprints"]) >= 9
-    assert not [item.describe() for item in drifts if item.regressed]
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps(stored))
+    checked = CliRunner().invoke(app, ["check", "--suite", "gate", "--results", str(results), "--format", "json"])
+    assert checked.exit_code == 0, checked.output
+    verdict = json.loads(checked.output)
+    assert verdict["passed"] and not verdict["failures"] and not verdict["mismatches"]
+    assert len(verdict["metrics"]) == sum(len(point["metrics"]) for point in stored["points"].values())
+    assert {item["name"] for item in verdict["fingerprints"]} == set(stored["fingerprints"])
+    assert len(stored["fingerprints"]) >= 30 and len(stored["configs"]) >= 60
 
 
 def test_the_gate_fingerprints_hold_on_another_cpu_code_path(tmp_path):
@@ -319,8 +329,13 @@ def test_the_power_table_counts_a_crashed_clean_rerun_as_a_false_alarm():
     assert crashed.verdict == "crashed" and crashed.first_failure.startswith("RuntimeError: frozen_spectral_norm")
     clean_crash = _outcome("clean-1", "", -1, "error: no space left on device\n", 1.0, 1, 100, False, "")
     assert clean_crash.verdict == "false alarm" and clean_crash.first_failure == "error: no space left on device"
-    assert _table([crashed, clean_crash]).endswith("killed 1 of 1 mutations (1 by quality metrics or a crash); "
-                                                   "false alarms 1 of 1 clean reruns")
+    crashed.area = "method"
+    missed = _outcome("floor-against-its-own-split", "", 0, "check passed", 1.0, 1, 0, True, "")
+    missed.area, missed.pytest = "datasets", "failed"
+    table = _table([crashed, missed, clean_crash])
+    assert "| floor-against-its-own-split | datasets | survived (0 metrics, 0 fingerprints) | failed |" in table
+    assert table.endswith("non-equivalent mutations: 2; killed by the gate's check 1 (50%; 1 by quality metrics or "
+                          "a crash), by CI (check or tests) 2; false alarms 1 of 1 clean reruns")
 
 
 def test_fingerprints_catch_a_bug_that_only_changes_fewer_step_sampling(monkeypatch):
@@ -333,9 +348,9 @@ def test_fingerprints_catch_a_bug_that_only_changes_fewer_step_sampling(monkeypa
     monkeypatch.setattr(cdrl.sampler, "multiplier_for_steps", lambda steps, config: config.step_multiplier)
     current, samples = sample_fingerprints(gate), samples_per_fingerprint(gate)
     drifted = {name for name, values in current.items()
-               if drift(values, stored[name], samples[name]) > gate.fingerprint_tolerance}
+               if drift(values, stored[name], samples[name]) > gate.check.fingerprint_tolerance}
     assert drifted == {"samples:toy-cdrl/K8/w0", "samples:toy-cdrl/K5/w0", "samples:toy-cdrl/K3/w0",
-                       "samples:toy-drl/K5/w0"}
+                       "samples:toy-drl/K5/w0", "samples:toy-drl-published/K5/w0"}
 
 
 def test_a_share_of_samples_is_never_given_less_spread_than_binomial():

@@ -1,4 +1,9 @@
-"""A catalogue of realistic one-line bugs in the method (``cdrl/``), to measure the regression gate's power.
+"""A catalogue of realistic one-line bugs, to measure the regression gate's power.
+
+The first part plants bugs in the method (``cdrl/``'s schedule, Langevin, sampler, training,
+EMA, guidance); the second in everything that measures, loads, configures or feeds it: the
+metrics and their statistics, the image pipeline, datasets, checkpoint loading, generation's
+seeding and classes, the baselines and the config defaults (:attr:`Mutation.area`).
 
 Each :class:`Mutation` replaces one exact snippet of one file; ``python -m
 benchmarks.mutations`` applies each to a scratch copy of the repository, runs the gate
@@ -26,6 +31,8 @@ class Mutation:
     mutated: str
     #: suite name -> why the mutation cannot change that suite's numbers.
     equivalent: dict[str, str] = field(default_factory=dict)
+    #: What the bug breaks: "method", or a part of the ruler and plumbing around it.
+    area: str = "method"
 
     def apply(self, root: Path) -> None:
         target = root / self.path
@@ -93,6 +100,67 @@ MUTATIONS: tuple[Mutation, ...] = (
              equivalent=_UNCONDITIONAL),
     Mutation("ebm-loss-sign", "the EBM's contrastive loss is negated", "cdrl/training.py",
              "positive_loss = -(positive * weight).mean()", "positive_loss = (positive * weight).mean()"),
+    # ---- outside the method: the ruler (metrics, image pipeline), data, loading, generation, baselines, configs
+    Mutation("fid-covariance-biased", "torch-fidelity's FID covariance normalised by n instead of n - 1",
+             "cdrl/evaluation/backends/torch_fidelity.py", 'return statistics["mu"], statistics["sigma"]',
+             'return statistics["mu"], statistics["sigma"] * (len(pool) - 1) / len(pool)', area="evaluation"),
+    Mutation("clean-fid-covariance-biased", "clean-fid's FID covariance normalised by n (np.cov bias=True)",
+             "cdrl/evaluation/backends/clean_fid.py", "np.cov(pool, rowvar=False)",
+             "np.cov(pool, rowvar=False, bias=True)", area="evaluation"),
+    Mutation("inception-input-scaling", "the fast CPU Inception scales pixels by (x - 127.5) / 127.5, not the TF "
+             "network's (x - 128) / 128", "cdrl/evaluation/inception.py", "normalized = ((images - 128) / 128)",
+             "normalized = ((images - 127.5) / 127.5)", area="evaluation"),
+    Mutation("quantise-truncates", "samples become uint8 by truncation instead of rounding",
+             "cdrl/evaluation/images.py", "return torch.round((samples.clamp(-1.0, 1.0) + 1.0) * 127.5).to(torch.uint8)",
+             "return ((samples.clamp(-1.0, 1.0) + 1.0) * 127.5).to(torch.uint8)", area="evaluation"),
+    Mutation("clean-resize-is-bilinear", "the clean resize mode resizes with the TF1 bilinear of legacy_tensorflow",
+             "cdrl/evaluation/inception.py", "    if mode == LEGACY_TENSORFLOW:\n        if fast:",
+             "    if mode in (LEGACY_TENSORFLOW, CLEAN):\n        if fast:", area="evaluation"),
+    Mutation("kid-fewer-subsets", "KID averages 10 subsets instead of 100", "cdrl/evaluation/metrics.py",
+             "KID_SUBSETS = 100", "KID_SUBSETS = 10", area="evaluation"),
+    Mutation("energy-distance-biased", "the toy energy distance's within-set means keep the i = j pairs "
+             "(a V-statistic)", "cdrl/toy_metrics.py", "return torch.cdist(points, points).sum() / (n * (n - 1))",
+             "return torch.cdist(points, points).sum() / (n * n)", area="evaluation"),
+    Mutation("image-normalisation", "CIFAR-10 and ImageNet pixels scaled by /128 - 1 instead of /127.5 - 1",
+             "cdrl/datasets/common.py", "image = pixels.float().div_(127.5).sub_(1.0)",
+             "image = pixels.float().div_(128.0).sub_(1.0)", area="datasets"),
+    Mutation("digits-test-split", "the digits test split is every 4th image instead of every 5th",
+             "cdrl/datasets/digits.py", "DIGITS_TEST_EVERY = 5", "DIGITS_TEST_EVERY = 4", area="datasets"),
+    Mutation("imagenet64-resize-aliased", "ImageNet 64x64 is resized to 32x32 without antialiasing",
+             "cdrl/datasets/imagenet32.py", "transforms.Resize(32, antialias=True)",
+             "transforms.Resize(32, antialias=False)", area="datasets"),
+    Mutation("toy-squares-scaled", "the checkerboard's squares are drawn at 0.95 of their scale",
+             "cdrl/datasets/toy_truth.py", "return torch.tensor(CHECKERBOARD_SQUARES, dtype=torch.float32) * scale",
+             "return torch.tensor(CHECKERBOARD_SQUARES, dtype=torch.float32) * (0.95 * scale)", area="datasets"),
+    Mutation("floor-against-its-own-split", "a data floor scores the reference split against itself (an "
+             "improved number)", "cdrl/scoring.py", 'split = "test" if reference_split == "train" else "train"',
+             "split = reference_split", area="datasets"),
+    Mutation("loads-live-weights", "loading swaps the weights: the live ones where the EMA's are asked for",
+             "cdrl/checkpoint.py", "    if use_ema and ema_state is not None:",
+             "    if not use_ema and ema_state is not None:", area="loading"),
+    Mutation("noise-seeded-by-batch-position", "sample i's noise is seeded by its position in its batch",
+             "cdrl/generation.py", "example_seed(spec.seed, int(i)) for i in batch_indices",
+             "example_seed(spec.seed, position) for position, _ in enumerate(batch_indices)", area="generation"),
+    Mutation("classes-off-by-one", "sample i of a conditional model is drawn for class i + 1 (mod classes)",
+             "cdrl/guidance.py", "else indices % num_classes", "else (indices + 1) % num_classes",
+             equivalent=_UNCONDITIONAL, area="generation"),
+    Mutation("guidance-null-coefficient", "the null-class term of a guided energy loses its 1: -sum w_i h(0)",
+             "cdrl/guidance.py", "terms = [(None, 1.0 - sum(concept.weight for concept in concepts))]",
+             "terms = [(None, -sum(concept.weight for concept in concepts))]", equivalent=_UNCONDITIONAL,
+             area="guidance"),
+    Mutation("drl-full-step-size", "DRL keeps CDRL's step size instead of halving it", "baselines/__init__.py",
+             'f"langevin.step_constant={config.langevin.step_constant / 2!r}"',
+             'f"langevin.step_constant={config.langevin.step_constant!r}"', area="baselines"),
+    Mutation("drl-test-noise", "DRL samples with full Langevin noise at test time (not x 0.99)",
+             "baselines/__init__.py", "DRL_TEST_NOISE_SCALE = 0.99", "DRL_TEST_NOISE_SCALE = 1.0", area="baselines"),
+    Mutation("ablation-wrong-field", "the no-variance-reduction ablation turns off the loss weighting instead",
+             "baselines/__init__.py", '"no-variance-reduction": ("training.variance_reduction=false",)',
+             '"no-variance-reduction": ("training.loss_weighting=false",)', area="baselines"),
+    Mutation("schedule-logsnr-max-default", "the schedule's default logSNR at the cleanest level is 10 (not 9.8)",
+             "cdrl/schedule.py", "logsnr_max: float = 9.8", "logsnr_max: float = 10.0", area="config defaults"),
+    Mutation("toy-preset-initializer-lr", "the CPU-scale toy presets train the initializer at 1e-4",
+             "cdrl/config.py", "batch_size=256, ebm_lr=1e-3, initializer_lr=1e-3,",
+             "batch_size=256, ebm_lr=1e-3, initializer_lr=1e-4,", area="config defaults"),
 )
 
 

@@ -4,13 +4,18 @@
     python -m benchmarks.mutations --clean 10             # plus 10 unmutated reruns (seeds and threads varied)
     python -m benchmarks.mutations --only no-step-scaling --only guidance-sign --json kills.json
     python -m benchmarks.mutations --fingerprints-only --workers 2   # the fingerprints alone: a minute
+    python -m benchmarks.mutations --clean 10 --workers 2 --pytest   # plus the tests where check missed
 
 The gate is what CI runs: ``cdrl-bench run --suite SUITE`` then ``cdrl-bench check --suite
 SUITE --baseline BASELINE``, each in the scratch copy with its own MLflow store. A mutation is
 killed when the check exits non-zero (a regressed metric, a drifted fingerprint) or the run
-crashes; a clean rerun that fails is a false alarm. Not part of .ci/run: each gate run takes
-minutes. ``--fingerprints-only`` compares only the stored models' fingerprints with the
-baseline's (no training, no scoring): seconds per mutation, and the drift that killed each.
+crashes; a clean rerun that fails is a false alarm. CI also runs the tests, so a mutation the
+check missed is killed by CI when ``pytest`` fails on it: ``--pytest`` runs the tests (stopping at
+the first failure) in the scratch copy of each mutation that survived the check, and the table
+gives both columns. Not part of .ci/run: each gate run takes minutes. ``--fingerprints-only`` compares
+only the fingerprints (stored models and ruler) and the resolved
+configs with the baseline's (no training, no scoring): a minute per mutation, and the drift that
+killed each.
 """
 
 from __future__ import annotations
@@ -44,6 +49,9 @@ class Outcome:
     threads: int
     seed_offset: int
     equivalent: str = ""
+    area: str = ""
+    #: The tests on the mutated copy: "" (not run), "failed" (they kill it) or "passed".
+    pytest: str = ""
 
 
 def _scratch_copy(destination: Path) -> Path:
@@ -82,18 +90,33 @@ def _run_gate(root: Path, suite: str, baseline: str, threads: int, seed_offset: 
     return check.returncode, log + check.stdout + check.stderr, time.monotonic() - started
 
 
-#: Compares the scratch copy's fingerprints with the baseline's; exit 3 on a drift (1: it crashed).
+def _run_tests(root: Path) -> tuple[str, str]:
+    """("failed" | "passed", the failing test's line) of the test suite in a scratch copy, one thread, first failure."""
+    environment = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+                   "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'tests.db'}"}
+    tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider"], cwd=root,
+                           env=environment, capture_output=True, text=True)
+    failed = [line for line in tests.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
+    return ("failed" if tests.returncode else "passed"), (failed[0][:160] if failed else "")
+
+
+#: Compares the scratch copy's fingerprints and resolved configs with the baseline's; exit 3 on a drift (1: it crashed).
 _FINGERPRINT_CHECK = """
 import sys
 from pathlib import Path
 from benchmarks.fingerprint import fingerprints
-from benchmarks.regression import compare_fingerprints, read_results
+from benchmarks.regression import compare_configs, compare_fingerprints, read_results
+from benchmarks.resolved_configs import resolved_configs
 from benchmarks.suite import load_suite
 suite = load_suite(sys.argv[1])
-drifts = compare_fingerprints(suite, read_results(Path(sys.argv[2])), fingerprints(suite))
+baseline = read_results(Path(sys.argv[2]))
+drifts = compare_fingerprints(suite, baseline, fingerprints(suite))
 for item in sorted(drifts, key=lambda item: -item.drift):
     print(("regression: " + item.describe()) if item.regressed else f"unchanged: {item.name} {item.drift:.2g}")
-sys.exit(3 if any(item.regressed for item in drifts) else 0)
+changes = compare_configs(suite, baseline, resolved_configs())
+for item in changes:
+    print("regression: " + item.describe())
+sys.exit(3 if changes or any(item.regressed for item in drifts) else 0)
 """
 
 
@@ -129,20 +152,23 @@ def _outcome(name: str, description: str, code: int, log: str, seconds: float, t
 
 
 def _table(outcomes: list[Outcome]) -> str:
-    lines = ["| mutation | verdict | quality metrics failed | fingerprints drifted | first failure | s |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    lines = ["| mutation | area | gate check | tests | first failure | s |", "| --- | --- | --- | --- | --- | --- |"]
     for item in outcomes:
         verdict = item.verdict + (f" (equivalent: {item.equivalent})" if item.equivalent else "")
-        lines.append(f"| {item.name} | {verdict} | {item.quality_failures} | {item.fingerprint_failures} | "
+        if item.verdict in ("killed", "survived"):
+            verdict += f" ({item.quality_failures} metrics, {item.fingerprint_failures} fingerprints)"
+        lines.append(f"| {item.name} | {item.area or 'clean rerun'} | {verdict} | {item.pytest or 'not run'} | "
                      f"{item.first_failure.replace('|', '/')} | {item.seconds:.0f} |")
-    mutated = [item for item in outcomes if item.verdict in ("killed", "crashed", "survived")]
+    mutated = [item for item in outcomes if item.verdict in ("killed", "crashed", "survived") and not item.equivalent]
     clean = [item for item in outcomes if item.verdict in ("clean", "false alarm")]
-    killed = sum(item.verdict != "survived" for item in mutated)
+    by_check = sum(item.verdict != "survived" for item in mutated)
+    by_ci = sum(item.verdict != "survived" or item.pytest == "failed" for item in mutated)
+    share = f"{100 * by_check / len(mutated):.0f}%" if mutated else "-"
     lines.append("")
-    lines.append(f"killed {killed} of {len(mutated)} mutations "
-                 f"({sum(item.quality_failures > 0 or item.verdict == 'crashed' for item in mutated)} by quality "
-                 f"metrics or a crash); false alarms {sum(item.verdict == 'false alarm' for item in clean)} "
-                 f"of {len(clean)} clean reruns")
+    lines.append(f"non-equivalent mutations: {len(mutated)}; killed by the gate's check {by_check} ({share}; "
+                 f"{sum(item.quality_failures > 0 or item.verdict == 'crashed' for item in mutated)} by quality "
+                 f"metrics or a crash), by CI (check or tests) {by_ci}; false alarms "
+                 f"{sum(item.verdict == 'false alarm' for item in clean)} of {len(clean)} clean reruns")
     return "\n".join(lines)
 
 
@@ -163,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="also write the outcomes as JSON here")
     parser.add_argument("--fingerprints-only", action="store_true",
                         help="compare only the stored models' fingerprints (no gate run): seconds each")
+    parser.add_argument("--pytest", action="store_true",
+                        help="run the tests on each mutation the check did not kill (CI's other half)")
     arguments = parser.parse_args(argv)
     if arguments.clean < 0 or min(arguments.threads, arguments.workers, arguments.clean_from) < 1:
         parser.error("--clean must be at least 0; --threads, --workers and --clean-from at least 1")
@@ -185,6 +213,11 @@ def main(argv: list[str] | None = None) -> int:
         outcome = _outcome(name, mutation.description if mutation else f"unmutated, {threads} thread(s), "
                            f"seeds +{seed_offset}", code, log, seconds, threads, seed_offset, mutation is not None,
                            mutation.equivalent.get(arguments.suite, "") if mutation else "")
+        if mutation is not None:
+            outcome.area = mutation.area
+            if arguments.pytest and outcome.verdict == "survived":
+                outcome.pytest, failure = _run_tests(root)
+                outcome.first_failure = outcome.first_failure or failure
         print(f"{name}: {outcome.verdict} ({outcome.quality_failures} metrics, {outcome.fingerprint_failures} "
               f"fingerprints, {outcome.seconds:.0f} s) {outcome.first_failure}", flush=True)
         return outcome
