@@ -127,17 +127,23 @@ def test_drl_test_noise_bug_changes_the_resolved_configs_of_drl_rows(gate, store
     assert all("drl" in name for name in changes)
 
 
-def test_the_ruler_drifts_when_fid_statistics_or_a_pipeline_change(gate, stored, monkeypatch):
-    import cdrl.datasets.common
+def test_the_ruler_drifts_when_fid_statistics_change(gate, stored, monkeypatch):
     from benchmarks.ruler import data_fingerprints, statistics_fingerprints
-    from cdrl.evaluation.backends import torch_fidelity
 
     assert not _drifted(gate, stored, {**statistics_fingerprints(), **data_fingerprints()})
 
-    feature_statistics = torch_fidelity.feature_statistics
-    monkeypatch.setattr(torch_fidelity, "feature_statistics",
-                        lambda pool: (lambda mu, sigma: (mu, sigma * (len(pool) - 1) / len(pool)))(
-                            *feature_statistics(pool)))
+    import dataclasses
+
+    from cdrl.evaluation import backends
+
+    honest = backends.backend("torch-fidelity")
+
+    def normalised_by_n(pool):  # the planted bug: a covariance normalised by n instead of n - 1
+        mu, sigma = honest.feature_statistics(pool)
+        return mu, sigma * (len(pool) - 1) / len(pool)
+
+    monkeypatch.setitem(backends._BACKENDS, "torch-fidelity",
+                        dataclasses.replace(honest, feature_statistics=normalised_by_n))
     assert _drifted(gate, stored, statistics_fingerprints()) == {"ruler:statistics/torch-fidelity"}
 
 
