@@ -35,9 +35,6 @@ from cdrl.evaluation.metrics import SEED
 from cdrl.metrics import METRICS, ScoreRequest
 from cdrl.toy_metrics import energy_distance, toy_metrics
 
-N_IMAGES = 16
-"""Images per folder. Inception on one CPU thread is the cost: each image goes through cdrl-bench's four
-(backend, mode) pairs and the libraries' reference network."""
 IMAGE_SIZE = 32
 LIBRARY_TOLERANCE = 3e-6
 """Largest relative difference of cdrl-bench's FID and KID from the library's on the same folders.
@@ -46,10 +43,15 @@ Measured (2-core AVX2 Xeon, one thread, FIDs about 305 and 324): at most 3.8e-7 
 KID over the four (backend, mode) pairs, all of it the fast CPU Inception's rounding (features within
 4e-6 relative of the loaded network's on both CPUs of results/measurements.md; with
 CDRL_INCEPTION_FAST_CPU=0 the torch-fidelity pair differs by 5e-9 in FID and 0 in KID). Bugs planted in
-cdrl-bench move the nearest pair's FID by: covariance normalised by n instead of n - 1, 2.4e-2; TF1
+cdrl-bench move FID, in the pair they move least, by: covariance normalised by n instead of n - 1, 2.4e-2; TF1
 resize grid as with aligned corners, 3.6e-2; clean resize quantised to uint8, 2.1e-2; to_uint8
 truncating instead of rounding, 9.5e-3; Inception input x / 127.5 - 1 instead of (x - 128) / 128,
-4.7e-5 (16 times this tolerance)."""
+4.7e-5 (over 15 times this tolerance)."""
+N_IMAGES = 16
+"""Images per folder. Each runs through cdrl-bench's four (backend, mode) pairs and the libraries' network,
+at 0.1-0.2 CPU s an image; the libraries' 2048-d Fréchet distance costs the same at any count (clean-fid's
+sqrtm 21 CPU s a call, torch-fidelity's eigenvalues 5 s) and is most of the file's 2 CPU minutes. 16 images
+are enough: every planted bug above moves FID by over 15 times the tolerance."""
 BACKEND_MODES = [
     ("torch-fidelity", "legacy_tensorflow"),
     ("torch-fidelity", "clean"),
