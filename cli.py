@@ -26,8 +26,24 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
-console = Console()
-error_console = Console(stderr=True)
+
+
+#: Columns of the console when output goes to no terminal: wider than any table, so each takes its natural
+#: width (a table never pads itself to the console's width; only long text lines are wrapped there).
+LOG_WIDTH = 10_000
+
+
+def _console(stderr: bool = False) -> Console:
+    """The terminal's console; in a log or a pipe, one as wide as any table's natural width.
+
+    rich squeezes output that goes to no terminal into 80 columns, which cut names and numbers in
+    every table (`toy-cd…`, `0.…`), and CI logs are where verdicts are read (issue #30).
+    """
+    terminal = Console(stderr=stderr)
+    return terminal if terminal.is_terminal else Console(stderr=stderr, width=LOG_WIDTH)
+
+console = _console()
+error_console = _console(stderr=True)
 
 # Options that several commands share, worded once.
 _TRACKING_URI = typer.Option(None, "--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI, "
@@ -58,6 +74,7 @@ _GUIDANCE = typer.Option(0.0, "--guidance", min=0.0, max=1e6,
 _LIVE = typer.Option(False, "--live", help="Use the live weights instead of the EMA weights.")
 # None: cdrl.evaluation.DEFAULT_BACKEND, looked up when the command runs (importing it here would load torch).
 _BACKEND = typer.Option(None, "--backend", help="Evaluation backend: torch-fidelity (the default) or clean-fid.")
+_RICH_OR_JSON = typer.Option("rich", "--format", help="Output format: rich (a table) or json (for scripts).")
 _PICK = typer.Option("newest", "--pick", help="With a run folder or MLflow run id: its newest checkpoint, or "
                                               "its best (best.pt, kept when trained with run.select_every).")
 
@@ -134,40 +151,56 @@ def _options(version: bool = typer.Option(False, "--version", callback=_print_ve
 
 
 @app.command()
-def suites() -> None:
+def suites(output_format: Literal["rich", "json"] = _RICH_OR_JSON) -> None:
     """List the benchmark suites: name, version, title, models and the paper table each answers.
 
     Example: cdrl-bench suites   (then: cdrl-bench plan --suite NAME)
     """
+    import json
+
     from benchmarks.suite import available_suites, load_suite
 
+    listed = [{"suite": name, "version": suite.version, "title": suite.title,
+               "models": [model.key for model in suite.models], "paper_table": suite.reference}
+              for name, suite in ((name, load_suite(name)) for name in available_suites())]
+    if output_format == "json":
+        typer.echo(json.dumps(listed, indent=2))
+        return
     view = Table(title="cdrl-bench suites (benchmarks/suites/)")
     for column in ("suite", "version", "title", "models", "paper table"):
         view.add_column(column, overflow="fold", no_wrap=column in ("suite", "version"))
-    for name in available_suites():
-        suite = load_suite(name)
-        view.add_row(name, str(suite.version), suite.title, ", ".join(model.key for model in suite.models),
-                     suite.reference or "")
+    for row in listed:
+        view.add_row(row["suite"], str(row["version"]), row["title"], ", ".join(row["models"]), row["paper_table"] or "")
     console.print(view)
 
 
 @app.command()
-def presets() -> None:
+def presets(output_format: Literal["rich", "json"] = _RICH_OR_JSON) -> None:
     """List the model presets with their parameter counts.
 
-    Example: cdrl-bench presets
+    Example: cdrl-bench presets --format json
     """
+    import json
+
     from cdrl.config import PRESETS, parameter_counts
 
+    listed = []
+    for name, build in PRESETS.items():
+        config = build()
+        ebm_count, initializer_count = parameter_counts(config)
+        listed.append({"preset": name, "energy_network_parameters": ebm_count,
+                       "initializer_parameters": initializer_count, "description": config.description})
+    if output_format == "json":
+        typer.echo(json.dumps(listed, indent=2))
+        return
     table = Table(title="cdrl-bench presets")
     table.add_column("preset")
     table.add_column("energy network", justify="right")
     table.add_column("initializer", justify="right")
     table.add_column("description")
-    for name, build in PRESETS.items():
-        config = build()
-        ebm_count, initializer_count = parameter_counts(config)
-        table.add_row(name, f"{ebm_count:,}", f"{initializer_count:,}", config.description)
+    for row in listed:
+        table.add_row(row["preset"], f"{row['energy_network_parameters']:,}", f"{row['initializer_parameters']:,}",
+                      row["description"])
     console.print(table)
 
 
@@ -489,7 +522,7 @@ def plan(
                              help="GPUs per training to price (default --world-size or $WORLD_SIZE when given, "
                                   "else the measured runs' or the suite's \\[cost] gpus); seconds scale by each "
                                   "GPU's share of the batch."),
-    output_format: Literal["rich", "json"] = typer.Option("rich", "--format", help="Output format."),
+    output_format: Literal["rich", "json"] = _RICH_OR_JSON,
 ) -> None:
     """Show what `run --suite` would run, without running it: trainings, batches, checkpoints, points, cost.
 

@@ -11,6 +11,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -25,6 +26,7 @@ from benchmarks.figures import suite_figure, suite_panels
 from benchmarks.records import TAG_GUIDANCE, TAG_MODEL, TAG_SEED, TAG_SOURCE, TAG_STEPS
 from benchmarks.regression import standard_error
 from benchmarks.suite import available_suites, expand, load_suite
+from cdrl.config import PRESETS
 from cdrl.figures import SUPPORT_COLOUR, save_image_grid, toy_scatter_figure, upscale_factor
 from cdrl.tracking import TAG_RUN_KEY
 from cli import app
@@ -221,6 +223,80 @@ def test_table_command_writes_json(tmp_path):
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
     assert document["suite"] == "toy-steps" and [row["paper_fid"] for row in document["rows"]][:1] == [9.58]
+
+
+#: A suite whose one point name is longer than the 150 columns `check` asks for, with the metrics' names.
+_LONG_NAMED_SUITE = """
+name = "long-names"
+version = 1
+metrics = ["in_support_fraction", "energy_distance"]
+
+[train]
+preset = "toy-checkerboard"
+global_batch = 256
+
+[eval]
+checkpoint = "last"
+
+[profiles.full]
+iterations = 3
+n_samples = 64
+seeds = [0]
+
+[[models]]
+key = "cdrl-without-initializer-noise-variance-reduction-loss-weighting-or-ema-warm-up"
+steps = [15]
+"""
+
+
+_END = "--- end of command ---"
+
+
+def test_piped_commands_print_every_table_whole(tmp_path):
+    """In a log (stdout a pipe), rich squeezed every table into 80 columns and cut names: `toy-cd…`, `0.…`."""
+    suite = tmp_path / "long-names.toml"
+    suite.write_text(_LONG_NAMED_SUITE)
+    point = "cdrl-without-initializer-noise-variance-reduction-loss-weighting-or-ema-warm-up/K15"
+    values = {"in_support_fraction": [0.90, 0.91, 0.92], "energy_distance": [0.010, 0.012, 0.011]}
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"suite": "long-names", "suite_version": 1, "profile": "full", "format": 2,
+                                   "points": {point: {"seeds": [0, 1, 2], "metrics": values}}}))
+    empty_store = f"sqlite:///{tmp_path / 'empty.db'}"
+    commands = {  # each command, and names it printed cut at 80 columns
+        "presets": (["presets"], ["toy-checkerboard-published", "published 2-D toy example (MLP networks, batch 2500"]),
+        "suites": (["suites"], ["energy-not-divided-by-step-size", "Regression gate: stored CDRL and DRL models"]),
+        "plan": (["plan", "--suite", "gate"], ["digits-cond (checkpoint-", "unknown: pass --seconds-per-iteration S"]),
+        "table": (["table", "--suite", "gate", "--tracking-uri", empty_store, "--plot", str(tmp_path / "figure")],
+                  ["CDRL without initializer (stored)", "in-support"]),
+        "check": (["check", "--suite", str(suite), "--baseline", str(results), "--results", str(results)],
+                  [point, "in_support_fraction", "energy_distance"]),
+    }
+    # One process runs each command line in turn, its stdout a pipe as in CI (importing torch once, not five times).
+    driver = ("import json, sys, cli\n"
+              "for arguments in json.loads(sys.argv[1]):\n"
+              "    sys.argv = ['cdrl-bench', *arguments]\n"
+              "    try:\n        cli.main()\n    except SystemExit as stop:\n        assert not stop.code, stop.code\n"
+              f"    print({_END!r}, flush=True)\n")
+    completed = subprocess.run([sys.executable, "-c", driver, json.dumps([arguments for arguments, _ in
+                                                                          commands.values()])],
+                               capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    printed = completed.stdout.split(_END)
+    for (name, (_, names)), output in zip(commands.items(), printed):
+        assert "…" not in output, f"{name} cut a cell:\n{output}"
+        for whole in names:
+            assert any(whole in line for line in output.splitlines()), f"{name} lacks {whole!r} on a line:\n{output}"
+
+
+def test_presets_and_suites_list_as_json():
+    presets = json.loads(CliRunner().invoke(app, ["presets", "--format", "json"]).stdout)
+    assert [row["preset"] for row in presets] == list(PRESETS)
+    cifar10 = next(row for row in presets if row["preset"] == "cifar10")
+    assert (cifar10["energy_network_parameters"], cifar10["initializer_parameters"]) == (34_833_152, 3_769_795)
+    suites = json.loads(CliRunner().invoke(app, ["suites", "--format", "json"]).stdout)
+    assert [row["suite"] for row in suites] == available_suites()
+    gate = next(row for row in suites if row["suite"] == "gate")
+    assert "digits-floor" in gate["models"] and gate["paper_table"] is None
 
 
 # --------------------------------------------------------------------------- suite figures
