@@ -289,13 +289,22 @@ def _shared_settings(display: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
 
 
 def _unreported(runs: pd.DataFrame, metrics: tuple[str, ...]) -> list[str]:
-    """"run key: metric, ..." for every run that reported a metric of the suite as missing or not finite."""
+    """"run key: metric, ..." for every run missing a metric that its row reports (another seed gave it).
+
+    A metric no run of a row reports does not apply to it (FID of a 2-D model, in-support of digits) and is
+    not missing; a run that reported no metric at all (a diverged run logs none) is named whatever its row.
+    """
+    values = pd.DataFrame({metric: pd.to_numeric(runs.get(f"metrics.{metric}", math.nan), errors="coerce")
+                           for metric in metrics}, index=runs.index)
+    reported = values.abs() < math.inf  # finite: neither NaN (absent) nor infinite
+    row = [runs[f"tags.{tag}"] for tag in (TAG_MODEL, TAG_STEPS, TAG_GUIDANCE, TAG_SOURCE)]  # as build_table's rows
+    row_reports = reported.groupby(row, dropna=False).transform("any")
     found = []
-    for _, run in runs.iterrows():
-        values = pd.to_numeric(pd.Series([run.get(f"metrics.{metric}") for metric in metrics]), errors="coerce")
-        missing = [METRICS[metric].label for metric, value in zip(metrics, values) if not math.isfinite(value)]
-        if missing:
-            found.append(f"{run[f'tags.{TAG_RUN_KEY}']}: {', '.join(missing)}")
+    for index, run in runs.iterrows():
+        missing = [METRICS[metric].label for metric in metrics
+                   if row_reports.at[index, metric] and not reported.at[index, metric]]
+        if missing or not reported.loc[index].any():
+            found.append(f"{run[f'tags.{TAG_RUN_KEY}']}: {', '.join(missing) or 'no metric'}")
     return found
 
 

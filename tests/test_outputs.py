@@ -359,6 +359,31 @@ def test_figure_files_are_pdf_and_png_named_by_profile(tmp_path, monkeypatch):
     assert (tmp_path / "runs" / "tables" / "cifar10-steps-full.pdf").read_bytes().startswith(b"%PDF")
 
 
+
+def test_only_metrics_a_row_reports_are_named_missing_in_the_gates_mixed_rows(monkeypatch):
+    """The gate's toy rows report no FID and its digits rows no in-support: neither is missing there."""
+    def values(job, seed):
+        if job.model.key.startswith("toy"):
+            measured = {"in_support_fraction": 0.9, "mode_coverage": 1.0, "energy_distance": 0.01}
+        else:
+            measured = {"fid": 30.0, **({"class_accuracy": 0.8} if job.model.key == "digits-cond" else {})}
+        if (job.model.key, job.steps_per_level, seed) == ("toy-cdrl", 8, 1):
+            measured = {}  # diverged: no metric
+        if job.model.key == "digits-cond" and seed == 2:
+            measured["class_accuracy"] = float("nan")  # the classifier failed at one seed
+        return measured
+
+    runs = made_up_runs("gate", values)
+    monkeypatch.setattr(tables, "finished_eval_runs", lambda *args, **kwargs: runs)
+    table = tables.build_table(load_suite("gate"))
+    assert [note for note in table.notes if note.startswith("Not finite")] == [
+        "Not finite, so left out of their rows' means (a diverged run reports none): toy-cdrl/K8/seed1: in-support, "
+        "mode coverage, energy distance; digits-cond/K15/w1/seed2: class accuracy. Those rows' means are over fewer "
+        "seeds than the seeds column."]
+    clean = made_up_runs("gate", lambda job, seed: values(job, 0))
+    monkeypatch.setattr(tables, "finished_eval_runs", lambda *args, **kwargs: clean)
+    assert not any(note.startswith("Not finite") for note in tables.build_table(load_suite("gate")).notes)
+
 # --------------------------------------------------------------------------- sample figures
 
 def test_image_grids_are_upscaled_by_whole_pixels(tmp_path):
