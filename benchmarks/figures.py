@@ -5,7 +5,7 @@ and standard errors. Panels, left to right:
 
 - the suite's metric (``[plot] metric``) against total Langevin steps (the step study) or the
   guidance weight w: a line per method, error bars of one standard error over seeds, floor rows as
-  dotted lines, and the paper's points on the same axes when they measure the same thing (the same
+  dotted lines named on the line, and the paper's points on the same axes when they measure the same thing (the same
   metric on the suite's own data, i.e. ``reference_label`` left at "paper");
 - ``[plot] secondary``, a second measured metric, on its own axes;
 - the paper's trend when it was measured on other data (toy-steps: the paper's CIFAR-10 FID): its
@@ -13,7 +13,8 @@ and standard errors. Panels, left to right:
 - for a guidance sweep, the trade-off as the paper draws it: the metric against the other side
   (class accuracy, Inception Score), one point per w.
 
-Written as PDF (for a paper) and PNG (to look at), both named by suite and profile.
+The legend goes under the panels in as many columns as fit the figure. Written as PDF (for a paper)
+and PNG (to look at), both named by suite and profile.
 """
 
 from __future__ import annotations
@@ -179,6 +180,9 @@ def _draw(axes, panel: Panel, colours: dict[str, str], rows: pd.DataFrame) -> No
                 axes.annotate(text, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7, color=colour)
     for value, method in panel.floors:
         axes.axhline(value, color="grey", linestyle=":", linewidth=1, label=f"{method} (floor)")
+        # Named on the line too: a dotted grey line is the one series a reader cannot match to the legend by colour.
+        axes.annotate(f"{method} (floor)", (1, value), xycoords=axes.get_yaxis_transform(), xytext=(-3, 2),
+                      textcoords="offset points", ha="right", va="bottom", fontsize=7, color="dimgrey")
     if panel.x_kind == "total_steps":
         # The step counts themselves as ticks, each with its split into levels x steps per level.
         ticks = rows.dropna(subset=["total_steps"]).groupby("total_steps")
@@ -213,9 +217,22 @@ def suite_figure(table: SuiteTable):
     for axes in all_axes:
         for handle, label in zip(*axes.get_legend_handles_labels()):
             handles.setdefault(label, handle)
-    figure.legend(handles.values(), handles.keys(), loc="outside lower center", ncols=min(len(handles), 3),
-                  fontsize=8, frameon=False)
+    _legend_that_fits(figure, handles)
     return figure
+
+
+def _legend_that_fits(figure, handles: dict) -> None:
+    """The legend under the panels, in as many columns (at most 3) as fit the figure's width: a wider legend
+    is cut at both edges (the gate's one panel lost half of its three columns)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    for columns in range(min(len(handles), 3), 0, -1):
+        legend = figure.legend(handles.values(), handles.keys(), loc="outside lower center", ncols=columns,
+                               fontsize=8, frameon=False)
+        if columns == 1 or legend.get_window_extent(renderer).width <= figure.bbox.width:
+            return
+        legend.remove()
 
 
 def save_suite_figure(table: SuiteTable, stem: Path) -> list[Path]:

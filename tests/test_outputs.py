@@ -347,6 +347,38 @@ def test_guidance_sweeps_draw_the_trade_off_curve(monkeypatch, tmp_path):
     assert paper_trade_off.series[0].x[:2] == [7.92, 8.32]  # the paper's IS at w = 0, 0.1
 
 
+PLOTTED_SUITES = [name for name in available_suites() if load_suite(name).plot is not None]
+
+
+@pytest.mark.parametrize("suite_name", PLOTTED_SUITES)
+def test_nothing_in_a_suite_figure_is_cut_and_every_line_is_named(suite_name, monkeypatch):
+    """The gate's one-panel figure cut its three-column legend at both edges, and its floor line had no name."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    suite = load_suite(suite_name)
+    runs = made_up_runs(suite_name, lambda job, seed: {
+        metric: 1 + 0.01 * job.steps_per_level + 0.1 * job.guidance + 0.001 * seed for metric in suite.metrics})
+    monkeypatch.setattr(tables, "finished_eval_runs", lambda *args, **kwargs: runs)
+    table = tables.build_table(suite)
+    figure = suite_figure(table)
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    # Each panel with everything drawn on and around it (titles, labels, the ticks drawn, floor names), each legend.
+    for artist, box in [*((axes, axes.get_tightbbox(renderer)) for axes in figure.axes),
+                        *((legend, legend.get_window_extent(renderer)) for legend in figure.legends)]:
+        assert (box.x0 >= -0.5 and box.y0 >= -0.5 and box.x1 <= figure.bbox.x1 + 0.5
+                and box.y1 <= figure.bbox.y1 + 0.5), f"{artist} at {box.bounds} outside {figure.bbox.bounds}"
+    (legend,) = figure.legends
+    named = {text.get_text() for text in legend.get_texts()}
+    panels = suite_panels(table)
+    assert named == {series.label for panel in panels for series in panel.series} | {
+        f"{method} (floor)" for panel in panels for _, method in panel.floors}
+    for axes, panel in zip(figure.axes, panels):  # a floor is named on its line too, not only in the legend
+        on_axes = {text.get_text() for text in axes.texts}
+        assert {f"{method} (floor)" for _, method in panel.floors} <= on_axes
+
+
 def test_figure_files_are_pdf_and_png_named_by_profile(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'absent.db'}"
