@@ -538,8 +538,8 @@ def plan(
     import json
     import os
 
-    from benchmarks.suite import (cost_rows, cost_total, expand, load_suite, measured_runs, plan_rows,
-                                  training_costs)
+    from benchmarks.suite import (cost_rows, cost_total, cost_units, expand, load_suite, measured_runs,
+                                  plan_rows, training_costs)
 
     if tracking_uri is not None:
         _check_store(tracking_uri)
@@ -569,11 +569,11 @@ def plan(
                        for value in row.values()))
     console.print(view)
     if costs:
-        priced = Table(title="cost: s/iteration x iterations x GPUs / 3600 = GPU-hours")
+        count, hours = cost_units(costs)
+        priced = Table(title=f"cost: s/iteration x iterations x {count} / 3600 = {hours}")
         for column in cost_rows(costs)[0]:
             priced.add_column(column, overflow="fold", no_wrap=column not in ("run", "seconds from"),
-                              justify="right" if column in ("iterations", "s/iteration", "GPUs", "GPU-hours")
-                              else "left")
+                              justify="left" if column in ("run", "seconds from") else "right")
         for row in cost_rows(costs):
             priced.add_row(*row.values())
         console.print(priced)

@@ -265,7 +265,7 @@ def test_piped_commands_print_every_table_whole(tmp_path):
     commands = {  # each command, and names it printed cut at 80 columns
         "presets": (["presets"], ["toy-checkerboard-published", "published 2-D toy example (MLP networks, batch 2500"]),
         "suites": (["suites"], ["energy-not-divided-by-step-size", "Regression gate: stored CDRL and DRL models"]),
-        "plan": (["plan", "--suite", "gate"], ["digits-cond (checkpoint-", "unknown: pass --seconds-per-iteration S"]),
+        "plan": (["plan", "--suite", "gate"], ["digits-cond (checkpoint-", "training steps measured 2026-12-07"]),
         "table": (["table", "--suite", "gate", "--tracking-uri", empty_store, "--plot", str(tmp_path / "figure")],
                   ["CDRL without initializer (stored)", "in-support"]),
         "check": (["check", "--suite", str(suite), "--baseline", str(results), "--results", str(results)],

@@ -584,6 +584,21 @@ def test_plan_prices_every_training_from_the_suites_stated_cost(tmp_path):
     assert table.exit_code == 0 and "total: 867 GPU-hours for 1 of 1 trainings (1 stated)" in table.output
 
 
+#: The suites that train on a CPU: priced from seconds per iteration measured on one, in CPU-hours.
+CPU_SUITES = ["ci-smoke", "digits-cfg", "digits-steps", "gate", "toy-steps"]
+
+
+@pytest.mark.parametrize("suite", CPU_SUITES)
+def test_plan_prices_a_cpu_suite_from_measured_cpu_seconds_in_cpu_hours(suite):
+    document = _plan_json("--suite", suite)
+    assert document["costs"] and {cost["kind"] for cost in document["costs"]} == {"stated"}
+    assert all(cost["source"].startswith("stated: CPU: ") and "measured" in cost["source"]
+               for cost in document["costs"])
+    assert " CPU-hours for " in document["total"] and "GPU" not in document["total"]
+    table = CliRunner().invoke(app, ["plan", "--suite", suite], terminal_width=300)
+    assert "x processes / 3600 = CPU-hours" in table.output and "GPU" not in table.output
+
+
 def test_plan_prices_trainings_by_the_speed_finished_runs_measured(tmp_path, tracking_uri):
     suite_file = _write_tiny_suite(tmp_path)
     trainings = {job.model.key: job.config for job in expand(load_suite(suite_file)).trainings}
