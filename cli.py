@@ -60,7 +60,8 @@ Pick = Literal["newest", "best"]
 Mode = Literal["legacy_tensorflow", "clean"]
 _DATA_DIR = typer.Option(None, "--data-dir", help="Folder holding the dataset's files (default ./data).")
 _SUITE = typer.Option(..., "--suite", help="Suite name (benchmarks/suites/NAME.toml) or path of a suite file.")
-_QUICK = typer.Option(False, "--quick", help="The suite's quick profile: fewer iterations and samples.")
+_QUICK = typer.Option(False, "--quick", help="The suite's quick profile: fewer iterations and samples, a smoke "
+                                             "test (a 2-D row below chance is marked so in the table).")
 _QUICK_RUNS = typer.Option(False, "--quick", help="Use the runs of the suite's quick profile.")
 _CHECKPOINT = typer.Argument(..., help="Checkpoint file, run folder (its newest or best checkpoint: --pick) or MLflow run id.")
 _STEPS = typer.Option(None, "--steps", min=1, help="Langevin steps per noise level K (default: the preset's; the step "

@@ -5,7 +5,7 @@ and standard errors. Panels, left to right:
 
 - the suite's metric (``[plot] metric``) against total Langevin steps (the step study) or the
   guidance weight w: a line per method, error bars of one standard error over seeds, floor rows as
-  dotted lines named on the line, and the paper's points on the same axes when they measure the same thing (the same
+  dotted lines and a 2-D metric's chance level as a dashed one, each named on its line, and the paper's points on the same axes when they measure the same thing (the same
   metric on the suite's own data, i.e. ``reference_label`` left at "paper");
 - ``[plot] secondary``, a second measured metric, on its own axes;
 - the paper's trend when it was measured on other data (toy-steps: the paper's CIFAR-10 FID): its
@@ -27,6 +27,8 @@ import pandas as pd
 from benchmarks.tables import SuiteTable
 from cdrl.metrics import METRICS
 
+#: The line of a 2-D metric's chance level (:func:`benchmarks.tables.chance_level`).
+CHANCE_LABEL = "chance (an even spread over the square)"
 X_LABELS = {"total_steps": "total Langevin steps (levels × steps per level)", "guidance": "guidance weight w"}
 
 
@@ -52,8 +54,9 @@ class Panel:
     y_label: str
     x_kind: str
     series: list[Series] = field(default_factory=list)
-    #: Horizontal reference lines: (value, label), e.g. real data scored as samples.
-    floors: list[tuple[float, str]] = field(default_factory=list)
+    #: Horizontal reference lines: (value, label), real data scored as samples ("… (floor)", dotted) or an
+    #: even spread over a 2-D density's square ("chance", dashed).
+    references: list[tuple[float, str]] = field(default_factory=list)
 
 
 def _axis_label(metric: str, prefix: str = "") -> str:
@@ -147,8 +150,10 @@ def suite_panels(table: SuiteTable) -> list[Panel]:
                                                        (f"the {reference}'s values", paper)) if shown)
         panel = Panel(title, x_label, _axis_label(metric), spec.x, measured + paper)
         if metric in floor_rows:
-            panel.floors = [(value, method) for value, method in zip(floor_rows[metric], floor_rows["method"])
-                            if pd.notna(value)]
+            panel.references = [(value, f"{method} (floor)") for value, method in
+                                zip(floor_rows[metric], floor_rows["method"]) if pd.notna(value)]
+        if metric in table.chance:
+            panel.references.append((table.chance[metric], CHANCE_LABEL))
         panels.append(panel)
     if spec.paper and not paper_measures_the_same(table, spec.paper) and f"paper_{spec.paper}" in rows:
         # Another dataset's numbers: a trend to compare shapes with, on its own axes.
@@ -178,10 +183,10 @@ def _draw(axes, panel: Panel, colours: dict[str, str], rows: pd.DataFrame) -> No
         for x, y, text in zip(series.x, series.y, series.point_labels or []):
             if text:
                 axes.annotate(text, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7, color=colour)
-    for value, method in panel.floors:
-        axes.axhline(value, color="grey", linestyle=":", linewidth=1, label=f"{method} (floor)")
-        # Named on the line too: a dotted grey line is the one series a reader cannot match to the legend by colour.
-        axes.annotate(f"{method} (floor)", (1, value), xycoords=axes.get_yaxis_transform(), xytext=(-3, 2),
+    for value, label in panel.references:
+        axes.axhline(value, color="grey", linestyle="--" if label == CHANCE_LABEL else ":", linewidth=1, label=label)
+        # Named on the line too: a grey line is the one series a reader cannot match to the legend by colour.
+        axes.annotate(label, (1, value), xycoords=axes.get_yaxis_transform(), xytext=(-3, 2),
                       textcoords="offset points", ha="right", va="bottom", fontsize=7, color="dimgrey")
     if panel.x_kind == "total_steps":
         # The step counts themselves as ticks, each with its split into levels x steps per level.

@@ -22,12 +22,13 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 import benchmarks.tables as tables
-from benchmarks.figures import suite_figure, suite_panels
+from benchmarks.figures import CHANCE_LABEL, suite_figure, suite_panels
 from benchmarks.records import TAG_GUIDANCE, TAG_MODEL, TAG_SEED, TAG_SOURCE, TAG_STEPS
 from benchmarks.regression import standard_error
 from benchmarks.suite import available_suites, expand, load_suite
 from cdrl.config import PRESETS
 from cdrl.figures import SUPPORT_COLOUR, save_image_grid, toy_scatter_figure, upscale_factor
+from cdrl.toy_metrics import chance_metrics
 from cdrl.tracking import TAG_RUN_KEY
 from cli import app
 
@@ -373,10 +374,9 @@ def test_nothing_in_a_suite_figure_is_cut_and_every_line_is_named(suite_name, mo
     named = {text.get_text() for text in legend.get_texts()}
     panels = suite_panels(table)
     assert named == {series.label for panel in panels for series in panel.series} | {
-        f"{method} (floor)" for panel in panels for _, method in panel.floors}
-    for axes, panel in zip(figure.axes, panels):  # a floor is named on its line too, not only in the legend
-        on_axes = {text.get_text() for text in axes.texts}
-        assert {f"{method} (floor)" for _, method in panel.floors} <= on_axes
+        label for panel in panels for _, label in panel.references}
+    for axes, panel in zip(figure.axes, panels):  # a floor or chance line is named on the line too
+        assert {label for _, label in panel.references} <= {text.get_text() for text in axes.texts}
 
 
 def test_figure_files_are_pdf_and_png_named_by_profile(tmp_path, monkeypatch):
@@ -415,6 +415,39 @@ def test_only_metrics_a_row_reports_are_named_missing_in_the_gates_mixed_rows(mo
     clean = made_up_runs("gate", lambda job, seed: values(job, 0))
     monkeypatch.setattr(tables, "finished_eval_runs", lambda *args, **kwargs: clean)
     assert not any(note.startswith("Not finite") for note in tables.build_table(load_suite("gate")).notes)
+
+
+def test_toy_tables_state_chance_and_call_rows_below_it_smoke(monkeypatch):
+    """toy-steps --quick printed in-support 0.34-0.44, below the 0.5 an even spread scores, and bolded a "best"."""
+    def values(job, seed):
+        if (job.model.key, job.steps_per_level) == ("cdrl", 15):
+            return {"in_support_fraction": 0.9, "mode_coverage": 1.0, "energy_distance": 0.01}
+        return {**toy_values(job, seed), "energy_distance": 0.01}  # in-support 0.43-0.49: below chance only there
+
+    runs = made_up_runs("toy-steps", values)
+    monkeypatch.setattr(tables, "finished_eval_runs", lambda *args, **kwargs: runs)
+    table = tables.build_table(load_suite("toy-steps"), quick=True)
+    assert table.chance == {"in_support_fraction": 0.5, "energy_distance": pytest.approx(0.0277, abs=1e-4)}
+    assert any(note.startswith("Chance: ") and "in-support 0.500, energy distance 0.0277" in note for note in table.notes)
+    (smoke,) = [note for note in table.notes if note.startswith("Smoke (below chance): ")]
+    assert "DRL 6×30 (in-support)" in smoke and "CDRL 6×8 (in-support)" in smoke and "CDRL 6×15" not in smoke
+    chance_lines = [panel.references for panel in suite_panels(table) if panel.y_label.startswith("energy distance")]
+    assert chance_lines == [[(table.chance["energy_distance"], CHANCE_LABEL)]]  # drawn in the figure too
+    assert tables.build_table(load_suite("digits-cfg")).chance == {}  # images have no such level
+
+
+def test_chance_is_what_an_even_spread_scores():
+    assert chance_metrics("toy-checkerboard")["in_support_fraction"] == 0.5  # half the square is support
+    assert "mode_coverage" not in chance_metrics("toy-8gaussians")  # an even spread covers every mode
+
+
+def test_a_full_table_with_only_quick_runs_points_to_quick(monkeypatch):
+    runs = made_up_runs("toy-steps", toy_values)
+    monkeypatch.setattr(tables, "finished_eval_runs", lambda experiment, name, version, profile, uri=None:
+                        runs if profile == "quick" else pd.DataFrame())
+    (note,) = [note for note in tables.build_table(load_suite("toy-steps")).notes if note.startswith("No finished")]
+    assert note.endswith("21 runs of its quick profile are there: `cdrl-bench table --suite toy-steps --quick` shows "
+                         "them.")
 
 # --------------------------------------------------------------------------- sample figures
 
