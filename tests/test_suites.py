@@ -192,6 +192,10 @@ def test_interrupted_run_finishes_only_the_remaining_runs(tmp_path, monkeypatch)
     assert all(run.info.run_name == key for key, run in by_key.items())
     assert by_key["drl/K3/seed0"].data.tags["mlflow.parentRunId"] == by_key["drl/seed0"].info.run_id
     assert by_key["drl/K3/seed0"].data.params["langevin.n_steps"] == "3"  # the model's settings travel along
+    # The experiment says what it holds, and is one MLflow 3 shows as training runs (not its GenAI traces view).
+    experiment = client.get_experiment_by_name(suite.experiment)
+    assert experiment.tags["mlflow.note.content"].startswith(f"Suite {suite.name} v{suite.version}: {suite.title}.")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
 
     table = build_table(suite, tracking_uri=uri)
     trade_off = replace(suite, plot=PlotSpec("energy_distance", secondary="in_support_fraction"))
