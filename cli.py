@@ -19,15 +19,6 @@ from typer.exceptions import TyperException
 
 from cdrl.errors import CdrlBenchError
 
-app = typer.Typer(
-    help="Reproducibility benchmark harness for Cooperative Diffusion Recovery Likelihood (CDRL) "
-         "and Diffusion Recovery Likelihood (DRL) energy-based models.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_show_locals=False,
-)
-
-
 #: Columns of the console when output goes to no terminal: wider than any table, so each takes its natural
 #: width (a table never pads itself to the console's width; only long text lines are wrapped there).
 LOG_WIDTH = 10_000
@@ -42,8 +33,19 @@ def _console(stderr: bool = False) -> Console:
     terminal = Console(stderr=stderr)
     return terminal if terminal.is_terminal else Console(stderr=stderr, width=LOG_WIDTH)
 
+
 console = _console()
 error_console = _console(stderr=True)
+app = typer.Typer(
+    help="Reproducibility benchmark harness for Cooperative Diffusion Recovery Likelihood (CDRL) "
+         "and Diffusion Recovery Likelihood (DRL) energy-based models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+    # Help in boxes on a terminal; in a log or a pipe click's plain help, which wraps and never cuts (typer's boxes
+    # at 80 columns cut option texts to `performance.channels_las…`).
+    rich_markup_mode="rich" if console.is_terminal else None,
+)
 
 # Options that several commands share, worded once.
 _TRACKING_URI = typer.Option(None, "--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI, "
@@ -518,10 +520,10 @@ def plan(
                                           "preset and networks in this MLflow store (default: no store is read)."),
     seconds_per_iteration: float = typer.Option(None, "--seconds-per-iteration", min=1e-9, max=1e6,
                                                 help="Seconds per training iteration on --gpus GPUs, for every "
-                                                     "training (default: measured, else the suite's \\[cost])."),
+                                                     "training (default: measured, else stated by the suite file)."),
     gpus: int = typer.Option(None, "--gpus", min=1, max=1_000_000,
                              help="GPUs per training to price (default --world-size or $WORLD_SIZE when given, "
-                                  "else the measured runs' or the suite's \\[cost] gpus); seconds scale by each "
+                                  "else the measured runs' or the suite file's cost gpus); seconds scale by each "
                                   "GPU's share of the batch."),
     output_format: Literal["rich", "json"] = _RICH_OR_JSON,
 ) -> None:
@@ -530,8 +532,8 @@ def plan(
     Every training with its iterations, global batch and each process's share, and which of its
     checkpoints is scored; then its evaluation points. Then each training's cost: seconds per
     iteration (--seconds-per-iteration when given, else measured by finished runs in
-    --tracking-uri, else stated in the suite's \\[cost]) x iterations x GPUs / 3600 = GPU-hours,
-    and the total.
+    --tracking-uri, else stated in the suite file) x iterations x GPUs / 3600 = GPU-hours (a suite
+    that trains on CPUs: x processes = CPU-hours), and the total.
 
     Example: cdrl-bench plan --suite cifar10-ablations --world-size 8 --tracking-uri sqlite:///mlflow.db
     """

@@ -271,6 +271,7 @@ def test_piped_commands_print_every_table_whole(tmp_path):
                   ["CDRL without initializer (stored)", "in-support"]),
         "check": (["check", "--suite", str(suite), "--baseline", str(results), "--results", str(results)],
                   [point, "in_support_fraction", "energy_distance"]),
+        "help": (["perf", "--help"], ["performance.channels_last=true", "Example: cdrl-bench perf"]),
     }
     # One process runs each command line in turn, its stdout a pipe as in CI (importing torch once, not five times).
     driver = ("import json, sys, cli\n"
