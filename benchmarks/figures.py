@@ -97,11 +97,13 @@ def _measured_series(rows: pd.DataFrame, x: str, y: str, *, x_error: bool = Fals
     found = []
     if any(column not in rows for column in (x, y, f"{y}_se", *([f"{x}_se"] if x_error else []))):
         return found
+    sources = rows.groupby("method", sort=False)["source"].nunique()
     for (method, source), group in rows.groupby([rows["method"], rows["source"].fillna("")], sort=False):
         group = group.dropna(subset=[x, y]).sort_values(x)
         if group.empty:
             continue
-        label = method if source in ("", "trained") else f"{method} ({source})"
+        # The checkpoint's name only where it tells two series of one method apart (trained and a given file).
+        label = method if source in ("", "trained") or sources[method] == 1 else f"{method} ({source})"
         found.append(Series(label, method, group[x].astype(float).tolist(), group[y].astype(float).tolist(), False,
                             xerr=group[f"{x}_se"].fillna(0).tolist() if x_error else None,
                             yerr=group[f"{y}_se"].fillna(0).tolist(),

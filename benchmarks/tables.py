@@ -218,8 +218,8 @@ def _chance_notes(frame: pd.DataFrame, chance: dict[str, float]) -> list[str]:
             steps = f" {row['noise_levels']}×{row['steps_per_level']}" if row.get("steps_per_level") else ""
             below.append(f"{row['method']}{steps} ({', '.join(worse)})")
     if below:
-        notes.append(f"Smoke (below chance): {'; '.join(below)} score worse than that even spread: not a result "
-                     "yet (the full profile trains longer).")
+        notes.append(f"Smoke (below chance): {'; '.join(below)} score worse than that even spread on the metrics "
+                     "named: a smoke test there, not a result.")
     return notes
 
 
@@ -341,11 +341,12 @@ def _unreported(runs: pd.DataFrame, metrics: tuple[str, ...]) -> list[str]:
     row = [runs[f"tags.{tag}"] for tag in (TAG_MODEL, TAG_STEPS, TAG_GUIDANCE, TAG_SOURCE)]  # as build_table's rows
     row_reports = reported.groupby(row, dropna=False).transform("any")
     found = []
-    for index, run in runs.iterrows():
-        missing = [METRICS[metric].label for metric in metrics
-                   if row_reports.at[index, metric] and not reported.at[index, metric]]
-        if missing or not reported.loc[index].any():
-            found.append(f"{run[f'tags.{TAG_RUN_KEY}']}: {', '.join(missing) or 'no metric'}")
+    for key, in_row, in_run in zip(runs[f"tags.{TAG_RUN_KEY}"], row_reports.itertuples(index=False),
+                                   reported.itertuples(index=False)):
+        missing = [METRICS[metric].label for metric, row_has, run_has in zip(metrics, in_row, in_run)
+                   if row_has and not run_has]
+        if missing or not any(in_run):
+            found.append(f"{key}: {', '.join(missing) or 'no metric'}")
     return found
 
 

@@ -380,6 +380,21 @@ def test_nothing_in_a_suite_figure_is_cut_and_every_line_is_named(suite_name, mo
         assert {label for _, label in panel.references} <= {text.get_text() for text in axes.texts}
 
 
+def test_a_series_names_its_checkpoint_only_to_tell_two_of_one_method_apart(monkeypatch):
+    """The gate's legend read "CDRL (stored) (checkpoint-51a27581ee54)": the hash told nothing apart."""
+    runs = made_up_runs("toy-steps", toy_values)
+    runs.loc[runs[f"tags.{TAG_MODEL}"] == "drl", f"tags.{TAG_SOURCE}"] = "checkpoint-51a27581ee54"
+    monkeypatch.setattr(tables, "finished_eval_runs", lambda *args, **kwargs: runs)
+    (measured, *_) = suite_panels(tables.build_table(load_suite("toy-steps")))
+    assert _series(measured, paper=False) == ["DRL", "CDRL without initializer", "CDRL"]
+    trained = made_up_runs("toy-steps", toy_values)
+    trained[f"tags.{TAG_RUN_KEY}"] += "/trained"
+    both = pd.concat([runs, trained])  # DRL given as a file and trained here: two series of one method
+    monkeypatch.setattr(tables, "finished_eval_runs", lambda *args, **kwargs: both)
+    (measured, *_) = suite_panels(tables.build_table(load_suite("toy-steps")))
+    assert {"DRL", "DRL (checkpoint-51a27581ee54)"} <= set(_series(measured, paper=False))
+
+
 def test_figure_files_are_pdf_and_png_named_by_profile(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'absent.db'}"
