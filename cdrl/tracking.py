@@ -75,7 +75,8 @@ DIVERGED_METRIC = "diverged"
 #: MLflow's description of an experiment (or a run), shown above its runs.
 TAG_DESCRIPTION = "mlflow.note.content"
 #: MLflow 3's kind of an experiment: unset, its UI guesses, and opened runs without logged models in its GenAI
-#: (traces) view; "custom_model_development" is its classic view of training runs, metrics and artifacts.
+#: (traces) view; "custom_model_development" is its classic view of training runs, metrics and artifacts (MLflow
+#: 3.17's UI lets its own GenAI / Model training switch, where shown, take precedence: README).
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 DEFAULT_DESCRIPTION = ("Runs of `cdrl-bench train` (tag cdrl.kind=train) and `cdrl-bench eval` (cdrl.kind=eval); "
