@@ -173,7 +173,8 @@ def suites(output_format: Literal["rich", "json"] = _RICH_OR_JSON) -> None:
     for column in ("suite", "version", "title", "models", "paper table"):
         view.add_column(column, overflow="fold", no_wrap=column in ("suite", "version"))
     for row in listed:
-        view.add_row(row["suite"], str(row["version"]), row["title"], ", ".join(row["models"]), row["paper_table"] or "")
+        view.add_row(row["suite"], str(row["version"]), row["title"], ", ".join(row["models"]),
+                     row["paper_table"] or "")
     console.print(view)
 
 

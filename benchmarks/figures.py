@@ -5,8 +5,9 @@ and standard errors. Panels, left to right:
 
 - the suite's metric (``[plot] metric``) against total Langevin steps (the step study) or the
   guidance weight w: a line per method, error bars of one standard error over seeds, floor rows as
-  dotted lines and a 2-D metric's chance level as a dashed one, each named on its line, and the paper's points on the same axes when they measure the same thing (the same
-  metric on the suite's own data, i.e. ``reference_label`` left at "paper");
+  dotted lines and a 2-D metric's chance level as a dashed one, each named on its line, and the
+  paper's points on the same axes when they measure the same thing (the same metric on the suite's
+  own data, i.e. ``reference_label`` left at "paper");
 - ``[plot] secondary``, a second measured metric, on its own axes;
 - the paper's trend when it was measured on other data (toy-steps: the paper's CIFAR-10 FID): its
   own panel, titled as such, never a second y axis over the measured one;

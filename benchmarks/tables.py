@@ -19,8 +19,7 @@ import math
 import re
 import statistics
 import textwrap
-import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import pandas as pd
@@ -76,7 +75,7 @@ class SuiteTable:
     notes: list[str]
     n_runs: int
     #: What a model that learnt only a 2-D density's range scores, by metric (:func:`chance_level`); {} for images.
-    chance: dict[str, float] = dataclasses.field(default_factory=dict)
+    chance: dict[str, float] = field(default_factory=dict)
 
     @property
     def title(self) -> str:
@@ -207,7 +206,8 @@ def _chance_notes(frame: pd.DataFrame, chance: dict[str, float]) -> list[str]:
     """The chance level, and the rows that score worse: a smoke run, not a result."""
     if not chance:
         return []
-    levels = ", ".join(f"{METRICS[metric].label} {value:.{METRICS[metric].decimals}f}" for metric, value in chance.items())
+    levels = ", ".join(f"{METRICS[metric].label} {value:.{METRICS[metric].decimals}f}"
+                       for metric, value in chance.items())
     notes = [f"Chance: points spread evenly over the square that holds the density (a model that learnt only its "
              f"range) score {levels}; a dashed line in the figure."]
     below = []

@@ -444,7 +444,8 @@ def test_toy_tables_state_chance_and_call_rows_below_it_smoke(monkeypatch):
     monkeypatch.setattr(tables, "finished_eval_runs", lambda *args, **kwargs: runs)
     table = tables.build_table(load_suite("toy-steps"), quick=True)
     assert table.chance == {"in_support_fraction": 0.5, "energy_distance": pytest.approx(0.0277, abs=1e-4)}
-    assert any(note.startswith("Chance: ") and "in-support 0.500, energy distance 0.0277" in note for note in table.notes)
+    (chance,) = [note for note in table.notes if note.startswith("Chance: ")]
+    assert "in-support 0.500, energy distance 0.0277" in chance
     (smoke,) = [note for note in table.notes if note.startswith("Smoke (below chance): ")]
     assert "DRL 6×30 (in-support)" in smoke and "CDRL 6×8 (in-support)" in smoke and "CDRL 6×15" not in smoke
     chance_lines = [panel.references for panel in suite_panels(table) if panel.y_label.startswith("energy distance")]

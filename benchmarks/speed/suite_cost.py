@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 
 import torch
 
+from benchmarks.regression import cpu_description
 from benchmarks.suite import expand, load_suite
 from cdrl.datasets import item_shape
 from cdrl.performance import use_threads
@@ -48,9 +48,7 @@ def main() -> None:
     arguments = parser.parse_args()
     use_threads(1)
     suite = load_suite(arguments.suite)
-    processor = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-                     platform.processor())
-    print(f"{suite.name}: {processor}, {os.cpu_count()} cores, 1 thread, load average "
+    print(f"{suite.name}: {cpu_description()}, {os.cpu_count()} cores, 1 thread, load average "
           f"{os.getloadavg()[0]:.1f} at the start")
     for job in expand(suite).trainings:
         print(f"{job.key}: {seconds_per_iteration(job.config, arguments.iterations):.3f} s/iteration "
