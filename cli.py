@@ -19,15 +19,33 @@ from typer.exceptions import TyperException
 
 from cdrl.errors import CdrlBenchError
 
+#: Columns of the console when output goes to no terminal: wider than any table, so each takes its natural
+#: width (a table never pads itself to the console's width; only long text lines are wrapped there).
+LOG_WIDTH = 10_000
+
+
+def _console(stderr: bool = False) -> Console:
+    """The terminal's console; in a log or a pipe, one as wide as any table's natural width.
+
+    rich squeezes output that goes to no terminal into 80 columns, which cut names and numbers in
+    every table (`toy-cd…`, `0.…`), and CI logs are where verdicts are read (issue #30).
+    """
+    terminal = Console(stderr=stderr)
+    return terminal if terminal.is_terminal else Console(stderr=stderr, width=LOG_WIDTH)
+
+
+console = _console()
+error_console = _console(stderr=True)
 app = typer.Typer(
     help="Reproducibility benchmark harness for Cooperative Diffusion Recovery Likelihood (CDRL) "
          "and Diffusion Recovery Likelihood (DRL) energy-based models.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
+    # Help in boxes on a terminal; in a log or a pipe click's plain help, which wraps and never cuts (typer's boxes
+    # at 80 columns cut option texts to `performance.channels_las…`).
+    rich_markup_mode="rich" if console.is_terminal else None,
 )
-console = Console()
-error_console = Console(stderr=True)
 
 # Options that several commands share, worded once.
 _TRACKING_URI = typer.Option(None, "--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI, "
@@ -44,7 +62,8 @@ Pick = Literal["newest", "best"]
 Mode = Literal["legacy_tensorflow", "clean"]
 _DATA_DIR = typer.Option(None, "--data-dir", help="Folder holding the dataset's files (default ./data).")
 _SUITE = typer.Option(..., "--suite", help="Suite name (benchmarks/suites/NAME.toml) or path of a suite file.")
-_QUICK = typer.Option(False, "--quick", help="The suite's quick profile: fewer iterations and samples.")
+_QUICK = typer.Option(False, "--quick", help="The suite's quick profile: fewer iterations and samples, a smoke "
+                                             "test (a 2-D row below chance is marked so in the table).")
 _QUICK_RUNS = typer.Option(False, "--quick", help="Use the runs of the suite's quick profile.")
 _CHECKPOINT = typer.Argument(..., help="Checkpoint file, run folder (its newest or best checkpoint: --pick) or MLflow run id.")
 _STEPS = typer.Option(None, "--steps", min=1, help="Langevin steps per noise level K (default: the preset's; the step "
@@ -58,6 +77,7 @@ _GUIDANCE = typer.Option(0.0, "--guidance", min=0.0, max=1e6,
 _LIVE = typer.Option(False, "--live", help="Use the live weights instead of the EMA weights.")
 # None: cdrl.evaluation.DEFAULT_BACKEND, looked up when the command runs (importing it here would load torch).
 _BACKEND = typer.Option(None, "--backend", help="Evaluation backend: torch-fidelity (the default) or clean-fid.")
+_RICH_OR_JSON = typer.Option("rich", "--format", help="Output format: rich (a table) or json (for scripts).")
 _PICK = typer.Option("newest", "--pick", help="With a run folder or MLflow run id: its newest checkpoint, or "
                                               "its best (best.pt, kept when trained with run.select_every).")
 
@@ -134,40 +154,57 @@ def _options(version: bool = typer.Option(False, "--version", callback=_print_ve
 
 
 @app.command()
-def suites() -> None:
+def suites(output_format: Literal["rich", "json"] = _RICH_OR_JSON) -> None:
     """List the benchmark suites: name, version, title, models and the paper table each answers.
 
     Example: cdrl-bench suites   (then: cdrl-bench plan --suite NAME)
     """
+    import json
+
     from benchmarks.suite import available_suites, load_suite
 
+    listed = [{"suite": name, "version": suite.version, "title": suite.title,
+               "models": [model.key for model in suite.models], "paper_table": suite.reference}
+              for name, suite in ((name, load_suite(name)) for name in available_suites())]
+    if output_format == "json":
+        typer.echo(json.dumps(listed, indent=2))
+        return
     view = Table(title="cdrl-bench suites (benchmarks/suites/)")
     for column in ("suite", "version", "title", "models", "paper table"):
         view.add_column(column, overflow="fold", no_wrap=column in ("suite", "version"))
-    for name in available_suites():
-        suite = load_suite(name)
-        view.add_row(name, str(suite.version), suite.title, ", ".join(model.key for model in suite.models),
-                     suite.reference or "")
+    for row in listed:
+        view.add_row(row["suite"], str(row["version"]), row["title"], ", ".join(row["models"]),
+                     row["paper_table"] or "")
     console.print(view)
 
 
 @app.command()
-def presets() -> None:
+def presets(output_format: Literal["rich", "json"] = _RICH_OR_JSON) -> None:
     """List the model presets with their parameter counts.
 
-    Example: cdrl-bench presets
+    Example: cdrl-bench presets --format json
     """
+    import json
+
     from cdrl.config import PRESETS, parameter_counts
 
+    listed = []
+    for name, build in PRESETS.items():
+        config = build()
+        ebm_count, initializer_count = parameter_counts(config)
+        listed.append({"preset": name, "energy_network_parameters": ebm_count,
+                       "initializer_parameters": initializer_count, "description": config.description})
+    if output_format == "json":
+        typer.echo(json.dumps(listed, indent=2))
+        return
     table = Table(title="cdrl-bench presets")
     table.add_column("preset")
     table.add_column("energy network", justify="right")
     table.add_column("initializer", justify="right")
     table.add_column("description")
-    for name, build in PRESETS.items():
-        config = build()
-        ebm_count, initializer_count = parameter_counts(config)
-        table.add_row(name, f"{ebm_count:,}", f"{initializer_count:,}", config.description)
+    for row in listed:
+        table.add_row(row["preset"], f"{row['energy_network_parameters']:,}", f"{row['initializer_parameters']:,}",
+                      row["description"])
     console.print(table)
 
 
@@ -484,20 +521,20 @@ def plan(
                                           "preset and networks in this MLflow store (default: no store is read)."),
     seconds_per_iteration: float = typer.Option(None, "--seconds-per-iteration", min=1e-9, max=1e6,
                                                 help="Seconds per training iteration on --gpus GPUs, for every "
-                                                     "training (default: measured, else the suite's \\[cost])."),
+                                                     "training (default: measured, else stated by the suite file)."),
     gpus: int = typer.Option(None, "--gpus", min=1, max=1_000_000,
                              help="GPUs per training to price (default --world-size or $WORLD_SIZE when given, "
-                                  "else the measured runs' or the suite's \\[cost] gpus); seconds scale by each "
+                                  "else the measured runs' or the suite file's cost gpus); seconds scale by each "
                                   "GPU's share of the batch."),
-    output_format: Literal["rich", "json"] = typer.Option("rich", "--format", help="Output format."),
+    output_format: Literal["rich", "json"] = _RICH_OR_JSON,
 ) -> None:
     """Show what `run --suite` would run, without running it: trainings, batches, checkpoints, points, cost.
 
     Every training with its iterations, global batch and each process's share, and which of its
     checkpoints is scored; then its evaluation points. Then each training's cost: seconds per
     iteration (--seconds-per-iteration when given, else measured by finished runs in
-    --tracking-uri, else stated in the suite's \\[cost]) x iterations x GPUs / 3600 = GPU-hours,
-    and the total.
+    --tracking-uri, else stated in the suite file) x iterations x GPUs / 3600 = GPU-hours (a suite
+    that trains on CPUs: x processes = CPU-hours), and the total.
 
     Example: cdrl-bench plan --suite cifar10-ablations --world-size 8 --tracking-uri sqlite:///mlflow.db
     """
@@ -505,8 +542,8 @@ def plan(
     import json
     import os
 
-    from benchmarks.suite import (cost_rows, cost_total, expand, load_suite, measured_runs, plan_rows,
-                                  training_costs)
+    from benchmarks.suite import (cost_rows, cost_total, cost_units, expand, load_suite, measured_runs,
+                                  plan_rows, training_costs)
 
     if tracking_uri is not None:
         _check_store(tracking_uri)
@@ -536,11 +573,11 @@ def plan(
                        for value in row.values()))
     console.print(view)
     if costs:
-        priced = Table(title="cost: s/iteration x iterations x GPUs / 3600 = GPU-hours")
+        count, hours = cost_units(costs)
+        priced = Table(title=f"cost: s/iteration x iterations x {count} / 3600 = {hours}")
         for column in cost_rows(costs)[0]:
             priced.add_column(column, overflow="fold", no_wrap=column not in ("run", "seconds from"),
-                              justify="right" if column in ("iterations", "s/iteration", "GPUs", "GPU-hours")
-                              else "left")
+                              justify="left" if column in ("run", "seconds from") else "right")
         for row in cost_rows(costs):
             priced.add_row(*row.values())
         console.print(priced)

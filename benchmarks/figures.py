@@ -5,15 +5,17 @@ and standard errors. Panels, left to right:
 
 - the suite's metric (``[plot] metric``) against total Langevin steps (the step study) or the
   guidance weight w: a line per method, error bars of one standard error over seeds, floor rows as
-  dotted lines, and the paper's points on the same axes when they measure the same thing (the same
-  metric on the suite's own data, i.e. ``reference_label`` left at "paper");
+  dotted lines and a 2-D metric's chance level as a dashed one, each named on its line, and the
+  paper's points on the same axes when they measure the same thing (the same metric on the suite's
+  own data, i.e. ``reference_label`` left at "paper");
 - ``[plot] secondary``, a second measured metric, on its own axes;
 - the paper's trend when it was measured on other data (toy-steps: the paper's CIFAR-10 FID): its
   own panel, titled as such, never a second y axis over the measured one;
 - for a guidance sweep, the trade-off as the paper draws it: the metric against the other side
   (class accuracy, Inception Score), one point per w.
 
-Written as PDF (for a paper) and PNG (to look at), both named by suite and profile.
+The legend goes under the panels in as many columns as fit the figure. Written as PDF (for a paper)
+and PNG (to look at), both named by suite and profile.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ import pandas as pd
 from benchmarks.tables import SuiteTable
 from cdrl.metrics import METRICS
 
+#: The line of a 2-D metric's chance level (:func:`benchmarks.tables.chance_level`).
+CHANCE_LABEL = "chance (an even spread over the square)"
 X_LABELS = {"total_steps": "total Langevin steps (levels × steps per level)", "guidance": "guidance weight w"}
 
 
@@ -51,8 +55,9 @@ class Panel:
     y_label: str
     x_kind: str
     series: list[Series] = field(default_factory=list)
-    #: Horizontal reference lines: (value, label), e.g. real data scored as samples.
-    floors: list[tuple[float, str]] = field(default_factory=list)
+    #: Horizontal reference lines: (value, label), real data scored as samples ("… (floor)", dotted) or an
+    #: even spread over a 2-D density's square ("chance", dashed).
+    references: list[tuple[float, str]] = field(default_factory=list)
 
 
 def _axis_label(metric: str, prefix: str = "") -> str:
@@ -93,11 +98,13 @@ def _measured_series(rows: pd.DataFrame, x: str, y: str, *, x_error: bool = Fals
     found = []
     if any(column not in rows for column in (x, y, f"{y}_se", *([f"{x}_se"] if x_error else []))):
         return found
+    sources = rows.groupby("method", sort=False)["source"].nunique()
     for (method, source), group in rows.groupby([rows["method"], rows["source"].fillna("")], sort=False):
         group = group.dropna(subset=[x, y]).sort_values(x)
         if group.empty:
             continue
-        label = method if source in ("", "trained") else f"{method} ({source})"
+        # The checkpoint's name only where it tells two series of one method apart (trained and a given file).
+        label = method if source in ("", "trained") or sources[method] == 1 else f"{method} ({source})"
         found.append(Series(label, method, group[x].astype(float).tolist(), group[y].astype(float).tolist(), False,
                             xerr=group[f"{x}_se"].fillna(0).tolist() if x_error else None,
                             yerr=group[f"{y}_se"].fillna(0).tolist(),
@@ -146,8 +153,10 @@ def suite_panels(table: SuiteTable) -> list[Panel]:
                                                        (f"the {reference}'s values", paper)) if shown)
         panel = Panel(title, x_label, _axis_label(metric), spec.x, measured + paper)
         if metric in floor_rows:
-            panel.floors = [(value, method) for value, method in zip(floor_rows[metric], floor_rows["method"])
-                            if pd.notna(value)]
+            panel.references = [(value, f"{method} (floor)") for value, method in
+                                zip(floor_rows[metric], floor_rows["method"]) if pd.notna(value)]
+        if metric in table.chance:
+            panel.references.append((table.chance[metric], CHANCE_LABEL))
         panels.append(panel)
     if spec.paper and not paper_measures_the_same(table, spec.paper) and f"paper_{spec.paper}" in rows:
         # Another dataset's numbers: a trend to compare shapes with, on its own axes.
@@ -177,8 +186,11 @@ def _draw(axes, panel: Panel, colours: dict[str, str], rows: pd.DataFrame) -> No
         for x, y, text in zip(series.x, series.y, series.point_labels or []):
             if text:
                 axes.annotate(text, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7, color=colour)
-    for value, method in panel.floors:
-        axes.axhline(value, color="grey", linestyle=":", linewidth=1, label=f"{method} (floor)")
+    for value, label in panel.references:
+        axes.axhline(value, color="grey", linestyle="--" if label == CHANCE_LABEL else ":", linewidth=1, label=label)
+        # Named on the line too: a grey line is the one series a reader cannot match to the legend by colour.
+        axes.annotate(label, (1, value), xycoords=axes.get_yaxis_transform(), xytext=(-3, 2),
+                      textcoords="offset points", ha="right", va="bottom", fontsize=7, color="dimgrey")
     if panel.x_kind == "total_steps":
         # The step counts themselves as ticks, each with its split into levels x steps per level.
         ticks = rows.dropna(subset=["total_steps"]).groupby("total_steps")
@@ -213,9 +225,22 @@ def suite_figure(table: SuiteTable):
     for axes in all_axes:
         for handle, label in zip(*axes.get_legend_handles_labels()):
             handles.setdefault(label, handle)
-    figure.legend(handles.values(), handles.keys(), loc="outside lower center", ncols=min(len(handles), 3),
-                  fontsize=8, frameon=False)
+    _legend_that_fits(figure, handles)
     return figure
+
+
+def _legend_that_fits(figure, handles: dict) -> None:
+    """The legend under the panels, in as many columns (at most 3) as fit the figure's width: a wider legend
+    is cut at both edges (the gate's one panel lost half of its three columns)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    for columns in range(min(len(handles), 3), 0, -1):
+        legend = figure.legend(handles.values(), handles.keys(), loc="outside lower center", ncols=columns,
+                               fontsize=8, frameon=False)
+        if columns == 1 or legend.get_window_extent(renderer).width <= figure.bbox.width:
+            return
+        legend.remove()
 
 
 def save_suite_figure(table: SuiteTable, stem: Path) -> list[Path]:

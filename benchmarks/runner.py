@@ -26,7 +26,8 @@ from cdrl.distributed import process_group, shared
 from cdrl.progress import JobProgress, shown_in
 from cdrl.run_folder import RunFolder, resume_point
 from cdrl.metrics import METRICS
-from cdrl.tracking import TAG_GLOBAL_BATCH, TAG_METHOD, TAG_PARENT_RUN, TAG_RUN_KEY, TAG_SUITE
+from cdrl.tracking import (TAG_GLOBAL_BATCH, TAG_METHOD, TAG_PARENT_RUN, TAG_RUN_KEY, TAG_SUITE,
+                           describe_experiment)
 
 
 #: What one call runs: trainings and their evaluations, only the trainings, or only the evaluations
@@ -158,6 +159,10 @@ def run_plan(plan: Plan, *, tracking_uri: str | None = None, runs_dir: Path = Pa
     with process_group(device) as (ranks, device):
         console = console if ranks.is_main and console is not None else Console(quiet=not ranks.is_main)
         suite = plan.suite
+        if ranks.is_main:  # what the suite's experiment holds, at the top of its page in MLflow
+            describe_experiment(suite.experiment, f"Suite {suite.name} v{suite.version}: {suite.title}. Trainings "
+                                                  "are named by run key, each evaluation nested under its training.",
+                                tracking_uri)
         # Rank 0 alone reads the store.
         pending_keys = set(shared([job.key for job in pending_evaluations(plan, tracking_uri)] if ranks.is_main
                                   else None, ranks))

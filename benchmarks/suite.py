@@ -162,12 +162,17 @@ class CostSpec:
     #: Wall seconds per training iteration on ``gpus`` GPUs, each training its share of the global
     #: batch; None: not stated (a model may still state its own).
     seconds_per_iteration: float | None = field(default=None, metadata=above(0))
-    #: GPUs (one process each) per training that the seconds are for.
+    #: GPUs (one process each) per training that the seconds are for; for a CPU suite, processes.
     gpus: int = field(default=1, metadata=at_least(1))
-    #: The GPU the seconds are for, e.g. "H100 SXM".
+    #: The GPU the seconds are for, e.g. "H100 SXM"; a CPU suite's starts with "CPU" (its costs are then
+    #: CPU-hours of one-thread processes, not GPU-hours).
     device: str = ""
     #: Where the seconds come from, briefly (e.g. "FLOP-count estimate"); printed beside every number.
     basis: str = ""
+
+    @property
+    def on_cpu(self) -> bool:
+        return self.device.lower().startswith("cpu")
 
 
 @dataclass(frozen=True)
@@ -833,6 +838,8 @@ class TrainingCost:
     kind: str
     #: Where the seconds come from, for people: "measured: 3 runs on NVIDIA H100 80GB HBM3".
     source: str
+    #: Seconds of CPU processes rather than of GPUs (a CPU suite's stated cost, or runs measured on a CPU).
+    on_cpu: bool = False
 
     @property
     def gpu_hours(self) -> float | None:
@@ -889,13 +896,13 @@ def training_costs(plan: Plan, *, runs: Sequence[MeasuredRun] = (), seconds_per_
             seconds = statistics.median(run.seconds_per_image for run in chosen) * share
             costs.append(TrainingCost(job.key, iterations, seconds, count, "measured",
                                       f"measured: {len(chosen)} run{'s' if len(chosen) > 1 else ''} on {device}"
-                                      f"{scaled}"))
+                                      f"{scaled}", on_cpu=device.lower() == "cpu"))
         elif stated is not None:
             count = gpus or stated_cost.gpus
             about = ", ".join(part for part in (stated_cost.device, stated_cost.basis) if part)
             scaled = f", scaled from {stated_cost.gpus} to {count} GPUs" if count != stated_cost.gpus else ""
             costs.append(TrainingCost(job.key, iterations, stated * stated_cost.gpus / count, count, "stated",
-                                      f"stated{': ' + about if about else ''}{scaled}"))
+                                      f"stated{': ' + about if about else ''}{scaled}", on_cpu=stated_cost.on_cpu))
         else:
             costs.append(TrainingCost(job.key, iterations, None, gpus or stated_cost.gpus, "unknown",
                                       "unknown: pass --seconds-per-iteration S"))
@@ -906,11 +913,17 @@ def _hours(value: float) -> str:
     return f"{value:,.0f}" if value >= 100 else f"{value:.1f}" if value >= 1 else f"{value:.2g}"
 
 
+def cost_units(costs: Sequence[TrainingCost]) -> tuple[str, str]:
+    """What the costs count: ("GPUs", "GPU-hours"), or for trainings all on CPUs ("processes", "CPU-hours")."""
+    return ("processes", "CPU-hours") if costs and all(cost.on_cpu for cost in costs) else ("GPUs", "GPU-hours")
+
+
 def cost_rows(costs: Sequence[TrainingCost]) -> list[dict[str, str]]:
     """One row per training: what ``cdrl-bench plan`` prints under the plan."""
+    count, hours = cost_units(costs)
     return [{"run": cost.key, "iterations": f"{cost.iterations:,}",
              "s/iteration": "?" if cost.seconds_per_iteration is None else f"{cost.seconds_per_iteration:.3g}",
-             "GPUs": str(cost.gpus), "GPU-hours": "?" if cost.gpu_hours is None else _hours(cost.gpu_hours),
+             count: str(cost.gpus), hours: "?" if cost.gpu_hours is None else _hours(cost.gpu_hours),
              "seconds from": cost.source} for cost in costs]
 
 
@@ -920,11 +933,14 @@ def cost_total(costs: Sequence[TrainingCost]) -> str:
         return "total: no trainings (stored checkpoints and data only)"
     known = [cost for cost in costs if cost.gpu_hours is not None]
     kinds = {kind: sum(cost.kind == kind for cost in costs) for kind in ("given", "measured", "stated", "unknown")}
-    line = (f"total: {_hours(sum(cost.gpu_hours for cost in known))} GPU-hours for {len(known)} of {len(costs)} "
-            f"trainings ({', '.join(f'{count} {kind}' for kind, count in kinds.items() if count)})")
+    count, hours = cost_units(costs)
+    line = (f"total: {_hours(sum(cost.gpu_hours for cost in known))} {hours} for {len(known)} of {len(costs)} "
+            f"trainings ({', '.join(f'{number} {kind}' for kind, number in kinds.items() if number)})")
     if known:
         longest = max(known, key=lambda cost: cost.wall_hours)
-        line += f"; the longest, {longest.key}, {_hours(longest.wall_hours)} h on {longest.gpus} GPUs"
+        one = {"GPUs": "GPU", "processes": "process"}[count]
+        line += (f"; the longest, {longest.key}, {_hours(longest.wall_hours)} h on {longest.gpus} "
+                 f"{count if longest.gpus > 1 else one}")
     if len(known) < len(costs):
         line += f"; {len(costs) - len(known)} unknown: pass --seconds-per-iteration S"
     return line

@@ -19,7 +19,7 @@ import math
 import re
 import statistics
 import textwrap
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import pandas as pd
@@ -29,7 +29,9 @@ from benchmarks.records import (TAG_GUIDANCE, TAG_MODEL, TAG_RUN_KEY, TAG_SOURCE
 from benchmarks.regression import standard_error
 from benchmarks.suite import (EvalJob, ModelSpec, SuiteError, Suite, config_delta, expand,
                               scoring_sampler_overrides)
+from cdrl.datasets import dataset_info
 from cdrl.metrics import METRICS
+from cdrl.toy_metrics import chance_metrics
 from cdrl.tracking import resolve_tracking_uri
 
 FORMATS = ("rich", "markdown", "latex", "csv", "json")
@@ -72,6 +74,8 @@ class SuiteTable:
     #: Under the table: the shared settings first, then where the numbers come from.
     notes: list[str]
     n_runs: int
+    #: What a model that learnt only a 2-D density's range scores, by metric (:func:`chance_level`); {} for images.
+    chance: dict[str, float] = field(default_factory=dict)
 
     @property
     def title(self) -> str:
@@ -178,8 +182,45 @@ def build_table(suite: Suite, *, quick: bool = False, tracking_uri: str | None =
     frame = _numbers(printed, paper_metrics)
     best = _best_cells(frame, display, value_columns)
     display, setting_notes = _shared_settings(display)
+    chance = chance_level(suite, quick)
     return SuiteTable(suite, profile, frame, display, value_columns, best.loc[:, display.columns],
-                      setting_notes + _notes(suite, profile, runs, tracking_uri), len(runs))
+                      setting_notes + _notes(suite, profile, runs, tracking_uri) + _chance_notes(frame, chance),
+                      len(runs), chance)
+
+
+def chance_level(suite: Suite, quick: bool = False) -> dict[str, float]:
+    """The suite's 2-D metrics as an even spread over its density's square scores them
+    (:func:`cdrl.toy_metrics.chance_metrics`); {} unless its 2-D rows share one density."""
+    densities = set()
+    for job in _points(suite, quick):
+        config = job.floor_config or (job.training.config if job.training else job.checkpoint_config)
+        if config is not None and not dataset_info(config.data.dataset).is_image:
+            densities.add((config.data.dataset, config.data.toy_scale))
+    if len(densities) != 1:
+        return {}
+    ((name, scale),) = densities
+    return {metric: value for metric, value in chance_metrics(name, scale).items() if metric in suite.metrics}
+
+
+def _chance_notes(frame: pd.DataFrame, chance: dict[str, float]) -> list[str]:
+    """The chance level, and the rows that score worse: a smoke run, not a result."""
+    if not chance:
+        return []
+    levels = ", ".join(f"{METRICS[metric].label} {value:.{METRICS[metric].decimals}f}"
+                       for metric, value in chance.items())
+    notes = [f"Chance: points spread evenly over the square that holds the density (a model that learnt only its "
+             f"range) score {levels}; a dashed line in the figure."]
+    below = []
+    for _, row in frame.iterrows():
+        worse = [METRICS[metric].label for metric, level in chance.items() if pd.notna(row.get(metric))
+                 and (row[metric] < level if METRICS[metric].higher_is_better else row[metric] > level)]
+        if worse:
+            steps = f" {row['noise_levels']}×{row['steps_per_level']}" if row.get("steps_per_level") else ""
+            below.append(f"{row['method']}{steps} ({', '.join(worse)})")
+    if below:
+        notes.append(f"Smoke (below chance): {'; '.join(below)} score worse than that even spread on the metrics "
+                     "named: a smoke test there, not a result.")
+    return notes
 
 
 def _paper_values(reference: pd.DataFrame, index: int | None, paper_metrics: list[str]) -> dict[str, object]:
@@ -289,13 +330,23 @@ def _shared_settings(display: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
 
 
 def _unreported(runs: pd.DataFrame, metrics: tuple[str, ...]) -> list[str]:
-    """"run key: metric, ..." for every run that reported a metric of the suite as missing or not finite."""
+    """"run key: metric, ..." for every run missing a metric that its row reports (another seed gave it).
+
+    A metric no run of a row reports does not apply to it (FID of a 2-D model, in-support of digits) and is
+    not missing; a run that reported no metric at all (a diverged run logs none) is named whatever its row.
+    """
+    values = pd.DataFrame({metric: pd.to_numeric(runs.get(f"metrics.{metric}", math.nan), errors="coerce")
+                           for metric in metrics}, index=runs.index)
+    reported = values.abs() < math.inf  # finite: neither NaN (absent) nor infinite
+    row = [runs[f"tags.{tag}"] for tag in (TAG_MODEL, TAG_STEPS, TAG_GUIDANCE, TAG_SOURCE)]  # as build_table's rows
+    row_reports = reported.groupby(row, dropna=False).transform("any")
     found = []
-    for _, run in runs.iterrows():
-        values = pd.to_numeric(pd.Series([run.get(f"metrics.{metric}") for metric in metrics]), errors="coerce")
-        missing = [METRICS[metric].label for metric, value in zip(metrics, values) if not math.isfinite(value)]
-        if missing:
-            found.append(f"{run[f'tags.{TAG_RUN_KEY}']}: {', '.join(missing)}")
+    for key, in_row, in_run in zip(runs[f"tags.{TAG_RUN_KEY}"], row_reports.itertuples(index=False),
+                                   reported.itertuples(index=False)):
+        missing = [METRICS[metric].label for metric, row_has, run_has in zip(metrics, in_row, in_run)
+                   if row_has and not run_has]
+        if missing or not any(in_run):
+            found.append(f"{key}: {', '.join(missing) or 'no metric'}")
     return found
 
 
@@ -306,8 +357,15 @@ def _notes(suite: Suite, profile: str, runs: pd.DataFrame, tracking_uri: str | N
                      "says otherwise; confidence as recorded there).")
     if runs.empty:
         quick = " --quick" if profile == "quick" else ""
-        notes.append(f"No finished runs of this suite ({profile}) in {resolve_tracking_uri(tracking_uri)} yet: "
-                     f"`cdrl-bench run --suite {suite.name}{quick}` measures them.")
+        note = (f"No finished runs of this suite ({profile}) in {resolve_tracking_uri(tracking_uri)} yet: "
+                f"`cdrl-bench run --suite {suite.name}{quick}` measures them.")
+        if profile == "full":  # the quick profile's runs are a flag away: say so rather than "nothing ran"
+            quick_runs = latest_per_key(finished_eval_runs(suite.experiment, suite.name, suite.version, "quick",
+                                                           tracking_uri))
+            if not quick_runs.empty:
+                note += (f" {len(quick_runs)} runs of its quick profile are there: `cdrl-bench table --suite "
+                         f"{suite.name} --quick` shows them.")
+        notes.append(note)
     else:
         shares = [METRICS[metric].label for metric in suite.metrics if METRICS[metric].proportion]
         binomial = (f"; for a share of samples ({', '.join(shares)}) at least the binomial sqrt(p(1-p)/n), which one "

@@ -235,6 +235,8 @@ class LoadedModel:
     uses_ema: bool
     #: Which class order the labels follow, for imported class-conditional checkpoints (import_official_checkpoint).
     class_order: str | None = None
+    #: The MLflow run that trained it (a training checkpoint's), to nest its evaluations under; None if imported.
+    training_run: str | None = None
 
 
 def _with_ema(module: nn.Module, state: dict, ema_state: dict | None, use_ema: bool) -> nn.Module:
@@ -257,7 +259,7 @@ def load_model(path: str | os.PathLike, use_ema: bool = True, device: torch.devi
                                 state.get("initializer_ema"), use_ema)
         initializer.to(device)
     return LoadedModel(config, ebm.to(device), initializer, state["iteration"], use_ema,
-                       payload.get("class_order", {}).get("description"))
+                       payload.get("class_order", {}).get("description"), payload.get("mlflow_run_id"))
 
 
 # --------------------------------------------------------------------------- published checkpoints

@@ -29,7 +29,8 @@ from cdrl.figures import save_sample_figure
 from cdrl.generation import GenerationSpec, generate
 from cdrl.guidance import requested_classes
 from cdrl.metrics import Scores, ScoreRequest, measure, reference_images
-from cdrl.tracking import TAG_KIND, TAG_METHOD, TAG_PRESET, TAG_RUN_KEY, TAG_SUITE, TrackedRun, tracked_run
+from cdrl.tracking import (TAG_KIND, TAG_METHOD, TAG_PARENT_RUN, TAG_PRESET, TAG_RUN_KEY, TAG_SUITE, TrackedRun,
+                           TrackingError, get_run_tags, tracked_run)
 
 #: Floor rows of 2-D toys draw their "samples" from this seed + the run's seed, apart from the reference's.
 FLOOR_SEED_OFFSET = 1_000_003
@@ -147,7 +148,9 @@ def score_checkpoint(checkpoint: str | os.PathLike, *, steps_per_level: int | No
                                       batch_size=batch_size, guidance=guidance, class_label=class_label,
                                       use_ema=use_ema, device=device, sampler_overrides=sampler_overrides)
     config = model.config
-    with _score_run(config, log, tracking_uri, experiment_name, tags) as run:
+    name = (f"eval {config.name} {sampling['noise_levels']}x{spec.steps_per_level}"
+            f"{f' w={guidance:g}' if guidance else ''}{'' if use_ema else ' live'}")
+    with _score_run(config, log, tracking_uri, experiment_name, tags, name, model.training_run) as run:
         started = time.monotonic()
         samples = generate(model, spec, device=device)
         sampling_seconds = time.monotonic() - started
@@ -207,7 +210,7 @@ def score_data(config: ExperimentConfig, *, n_samples: int, backend: str = DEFAU
     config = apply_overrides(config, list(reference_overrides))
     if data_dir is not None:
         config = replace(config, data=replace(config.data, data_dir=data_dir))
-    with _score_run(config, log, tracking_uri, experiment_name, tags) as run:
+    with _score_run(config, log, tracking_uri, experiment_name, tags, f"floor {config.name}") as run:
         started = time.monotonic()
         samples, labels, floor = data_as_samples(config, n_samples, seed, reference_split)
         scores = score_samples(samples, config, backend=backend, mode=mode, reference_split=reference_split,
@@ -236,18 +239,37 @@ def _timing_line(timing: dict[str, float]) -> str:
 
 @contextlib.contextmanager
 def _score_run(config: ExperimentConfig, log: bool, tracking_uri: str | None, experiment_name: str | None,
-               tags: dict[str, str] | None) -> Iterator[TrackedRun | None]:
-    """The MLflow run of one score on rank 0 (None elsewhere, or with ``log=False``), open from before sampling."""
+               tags: dict[str, str] | None, name: str, training_run: str | None = None
+               ) -> Iterator[TrackedRun | None]:
+    """The MLflow run of one score on rank 0 (None elsewhere, or with ``log=False``), open from before sampling.
+
+    Named ``name`` ("eval cifar10 6x15") unless it is a suite's, and nested under ``training_run``, the run that
+    trained the checkpoint, when that run is in this store and no parent is given.
+    """
     if not (log and current_ranks().is_main):
         yield None
         return
     run_tags = {TAG_KIND: "eval", TAG_PRESET: config.name, TAG_METHOD: config.training.method, **(tags or {})}
+    if TAG_PARENT_RUN not in run_tags:  # a suite names the parent itself
+        run_tags.update(_nested_under(training_run, tracking_uri))
     # A suite's evaluation, run again after a SIGKILL, closes the RUNNING twin the killed one left.
     replaces = (TAG_KIND, TAG_SUITE, TAG_RUN_KEY) if TAG_RUN_KEY in run_tags else ()
     # A suite's evaluation is named by its run key (cdrl/K15/seed0) and carries the model's settings.
     with tracked_run(tracking_uri=tracking_uri, experiment_name=experiment_name, tags=run_tags,
-                     run_name=run_tags.get(TAG_RUN_KEY), replaces=replaces) as run:
+                     run_name=run_tags.get(TAG_RUN_KEY, name), replaces=replaces) as run:
         yield run
+
+
+def _nested_under(training_run: str | None, tracking_uri: str | None) -> dict[str, str]:
+    """The tag that nests an evaluation under its checkpoint's training run; none when that run is not in the store
+    (a stored or copied checkpoint trained elsewhere)."""
+    if training_run is None:
+        return {}
+    try:
+        get_run_tags(training_run, tracking_uri)
+    except TrackingError:
+        return {}
+    return {TAG_PARENT_RUN: training_run}
 
 
 #: Samples drawn in an evaluation's figure: an 8x8 grid of images, or a scatter of 2-D points.

@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from cdrl.datasets import dataset_info, toy_mode_index, toy_sample
@@ -45,3 +47,22 @@ def toy_metrics(name: str, samples: torch.Tensor, seed: int = 0, scale: float = 
         "mode_coverage": float((counts >= COVERAGE_THRESHOLD * fair_share).float().mean()),
         "energy_distance": energy_distance(samples, reference),
     }
+
+
+#: Points per side of the even spread that :func:`chance_metrics` scores.
+CHANCE_GRID = 64
+
+
+@functools.lru_cache(maxsize=None)
+def chance_metrics(name: str, scale: float = 4.0) -> dict[str, float]:
+    """What a model that learnt only the density's range scores: points spread evenly over the square
+    [-2 scale, 2 scale]² that holds every toy density (a grid of cell centres), against fresh draws.
+
+    Its in-support fraction is the share of the square the support covers (0.5 for the checkerboard). Mode
+    coverage is left out: an even spread covers every mode, so it has no chance level.
+    """
+    half = 2 * scale
+    centres = (torch.arange(CHANCE_GRID) + 0.5) * (2 * half / CHANCE_GRID) - half
+    metrics = toy_metrics(name, torch.cartesian_prod(centres, centres), scale=scale)
+    del metrics["mode_coverage"]
+    return metrics

@@ -72,6 +72,15 @@ TAG_GLOBAL_BATCH = "cdrl.global_batch"
 TAG_PER_PROCESS_BATCH = "cdrl.per_process_batch"
 #: Metric logged (value 1) at the step where a non-finite value was seen.
 DIVERGED_METRIC = "diverged"
+#: MLflow's description of an experiment (or a run), shown above its runs.
+TAG_DESCRIPTION = "mlflow.note.content"
+#: MLflow 3's kind of an experiment: unset, its UI guesses, and opened runs without logged models in its GenAI
+#: (traces) view; "custom_model_development" is its classic view of training runs, metrics and artifacts (MLflow
+#: 3.17's UI lets its own GenAI / Model training switch, where shown, take precedence: README).
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+DEFAULT_DESCRIPTION = ("Runs of `cdrl-bench train` (tag cdrl.kind=train) and `cdrl-bench eval` (cdrl.kind=eval); "
+                       "an evaluation is nested under the training run of its checkpoint when that run is here.")
 
 # MLflow's per-request limits of log_batch.
 _METRICS_PER_BATCH = 1000
@@ -440,19 +449,31 @@ class TrackedRun:
 
 
 def _experiment_id(client: MlflowClient, name: str, tracking_uri: str) -> str:
+    """The experiment ``name``, created with its kind and a description if it is new; its kind set if it lacks one."""
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         if experiment.lifecycle_stage != "active":
             raise TrackingError(f"MLflow experiment {name!r} is deleted: restore it (`mlflow experiments restore`) "
                                 "or pass another experiment name")
+        if TAG_EXPERIMENT_KIND not in experiment.tags:  # made before cdrl-bench set it
+            client.set_experiment_tag(experiment.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
         return experiment.experiment_id
+    description = (DEFAULT_DESCRIPTION if name == DEFAULT_EXPERIMENT
+                   else f"cdrl-bench runs logged with --experiment {name}.")
     try:
-        return client.create_experiment(name, artifact_location=_artifact_location(tracking_uri))
+        return client.create_experiment(name, artifact_location=_artifact_location(tracking_uri),
+                                        tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND, TAG_DESCRIPTION: description})
     except MlflowException:
         experiment = client.get_experiment_by_name(name)  # a concurrent first command created it meanwhile
         if experiment is None:
             raise
         return experiment.experiment_id
+
+
+def describe_experiment(name: str, description: str, tracking_uri: str | None = None) -> None:
+    """Create experiment ``name`` if needed and set its description (a suite's: what it measures)."""
+    client, uri = open_store(tracking_uri)
+    client.set_experiment_tag(_experiment_id(client, name, uri), TAG_DESCRIPTION, description)
 
 
 def get_run_tags(run_id: str, tracking_uri: str | None = None) -> dict[str, str]:

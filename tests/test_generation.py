@@ -89,3 +89,15 @@ def test_toy_metrics_tell_data_from_noise():
     assert exact["in_support_fraction"] == 1.0 and exact["mode_coverage"] == 1.0
     assert noise["in_support_fraction"] < 0.6
     assert exact["energy_distance"] < 0.2 * noise["energy_distance"]
+
+
+def test_the_readmes_python_example_runs(monkeypatch, capsys):
+    """README, "From Python": the block runs as printed, from the checkout (a renamed function turns it red)."""
+    repository = Path(__file__).resolve().parents[1]
+    readme = (repository / "README.md").read_text()
+    section = readme[readme.index("**From Python**"):]
+    code = section[section.index("```python\n") + len("```python\n"):]
+    code = code[:code.index("```")]
+    monkeypatch.chdir(repository)
+    exec(compile(code, "README.md (From Python)", "exec"), {})
+    assert "in-support" in capsys.readouterr().out

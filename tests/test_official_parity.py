@@ -1,13 +1,12 @@
-"""cdrl/ computes what the authors' published code computes (../shared/fixtures/official-cdrl/).
+"""cdrl/ computes what the authors' published code computes (tests/fixtures/official-cdrl/).
 
 Tolerance: max |ours - theirs| <= 1e-5 * max |theirs| (relative, float32). The fixtures must
-be present: a missing shared folder fails these tests, it never skips them.
+be present: a missing file fails these tests, it never skips them.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -19,16 +18,15 @@ from cdrl.langevin import langevin_revision
 from cdrl.networks import EnergyNet, UNetInitializer, count_parameters
 from cdrl.schedule import LogSNRSchedule, diffuse, posterior
 
-SHARED = Path(os.environ.get("CDRL_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
-FIXTURES = SHARED / "fixtures" / "official-cdrl"
+# In the repository (README.md there: how they were made), so a plain clone runs these tests.
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "official-cdrl"
 TOLERANCE = 1e-5
 
 
 def _fixture(name: str) -> Path:
     path = FIXTURES / name
     if not path.is_file():
-        pytest.fail(f"fixture {path} is missing: the shared folder must sit beside the checkout "
-                    "(or set CDRL_SHARED_DIR)")
+        pytest.fail(f"fixture {path} is missing: it is part of the repository (git checkout it)")
     return path
 
 

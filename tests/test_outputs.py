@@ -11,6 +11,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -21,11 +22,13 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 import benchmarks.tables as tables
-from benchmarks.figures import suite_figure, suite_panels
+from benchmarks.figures import CHANCE_LABEL, suite_figure, suite_panels
 from benchmarks.records import TAG_GUIDANCE, TAG_MODEL, TAG_SEED, TAG_SOURCE, TAG_STEPS
 from benchmarks.regression import standard_error
 from benchmarks.suite import available_suites, expand, load_suite
+from cdrl.config import PRESETS
 from cdrl.figures import SUPPORT_COLOUR, save_image_grid, toy_scatter_figure, upscale_factor
+from cdrl.toy_metrics import chance_metrics
 from cdrl.tracking import TAG_RUN_KEY
 from cli import app
 
@@ -223,6 +226,81 @@ def test_table_command_writes_json(tmp_path):
     assert document["suite"] == "toy-steps" and [row["paper_fid"] for row in document["rows"]][:1] == [9.58]
 
 
+#: A suite whose one point name is longer than the 150 columns `check` asks for, with the metrics' names.
+_LONG_NAMED_SUITE = """
+name = "long-names"
+version = 1
+metrics = ["in_support_fraction", "energy_distance"]
+
+[train]
+preset = "toy-checkerboard"
+global_batch = 256
+
+[eval]
+checkpoint = "last"
+
+[profiles.full]
+iterations = 3
+n_samples = 64
+seeds = [0]
+
+[[models]]
+key = "cdrl-without-initializer-noise-variance-reduction-loss-weighting-or-ema-warm-up"
+steps = [15]
+"""
+
+
+_END = "--- end of command ---"
+
+
+def test_piped_commands_print_every_table_whole(tmp_path):
+    """In a log (stdout a pipe), rich squeezed every table into 80 columns and cut names: `toy-cd…`, `0.…`."""
+    suite = tmp_path / "long-names.toml"
+    suite.write_text(_LONG_NAMED_SUITE)
+    point = "cdrl-without-initializer-noise-variance-reduction-loss-weighting-or-ema-warm-up/K15"
+    values = {"in_support_fraction": [0.90, 0.91, 0.92], "energy_distance": [0.010, 0.012, 0.011]}
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"suite": "long-names", "suite_version": 1, "profile": "full", "format": 2,
+                                   "points": {point: {"seeds": [0, 1, 2], "metrics": values}}}))
+    empty_store = f"sqlite:///{tmp_path / 'empty.db'}"
+    commands = {  # each command, and names it printed cut at 80 columns
+        "presets": (["presets"], ["toy-checkerboard-published", "published 2-D toy example (MLP networks, batch 2500"]),
+        "suites": (["suites"], ["energy-not-divided-by-step-size", "Regression gate: stored CDRL and DRL models"]),
+        "plan": (["plan", "--suite", "gate"], ["digits-cond (checkpoint-", "training steps measured 2026-12-07"]),
+        "table": (["table", "--suite", "gate", "--tracking-uri", empty_store, "--plot", str(tmp_path / "figure")],
+                  ["CDRL without initializer (stored)", "in-support"]),
+        "check": (["check", "--suite", str(suite), "--baseline", str(results), "--results", str(results)],
+                  [point, "in_support_fraction", "energy_distance"]),
+        "help": (["perf", "--help"], ["performance.channels_last=true", "Example: cdrl-bench perf"]),
+    }
+    # One process runs each command line in turn, its stdout a pipe as in CI (importing torch once, not five times).
+    driver = ("import json, sys, cli\n"
+              "for arguments in json.loads(sys.argv[1]):\n"
+              "    sys.argv = ['cdrl-bench', *arguments]\n"
+              "    try:\n        cli.main()\n    except SystemExit as stop:\n        assert not stop.code, stop.code\n"
+              f"    print({_END!r}, flush=True)\n")
+    completed = subprocess.run([sys.executable, "-c", driver, json.dumps([arguments for arguments, _ in
+                                                                          commands.values()])],
+                               capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    printed = completed.stdout.split(_END)
+    for (name, (_, names)), output in zip(commands.items(), printed):
+        assert "…" not in output, f"{name} cut a cell:\n{output}"
+        for whole in names:
+            assert any(whole in line for line in output.splitlines()), f"{name} lacks {whole!r} on a line:\n{output}"
+
+
+def test_presets_and_suites_list_as_json():
+    presets = json.loads(CliRunner().invoke(app, ["presets", "--format", "json"]).stdout)
+    assert [row["preset"] for row in presets] == list(PRESETS)
+    cifar10 = next(row for row in presets if row["preset"] == "cifar10")
+    assert (cifar10["energy_network_parameters"], cifar10["initializer_parameters"]) == (34_833_152, 3_769_795)
+    suites = json.loads(CliRunner().invoke(app, ["suites", "--format", "json"]).stdout)
+    assert [row["suite"] for row in suites] == available_suites()
+    gate = next(row for row in suites if row["suite"] == "gate")
+    assert "digits-floor" in gate["models"] and gate["paper_table"] is None
+
+
 # --------------------------------------------------------------------------- suite figures
 
 def _series(panel, paper: bool) -> list[str]:
@@ -271,6 +349,52 @@ def test_guidance_sweeps_draw_the_trade_off_curve(monkeypatch, tmp_path):
     assert paper_trade_off.series[0].x[:2] == [7.92, 8.32]  # the paper's IS at w = 0, 0.1
 
 
+PLOTTED_SUITES = [name for name in available_suites() if load_suite(name).plot is not None]
+
+
+@pytest.mark.parametrize("suite_name", PLOTTED_SUITES)
+def test_nothing_in_a_suite_figure_is_cut_and_every_line_is_named(suite_name, monkeypatch):
+    """The gate's one-panel figure cut its three-column legend at both edges, and its floor line had no name."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    suite = load_suite(suite_name)
+    runs = made_up_runs(suite_name, lambda job, seed: {
+        metric: 1 + 0.01 * job.steps_per_level + 0.1 * job.guidance + 0.001 * seed for metric in suite.metrics})
+    monkeypatch.setattr(tables, "finished_eval_runs", lambda *args, **kwargs: runs)
+    table = tables.build_table(suite)
+    figure = suite_figure(table)
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    # Each panel with everything drawn on and around it (titles, labels, the ticks drawn, floor names), each legend.
+    for artist, box in [*((axes, axes.get_tightbbox(renderer)) for axes in figure.axes),
+                        *((legend, legend.get_window_extent(renderer)) for legend in figure.legends)]:
+        assert (box.x0 >= -0.5 and box.y0 >= -0.5 and box.x1 <= figure.bbox.x1 + 0.5
+                and box.y1 <= figure.bbox.y1 + 0.5), f"{artist} at {box.bounds} outside {figure.bbox.bounds}"
+    (legend,) = figure.legends
+    named = {text.get_text() for text in legend.get_texts()}
+    panels = suite_panels(table)
+    assert named == {series.label for panel in panels for series in panel.series} | {
+        label for panel in panels for _, label in panel.references}
+    for axes, panel in zip(figure.axes, panels):  # a floor or chance line is named on the line too
+        assert {label for _, label in panel.references} <= {text.get_text() for text in axes.texts}
+
+
+def test_a_series_names_its_checkpoint_only_to_tell_two_of_one_method_apart(monkeypatch):
+    """The gate's legend read "CDRL (stored) (checkpoint-51a27581ee54)": the hash told nothing apart."""
+    runs = made_up_runs("toy-steps", toy_values)
+    runs.loc[runs[f"tags.{TAG_MODEL}"] == "drl", f"tags.{TAG_SOURCE}"] = "checkpoint-51a27581ee54"
+    monkeypatch.setattr(tables, "finished_eval_runs", lambda *args, **kwargs: runs)
+    (measured, *_) = suite_panels(tables.build_table(load_suite("toy-steps")))
+    assert _series(measured, paper=False) == ["DRL", "CDRL without initializer", "CDRL"]
+    trained = made_up_runs("toy-steps", toy_values)
+    trained[f"tags.{TAG_RUN_KEY}"] += "/trained"
+    both = pd.concat([runs, trained])  # DRL given as a file and trained here: two series of one method
+    monkeypatch.setattr(tables, "finished_eval_runs", lambda *args, **kwargs: both)
+    (measured, *_) = suite_panels(tables.build_table(load_suite("toy-steps")))
+    assert {"DRL", "DRL (checkpoint-51a27581ee54)"} <= set(_series(measured, paper=False))
+
+
 def test_figure_files_are_pdf_and_png_named_by_profile(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'absent.db'}"
@@ -282,6 +406,65 @@ def test_figure_files_are_pdf_and_png_named_by_profile(tmp_path, monkeypatch):
         "cifar10-steps-full.pdf", "cifar10-steps-full.png", "cifar10-steps-quick.pdf", "cifar10-steps-quick.png"]
     assert (tmp_path / "runs" / "tables" / "cifar10-steps-full.pdf").read_bytes().startswith(b"%PDF")
 
+
+
+def test_only_metrics_a_row_reports_are_named_missing_in_the_gates_mixed_rows(monkeypatch):
+    """The gate's toy rows report no FID and its digits rows no in-support: neither is missing there."""
+    def values(job, seed):
+        if job.model.key.startswith("toy"):
+            measured = {"in_support_fraction": 0.9, "mode_coverage": 1.0, "energy_distance": 0.01}
+        else:
+            measured = {"fid": 30.0, **({"class_accuracy": 0.8} if job.model.key == "digits-cond" else {})}
+        if (job.model.key, job.steps_per_level, seed) == ("toy-cdrl", 8, 1):
+            measured = {}  # diverged: no metric
+        if job.model.key == "digits-cond" and seed == 2:
+            measured["class_accuracy"] = float("nan")  # the classifier failed at one seed
+        return measured
+
+    runs = made_up_runs("gate", values)
+    monkeypatch.setattr(tables, "finished_eval_runs", lambda *args, **kwargs: runs)
+    table = tables.build_table(load_suite("gate"))
+    assert [note for note in table.notes if note.startswith("Not finite")] == [
+        "Not finite, so left out of their rows' means (a diverged run reports none): toy-cdrl/K8/seed1: in-support, "
+        "mode coverage, energy distance; digits-cond/K15/w1/seed2: class accuracy. Those rows' means are over fewer "
+        "seeds than the seeds column."]
+    clean = made_up_runs("gate", lambda job, seed: values(job, 0))
+    monkeypatch.setattr(tables, "finished_eval_runs", lambda *args, **kwargs: clean)
+    assert not any(note.startswith("Not finite") for note in tables.build_table(load_suite("gate")).notes)
+
+
+def test_toy_tables_state_chance_and_call_rows_below_it_smoke(monkeypatch):
+    """toy-steps --quick printed in-support 0.34-0.44, below the 0.5 an even spread scores, and bolded a "best"."""
+    def values(job, seed):
+        if (job.model.key, job.steps_per_level) == ("cdrl", 15):
+            return {"in_support_fraction": 0.9, "mode_coverage": 1.0, "energy_distance": 0.01}
+        return {**toy_values(job, seed), "energy_distance": 0.01}  # in-support 0.43-0.49: below chance only there
+
+    runs = made_up_runs("toy-steps", values)
+    monkeypatch.setattr(tables, "finished_eval_runs", lambda *args, **kwargs: runs)
+    table = tables.build_table(load_suite("toy-steps"), quick=True)
+    assert table.chance == {"in_support_fraction": 0.5, "energy_distance": pytest.approx(0.0277, abs=1e-4)}
+    (chance,) = [note for note in table.notes if note.startswith("Chance: ")]
+    assert "in-support 0.500, energy distance 0.0277" in chance
+    (smoke,) = [note for note in table.notes if note.startswith("Smoke (below chance): ")]
+    assert "DRL 6×30 (in-support)" in smoke and "CDRL 6×8 (in-support)" in smoke and "CDRL 6×15" not in smoke
+    chance_lines = [panel.references for panel in suite_panels(table) if panel.y_label.startswith("energy distance")]
+    assert chance_lines == [[(table.chance["energy_distance"], CHANCE_LABEL)]]  # drawn in the figure too
+    assert tables.build_table(load_suite("digits-cfg")).chance == {}  # images have no such level
+
+
+def test_chance_is_what_an_even_spread_scores():
+    assert chance_metrics("toy-checkerboard")["in_support_fraction"] == 0.5  # half the square is support
+    assert "mode_coverage" not in chance_metrics("toy-8gaussians")  # an even spread covers every mode
+
+
+def test_a_full_table_with_only_quick_runs_points_to_quick(monkeypatch):
+    runs = made_up_runs("toy-steps", toy_values)
+    monkeypatch.setattr(tables, "finished_eval_runs", lambda experiment, name, version, profile, uri=None:
+                        runs if profile == "quick" else pd.DataFrame())
+    (note,) = [note for note in tables.build_table(load_suite("toy-steps")).notes if note.startswith("No finished")]
+    assert note.endswith("21 runs of its quick profile are there: `cdrl-bench table --suite toy-steps --quick` shows "
+                         "them.")
 
 # --------------------------------------------------------------------------- sample figures
 

@@ -192,6 +192,10 @@ def test_interrupted_run_finishes_only_the_remaining_runs(tmp_path, monkeypatch)
     assert all(run.info.run_name == key for key, run in by_key.items())
     assert by_key["drl/K3/seed0"].data.tags["mlflow.parentRunId"] == by_key["drl/seed0"].info.run_id
     assert by_key["drl/K3/seed0"].data.params["langevin.n_steps"] == "3"  # the model's settings travel along
+    # The experiment says what it holds, and is one MLflow 3 shows as training runs (not its GenAI traces view).
+    experiment = client.get_experiment_by_name(suite.experiment)
+    assert experiment.tags["mlflow.note.content"].startswith(f"Suite {suite.name} v{suite.version}: {suite.title}.")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
 
     table = build_table(suite, tracking_uri=uri)
     trade_off = replace(suite, plot=PlotSpec("energy_distance", secondary="in_support_fraction"))
@@ -582,6 +586,21 @@ def test_plan_prices_every_training_from_the_suites_stated_cost(tmp_path):
     assert unknown["total"].endswith("2 unknown: pass --seconds-per-iteration S")
     table = CliRunner().invoke(app, ["plan", "--suite", "imagenet32-cfg"], terminal_width=200)
     assert table.exit_code == 0 and "total: 867 GPU-hours for 1 of 1 trainings (1 stated)" in table.output
+
+
+#: The suites that train on a CPU: priced from seconds per iteration measured on one, in CPU-hours.
+CPU_SUITES = ["ci-smoke", "digits-cfg", "digits-steps", "gate", "toy-steps"]
+
+
+@pytest.mark.parametrize("suite", CPU_SUITES)
+def test_plan_prices_a_cpu_suite_from_measured_cpu_seconds_in_cpu_hours(suite):
+    document = _plan_json("--suite", suite)
+    assert document["costs"] and {cost["kind"] for cost in document["costs"]} == {"stated"}
+    assert all(cost["source"].startswith("stated: CPU: ") and "measured" in cost["source"]
+               for cost in document["costs"])
+    assert " CPU-hours for " in document["total"] and "GPU" not in document["total"]
+    table = CliRunner().invoke(app, ["plan", "--suite", suite], terminal_width=300)
+    assert "x processes / 3600 = CPU-hours" in table.output and "GPU" not in table.output
 
 
 def test_plan_prices_trainings_by_the_speed_finished_runs_measured(tmp_path, tracking_uri):

@@ -20,9 +20,9 @@ from cdrl.config import preset
 from cdrl.run_folder import RunFolder
 from cdrl.metrics import measure
 from cdrl.scoring import score_data
-from cdrl.tracking import (TAG_CHECKPOINT_DIR, TAG_HOST, TAG_KILLED, TAG_KIND, TAG_PID, TAG_RUN_KEY, TAG_SUITE,
-                           RunInterrupted, RunTerminated, TrackingError, open_store, resolve_tracking_uri,
-                           tracked_run)
+from cdrl.tracking import (DEFAULT_DESCRIPTION, TAG_CHECKPOINT_DIR, TAG_DESCRIPTION, TAG_EXPERIMENT_KIND, TAG_HOST,
+                           TAG_KILLED, TAG_KIND, TAG_PARENT_RUN, TAG_PID, TAG_RUN_KEY, TAG_SUITE, RunInterrupted,
+                           RunTerminated, TrackingError, open_store, resolve_tracking_uri, tracked_run)
 from cdrl.train_loop import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -331,3 +331,36 @@ def test_a_floor_reads_its_data_with_the_reference_overrides(tracking_uri, monke
     result = score_data(preset("toy-checkerboard"), n_samples=50, n_reference=50, tracking_uri=tracking_uri,
                         reference_overrides=["data.toy_scale=2.0"])
     assert seen == [2.0] and result.protocol["reference_overrides"] == "data.toy_scale=2.0"
+
+
+def test_a_standalone_evaluation_is_named_and_nested_under_the_training_it_scores(tmp_path, tracking_uri, empty_store):
+    """`eval RUN_FOLDER` logged a randomly named run (fun-newt-863) beside, not under, the training it scored; and
+    MLflow 3 opened experiments without a kind in its GenAI traces view."""
+    from typer.testing import CliRunner
+
+    trained = train(preset("toy-checkerboard"), overrides=["training.iterations=2", "training.batch_size=32",
+                                                           "run.n_samples=4", "run.sample_every=100"],
+                    out=tmp_path / "run", tracking_uri=tracking_uri, show_progress=False)
+
+    def evaluate(uri: str):
+        result = CliRunner().invoke(cli.app, ["eval", str(trained.run_dir), "--n-samples", "100", "--steps", "2",
+                                              "--device", "cpu", "--tracking-uri", uri])
+        assert result.exit_code == 0, result.output
+        return MlflowClient(uri).get_run(result.output.split("MLflow run ")[1].split()[0])
+
+    evaluation = evaluate(tracking_uri)
+    assert evaluation.info.run_name == "eval toy-checkerboard 6x2"
+    assert evaluation.data.tags[TAG_PARENT_RUN] == trained.run_id
+    assert evaluation.info.experiment_id == MlflowClient(tracking_uri).get_run(trained.run_id).info.experiment_id
+    experiment = MlflowClient(tracking_uri).get_experiment(evaluation.info.experiment_id)
+    assert experiment.tags[TAG_EXPERIMENT_KIND] == "custom_model_development"
+    assert experiment.tags[TAG_DESCRIPTION] == DEFAULT_DESCRIPTION
+    # In a store without its training run (a copied checkpoint) the evaluation stands alone: no dangling parent.
+    elsewhere = tmp_path / "elsewhere.db"
+    elsewhere.write_bytes(empty_store.read_bytes())
+    assert TAG_PARENT_RUN not in evaluate(f"sqlite:///{elsewhere}").data.tags
+    # An experiment made before cdrl-bench set the kind gets it with its next run.
+    old = MlflowClient(tracking_uri).create_experiment("made-before")
+    with tracked_run(tracking_uri=tracking_uri, experiment_name="made-before"):
+        pass
+    assert MlflowClient(tracking_uri).get_experiment(old).tags[TAG_EXPERIMENT_KIND] == "custom_model_development"
