@@ -12,10 +12,9 @@ killed when the check exits non-zero (a regressed metric, a drifted fingerprint)
 crashes; a clean rerun that fails is a false alarm. CI also runs the tests, so a mutation the
 check missed is killed by CI when ``pytest`` fails on it: ``--pytest`` runs the tests (stopping at
 the first failure) in the scratch copy of each mutation that survived the check, and the table
-gives both columns. Not part of .ci/run: each gate run takes minutes. ``--fingerprints-only`` compares
-only the fingerprints (stored models and ruler) and the resolved
-configs with the baseline's (no training, no scoring): a minute per mutation, and the drift that
-killed each.
+gives both columns. Not part of .ci/run: each gate run takes minutes. ``--fingerprints-only``
+compares only the fingerprints (stored models and ruler) and the resolved configs with the
+baseline's (no training, no scoring): a minute per mutation, and the drift that killed each.
 """
 
 from __future__ import annotations
