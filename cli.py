@@ -644,7 +644,7 @@ def check(
                                  "check section)."),
     update: bool = typer.Option(False, "--update", help="Write the current MLflow results (and fingerprints) to "
                                                         "--baseline instead; refused below the suite's baseline seeds."),
-    output_format: str = typer.Option("table", "--format", help="table (default) or json (the whole verdict)."),
+    output_format: Literal["rich", "json"] = _RICH_OR_JSON,
     quick: bool = _QUICK_RUNS,
     tracking_uri: str = _TRACKING_URI,
     threads: int = _THREADS,
@@ -666,8 +666,6 @@ def check(
                                        stored_baseline, write_results)
     from benchmarks.suite import load_suite
 
-    if output_format not in ("table", "json"):
-        raise CdrlBenchError(f"--format must be table or json, got {output_format!r}")
     _compute_setup(threads, None)
     _check_store(tracking_uri)
     definition = load_suite(suite)
@@ -703,10 +701,11 @@ def check(
                                 "not change, the drift is the machines': rebuild the baseline on the machine CI runs "
                                 "on (results/gate/README.md)", highlight=False, soft_wrap=True)
         raise SystemExit(1)
-    if output_format == "table":
+    if output_format == "rich":
         console.print(f"check passed: {len(verdict.comparisons)} metrics within tolerance"
                       f"{f', {len(verdict.fingerprints)} fingerprints unchanged' if verdict.fingerprints else ''}"
-                      f"{', protocols and configs equal' if not verdict.mismatches else ''}", highlight=False)
+                      f", protocols{' and resolved configs' if definition.check.configs else ''} equal",
+                      highlight=False)
 
 
 def _print_verdict(verdict, title: str) -> None:
