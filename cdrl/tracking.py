@@ -297,7 +297,7 @@ class _SignalGuard:
         if self.deferring and self.pending is None:
             self.pending = signum  # a second signal does not wait: the user insists
             return
-        raise _interruption(signum)
+        raise interruption(signum)
 
     @contextlib.contextmanager
     def deferred(self) -> Iterator[None]:
@@ -310,10 +310,11 @@ class _SignalGuard:
     def raise_pending(self) -> None:
         if self.pending is not None:
             signum, self.pending = self.pending, None
-            raise _interruption(signum)
+            raise interruption(signum)
 
 
-def _interruption(signum: int) -> BaseException:
+def interruption(signum: int) -> BaseException:
+    """What a signal raises into a run: Ctrl-C a KeyboardInterrupt, the others an exit with status 128 + signum."""
     return RunInterrupted() if signum == signal.SIGINT else RunTerminated(signum)
 
 
