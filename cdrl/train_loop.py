@@ -296,7 +296,7 @@ def _train(config: ExperimentConfig, dataset, folder: RunFolder, resumed: Resume
     best = _restored_selection(payload, metric, cadence)
     last_checkpoint = resumed.checkpoint if resumed is not None and ranks.is_main else None
     if ranks.is_main:
-        folder.prepare(config, resumed.corrupt if resumed is not None else ())
+        folder.prepare(config, resumed.corrupt if resumed is not None else (), start=started_at)
 
     run_tags = {TAG_KIND: "train", TAG_PRESET: config.name, TAG_METHOD: training.method,
                 TAG_CHECKPOINT_DIR: str(folder.checkpoints), TAG_GLOBAL_BATCH: str(training.batch_size),

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 import cli
 from cdrl.checkpoint import CheckpointError, load_checkpoint, load_model, make_checkpoint, save_atomic
-from cdrl.config import apply_overrides, preset
+from cdrl.config import ConfigError, apply_overrides, preset
 from cdrl.run_folder import RunFolder, locate_checkpoint, resume_point
 from cdrl.train_loop import train
 from cdrl.training import CooperativeTrainer
@@ -143,6 +143,58 @@ def test_resume_takes_the_checkpoint_before_a_truncated_newest_one(tmp_path, tra
     # An intact newer checkpoint still forbids resuming an older one.
     with pytest.raises(CheckpointError, match="is not the newest checkpoint of its run"):
         resume_point(run_dir / "checkpoints" / "ckpt-00000004.pt", tracking_uri=tracking_uri, world_size=1)
+
+
+def test_rotation_keeps_the_checkpoint_it_wrote_whatever_else_is_in_the_folder(tmp_path, tracking_uri, caplog):
+    """Issue #31.1: a folder named like a newer checkpoint made rotation delete every real one, exit 0."""
+    run_dir = tmp_path / "run"
+    train(preset("tiny"), overrides=[*QUICK, "training.iterations=4", "run.checkpoint_every=2"], out=run_dir,
+          tracking_uri=tracking_uri, show_progress=False)
+    checkpoints = run_dir / "checkpoints"
+    (checkpoints / "ckpt-00000050.pt").mkdir()  # a later number, beyond this resume's iterations
+    (checkpoints / "ckpt-00000001.pt").mkdir()  # an older one: unlink() on it crashed every checkpoint write
+    (checkpoints / "ckpt-00000099.pt").write_bytes(b"not a checkpoint")  # a later-numbered file: not this run's
+    with caplog.at_level(logging.WARNING, logger="cdrl.run_folder"):
+        resumed = train(resume=run_dir, overrides=["training.iterations=6", "run.keep_checkpoints=1"],
+                        tracking_uri=tracking_uri, show_progress=False)
+    assert resumed.checkpoint == checkpoints / "ckpt-00000006.pt"
+    assert [path.name for path in RunFolder(run_dir).checkpoint_paths()] == ["ckpt-00000006.pt"]
+    assert (checkpoints / "ckpt-00000050.pt").is_dir() and (checkpoints / "ckpt-00000001.pt").is_dir()
+    assert f"{checkpoints / 'ckpt-00000050.pt'} is not a checkpoint of this run: left alone" in caplog.text
+    assert (checkpoints / "corrupt" / "ckpt-00000099.pt").is_file()  # set aside by the resume, as corrupt
+    assert resume_point(run_dir, tracking_uri=tracking_uri, world_size=1).checkpoint.name == "ckpt-00000006.pt"
+
+    # A folder where this run would write a checkpoint: one line before any training, nothing changed.
+    (checkpoints / "ckpt-00000008.pt").mkdir()
+    with pytest.raises(ConfigError, match=r"ckpt-00000008.pt is not a file, and this run writes a checkpoint by "
+                                          r"that name: move it out of the checkpoints folder"):
+        train(resume=run_dir, overrides=["training.iterations=8"], tracking_uri=tracking_uri, show_progress=False)
+    assert [path.name for path in RunFolder(run_dir).checkpoint_paths()] == ["ckpt-00000006.pt"]
+
+
+def test_rotation_removes_only_checkpoints_older_than_the_one_it_wrote(tmp_path):
+    folder = RunFolder(tmp_path / "run")
+    trainer = stepped_trainer(0)
+    payload = make_checkpoint(trainer.config, trainer.state_dict())
+    for iteration in (2, 4, 6):
+        folder.save_checkpoint(payload, iteration, keep=2)
+    assert [path.name for path in folder.checkpoint_paths()] == ["ckpt-00000004.pt", "ckpt-00000006.pt"]
+    (folder.checkpoints / "ckpt-00000009.pt").write_bytes(b"")  # newer-numbered, not written by this run
+    written = folder.save_checkpoint(payload, 8, keep=1)
+    assert [path.name for path in folder.checkpoint_paths()] == ["ckpt-00000008.pt", "ckpt-00000009.pt"]
+    assert load_checkpoint(written)[1]["trainer"]["iteration"] == 0
+
+
+def test_a_checkpoints_folder_that_takes_no_file_stops_the_run_before_training(tmp_path, tracking_uri):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "checkpoints").write_text("a file where the checkpoints folder goes")
+    with pytest.raises(ConfigError, match=r"checkpoints cannot hold a checkpoint \(File exists\): make it "
+                                          r"writable, or train into another folder$"):
+        train(preset("tiny"), overrides=[*QUICK, "training.iterations=2"], out=run_dir, tracking_uri=tracking_uri,
+              show_progress=False)
+    assert not (run_dir / "config.json").exists()
+    assert [e.name for e in MlflowClient(tracking_uri).search_experiments()] == ["Default"]  # no run was opened
 
 
 def test_a_finite_blow_up_is_caught_and_rolled_back_past_the_checkpoint_it_came_from(tmp_path, tracking_uri):
