@@ -145,6 +145,27 @@ def test_resume_takes_the_checkpoint_before_a_truncated_newest_one(tmp_path, tra
         resume_point(run_dir / "checkpoints" / "ckpt-00000004.pt", tracking_uri=tracking_uri, world_size=1)
 
 
+def test_sample_and_eval_refuse_non_finite_weights_in_one_line(tmp_path, tracking_uri, monkeypatch, capsys):
+    """Issue #31.5: NaN EMA weights gave 'wrote 8 samples' of NaN points, and a FINISHED eval run."""
+    trainer = stepped_trainer(0)
+    state = trainer.state_dict()
+    state["ebm_ema"]["shadow_params"][0][0] = math.nan
+    path = save_atomic(make_checkpoint(trainer.config, state), tmp_path / "nan-ema.pt")
+    commands = {"sample": ["sample", str(path), "--n", "8", "--steps", "1", "--out", str(tmp_path / "s.npz")],
+                "eval": ["eval", str(path), "--n-samples", "8", "--steps", "1", "--tracking-uri", tracking_uri]}
+    for command in commands.values():
+        monkeypatch.setattr(sys, "argv", ["cdrl-bench", *command])
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main()
+        error = capsys.readouterr().err.strip()
+        assert exit_info.value.code == 2 and "\n" not in error, error
+        assert error.startswith(f"error: checkpoint {path} has non-finite weights (ebm.") and error.endswith(
+            "(EMA): its training had diverged; use an earlier checkpoint of the run")
+    assert not (tmp_path / "s.npz").exists()
+    assert [e.name for e in MlflowClient(tracking_uri).search_experiments()] == ["Default"]  # no eval run logged
+    load_model(path, use_ema=False)  # the live weights are finite: --live may use them
+
+
 def test_rotation_keeps_the_checkpoint_it_wrote_whatever_else_is_in_the_folder(tmp_path, tracking_uri, caplog):
     """Issue #31.1: a folder named like a newer checkpoint made rotation delete every real one, exit 0."""
     run_dir = tmp_path / "run"
