@@ -36,6 +36,7 @@ import torch
 
 from benchmarks.records import TAG_GUIDANCE, TAG_MODEL, TAG_SEED, TAG_SOURCE, TAG_STEPS, finished_eval_runs, \
     latest_per_key
+from benchmarks.results_schema import check_results_file
 from benchmarks.suite import Suite, SuiteError
 from cdrl.metrics import METRICS
 
@@ -116,6 +117,7 @@ def read_results(path: Path, option: str = "--baseline") -> dict:
     if not path.is_file():
         instead = ", or drop --results to check the runs in MLflow" if option == "--results" else ""
         raise SuiteError(f"{option} {path} does not exist: {rewrite}{instead}")
+    check_results_file(path, option, FORMAT, rewrite)
     try:
         document = json.loads(path.read_text())
     except json.JSONDecodeError as error:

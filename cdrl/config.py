@@ -335,6 +335,9 @@ def _example(field: dataclasses.Field, key: str) -> str:
 
 def _check_relations(config: ExperimentConfig) -> None:
     """The rules between fields (each field's own range is declared on it, cdrl.typed)."""
+    if config.name in ("", ".", "..") or any(separator in config.name for separator in ("/", "\\", "\0")):
+        raise FieldError("name", f"must be a plain name (it names the run folder runs/NAME-TIMESTAMP), without path "
+                                 f"separators, got {config.name!r}")
     schedule = config.schedule
     if schedule.logsnr_min >= schedule.logsnr_max:
         raise FieldError("schedule.logsnr_min", f"must be below schedule.logsnr_max ({schedule.logsnr_max:g}), "

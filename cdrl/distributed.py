@@ -67,12 +67,32 @@ def rank_seed(seed: int, rank: int) -> int:
     return int(np.random.SeedSequence((seed, rank)).generate_state(1)[0])
 
 
+def _launcher_count(name: str, default: int, minimum: int) -> int:
+    """An integer that torchrun (or an executor) sets, e.g. WORLD_SIZE; one line naming it when it is not one."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        number = minimum - 1
+    if number < minimum:
+        raise CdrlBenchError(f"{name}={value!r} is not an integer of at least {minimum}: torchrun sets it; unset it "
+                             "to run one process")
+    return number
+
+
 def launched_world_size() -> int:
     """How many processes share this job: the running process group's, else what torchrun (or an executor
     that sets its variables) started, 1 without either; known before the process group exists."""
     if dist.is_initialized():
         return dist.get_world_size()
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    return _launcher_count("WORLD_SIZE", 1, 1)
+
+
+def local_rank() -> int:
+    """This process's index on its machine (torchrun's LOCAL_RANK, 0 without it): the GPU it takes."""
+    return _launcher_count("LOCAL_RANK", 0, 0)
 
 
 def checked_device(name: str | torch.device | None) -> torch.device | None:
@@ -98,10 +118,10 @@ def checked_device(name: str | torch.device | None) -> torch.device | None:
 def init_distributed(device: str | torch.device | None) -> tuple[Ranks, torch.device, bool]:
     """(ranks, this process's device, whether this call started the process group) from torchrun's variables."""
     world_size = launched_world_size()
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = checked_device(device) or torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    index = local_rank()
+    device = checked_device(device) or torch.device(f"cuda:{index}" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank)
+        device = torch.device("cuda", index)
     if world_size == 1:
         return Ranks(0, 1), device, False
     started = False

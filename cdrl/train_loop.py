@@ -45,8 +45,7 @@ from cdrl.progress import JobProgress
 from cdrl.run_folder import ResumePoint, RunFolder, resume_point
 from cdrl.scoring import score_samples
 from cdrl.tracking import (DIVERGED_METRIC, TAG_CHECKPOINT_DIR, TAG_DIVERGED, TAG_GLOBAL_BATCH, TAG_KIND, TAG_METHOD,
-                           TAG_PER_PROCESS_BATCH, TAG_PRESET, TAG_RUN_KEY, TrackedRun, resolve_tracking_uri,
-                           tracked_run)
+                           TAG_PER_PROCESS_BATCH, TAG_PRESET, TAG_RUN_KEY, TrackedRun, checked_store, tracked_run)
 from cdrl.training import CooperativeTrainer, StepStats
 
 #: Noise stream of selection samples, apart from the training and sample-grid streams.
@@ -253,7 +252,7 @@ def train(config: ExperimentConfig | None = None, *, resume: str | os.PathLike |
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise ConfigError(f"--out {out} is a file: a run needs a folder of its own; choose another --out")
     warning = use_threads(config.performance.threads)
-    resolve_tracking_uri(tracking_uri)  # so does a tracking URI MLflow cannot use
+    checked_store(tracking_uri)  # so does a tracking URI MLflow cannot use, or a server that does not answer
     # Bad data paths fail here, before any folder, process group or MLflow run exists.
     dataset = build_dataset(config.data)
     ranks, device, started_group = init_distributed(device)

@@ -139,9 +139,16 @@ def test_bad_tracking_uris_are_one_line_errors_before_anything_is_made(tmp_path,
 
 
 @pytest.mark.parametrize("uri", ["http://localhost:5000", "https://mlflow.example.org", "databricks",
-                                 "file:///tmp/mlruns", "postgresql://user@host/db", "mysql+pymysql://u@h/db"])
-def test_every_scheme_mlflow_supports_passes(uri):
+                                 "postgresql://user@host/db", "mysql+pymysql://u@h/db"])
+def test_every_database_and_server_scheme_mlflow_supports_passes(uri):
     assert resolve_tracking_uri(uri) == uri
+
+
+@pytest.mark.parametrize("uri", ["file:///tmp/mlruns", "mlruns", "garbage"])
+def test_a_folder_store_is_refused_in_one_line(uri):
+    with pytest.raises(TrackingError, match=r"a folder store \(a plain path or file://\) is not supported: pass "
+                                            r"sqlite:///PATH.db"):
+        resolve_tracking_uri(uri)
 
 
 # --------------------------------------------------------------------------- (c) signals
