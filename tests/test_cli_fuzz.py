@@ -218,7 +218,7 @@ ENVIRONMENT = [
     ({"CDRL_BENCH_COLLECTIVE_TIMEOUT_MINUTES": "soon"}, ["presets"], "CDRL_BENCH_COLLECTIVE_TIMEOUT_MINUTES"),
     ({"CDRL_INCEPTION_FAST_CPU": "yes"}, ["presets"], "CDRL_INCEPTION_FAST_CPU"),
     ({"CDRL_FID_WEIGHTS": "WORKDIR/missing.pt"}, ["presets"], "CDRL_FID_WEIGHTS"),
-    ({"CDRL_BENCH_CACHE": "WORKDIR/a-file"}, ["presets"], "CDRL_BENCH_CACHE"),
+    ({"CDRL_BENCH_CACHE": "WORKDIR/a-file"}, ["presets"], "a-file is a file, not a folder"),
     ({"CDRL_BENCH_CACHE": "WORKDIR/a-file/below"}, ["presets"], "CDRL_BENCH_CACHE"),
     ({"MLFLOW_TRACKING_URI": "garbage"}, ["train", "--preset", "tiny"], "MLFLOW_TRACKING_URI"),
     ({"MLFLOW_TRACKING_URI": "file://WORKDIR/mlruns"}, ["train", "--preset", "tiny"], "MLFLOW_TRACKING_URI"),
@@ -226,12 +226,13 @@ ENVIRONMENT = [
     # Port 9 (discard) has no listener here: refused at once, as a server that is down.
     ({"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}, ["eval", STORED], "does not answer"),
 ]
-#: Output targets that cannot be written, and run names that would leave runs/.
+#: Output targets that cannot be written, and run names that would leave runs/; a device is refused before any work.
+DEVICE = "/dev/full exists and is not a regular file"
 OUTPUTS = [
-    (["sample", STORED, "--out", "/dev/full"], "/dev/full"),
-    (["import-checkpoint", STORED, "--preset", "toy-checkerboard", "--out", "/dev/full"], "/dev/full"),
-    (["table", "--suite", "ci-smoke", "--format", "csv", "--out", "/dev/full"], "/dev/full"),
-    (["perf", "--json", "/dev/full"], "/dev/full"),
+    (["sample", STORED, "--out", "/dev/full"], DEVICE),
+    (["import-checkpoint", STORED, "--preset", "toy-checkerboard", "--out", "/dev/full"], DEVICE),
+    (["table", "--suite", "ci-smoke", "--format", "csv", "--out", "/dev/full"], DEVICE),
+    (["perf", "--json", "/dev/full"], DEVICE),
     (["sample", STORED, "--out", "x" * 300 + ".npz"], "longer than a file system takes"),
     (["train", "--preset", "tiny", "--out", "WORKDIR/" + "r" * 300], "longer than a file system takes"),
     (["train", "--preset", "tiny", "--set", "name=../../../x"], "name"),
