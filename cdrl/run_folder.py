@@ -54,6 +54,29 @@ SET_ASIDE_FOLDERS = {"corrupt": "corrupt", "diverged": "diverged"}
 _log = logging.getLogger(__name__)
 
 
+class FolderBusy(ConfigError):
+    """Another process holds the lease of a run folder: it is training there."""
+
+
+@contextlib.contextmanager
+def claimed(lock_file: Path) -> Iterator[bool]:
+    """Hold ``lock_file`` for the block if no other process does; yields whether this one got it.
+
+    An OS file lock (filelock): released when the block ends, or when its holder dies, however it
+    dies, so a killed worker never leaves work claimed.
+    """
+    lock = filelock.FileLock(lock_file)
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.release()
+
+
 def _checkpoint_number(path: Path) -> int | None:
     """The iteration in a rolling checkpoint's name (ckpt-ITERATION.pt), or None for any other name."""
     match = _CHECKPOINT_NAME.fullmatch(path.name)
@@ -108,20 +131,19 @@ class RunFolder:
     def sample_grid(self, iteration: int) -> Path:
         return self.root / SAMPLE_FOLDER / f"samples-{iteration:08d}.png"
 
+    @property
+    def lease_file(self) -> Path:
+        return self.root / ".lease"
+
     @contextlib.contextmanager
     def lease(self) -> Iterator[None]:
-        """Train here alone: a lock on RUN/.lease, which the OS releases when its holder dies, however it dies."""
+        """Train here alone: a lock on RUN/.lease (:func:`claimed`); FolderBusy while another process trains here."""
         self.root.mkdir(parents=True, exist_ok=True)
-        lock = filelock.FileLock(self.root / ".lease")
-        try:
-            lock.acquire(timeout=0)
-        except filelock.Timeout:
-            raise ConfigError(f"{self.root} is being trained by another process (it holds {self.root / '.lease'}): "
-                              "wait for it to finish, or train into another folder") from None
-        try:
+        with claimed(self.lease_file) as mine:
+            if not mine:
+                raise FolderBusy(f"{self.root} is being trained by another process (it holds {self.lease_file}): "
+                                 "wait for it to finish, or train into another folder")
             yield
-        finally:
-            lock.release()
 
     def check_fresh(self) -> None:
         """A new run may not start in the folder of another (nor beside a best.pt, which --pick best would take)."""
