@@ -180,9 +180,11 @@ def gathered(value: Any, ranks: Ranks) -> list[Any]:
     return values
 
 
-def any_rank(flag: torch.Tensor, ranks: Ranks) -> bool:
-    """Whether ``flag`` is set on any rank."""
+def largest_on_any_rank(value: torch.Tensor, ranks: Ranks) -> float:
+    """The largest of every rank's scalar ``value`` (NaN when any rank's is NaN), the same on every rank."""
     if ranks.world_size > 1:
-        flag = flag.to(torch.int32)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return bool(flag)
+        # A MAX reduction need not propagate NaN: it travels as a flag beside the value.
+        pair = torch.stack([value.isnan().to(value.dtype), torch.nan_to_num(value, nan=0.0, posinf=math.inf)])
+        dist.all_reduce(pair, op=dist.ReduceOp.MAX)
+        return math.nan if pair[0] else float(pair[1])
+    return float(value)

@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,13 +17,17 @@ from typer.testing import CliRunner
 
 import cli
 from cdrl.checkpoint import CheckpointError, load_checkpoint, load_model, make_checkpoint, save_atomic
-from cdrl.config import ConfigError, apply_overrides, preset
+from cdrl.config import PRESETS, ConfigError, RunConfig, apply_overrides, preset
 from cdrl.run_folder import RunFolder, locate_checkpoint, resume_point
-from cdrl.train_loop import train
+from cdrl.train_loop import DivergenceWatch, TrainingDiverged, train
 from cdrl.training import CooperativeTrainer
 
 #: Cheap cadences for the tiny preset: every iteration checked and logged, few samples.
 QUICK = ["run.log_every=1", "run.n_samples=4", "run.sample_every=100"]
+TRAJECTORIES = Path(__file__).parent / "fixtures" / "divergence_trajectories.json"
+#: The presets whose healthy trajectory is not recorded: GPU-scale ones, and official-small, which trains on
+#: CIFAR-10 (absent from the offline machine that recorded them). Every other preset's is.
+UNRECORDED_PRESETS = {"cifar10", "cifar10-large", "imagenet32-cond", "official-small"}
 
 
 @pytest.fixture(autouse=True)
@@ -239,6 +244,44 @@ def test_a_finite_blow_up_is_caught_and_rolled_back_past_the_checkpoint_it_came_
     assert all(math.isfinite(value) and abs(value) <= 1000 for value in logged)
     assert (tmp_path / "run" / "checkpoints" / "diverged" / "ckpt-00000002.pt").is_file()
     assert load_checkpoint(result.checkpoint)[1]["rollbacks"] == 2
+
+
+@pytest.mark.parametrize("check_every", [1, 10, 25])
+def test_the_jump_watch_catches_the_issues_blow_up_and_no_healthy_run(check_every):
+    """Replays recorded trajectories (benchmarks/divergence_trajectories.py) through the watch, checked every
+    ``check_every`` iterations: issue #31's toy-checkerboard at training.ebm_lr=1 peaked at 2.1e4, under the
+    bound, and finished FINISHED; healthy runs of every CPU preset (CDRL, and DRL) raise no alarm."""
+    runs = json.loads(TRAJECTORIES.read_text())["runs"]
+    assert {run["preset"] for run in runs} == set(PRESETS) - UNRECORDED_PRESETS  # a new preset needs its trajectory
+    for run in runs:
+        watch, values = DivergenceWatch(RunConfig()), run["values"]
+        alarms = [(end, problem) for end in range(check_every, len(values) + 1, check_every)
+                  if (problem := watch.problem(max(values[end - check_every:end]), end))]
+        if run["diverges"]:
+            assert alarms and alarms[0][0] <= 150, (run["label"], alarms[:1])
+            assert max(values) < RunConfig().divergence_bound  # the bound alone never catches it
+        else:
+            assert alarms == [], (run["label"], alarms[:3])
+
+
+def test_a_jump_under_the_bound_is_a_divergence_with_its_policy(tmp_path, tracking_uri, monkeypatch):
+    original = CooperativeTrainer.step
+
+    def step(self, x, labels=None):  # iteration 9's energies jump 1e4-fold: finite, far below the bound
+        stats = original(self, x, labels)
+        if self.iteration == 9:
+            stats.positive_energy = stats.positive_energy * 1e4 + 1e3
+        return stats
+
+    monkeypatch.setattr(CooperativeTrainer, "step", step)
+    with pytest.raises(TrainingDiverged, match=r"by iteration 9, [0-9.e+]+ times the median [0-9.e+]+ of the last 8 "
+                                               r"checks \(run.divergence_jump=100\) \(run.on_divergence=stop\)"):
+        train(preset("tiny"), overrides=[*QUICK, "training.iterations=12", "run.on_divergence=stop"],
+              out=tmp_path / "run", tracking_uri=tracking_uri, show_progress=False)
+    client = MlflowClient(tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("cdrl-bench").experiment_id])
+    assert run.info.status == "FAILED" and "times the median" in run.data.tags["cdrl.diverged"]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "diverged")] == [9]
 
 
 def test_rollback_passes_over_a_checkpoint_with_exploded_weights(tmp_path, tracking_uri, monkeypatch, poison):
