@@ -95,14 +95,25 @@ def _compute_setup(threads: int | None, device: str | None) -> str | None:
 
 
 def _writable(path: Path | None, flag: str, folder: bool = False) -> None:
-    """Refuse, before any work, an output path that cannot be written: below a file, or a file where a folder goes."""
+    """Refuse, before any work, an output path that cannot be written: below a file, a file where a folder goes,
+    a device or other non-file, a name longer than the file system takes, or in a folder this user cannot write."""
+    import os
+
     if path is None:
         return
+    longest = max(path.absolute().parts, key=lambda part: len(os.fsencode(part)))
+    if len(os.fsencode(longest)) > 255:  # NAME_MAX of every common file system
+        raise CdrlBenchError(f"{flag} {path}: the name {longest[:40]}... is longer than a file system takes (255 "
+                             f"bytes); choose a shorter {flag}")
     blocking = next((parent for parent in path.absolute().parents if parent.exists() and not parent.is_dir()), None)
     if blocking is not None:
         raise CdrlBenchError(f"{flag} {path}: {blocking} is a file, not a folder; choose another {flag}")
-    if path.exists() and path.is_dir() != folder:
-        raise CdrlBenchError(f"{flag} {path} exists and is {'a file' if folder else 'a folder'}; choose another {flag}")
+    if path.exists() and not (path.is_dir() if folder else path.is_file()):
+        what = "a file" if path.is_file() else "a folder" if path.is_dir() else "not a regular file (a device?)"
+        raise CdrlBenchError(f"{flag} {path} exists and is {what}; choose another {flag}")
+    existing = next(place for place in (path.absolute(), *path.absolute().parents) if place.exists())
+    if not os.access(existing, os.W_OK):
+        raise CdrlBenchError(f"{flag} {path}: {existing} is not writable by this user; choose another {flag}")
 
 
 def _data_folder(data_dir: Path | None) -> str | None:
@@ -124,9 +135,9 @@ def _backend(name: str | None) -> str:
 
 def _check_store(tracking_uri: str | None) -> None:
     """A tracking store that cannot be used fails before any work, not after it."""
-    from cdrl.tracking import resolve_tracking_uri
+    from cdrl.tracking import checked_store
 
-    resolve_tracking_uri(tracking_uri)
+    checked_store(tracking_uri)
 
 
 @contextlib.contextmanager
@@ -606,9 +617,13 @@ def table(
     from benchmarks.figures import save_suite_figure
     from benchmarks.suite import load_suite
     from benchmarks.tables import build_table, render, rich_table
+    from cdrl.files import writing
 
     _writable(out, "--out")
     _writable(plot, "--plot")
+    if plot is not None and plot.suffix not in ("", ".pdf", ".png"):
+        raise CdrlBenchError(f"--plot {plot}: the figure is written as PLOT.pdf and PLOT.png; pass a name without a "
+                             f"suffix, or ending in .pdf or .png, e.g. --plot {plot.with_suffix('')}")
     _check_store(tracking_uri)
     result = build_table(load_suite(suite), quick=quick, tracking_uri=tracking_uri)
     if output_format == "rich":
@@ -617,8 +632,9 @@ def table(
                                  "or json")
         console.print(rich_table(result))
     elif out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(render(result, output_format))
+        with writing(out):
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(render(result, output_format))
         console.print(f"wrote {out}", highlight=False)
     else:
         typer.echo(render(result, output_format), nl=False)
@@ -627,7 +643,8 @@ def table(
     default_stem = (out.with_name(f"{out.stem}-figure") if out is not None
                     else Path("runs") / "tables" / f"{result.suite.name}-{result.profile}")
     stem = plot.with_suffix("") if plot is not None and plot.suffix in (".pdf", ".png") else plot
-    written = save_suite_figure(result, stem or default_stem)
+    with writing(stem or default_stem):
+        written = save_suite_figure(result, stem or default_stem)
     if written:
         # stderr, so that a table printed to stdout stays clean to redirect
         error_console.print(f"figure: {', '.join(map(str, written))}", highlight=False)
@@ -808,7 +825,13 @@ def perf(
 
 def main() -> None:
     """Run the command line; bad input of any kind ends as one ``error: ...`` line and exit status 2."""
+    import sys
+
     try:
+        if len(sys.argv) > 1 and not {"--help", "--version"} & set(sys.argv[1:]):  # help stays instant (no torch)
+            from cdrl.environment import check_environment
+
+            check_environment()  # a bad variable is refused before any command works
         status = app(standalone_mode=False)
     except TyperException as error:  # a value of the wrong type or range, an unknown or missing option
         context = getattr(error, "ctx", None)

@@ -155,8 +155,14 @@ class LocalExecutor:
                            data_dir=settings.data_dir, device=settings.device, console=console, phase=self.phase)
         if summary is None:  # a rank other than 0: rank 0 reports
             return ""
+        elsewhere = ""
+        if summary.elsewhere:
+            running = len(summary.elsewhere) - len(summary.finished_elsewhere)
+            elsewhere = (f", {len(summary.finished_elsewhere)} scored by another process running this suite"
+                         + (f" ({running} still running there: the same command again reports them)" if running
+                            else ""))
         return (f"{len(summary.trained)} trained, {len(summary.evaluated)} scored, {summary.already_finished} "
-                f"already finished; time: {summary.phases_line()}")
+                f"already finished{elsewhere}; time: {summary.phases_line()}")
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ import torch
 
 from benchmarks.records import TAG_GUIDANCE, TAG_MODEL, TAG_SEED, TAG_SOURCE, TAG_STEPS, finished_eval_runs, \
     latest_per_key
+from benchmarks.results_schema import check_results_file
 from benchmarks.ruler import PREFIX as RULER_PREFIX
 from benchmarks.suite import Suite, SuiteError
 from cdrl.metrics import METRICS
@@ -150,14 +151,8 @@ def read_results(path: Path, option: str = "--baseline") -> dict:
            if option == "--baseline" else "drop --results to check the runs in MLflow")
     if not path.is_file():
         raise SuiteError(f"{option} {path} does not exist: {fix}")
-    try:
-        document = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise SuiteError(f"{option} {path} is not valid JSON ({error}): {fix}") from None
-    if not isinstance(document, dict) or document.get("format") != FORMAT:
-        raise SuiteError(f"{option} {path} is not a format-{FORMAT} results file (per-seed values): {fix}")
-    if not isinstance(document.get("points"), dict) or not any(
-            point.get("metrics") for point in document["points"].values()):
+    document = check_results_file(path, option, FORMAT, fix)
+    if not any(point.get("metrics") for point in document["points"].values()):
         raise SuiteError(f"{option} {path} checks nothing (no points with metrics): {fix}")
     for point, values in document["points"].items():
         for metric, measured in values.get("metrics", {}).items():

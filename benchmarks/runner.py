@@ -4,10 +4,16 @@ Resumable at every level: evaluation runs already FINISHED (same key, suite vers
 profile) are skipped; a model whose evaluations are all done is not trained again; a
 training run interrupted after a checkpoint continues from it (``cdrl.train_loop``). Run
 folders are ``RUNS/suites/SUITE-vVERSION/PROFILE/MODEL/seedN``.
+
+Concurrent runs of one suite split the work: a training is claimed by its folder's lease
+(``cdrl.run_folder``), an evaluation by a lease of its own key
+(``RUNS/suites/SUITE-vVERSION/PROFILE/.leases/KEY.lock``), taken before it runs and checked
+against the store once taken. What another process holds is left to it and reported, not redone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -24,7 +30,7 @@ from cdrl import scoring, train_loop
 from cdrl.config import apply_overrides
 from cdrl.distributed import process_group, shared
 from cdrl.progress import JobProgress, shown_in
-from cdrl.run_folder import RunFolder, resume_point
+from cdrl.run_folder import FolderBusy, RunFolder, claimed, resume_point
 from cdrl.metrics import METRICS
 from cdrl.tracking import (TAG_GLOBAL_BATCH, TAG_METHOD, TAG_PARENT_RUN, TAG_RUN_KEY, TAG_SUITE,
                            describe_experiment)
@@ -40,6 +46,10 @@ class RunSummary:
     already_finished: int = 0
     trained: list[str] = field(default_factory=list)
     evaluated: list[str] = field(default_factory=list)
+    #: Evaluations left to another process that held them (or their training); of those, the ones
+    #: that process had finished when this one ended.
+    elsewhere: list[str] = field(default_factory=list)
+    finished_elsewhere: list[str] = field(default_factory=list)
     #: Wall seconds by phase: training (with its selections and snapshots), sampling, Inception features
     #: (reference and samples; a cached reference costs none) and metrics (everything else in scoring).
     seconds: dict[str, float] = field(
@@ -136,16 +146,37 @@ def _metrics_line(metrics: dict[str, float]) -> str:
                      for name, value in metrics.items() if name in METRICS)
 
 
+def _finished(plan: Plan, tracking_uri: str | None) -> set[tuple[str, str]]:
+    """(key, source) of every evaluation of ``plan`` with a FINISHED run in the store (same suite version and profile)."""
+    suite = plan.suite
+    done = finished_eval_runs(suite.experiment, suite.name, suite.version, plan.profile, tracking_uri)
+    return set(zip(done[f"tags.{TAG_RUN_KEY}"], done[f"tags.{TAG_SOURCE}"])) if not done.empty else set()
+
+
 def pending_evaluations(plan: Plan, tracking_uri: str | None) -> list[EvalJob]:
     """The evaluations of ``plan`` that have no FINISHED run in the store yet (same suite version and profile).
 
     A run counts for its key and source: a stored checkpoint replaced by another file (another
     hash) is evaluated again.
     """
-    suite = plan.suite
-    done = finished_eval_runs(suite.experiment, suite.name, suite.version, plan.profile, tracking_uri)
-    finished = set(zip(done[f"tags.{TAG_RUN_KEY}"], done[f"tags.{TAG_SOURCE}"])) if not done.empty else set()
+    finished = _finished(plan, tracking_uri)
     return [job for job in plan.evaluations if (job.key, job.source) not in finished]
+
+
+def evaluation_lease(plan: Plan, job: EvalJob, runs_dir: Path) -> Path:
+    """The lock file that claims evaluation ``job`` (its key, whose '/' become '__')."""
+    folder = runs_dir / "suites" / f"{plan.suite.name}-v{plan.suite.version}" / plan.profile / ".leases"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{job.key.replace('/', '__')}.lock"
+
+
+def _trained_elsewhere(plan: Plan, job: TrainingJob, runs_dir: Path) -> bool:
+    """Whether another process holds the lease of ``job``'s run folder (is training it now)."""
+    folder = RunFolder(run_folder(plan, job, runs_dir))
+    if not folder.root.is_dir():
+        return False
+    with claimed(folder.lease_file) as mine:
+        return not mine
 
 
 def run_plan(plan: Plan, *, tracking_uri: str | None = None, runs_dir: Path = Path("runs"),
@@ -197,9 +228,23 @@ def run_plan(plan: Plan, *, tracking_uri: str | None = None, runs_dir: Path = Pa
                     else:
                         progress.update(overall, description=f"{suite.name}: training {training.key}")
                         started = time.monotonic()
-                        # Rank 0 alone knows the checkpoint files and the MLflow run: it tells the others.
-                        checkpoint, selection, training_run, started_at = shared(
-                            _train(plan, training, runs_dir, tracking_uri, data_dir, device, progress), ranks)
+                        # Another `run` of this suite is training it: its evaluations are that process's too.
+                        busy = shared(_trained_elsewhere(plan, training, runs_dir) if ranks.is_main else None, ranks)
+                        try:
+                            # Rank 0 alone knows the checkpoint files and the MLflow run: it tells the others.
+                            trained = None if busy else shared(
+                                _train(plan, training, runs_dir, tracking_uri, data_dir, device, progress), ranks)
+                        except FolderBusy:  # taken since the check (one process; under torchrun the job stops)
+                            if ranks.world_size > 1:
+                                raise
+                            trained = None
+                        if trained is None:
+                            summary.elsewhere += [job.key for job in jobs]
+                            progress.console.print(f"left {training.key} and its {len(jobs)} evaluations to the "
+                                                   "process training it", highlight=False, soft_wrap=True)
+                            progress.advance(overall, 1 + len(jobs))
+                            continue
+                        checkpoint, selection, training_run, started_at = trained
                         summary.trained.append(training.key)
                         summary.seconds["training"] += time.monotonic() - started
                         progress.console.print(_trained_line(training, started_at, time.monotonic() - started)
@@ -208,8 +253,24 @@ def run_plan(plan: Plan, *, tracking_uri: str | None = None, runs_dir: Path = Pa
                         progress.advance(overall)
                 for job in jobs:
                     progress.update(overall, description=f"{suite.name}: scoring {job.key}")
-                    result = _evaluate(plan, job, checkpoint, selection, training_run, tracking_uri, data_dir,
-                                       device)
+                    # Rank 0 claims the evaluation (held while every rank scores it), then checks that no
+                    # other process finished it since this run listed what was pending.
+                    lease = claimed(evaluation_lease(plan, job, runs_dir)) if ranks.is_main else contextlib.nullcontext()
+                    with lease as mine:
+                        state = None
+                        if ranks.is_main:
+                            state = ("elsewhere" if not mine else "finished"
+                                     if (job.key, job.source) in _finished(plan, tracking_uri) else "mine")
+                        state = shared(state, ranks)
+                        if state != "mine":
+                            if state == "elsewhere":
+                                summary.elsewhere.append(job.key)
+                            else:
+                                summary.already_finished += 1
+                            progress.advance(overall)
+                            continue
+                        result = _evaluate(plan, job, checkpoint, selection, training_run, tracking_uri, data_dir,
+                                           device)
                     summary.evaluated.append(job.key)
                     if result is not None:
                         summary.seconds["sampling"] += result.timing["sampling_seconds"]
@@ -219,6 +280,9 @@ def run_plan(plan: Plan, *, tracking_uri: str | None = None, runs_dir: Path = Pa
                                                highlight=False, soft_wrap=True)
                     progress.advance(overall)
             progress.update(overall, description=f"{suite.name}: done")
+        if summary.elsewhere and ranks.is_main:
+            finished = {key for key, _ in _finished(plan, tracking_uri)}
+            summary.finished_elsewhere = [key for key in summary.elsewhere if key in finished]
         return summary if ranks.is_main else None
 
 

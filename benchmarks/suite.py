@@ -34,7 +34,7 @@ from cdrl.config import ConfigError, ExperimentConfig, apply_overrides, preset
 from cdrl.errors import CdrlBenchError
 from cdrl.evaluation.backends import DEFAULT_BACKEND
 from cdrl.metrics import METRICS
-from cdrl.typed import FieldError, above, at_least, build
+from cdrl.typed import FieldError, above, at_least, bounds, build
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -81,7 +81,7 @@ class Profile:
     #: Training iterations; None keeps the preset's.
     iterations: int | None = field(default=None, metadata=at_least(1))
     n_samples: int = field(default=5000, metadata=at_least(1))
-    seeds: tuple[int, ...] = (0,)
+    seeds: tuple[int, ...] = field(default=(0,), metadata=at_least(0))
     #: Reference images for image metrics; None: the whole split.
     n_reference: int | None = field(default=None, metadata=at_least(1))
     #: Extra training overrides of this profile (e.g. a smaller batch).
@@ -105,7 +105,8 @@ class ModelSpec:
     overrides: tuple[str, ...] = ()
     #: Langevin steps per level to sample with; empty: the training count.
     steps: tuple[int, ...] = field(default=(), metadata=at_least(1))
-    guidance: tuple[float, ...] = (0.0,)
+    #: Classifier-free guidance weights w (the range of the CLI's --guidance).
+    guidance: tuple[float, ...] = field(default=(0.0,), metadata=bounds(at_least=0, at_most=1e6))
     #: Columns and values that pick this model's row in the reference CSV (e.g. method = "CDRL").
     paper: dict[str, str] = field(default_factory=dict)
     #: A stored checkpoint (relative to the repository) sampled instead of training the model.
@@ -393,6 +394,9 @@ def _read_suite(path: Path, values: dict[str, Any]) -> Suite:
     for key, profile in (("profiles.full.seeds", full), ("profiles.quick.seeds", quick)):
         if not profile.seeds:
             raise FieldError(key, "is empty: list at least one seed, e.g. seeds = [0]")
+        if len(set(profile.seeds)) != len(profile.seeds):
+            raise FieldError(key, f"= {list(profile.seeds)} repeats a seed (every evaluation would run twice): list "
+                                  "each seed once")
     models = tuple(_model(item, f"models[{index}].", written.train.preset)
                    for index, item in enumerate(written.models))
     if not models:
@@ -430,9 +434,15 @@ def load_suite(name: str | os.PathLike) -> Suite:
     """Read and validate a suite (by name or path); every config it names is built once to catch typos."""
     path = suite_path(name)
     try:
-        values = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as error:
-        raise SuiteError(f"{path.name} is not valid TOML ({error}): fix the file") from None
+        values = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise SuiteError(f"{path.name} is not UTF-8 text (byte {error.start} is {error.object[error.start]:#04x}), "
+                         "as TOML files are: save it as UTF-8") from None
+    except OSError as error:
+        raise SuiteError(f"suite file {path} cannot be read ({error.strerror or error}): pass a readable file") from None
+    except (tomllib.TOMLDecodeError, RecursionError) as error:
+        reason = error if isinstance(error, tomllib.TOMLDecodeError) else "nested deeper than a TOML reader follows"
+        raise SuiteError(f"{path.name} is not valid TOML ({reason}): fix the file") from None
     try:
         suite = _read_suite(path, values)
     except FieldError as error:

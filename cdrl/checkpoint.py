@@ -249,7 +249,7 @@ def _with_ema(module: nn.Module, state: dict, ema_state: dict | None, use_ema: b
 
 
 def load_model(path: str | os.PathLike, use_ema: bool = True, device: torch.device | str = "cpu") -> LoadedModel:
-    """Networks of a checkpoint in eval mode, with EMA weights by default."""
+    """Networks of a checkpoint in eval mode, with EMA weights by default; non-finite weights are refused."""
     config, payload = load_checkpoint(path)
     state = payload["trainer"]
     ebm = _with_ema(build_energy_net(config.energy), state["ebm"], state.get("ebm_ema"), use_ema)
@@ -257,6 +257,13 @@ def load_model(path: str | os.PathLike, use_ema: bool = True, device: torch.devi
     if "initializer" in state:
         initializer = _with_ema(build_initializer(config.initializer), state["initializer"],
                                 state.get("initializer_ema"), use_ema)
+    # The weights that will draw samples (EMA or live): NaN weights give NaN samples, and scores of nothing.
+    used = {"ebm": ebm.state_dict(), **({"initializer": initializer.state_dict()} if initializer else {})}
+    problem = weights_problem(used, math.inf)
+    if problem is not None:
+        raise CheckpointError(f"checkpoint {path} {problem} ({'EMA' if use_ema else 'live'}): its training had "
+                              "diverged; use an earlier checkpoint of the run")
+    if initializer is not None:
         initializer.to(device)
     return LoadedModel(config, ebm.to(device), initializer, state["iteration"], use_ema,
                        payload.get("class_order", {}).get("description"), payload.get("mlflow_run_id"))

@@ -97,6 +97,11 @@ class RunConfig:
     #: ~1, spectrally normalised), while a blow-up passes it within a few iterations (tiny at
     #: training.ebm_lr=0.03: 2 to 2e6 in 11 iterations, then 1e10; the issue's ebm_lr=1: 5.6e17).
     divergence_bound: float = field(default=1e6, metadata=above(0))
+    #: Divergence by behaviour: a check window's largest |loss| or |energy| more than this many times
+    #: the median of the last healthy windows' (cdrl.train_loop.DivergenceWatch). A finite blow-up
+    #: jumps by orders of magnitude (toy-checkerboard at training.ebm_lr=1: ~10 to 2e3 from iteration
+    #: 80 to 100, 2e4 later), while healthy runs of every CPU preset stay within 5x (results/measurements.md).
+    divergence_jump: float = field(default=100.0, metadata=above(1))
 
 
 @dataclass(frozen=True)
@@ -335,6 +340,9 @@ def _example(field: dataclasses.Field, key: str) -> str:
 
 def _check_relations(config: ExperimentConfig) -> None:
     """The rules between fields (each field's own range is declared on it, cdrl.typed)."""
+    if config.name in ("", ".", "..") or any(separator in config.name for separator in ("/", "\\", "\0")):
+        raise FieldError("name", f"must be a plain name (it names the run folder runs/NAME-TIMESTAMP), without path "
+                                 f"separators, got {config.name!r}")
     schedule = config.schedule
     if schedule.logsnr_min >= schedule.logsnr_max:
         raise FieldError("schedule.logsnr_min", f"must be below schedule.logsnr_max ({schedule.logsnr_max:g}), "

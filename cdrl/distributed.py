@@ -67,12 +67,32 @@ def rank_seed(seed: int, rank: int) -> int:
     return int(np.random.SeedSequence((seed, rank)).generate_state(1)[0])
 
 
+def _launcher_count(name: str, default: int, minimum: int) -> int:
+    """An integer that torchrun (or an executor) sets, e.g. WORLD_SIZE; one line naming it when it is not one."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        number = minimum - 1
+    if number < minimum:
+        raise CdrlBenchError(f"{name}={value!r} is not an integer of at least {minimum}: torchrun sets it; unset it "
+                             "to run one process")
+    return number
+
+
 def launched_world_size() -> int:
     """How many processes share this job: the running process group's, else what torchrun (or an executor
     that sets its variables) started, 1 without either; known before the process group exists."""
     if dist.is_initialized():
         return dist.get_world_size()
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    return _launcher_count("WORLD_SIZE", 1, 1)
+
+
+def local_rank() -> int:
+    """This process's index on its machine (torchrun's LOCAL_RANK, 0 without it): the GPU it takes."""
+    return _launcher_count("LOCAL_RANK", 0, 0)
 
 
 def checked_device(name: str | torch.device | None) -> torch.device | None:
@@ -98,10 +118,10 @@ def checked_device(name: str | torch.device | None) -> torch.device | None:
 def init_distributed(device: str | torch.device | None) -> tuple[Ranks, torch.device, bool]:
     """(ranks, this process's device, whether this call started the process group) from torchrun's variables."""
     world_size = launched_world_size()
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = checked_device(device) or torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    index = local_rank()
+    device = checked_device(device) or torch.device(f"cuda:{index}" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank)
+        device = torch.device("cuda", index)
     if world_size == 1:
         return Ranks(0, 1), device, False
     started = False
@@ -160,9 +180,11 @@ def gathered(value: Any, ranks: Ranks) -> list[Any]:
     return values
 
 
-def any_rank(flag: torch.Tensor, ranks: Ranks) -> bool:
-    """Whether ``flag`` is set on any rank."""
+def largest_on_any_rank(value: torch.Tensor, ranks: Ranks) -> float:
+    """The largest of every rank's scalar ``value`` (NaN when any rank's is NaN), the same on every rank."""
     if ranks.world_size > 1:
-        flag = flag.to(torch.int32)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return bool(flag)
+        # A MAX reduction need not propagate NaN: it travels as a flag beside the value.
+        pair = torch.stack([value.isnan().to(value.dtype), torch.nan_to_num(value, nan=0.0, posinf=math.inf)])
+        dist.all_reduce(pair, op=dist.ReduceOp.MAX)
+        return math.nan if pair[0] else float(pair[1])
+    return float(value)

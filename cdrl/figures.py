@@ -9,6 +9,7 @@ import torch
 
 from cdrl.config import ExperimentConfig
 from cdrl.datasets import dataset_info, toy_in_support
+from cdrl.files import writing
 
 #: Each image of a grid is drawn at least this many pixels wide (an 8x8 digit is upscaled 12x)...
 READABLE_PIXELS = 96
@@ -59,8 +60,9 @@ def toy_scatter_figure(samples: torch.Tensor, dataset: str, scale: float, title:
 
 def save_sample_figure(samples: torch.Tensor, config: ExperimentConfig, path: Path, title: str) -> Path:
     """A PNG of samples: an image grid, or a scatter plot of 2-D toy points over the true support."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if dataset_info(config.data.dataset).is_image:
-        return save_image_grid(samples, path)
-    toy_scatter_figure(samples, config.data.dataset, config.data.toy_scale, title).savefig(path, dpi=150)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if dataset_info(config.data.dataset).is_image:
+            return save_image_grid(samples, path)
+        toy_scatter_figure(samples, config.data.dataset, config.data.toy_scale, title).savefig(path, dpi=150)
     return path

@@ -26,6 +26,7 @@ from cdrl.config import ExperimentConfig, apply_overrides
 from cdrl.datasets import item_shape
 from cdrl.distributed import Ranks, current_ranks
 from cdrl.errors import CdrlBenchError
+from cdrl.files import atomic_write, writing
 from cdrl.guidance import build_guided_model, requested_classes
 from cdrl.langevin import multiplier_for_steps
 from cdrl.noise import PerExampleNoise
@@ -198,15 +199,14 @@ def save_samples(samples: torch.Tensor, out: str | Path, is_image: bool, metadat
 
     out = Path(out)
     if out.suffix == ".npz":
-        out.parent.mkdir(parents=True, exist_ok=True)
         arrays = ({"images": to_uint8(samples).permute(0, 2, 3, 1).numpy()} if is_image
                   else {"points": samples.numpy()})
-        np.savez(out, **arrays, metadata=json.dumps(metadata))
-        return out
+        return atomic_write(out, lambda stream: np.savez(stream, **arrays, metadata=json.dumps(metadata)))
     check_sample_output(out, is_image)
-    out.mkdir(parents=True, exist_ok=True)
-    pixels = to_uint8(samples).permute(0, 2, 3, 1).numpy()
-    for index, image in enumerate(pixels):
-        Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(out / f"{index:06d}.png")
-    (out / "samples.json").write_text(json.dumps(metadata, indent=2))
+    with writing(out):
+        out.mkdir(parents=True, exist_ok=True)
+        pixels = to_uint8(samples).permute(0, 2, 3, 1).numpy()
+        for index, image in enumerate(pixels):
+            Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(out / f"{index:06d}.png")
+        (out / "samples.json").write_text(json.dumps(metadata, indent=2))
     return out

@@ -1,12 +1,14 @@
-"""Preemption: a scheduler's stop signal ends a training at the next iteration, checkpointed, not mid-step.
+"""Preemption: a stop signal ends a training at the next iteration, checkpointed, not mid-step.
 
 SLURM signals a job before its time limit or when it is preempted (SIGTERM; submitit asks for
-SIGUSR2, plain ``sbatch --signal`` often SIGUSR1); torchrun passes SIGTERM on to its workers.
-While :meth:`PreemptionWatch.installed` is active these signals only set a flag. The training
-loop asks :meth:`PreemptionWatch.agreed` after every step, so all ranks stop after the same
+SIGUSR2, plain ``sbatch --signal`` often SIGUSR1); torchrun passes SIGTERM on to its workers; a
+user stops a training with Ctrl-C (SIGINT), a closed terminal sends SIGHUP: all of them stop it
+the same way. While :meth:`PreemptionWatch.installed` is active these signals only set a flag.
+The training loop asks :meth:`PreemptionWatch.agreed` after every step, so all ranks stop after the same
 step; it writes a checkpoint there and raises :class:`Preempted`, which closes the MLflow run
 KILLED on its way out. Then the signal is handed on to the handler it displaced: submitit's
-requeues the job, which resumes from that checkpoint; without one the process exits with
+requeues the job, which resumes from that checkpoint; without one (or with Python's own Ctrl-C
+handler, which would only raise KeyboardInterrupt over the message) the process exits with
 status 128 + the signal's number. A second signal does not wait for the step to end.
 """
 
@@ -21,10 +23,11 @@ import torch
 import torch.distributed as dist
 
 from cdrl.distributed import Ranks
-from cdrl.tracking import RunTerminated
+from cdrl.tracking import RunTerminated, interruption
 
-#: The signals a scheduler sends before it stops a job.
-STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1", "SIGUSR2") if hasattr(signal, name))
+#: The signals a scheduler sends before it stops a job, Ctrl-C and a closed terminal's.
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT", "SIGHUP")
+                     if hasattr(signal, name))
 
 
 class Preempted(RunTerminated):
@@ -49,7 +52,7 @@ class PreemptionWatch:
 
     def _handle(self, signum: int, frame) -> None:
         if self.received is not None:  # a second signal: the sender insists
-            raise RunTerminated(signum)
+            raise interruption(signum)
         self.received = signum
 
     @contextlib.contextmanager
@@ -66,7 +69,7 @@ class PreemptionWatch:
         except Preempted:
             handler = self._previous.get(self.received) if self.received is not None else None
             self._restore()
-            if callable(handler):  # e.g. submitit's: it requeues the job and exits
+            if callable(handler) and handler is not signal.default_int_handler:  # e.g. submitit's: requeue, exit
                 handler(self.received, None)
             raise
         finally:

@@ -3,7 +3,8 @@
 One folder per run::
 
     RUN/config.json                      the resolved ExperimentConfig
-    RUN/checkpoints/ckpt-00005000.pt     newest ``run.keep_checkpoints``, written atomically
+    RUN/checkpoints/ckpt-00005000.pt     newest ``run.keep_checkpoints``, written atomically (regular files only:
+                                         anything else here is reported and left alone)
     RUN/checkpoints/best.pt              with ``run.select_every``: the best-scoring one (FID; toys: energy distance)
     RUN/checkpoints/corrupt/             checkpoints set aside by a resume: truncated or failing their sha256
     RUN/checkpoints/diverged/            checkpoints set aside by a rollback: non-finite or exploded weights
@@ -28,6 +29,7 @@ import json
 import logging
 import os
 import re
+import tempfile
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -52,9 +54,39 @@ SET_ASIDE_FOLDERS = {"corrupt": "corrupt", "diverged": "diverged"}
 _log = logging.getLogger(__name__)
 
 
+class FolderBusy(ConfigError):
+    """Another process holds the lease of a run folder: it is training there."""
+
+
+@contextlib.contextmanager
+def claimed(lock_file: Path) -> Iterator[bool]:
+    """Hold ``lock_file`` for the block if no other process does; yields whether this one got it.
+
+    An OS file lock (filelock): released when the block ends, or when its holder dies, however it
+    dies, so a killed worker never leaves work claimed.
+    """
+    lock = filelock.FileLock(lock_file)
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.release()
+
+
+def _checkpoint_number(path: Path) -> int | None:
+    """The iteration in a rolling checkpoint's name (ckpt-ITERATION.pt), or None for any other name."""
+    match = _CHECKPOINT_NAME.fullmatch(path.name)
+    return int(match.group(1)) if match else None
+
+
 def _rolling_checkpoints(folder: Path) -> list[Path]:
-    found = [(int(match.group(1)), path) for path in (folder.iterdir() if folder.is_dir() else [])
-             if (match := _CHECKPOINT_NAME.fullmatch(path.name))]
+    """The regular files named ckpt-ITERATION.pt in ``folder``, oldest first: a folder or device so named is none."""
+    found = [(number, path) for path in (folder.iterdir() if folder.is_dir() else [])
+             if (number := _checkpoint_number(path)) is not None and path.is_file()]
     return [path for _, path in sorted(found)]
 
 
@@ -99,20 +131,19 @@ class RunFolder:
     def sample_grid(self, iteration: int) -> Path:
         return self.root / SAMPLE_FOLDER / f"samples-{iteration:08d}.png"
 
+    @property
+    def lease_file(self) -> Path:
+        return self.root / ".lease"
+
     @contextlib.contextmanager
     def lease(self) -> Iterator[None]:
-        """Train here alone: a lock on RUN/.lease, which the OS releases when its holder dies, however it dies."""
+        """Train here alone: a lock on RUN/.lease (:func:`claimed`); FolderBusy while another process trains here."""
         self.root.mkdir(parents=True, exist_ok=True)
-        lock = filelock.FileLock(self.root / ".lease")
-        try:
-            lock.acquire(timeout=0)
-        except filelock.Timeout:
-            raise ConfigError(f"{self.root} is being trained by another process (it holds {self.root / '.lease'}): "
-                              "wait for it to finish, or train into another folder") from None
-        try:
+        with claimed(self.lease_file) as mine:
+            if not mine:
+                raise FolderBusy(f"{self.root} is being trained by another process (it holds {self.lease_file}): "
+                                 "wait for it to finish, or train into another folder")
             yield
-        finally:
-            lock.release()
 
     def check_fresh(self) -> None:
         """A new run may not start in the folder of another (nor beside a best.pt, which --pick best would take)."""
@@ -123,9 +154,31 @@ class RunFolder:
             raise ConfigError(f"{self.root} holds the best.pt of an earlier run (stopped before its first checkpoint, "
                               f"so it cannot be resumed): remove {self.best()} or choose another --out")
 
-    def prepare(self, config: ExperimentConfig, corrupt: tuple[Path, ...] = ()) -> None:
-        """Create the layout, drop what a crash left half-written, set aside ``corrupt`` checkpoints, record the config."""
-        self.checkpoints.mkdir(parents=True, exist_ok=True)
+    def prepare(self, config: ExperimentConfig, corrupt: tuple[Path, ...] = (), start: int = 0) -> None:
+        """Create the layout, drop what a crash left half-written, set aside ``corrupt`` checkpoints, record the config.
+
+        Checked first, so that a run that could not keep its work stops before it trains: the
+        checkpoints folder takes a file, and no folder or other non-file holds the name of a
+        checkpoint this run may write (iterations ``start`` + 1 to ``config.training.iterations``;
+        a preemption writes at any of them). Anything else in checkpoints/ is reported and left alone.
+        """
+        try:
+            self.checkpoints.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=self.checkpoints).close()
+        except OSError as error:
+            raise ConfigError(f"{self.checkpoints} cannot hold a checkpoint ({error.strerror or error}): "
+                              "make it writable, or train into another folder") from None
+        for entry in sorted(self.checkpoints.iterdir()):
+            number = _checkpoint_number(entry)
+            if entry.is_file() and (number is not None or entry.name == BEST_CHECKPOINT):
+                continue
+            if entry.name.endswith(PARTIAL_SUFFIX) or (entry.name in SET_ASIDE_FOLDERS.values() and entry.is_dir()):
+                continue
+            if entry.name == BEST_CHECKPOINT or (number is not None and start < number <= config.training.iterations):
+                raise ConfigError(f"{entry} is not a file, and this run writes a checkpoint by that name: "
+                                  "move it out of the checkpoints folder, or train into another folder")
+            _log.warning("%s is not a checkpoint of this run: left alone (rotation, resume and rollback ignore it)",
+                         entry)
         for partial in self.checkpoints.glob(f".*{PARTIAL_SUFFIX}"):
             partial.unlink()  # a save_atomic that a crash interrupted: never a valid checkpoint
         self.set_aside(corrupt, "corrupt")
@@ -144,9 +197,17 @@ class RunFolder:
         return moved
 
     def save_checkpoint(self, payload: dict, iteration: int, keep: int) -> Path:
-        """Write ckpt-ITERATION.pt atomically, then drop all but the newest ``keep``."""
+        """Write ckpt-ITERATION.pt atomically, then keep it and the newest ``keep`` - 1 older ones.
+
+        Only checkpoints older than the one just written are removed: a file with a later number is
+        no checkpoint of this run (a resume or rollback has set aside the run's own), so it can
+        never push the new one, the newest intact checkpoint, out of rotation.
+        """
         path = save_atomic(payload, self.checkpoints / f"ckpt-{iteration:08d}.pt")
-        for old in self.checkpoint_paths()[:-keep]:
+        older = [old for old in self.checkpoint_paths() if _checkpoint_number(old) < iteration]
+        removed = older[:max(len(older) - (keep - 1), 0)]
+        assert path not in removed and path.is_file(), f"rotation would remove {path}, just written"
+        for old in removed:
             old.unlink()
         return path
 

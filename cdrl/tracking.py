@@ -108,6 +108,33 @@ def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
     return uri
 
 
+#: Seconds a tracking server has to answer before a command starts work.
+REACHABLE_SECONDS = 5.0
+
+
+def checked_store(tracking_uri: str | None = None) -> str:
+    """:func:`resolve_tracking_uri`, and a tracking server that answers within :data:`REACHABLE_SECONDS`.
+
+    Without this a server that is down costs MLflow's retries (minutes) and then a long traceback.
+    Any HTTP answer (even an error status) shows the server is there; MLflow judges the rest.
+    """
+    uri = resolve_tracking_uri(tracking_uri)
+    if uri.startswith(("http://", "https://")):
+        import urllib.error
+        import urllib.request
+
+        try:
+            urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=REACHABLE_SECONDS).close()
+        except urllib.error.HTTPError:
+            pass  # it answered
+        except (urllib.error.URLError, OSError, ValueError) as error:
+            reason = getattr(error, "reason", None) or error
+            raise TrackingError(f"the tracking server {uri} does not answer ({reason}, within "
+                                f"{REACHABLE_SECONDS:g} s): start it, check the address, or pass "
+                                "--tracking-uri sqlite:///mlflow.db") from None
+    return uri
+
+
 def _sqlite_path(uri: str) -> Path | None:
     """The database file of a ``sqlite:///`` URI; None for other stores and in-memory SQLite."""
     if not uri.startswith("sqlite://"):
@@ -118,10 +145,19 @@ def _sqlite_path(uri: str) -> Path | None:
     return Path(path.removeprefix("/"))
 
 
-def _check_uri(uri: str, source: str) -> None:
-    from mlflow.utils.uri import get_uri_scheme
+#: How a SQLite database file begins (an empty file is a store about to be created).
+_SQLITE_HEADER = b"SQLite format 3\x00"
 
-    if get_uri_scheme(uri) == "sqlite":
+
+def _check_uri(uri: str, source: str) -> None:
+    from mlflow.utils.uri import get_uri_scheme, is_databricks_uri
+
+    scheme = get_uri_scheme(uri)
+    if scheme in ("", "file") and not is_databricks_uri(uri):
+        # MLflow's folder store: deprecated by MLflow 3, and not the database store the suites and tables search.
+        raise TrackingError(f"{source}: a folder store (a plain path or file://) is not supported: pass "
+                            "sqlite:///PATH.db (a local store) or http(s)://HOST:PORT (a tracking server)")
+    if scheme == "sqlite":
         if not uri.startswith("sqlite://"):
             raise TrackingError(f"{source}: write a SQLite store as sqlite:///RELATIVE/PATH.db or "
                                 "sqlite:////ABSOLUTE/PATH.db")
@@ -135,6 +171,16 @@ def _check_uri(uri: str, source: str) -> None:
         if not folder.is_dir():
             raise TrackingError(f"{source}: the folder {folder} of the SQLite store does not exist: create it "
                                 f"(mkdir -p {folder}) or pass --tracking-uri sqlite:///PATH in an existing folder")
+        if path.exists():
+            try:
+                with path.open("rb") as database:
+                    start = database.read(len(_SQLITE_HEADER))
+            except OSError as error:
+                raise TrackingError(f"{source}: {path} cannot be read ({error.strerror}): fix its permissions or "
+                                    "pass another store") from None
+            if start and start != _SQLITE_HEADER:
+                raise TrackingError(f"{source}: {path} is not a SQLite database (it is some other file): pass "
+                                    "--tracking-uri sqlite:///PATH of a store, or of a file that does not exist yet")
         return
     try:
         from mlflow.tracking._tracking_service.utils import _tracking_store_registry as registry
@@ -306,7 +352,7 @@ class _SignalGuard:
         if self.deferring and self.pending is None:
             self.pending = signum  # a second signal does not wait: the user insists
             return
-        raise _interruption(signum)
+        raise interruption(signum)
 
     @contextlib.contextmanager
     def deferred(self) -> Iterator[None]:
@@ -319,10 +365,11 @@ class _SignalGuard:
     def raise_pending(self) -> None:
         if self.pending is not None:
             signum, self.pending = self.pending, None
-            raise _interruption(signum)
+            raise interruption(signum)
 
 
-def _interruption(signum: int) -> BaseException:
+def interruption(signum: int) -> BaseException:
+    """What a signal raises into a run: Ctrl-C a KeyboardInterrupt, the others an exit with status 128 + signum."""
     return RunInterrupted() if signum == signal.SIGINT else RunTerminated(signum)
 
 

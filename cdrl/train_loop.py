@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import math
+import statistics
 import os
 import platform
 import subprocess
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -35,7 +37,8 @@ import cdrl
 from cdrl.checkpoint import CheckpointError, load_checkpoint, make_checkpoint, weights_problem
 from cdrl.config import ConfigError, ExperimentConfig, RunConfig, apply_overrides, check_networks_fit_data
 from cdrl.datasets import build_dataset, dataset_info, infinite_batches, toy_in_support
-from cdrl.distributed import Ranks, any_rank, gathered, init_distributed, launched_world_size, rank_seed, shared
+from cdrl.distributed import (Ranks, gathered, init_distributed, largest_on_any_rank, launched_world_size, rank_seed,
+                              shared)
 from cdrl.errors import CdrlBenchError
 from cdrl.figures import save_sample_figure
 from cdrl.generation import GenerationSpec, ema_model, generate
@@ -45,8 +48,7 @@ from cdrl.progress import JobProgress
 from cdrl.run_folder import ResumePoint, RunFolder, resume_point
 from cdrl.scoring import score_samples
 from cdrl.tracking import (DIVERGED_METRIC, TAG_CHECKPOINT_DIR, TAG_DIVERGED, TAG_GLOBAL_BATCH, TAG_KIND, TAG_METHOD,
-                           TAG_PER_PROCESS_BATCH, TAG_PRESET, TAG_RUN_KEY, TrackedRun, resolve_tracking_uri,
-                           tracked_run)
+                           TAG_PER_PROCESS_BATCH, TAG_PRESET, TAG_RUN_KEY, TrackedRun, checked_store, tracked_run)
 from cdrl.training import CooperativeTrainer, StepStats
 
 #: Noise stream of selection samples, apart from the training and sample-grid streams.
@@ -56,7 +58,8 @@ _SELECTION_METRICS = {True: ("fid", "kid_mean"), False: ("energy_distance",)}
 
 
 class TrainingDiverged(CdrlBenchError):
-    """A loss or energy became non-finite or passed run.divergence_bound, and the divergence policy ended the run."""
+    """A loss or energy became non-finite, passed run.divergence_bound or jumped (run.divergence_jump), and the
+    divergence policy ended the run."""
 
 
 @dataclass
@@ -128,11 +131,46 @@ def _set_lr_scale(trainer: CooperativeTrainer, scale: float) -> None:
         scheduler.base_lrs = [lr * scale for _ in scheduler.base_lrs]
 
 
-def _watched(stats: StepStats) -> torch.Tensor:
+def watched(stats: StepStats) -> torch.Tensor:
+    """What divergence is judged on: the step's EBM loss, energies and initializer loss."""
     values = [stats.ebm_loss, stats.positive_energy, stats.negative_energy]
     if stats.initializer_loss is not None:
         values.append(stats.initializer_loss)
     return torch.stack(values)
+
+
+class DivergenceWatch:
+    """Divergence by bound and by behaviour, judged on each window between two checks of the loop.
+
+    A window's peak is its largest |loss|, |energy| or initializer loss. It diverges when it is
+    non-finite, above run.divergence_bound, or run.divergence_jump times the median of the peaks of
+    the last :attr:`HISTORY` healthy windows (judged once :attr:`MIN_HISTORY` are known): a blow-up
+    that stays finite and below the bound still jumps by orders of magnitude within a few windows,
+    while a healthy run's peaks drift by small factors (measured in results/measurements.md).
+    """
+
+    HISTORY = 50
+    MIN_HISTORY = 3
+
+    def __init__(self, run: RunConfig) -> None:
+        self.bound, self.jump = run.divergence_bound, run.divergence_jump
+        self.peaks: deque[float] = deque(maxlen=self.HISTORY)
+
+    def problem(self, peak: float, iteration: int) -> str | None:
+        """Why the window ending at ``iteration`` with ``peak`` diverged, or None (then the peak joins the history)."""
+        if not math.isfinite(peak):
+            return f"non-finite loss or energy by iteration {iteration}"
+        if peak > self.bound:
+            return (f"loss or energy of magnitude {peak:.3g} by iteration {iteration}, beyond "
+                    f"run.divergence_bound={self.bound:g}")
+        if len(self.peaks) >= self.MIN_HISTORY:
+            typical = statistics.median(self.peaks)
+            if peak > self.jump * typical:
+                return (f"loss or energy of magnitude {peak:.3g} by iteration {iteration}, {peak / typical:.3g} times "
+                        f"the median {typical:.3g} of the last {len(self.peaks)} checks (run.divergence_jump="
+                        f"{self.jump:g})")
+        self.peaks.append(peak)
+        return None
 
 
 # --------------------------------------------------------------------------- samples
@@ -253,7 +291,7 @@ def train(config: ExperimentConfig | None = None, *, resume: str | os.PathLike |
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise ConfigError(f"--out {out} is a file: a run needs a folder of its own; choose another --out")
     warning = use_threads(config.performance.threads)
-    resolve_tracking_uri(tracking_uri)  # so does a tracking URI MLflow cannot use
+    checked_store(tracking_uri)  # so does a tracking URI MLflow cannot use, or a server that does not answer
     # Bad data paths fail here, before any folder, process group or MLflow run exists.
     dataset = build_dataset(config.data)
     ranks, device, started_group = init_distributed(device)
@@ -296,7 +334,7 @@ def _train(config: ExperimentConfig, dataset, folder: RunFolder, resumed: Resume
     best = _restored_selection(payload, metric, cadence)
     last_checkpoint = resumed.checkpoint if resumed is not None and ranks.is_main else None
     if ranks.is_main:
-        folder.prepare(config, resumed.corrupt if resumed is not None else ())
+        folder.prepare(config, resumed.corrupt if resumed is not None else (), start=started_at)
 
     run_tags = {TAG_KIND: "train", TAG_PRESET: config.name, TAG_METHOD: training.method,
                 TAG_CHECKPOINT_DIR: str(folder.checkpoints), TAG_GLOBAL_BATCH: str(training.batch_size),
@@ -323,15 +361,16 @@ def _train(config: ExperimentConfig, dataset, folder: RunFolder, resumed: Resume
                         completed=trainer.iteration)
         batches = infinite_batches(dataset, batch, training.seed, ranks.rank, ranks.world_size,
                                    start_iteration=trainer.iteration)
-        # The largest |loss| or |energy| since the start or the last rollback (NaN stays NaN): on the device.
+        # The largest |loss| or |energy| since the last check (NaN stays NaN): on the device.
         peak = torch.zeros((), device=device)
+        divergence = DivergenceWatch(cadence)
         rolled_back_to = None
         clock, clock_iteration, rate, losses = time.monotonic(), trainer.iteration, 0.0, ""
         while trainer.iteration < training.iterations:
             x, labels = next(batches)
             stats = trainer.step(x, labels)
             # Accumulated on the device: no host sync until the next check below.
-            peak = torch.maximum(peak, _watched(stats).abs().amax())
+            peak = torch.maximum(peak, watched(stats).abs().amax())
             iteration = trainer.iteration
             last = iteration == training.iterations
             log_due = iteration % cadence.log_every == 0
@@ -345,13 +384,15 @@ def _train(config: ExperimentConfig, dataset, folder: RunFolder, resumed: Resume
             # Selection is due only where divergence is checked: a diverged model is never scored.
             if not (log_due or sample_due or checkpoint_due or select_due):
                 continue
-            if any_rank(~(peak <= cadence.divergence_bound), ranks):
+            # Every rank judges the same largest peak of all ranks, so all of them roll back or go on together.
+            diverged = divergence.problem(largest_on_any_rank(peak, ranks), iteration)
+            peak.zero_()
+            if diverged is not None:
                 rollbacks, rolled_back_to = _on_divergence(trainer, cadence, folder, iteration, rollbacks, ranks,
-                                                           run, progress.console, float(peak), rolled_back_to)
+                                                           run, progress.console, diverged, rolled_back_to)
                 batches = infinite_batches(dataset, batch, training.seed, ranks.rank, ranks.world_size,
                                            start_iteration=trainer.iteration)
                 clock, clock_iteration = time.monotonic(), trainer.iteration  # the rate restarts where it resumes
-                peak.zero_()
                 progress.update(task, completed=trainer.iteration)
                 continue
             if log_due:
@@ -450,15 +491,6 @@ def _log_samples(trainer: CooperativeTrainer, folder: RunFolder, iteration: int,
         run.log_metrics(metrics, step=iteration)
 
 
-def _divergence_message(peak: float, bound: float, iteration: int) -> str:
-    if not math.isfinite(peak):
-        return f"non-finite loss or energy by iteration {iteration}"
-    if peak > bound:
-        return f"loss or energy of magnitude {peak:.3g} by iteration {iteration}, beyond run.divergence_bound={bound:g}"
-    return (f"non-finite loss or energy, or one beyond run.divergence_bound={bound:g}, on another process by "
-            f"iteration {iteration}")
-
-
 def _rollback_target(folder: RunFolder, bound: float, rolled_back_to: str | None) -> tuple[dict, dict | None]:
     """Rank 0's choice of a checkpoint to roll back to, and its payload.
 
@@ -492,7 +524,7 @@ def _rollback_target(folder: RunFolder, bound: float, rolled_back_to: str | None
 
 
 def _on_divergence(trainer: CooperativeTrainer, cadence: RunConfig, folder: RunFolder, iteration: int,
-                   rollbacks: int, ranks: Ranks, run: TrackedRun | None, console: Console, peak: float,
+                   rollbacks: int, ranks: Ranks, run: TrackedRun | None, console: Console, message: str,
                    rolled_back_to: str | None) -> tuple[int, str]:
     """Record the divergence, then stop, or roll back to a healthy checkpoint with lower learning rates.
 
@@ -501,7 +533,6 @@ def _on_divergence(trainer: CooperativeTrainer, cadence: RunConfig, folder: RunF
     it are moved to checkpoints/corrupt/ or checkpoints/diverged/, so that neither rotation nor a
     later resume or rollback takes them. Returns the rollback count and the checkpoint rolled back to.
     """
-    message = _divergence_message(peak, cadence.divergence_bound, iteration)
     if run is not None:
         run.log_metrics({DIVERGED_METRIC: 1.0}, step=iteration)
         run.set_tags({TAG_DIVERGED: message})

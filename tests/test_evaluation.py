@@ -40,6 +40,7 @@ from cdrl.evaluation import (
 )
 from cdrl.evaluation.backends.clean_fid import CleanFidTorchScriptExtractor
 from cdrl.evaluation.weights import CACHE_WEIGHTS_RELATIVE_PATH, FID_HELPER_WEIGHTS_SHA256
+from cdrl.files import OutputError
 
 N_IMAGES = 24
 BLUR_SIGMAS = (0.7, 1.5, 3.0)
@@ -474,7 +475,7 @@ def test_reference_cache_write_is_atomic(tmp_path, monkeypatch):
 
     monkeypatch.setattr(reference_module.np, "savez", failing_savez)
     before = target.read_bytes()
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OutputError, match=f"cannot write {target}: disk full"):  # one line naming the file
         small_statistics().save(target)
     assert target.read_bytes() == before
     assert sorted(path.name for path in target.parent.iterdir()) == [target.name]

@@ -6,10 +6,13 @@ training, Ray through Ray Train's TorchTrainer and Ray tasks.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import re
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,8 +21,10 @@ from typer.testing import CliRunner
 
 import cli
 from benchmarks.executors import JobSettings, SuiteJob, WorkUnit, _cause, _SubmititTask, work_units
+from benchmarks.runner import evaluation_lease, run_folder
 from benchmarks.suite import select
 from cdrl.errors import CdrlBenchError
+from cdrl.run_folder import RunFolder
 from cdrl.tracking import TAG_PID
 from tiny_suite import TINY_SUITE
 
@@ -208,3 +213,47 @@ def test_ray_train_starts_its_process_group_with_the_collective_timeout(monkeypa
     with pytest.raises(CdrlBenchError, match="CDRL_BENCH_COLLECTIVE_TIMEOUT_MINUTES='soon' is not a number"):
         executors.SubmititExecutor(Path("unused"), cluster="local").execute(JobSettings("ci-smoke").plan(),
                                                                             JobSettings("ci-smoke"), None)
+
+
+#: Another process that holds a lease, as a second `run --suite` of the same suite does while it works.
+_HOLD = "import filelock, sys, time; lock = filelock.FileLock(sys.argv[1]); lock.acquire(); print('held', flush=True); " \
+        "time.sleep(600)"
+
+
+@contextlib.contextmanager
+def _held_by_another_process(lock_file: Path):
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(lock_file)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_concurrent_runs_of_a_suite_split_the_work_and_report_it(suite_folder):
+    """Issue #31.4: two `run --suite` in one folder both scored every point, and the second exited 2."""
+    plan = JobSettings("tiny-test.toml").plan()
+    first, second = plan.evaluations[:2]
+    with _held_by_another_process(evaluation_lease(plan, first, Path("runs"))):
+        output = _run()
+    assert re.search(r"1 trained, 1 scored, 0 already finished, 0 scored by another process running this suite "
+                     r"\(1 still running there: the same command again reports them\)", " ".join(output.split()))
+    # The held evaluation was left to its holder (the training's own run is there too).
+    assert set(_finished_runs(suite_folder)) == {second.training.key, second.key}
+    # The other process died without scoring it: its lease went with it, and the next run scores it.
+    assert "1 trained, 1 scored, 1 already finished;" in " ".join(_run().split())  # "trained": reopened
+    assert set(_finished_runs(suite_folder)) == {second.training.key, first.key, second.key}
+
+
+def test_a_training_another_run_holds_is_left_to_it_with_its_evaluations(suite_folder):
+    plan = JobSettings("tiny-test.toml").plan()
+    (training,) = plan.trainings
+    folder = RunFolder(run_folder(plan, training, Path("runs")))
+    folder.root.mkdir(parents=True)
+    with _held_by_another_process(folder.lease_file):
+        output = " ".join(_run().split())
+    assert f"left {training.key} and its 2 evaluations to the process training it" in output
+    assert "0 trained, 0 scored, 0 already finished, 0 scored by another process running this suite (2 still " \
+           "running there" in output
+    assert not (suite_folder / "mlflow.db").exists() or _finished_runs(suite_folder) == {}

@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,13 +17,17 @@ from typer.testing import CliRunner
 
 import cli
 from cdrl.checkpoint import CheckpointError, load_checkpoint, load_model, make_checkpoint, save_atomic
-from cdrl.config import apply_overrides, preset
+from cdrl.config import PRESETS, ConfigError, RunConfig, apply_overrides, preset
 from cdrl.run_folder import RunFolder, locate_checkpoint, resume_point
-from cdrl.train_loop import train
+from cdrl.train_loop import DivergenceWatch, TrainingDiverged, train
 from cdrl.training import CooperativeTrainer
 
 #: Cheap cadences for the tiny preset: every iteration checked and logged, few samples.
 QUICK = ["run.log_every=1", "run.n_samples=4", "run.sample_every=100"]
+TRAJECTORIES = Path(__file__).parent / "fixtures" / "divergence_trajectories.json"
+#: The presets whose healthy trajectory is not recorded: GPU-scale ones, and official-small, which trains on
+#: CIFAR-10 (absent from the offline machine that recorded them). Every other preset's is.
+UNRECORDED_PRESETS = {"cifar10", "cifar10-large", "imagenet32-cond", "official-small"}
 
 
 @pytest.fixture(autouse=True)
@@ -145,6 +150,79 @@ def test_resume_takes_the_checkpoint_before_a_truncated_newest_one(tmp_path, tra
         resume_point(run_dir / "checkpoints" / "ckpt-00000004.pt", tracking_uri=tracking_uri, world_size=1)
 
 
+def test_sample_and_eval_refuse_non_finite_weights_in_one_line(tmp_path, tracking_uri, monkeypatch, capsys):
+    """Issue #31.5: NaN EMA weights gave 'wrote 8 samples' of NaN points, and a FINISHED eval run."""
+    trainer = stepped_trainer(0)
+    state = trainer.state_dict()
+    state["ebm_ema"]["shadow_params"][0][0] = math.nan
+    path = save_atomic(make_checkpoint(trainer.config, state), tmp_path / "nan-ema.pt")
+    commands = {"sample": ["sample", str(path), "--n", "8", "--steps", "1", "--out", str(tmp_path / "s.npz")],
+                "eval": ["eval", str(path), "--n-samples", "8", "--steps", "1", "--tracking-uri", tracking_uri]}
+    for command in commands.values():
+        monkeypatch.setattr(sys, "argv", ["cdrl-bench", *command])
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main()
+        error = capsys.readouterr().err.strip()
+        assert exit_info.value.code == 2 and "\n" not in error, error
+        assert error.startswith(f"error: checkpoint {path} has non-finite weights (ebm.") and error.endswith(
+            "(EMA): its training had diverged; use an earlier checkpoint of the run")
+    assert not (tmp_path / "s.npz").exists()
+    assert [e.name for e in MlflowClient(tracking_uri).search_experiments()] == ["Default"]  # no eval run logged
+    load_model(path, use_ema=False)  # the live weights are finite: --live may use them
+
+
+def test_rotation_keeps_the_checkpoint_it_wrote_whatever_else_is_in_the_folder(tmp_path, tracking_uri, caplog):
+    """Issue #31.1: a folder named like a newer checkpoint made rotation delete every real one, exit 0."""
+    run_dir = tmp_path / "run"
+    train(preset("tiny"), overrides=[*QUICK, "training.iterations=4", "run.checkpoint_every=2"], out=run_dir,
+          tracking_uri=tracking_uri, show_progress=False)
+    checkpoints = run_dir / "checkpoints"
+    (checkpoints / "ckpt-00000050.pt").mkdir()  # a later number, beyond this resume's iterations
+    (checkpoints / "ckpt-00000001.pt").mkdir()  # an older one: unlink() on it crashed every checkpoint write
+    (checkpoints / "ckpt-00000099.pt").write_bytes(b"not a checkpoint")  # a later-numbered file: not this run's
+    with caplog.at_level(logging.WARNING, logger="cdrl.run_folder"):
+        resumed = train(resume=run_dir, overrides=["training.iterations=6", "run.keep_checkpoints=1"],
+                        tracking_uri=tracking_uri, show_progress=False)
+    assert resumed.checkpoint == checkpoints / "ckpt-00000006.pt"
+    assert [path.name for path in RunFolder(run_dir).checkpoint_paths()] == ["ckpt-00000006.pt"]
+    assert (checkpoints / "ckpt-00000050.pt").is_dir() and (checkpoints / "ckpt-00000001.pt").is_dir()
+    assert f"{checkpoints / 'ckpt-00000050.pt'} is not a checkpoint of this run: left alone" in caplog.text
+    assert (checkpoints / "corrupt" / "ckpt-00000099.pt").is_file()  # set aside by the resume, as corrupt
+    assert resume_point(run_dir, tracking_uri=tracking_uri, world_size=1).checkpoint.name == "ckpt-00000006.pt"
+
+    # A folder where this run would write a checkpoint: one line before any training, nothing changed.
+    (checkpoints / "ckpt-00000008.pt").mkdir()
+    with pytest.raises(ConfigError, match=r"ckpt-00000008.pt is not a file, and this run writes a checkpoint by "
+                                          r"that name: move it out of the checkpoints folder"):
+        train(resume=run_dir, overrides=["training.iterations=8"], tracking_uri=tracking_uri, show_progress=False)
+    assert [path.name for path in RunFolder(run_dir).checkpoint_paths()] == ["ckpt-00000006.pt"]
+
+
+def test_rotation_removes_only_checkpoints_older_than_the_one_it_wrote(tmp_path):
+    folder = RunFolder(tmp_path / "run")
+    trainer = stepped_trainer(0)
+    payload = make_checkpoint(trainer.config, trainer.state_dict())
+    for iteration in (2, 4, 6):
+        folder.save_checkpoint(payload, iteration, keep=2)
+    assert [path.name for path in folder.checkpoint_paths()] == ["ckpt-00000004.pt", "ckpt-00000006.pt"]
+    (folder.checkpoints / "ckpt-00000009.pt").write_bytes(b"")  # newer-numbered, not written by this run
+    written = folder.save_checkpoint(payload, 8, keep=1)
+    assert [path.name for path in folder.checkpoint_paths()] == ["ckpt-00000008.pt", "ckpt-00000009.pt"]
+    assert load_checkpoint(written)[1]["trainer"]["iteration"] == 0
+
+
+def test_a_checkpoints_folder_that_takes_no_file_stops_the_run_before_training(tmp_path, tracking_uri):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "checkpoints").write_text("a file where the checkpoints folder goes")
+    with pytest.raises(ConfigError, match=r"checkpoints cannot hold a checkpoint \(File exists\): make it "
+                                          r"writable, or train into another folder$"):
+        train(preset("tiny"), overrides=[*QUICK, "training.iterations=2"], out=run_dir, tracking_uri=tracking_uri,
+              show_progress=False)
+    assert not (run_dir / "config.json").exists()
+    assert [e.name for e in MlflowClient(tracking_uri).search_experiments()] == ["Default"]  # no run was opened
+
+
 def test_a_finite_blow_up_is_caught_and_rolled_back_past_the_checkpoint_it_came_from(tmp_path, tracking_uri):
     # Measured (tiny, this seed): at training.ebm_lr=0.03 the energies go 0.9, 0.5, then 5.9e3 at iteration 3:
     # finite, past the bound. ckpt-2 holds the update that blew up (iteration 3 evaluates its weights), so the
@@ -166,6 +244,44 @@ def test_a_finite_blow_up_is_caught_and_rolled_back_past_the_checkpoint_it_came_
     assert all(math.isfinite(value) and abs(value) <= 1000 for value in logged)
     assert (tmp_path / "run" / "checkpoints" / "diverged" / "ckpt-00000002.pt").is_file()
     assert load_checkpoint(result.checkpoint)[1]["rollbacks"] == 2
+
+
+@pytest.mark.parametrize("check_every", [1, 10, 25])
+def test_the_jump_watch_catches_the_issues_blow_up_and_no_healthy_run(check_every):
+    """Replays recorded trajectories (benchmarks/divergence_trajectories.py) through the watch, checked every
+    ``check_every`` iterations: issue #31's toy-checkerboard at training.ebm_lr=1 peaked at 2.1e4, under the
+    bound, and finished FINISHED; healthy runs of every CPU preset (CDRL, and DRL) raise no alarm."""
+    runs = json.loads(TRAJECTORIES.read_text())["runs"]
+    assert {run["preset"] for run in runs} == set(PRESETS) - UNRECORDED_PRESETS  # a new preset needs its trajectory
+    for run in runs:
+        watch, values = DivergenceWatch(RunConfig()), run["values"]
+        alarms = [(end, problem) for end in range(check_every, len(values) + 1, check_every)
+                  if (problem := watch.problem(max(values[end - check_every:end]), end))]
+        if run["diverges"]:
+            assert alarms and alarms[0][0] <= 150, (run["label"], alarms[:1])
+            assert max(values) < RunConfig().divergence_bound  # the bound alone never catches it
+        else:
+            assert alarms == [], (run["label"], alarms[:3])
+
+
+def test_a_jump_under_the_bound_is_a_divergence_with_its_policy(tmp_path, tracking_uri, monkeypatch):
+    original = CooperativeTrainer.step
+
+    def step(self, x, labels=None):  # iteration 9's energies jump 1e4-fold: finite, far below the bound
+        stats = original(self, x, labels)
+        if self.iteration == 9:
+            stats.positive_energy = stats.positive_energy * 1e4 + 1e3
+        return stats
+
+    monkeypatch.setattr(CooperativeTrainer, "step", step)
+    with pytest.raises(TrainingDiverged, match=r"by iteration 9, [0-9.e+]+ times the median [0-9.e+]+ of the last 8 "
+                                               r"checks \(run.divergence_jump=100\) \(run.on_divergence=stop\)"):
+        train(preset("tiny"), overrides=[*QUICK, "training.iterations=12", "run.on_divergence=stop"],
+              out=tmp_path / "run", tracking_uri=tracking_uri, show_progress=False)
+    client = MlflowClient(tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("cdrl-bench").experiment_id])
+    assert run.info.status == "FAILED" and "times the median" in run.data.tags["cdrl.diverged"]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "diverged")] == [9]
 
 
 def test_rollback_passes_over_a_checkpoint_with_exploded_weights(tmp_path, tracking_uri, monkeypatch, poison):

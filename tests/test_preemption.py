@@ -1,6 +1,6 @@
-"""Preemption: a scheduler's signal stops training after the current step, checkpointed, its run KILLED.
+"""Preemption: a scheduler's signal, Ctrl-C or SIGHUP stops training after the current step, checkpointed, KILLED.
 
-A real SIGTERM to the command line: tests/test_tracking.py::test_sigterm_to_a_training_ends_its_run_killed.
+Real signals to the command line: tests/test_tracking.py::test_a_stop_signal_to_a_training_checkpoints_it.
 """
 
 from __future__ import annotations
@@ -30,13 +30,14 @@ def _one_thread(one_thread):
     """Every test here on one thread (tests/conftest.py)."""
 
 
-def _signal_during_step(monkeypatch, at_iteration: int, signum: int) -> None:
-    """The step from ``at_iteration`` receives ``signum`` halfway (the signal arrives mid-step)."""
+def _signal_during_step(monkeypatch, at_iteration: int, signum: int, times: int = 1) -> None:
+    """The step from ``at_iteration`` receives ``signum`` ``times`` times halfway (the signal arrives mid-step)."""
     original = CooperativeTrainer.step
 
     def step(self, x, labels=None):
         if self.iteration == at_iteration:
-            os.kill(os.getpid(), signum)
+            for _ in range(times):
+                os.kill(os.getpid(), signum)
         return original(self, x, labels)
 
     monkeypatch.setattr(CooperativeTrainer, "step", step)
@@ -46,8 +47,9 @@ def _weights(path: Path) -> dict:
     return load_checkpoint(path)[1]["trainer"]
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1, signal.SIGINT, signal.SIGHUP])
 def test_signal_checkpoints_the_step_it_interrupted_and_resumes_exactly(tmp_path, tracking_uri, monkeypatch, signum):
+    before = signal.getsignal(signum)
     reference = train(preset("tiny"), overrides=SETTINGS, out=tmp_path / "reference", tracking_uri=tracking_uri,
                       experiment_name="reference", show_progress=False)
     _signal_during_step(monkeypatch, 4, signum)
@@ -64,7 +66,7 @@ def test_signal_checkpoints_the_step_it_interrupted_and_resumes_exactly(tmp_path
     assert run.data.tags["cdrl.preempted"].startswith(f"stopped by {signal.Signals(signum).name} after iteration 5")
     # The last step is logged too, off the run.log_every cadence: a resumed curve has no gap.
     assert sorted(metric.step for metric in client.get_metric_history(run.info.run_id, "ebm_loss")) == [3, 5]
-    assert signal.getsignal(signum) is signal.SIG_DFL  # handed back
+    assert signal.getsignal(signum) is before  # handed back
 
     monkeypatch.undo()
     resumed = train(resume=tmp_path / "run", tracking_uri=tracking_uri, show_progress=False)
@@ -93,6 +95,18 @@ def test_signal_goes_on_to_the_handler_it_displaced_after_the_run_is_closed(tmp_
         assert signal.getsignal(signal.SIGUSR2) is scheduler_handler
     finally:
         signal.signal(signal.SIGUSR2, previous)
+
+
+def test_a_second_ctrl_c_stops_at_once_without_a_checkpoint(tmp_path, tracking_uri, monkeypatch):
+    _signal_during_step(monkeypatch, 4, signal.SIGINT, times=2)
+    with pytest.raises(KeyboardInterrupt):
+        train(preset("tiny"), overrides=SETTINGS, out=tmp_path / "run", tracking_uri=tracking_uri,
+              show_progress=False)
+    assert RunFolder(tmp_path / "run").checkpoint_paths() == []  # the user insisted: no step finished
+    client = MlflowClient(tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("cdrl-bench").experiment_id])
+    assert run.info.status == "KILLED"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_a_selection_due_at_the_interrupted_step_is_made_before_stopping(tmp_path, tracking_uri, monkeypatch):

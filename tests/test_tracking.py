@@ -139,9 +139,16 @@ def test_bad_tracking_uris_are_one_line_errors_before_anything_is_made(tmp_path,
 
 
 @pytest.mark.parametrize("uri", ["http://localhost:5000", "https://mlflow.example.org", "databricks",
-                                 "file:///tmp/mlruns", "postgresql://user@host/db", "mysql+pymysql://u@h/db"])
-def test_every_scheme_mlflow_supports_passes(uri):
+                                 "postgresql://user@host/db", "mysql+pymysql://u@h/db"])
+def test_every_database_and_server_scheme_mlflow_supports_passes(uri):
     assert resolve_tracking_uri(uri) == uri
+
+
+@pytest.mark.parametrize("uri", ["file:///tmp/mlruns", "mlruns", "garbage"])
+def test_a_folder_store_is_refused_in_one_line(uri):
+    with pytest.raises(TrackingError, match=r"a folder store \(a plain path or file://\) is not supported: pass "
+                                            r"sqlite:///PATH.db"):
+        resolve_tracking_uri(uri)
 
 
 # --------------------------------------------------------------------------- (c) signals
@@ -192,7 +199,10 @@ def test_an_ignored_sighup_stays_ignored_and_a_signal_while_closing_waits(tracki
     assert MlflowClient(tracking_uri).get_run(run.run_id).info.status == "FINISHED"  # closed, then stopped
 
 
-def test_sigterm_to_a_training_ends_its_run_killed(tmp_path, tracking_uri):
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT", "SIGHUP"])
+def test_a_stop_signal_to_a_training_checkpoints_it(tmp_path, tracking_uri, name):
+    """SIGTERM (a scheduler), Ctrl-C and SIGHUP (a closed terminal) alike: checkpoint, KILLED, the resume command."""
+    signum = getattr(signal, name)
     run_dir = tmp_path / "run"
     command = [sys.executable, "-c", "import cli; cli.main()", "train", "--preset", "tiny", "--out", str(run_dir),
                "--tracking-uri", tracking_uri]
@@ -204,14 +214,14 @@ def test_sigterm_to_a_training_ends_its_run_killed(tmp_path, tracking_uri):
     deadline = time.monotonic() + DEADLINE
     while not grid.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(signum)
     stderr = process.communicate(timeout=DEADLINE)[1].decode()
-    assert process.returncode == 128 + signal.SIGTERM, f"status {process.returncode}: {stderr[-2000:]}"
+    assert process.returncode == 128 + signum, f"status {process.returncode}: {stderr[-2000:]}"
     assert "Traceback" not in stderr
     # Preemption (cdrl.preemption): the step the signal came in is finished, logged and checkpointed.
-    assert "stopped by SIGTERM after iteration" in stderr and f"cdrl-bench train --resume {run_dir}" in stderr
+    assert f"stopped by {name} after iteration" in stderr and f"cdrl-bench train --resume {run_dir}" in stderr
     (run,) = all_runs(tracking_uri)
-    assert run.info.status == "KILLED" and run.data.tags[TAG_KILLED] == "interrupted by SIGTERM"
+    assert run.info.status == "KILLED" and run.data.tags[TAG_KILLED] == f"interrupted by {name}"
     # A 100000 s flush interval: the metrics reached the store when the run stopped.
     steps = [metric.step for metric in MlflowClient(tracking_uri).get_metric_history(run.info.run_id, "ebm_loss")]
     (checkpoint,) = RunFolder(run_dir).checkpoint_paths()

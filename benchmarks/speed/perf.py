@@ -42,6 +42,7 @@ from cdrl.checkpoint import LoadedModel
 from cdrl.config import ExperimentConfig, apply_overrides, preset
 from cdrl.datasets import item_shape
 from cdrl.errors import CdrlBenchError
+from cdrl.files import writing
 from cdrl.generation import GenerationSpec, generate
 from cdrl.langevin import energy_gradient, langevin_revision
 from cdrl.noise import GeneratorNoise
@@ -526,6 +527,7 @@ def execute(settings: PerfSettings, options_matrix: bool = False, json_path: Pat
         report = run(settings)
         text, data = "\n".join(report.lines()), report.to_dict()
     if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(data, indent=2) + "\n")
+        with writing(json_path):
+            json_path.parent.mkdir(parents=True, exist_ok=True)
+            json_path.write_text(json.dumps(data, indent=2) + "\n")
     return text
