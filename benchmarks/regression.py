@@ -82,7 +82,8 @@ _PROTOCOL_PREFIX = "params.eval."
 
 
 def _protocol(run) -> dict[str, str]:
-    return {name[len(_PROTOCOL_PREFIX):]: value for name, value in run.items()
+    """A run's protocol entries in name order (a baseline's diff shows only what changed)."""
+    return {name[len(_PROTOCOL_PREFIX):]: value for name, value in sorted(run.items())
             if name.startswith(_PROTOCOL_PREFIX) and isinstance(value, str)
             and name[len(_PROTOCOL_PREFIX):] not in _PROTOCOL_LOCAL}
 
