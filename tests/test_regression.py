@@ -333,9 +333,9 @@ def test_the_power_table_counts_a_crashed_clean_rerun_as_a_false_alarm():
     missed = _outcome("floor-against-its-own-split", "", 0, "check passed", 1.0, 1, 0, True, "")
     missed.area, missed.pytest = "datasets", "failed"
     table = _table([crashed, missed, clean_crash])
-    assert "| floor-against-its-own-split | datasets | survived (0 metrics, 0 fingerprints) | failed |" in table
-    assert table.endswith("non-equivalent mutations: 2; killed by the gate's check 1 (50%; 1 by quality metrics or "
-                          "a crash), by CI (check or tests) 2; false alarms 1 of 1 clean reruns")
+    assert "| floor-against-its-own-split | datasets | survived (0 metrics or configs, 0 fingerprints) | failed |" in table
+    assert table.endswith("non-equivalent mutations: 2; killed by the gate's check 1 (50%; 1 by metrics, protocols, "
+                          "configs or a crash), by CI (check or tests) 2; false alarms 1 of 1 clean reruns")
 
 
 def test_fingerprints_catch_a_bug_that_only_changes_fewer_step_sampling(monkeypatch):

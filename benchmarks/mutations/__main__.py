@@ -41,6 +41,7 @@ class Outcome:
     name: str
     description: str
     verdict: str  # "killed", "survived", "crashed" (killed by an error), "false alarm", "clean"
+    #: Failures that are not fingerprints: metrics, protocols and configs.
     quality_failures: int
     fingerprint_failures: int
     first_failure: str
@@ -155,7 +156,7 @@ def _table(outcomes: list[Outcome]) -> str:
     for item in outcomes:
         verdict = item.verdict + (f" (equivalent: {item.equivalent})" if item.equivalent else "")
         if item.verdict in ("killed", "survived"):
-            verdict += f" ({item.quality_failures} metrics, {item.fingerprint_failures} fingerprints)"
+            verdict += f" ({item.quality_failures} metrics or configs, {item.fingerprint_failures} fingerprints)"
         lines.append(f"| {item.name} | {item.area or 'clean rerun'} | {verdict} | {item.pytest or 'not run'} | "
                      f"{item.first_failure.replace('|', '/')} | {item.seconds:.0f} |")
     mutated = [item for item in outcomes if item.verdict in ("killed", "crashed", "survived") and not item.equivalent]
@@ -165,8 +166,8 @@ def _table(outcomes: list[Outcome]) -> str:
     share = f"{100 * by_check / len(mutated):.0f}%" if mutated else "-"
     lines.append("")
     lines.append(f"non-equivalent mutations: {len(mutated)}; killed by the gate's check {by_check} ({share}; "
-                 f"{sum(item.quality_failures > 0 or item.verdict == 'crashed' for item in mutated)} by quality "
-                 f"metrics or a crash), by CI (check or tests) {by_ci}; false alarms "
+                 f"{sum(item.quality_failures > 0 or item.verdict == 'crashed' for item in mutated)} by metrics, "
+                 f"protocols, configs or a crash), by CI (check or tests) {by_ci}; false alarms "
                  f"{sum(item.verdict == 'false alarm' for item in clean)} of {len(clean)} clean reruns")
     return "\n".join(lines)
 
@@ -217,8 +218,8 @@ def main(argv: list[str] | None = None) -> int:
             if arguments.pytest and outcome.verdict == "survived":
                 outcome.pytest, failure = _run_tests(root)
                 outcome.first_failure = outcome.first_failure or failure
-        print(f"{name}: {outcome.verdict} ({outcome.quality_failures} metrics, {outcome.fingerprint_failures} "
-              f"fingerprints, {outcome.seconds:.0f} s) {outcome.first_failure}", flush=True)
+        print(f"{name}: {outcome.verdict} ({outcome.quality_failures} metrics or configs, "
+              f"{outcome.fingerprint_failures} fingerprints, {outcome.seconds:.0f} s) {outcome.first_failure}", flush=True)
         return outcome
 
     with ThreadPoolExecutor(arguments.workers) as pool:  # each gate run is its own process
