@@ -42,8 +42,9 @@ def suite_folder(tmp_path, monkeypatch):
 
 
 def _run(*arguments: str):
+    # An absolute store: MLflow caches a store per URI string, so a relative one would reach the first test's folder.
     result = CliRunner().invoke(cli.app, ["run", "--suite", "tiny-test.toml", "--device", "cpu",
-                                          "--tracking-uri", "sqlite:///mlflow.db", *arguments])
+                                          "--tracking-uri", f"sqlite:///{Path.cwd() / 'mlflow.db'}", *arguments])
     assert result.exit_code == 0, result.output + repr(result.exception)
     return result.output
 
