@@ -293,7 +293,10 @@ def test_cpu_fma_peak_probe_measures_the_widest_unit_or_says_it_cannot(monkeypat
     from benchmarks.speed import cpu_peak
 
     units = [unit.name for unit in cpu_peak.available_units()]
-    peaks = cpu_peak.unit_peaks(threads=1, rounds=2_000_000, repeats=3)
+    # Each unit's best over interleaved rounds: a busy machine (the other test worker) slows one unit's
+    # few milliseconds more than the other's, and the comparison below is between the two.
+    rounds = [cpu_peak.unit_peaks(threads=1, rounds=2_000_000, repeats=3) for _ in range(4)]
+    peaks = {unit: max(measured[unit] for measured in rounds) for unit in rounds[0]}
     if units and shutil.which("cc"):
         assert sorted(peaks) == sorted(units) and all(0.001 < tflops < 10 for tflops in peaks.values())
         # No library beats the peak: MKL's sgemm reaches 45-80% of it (0.8: room for a busy machine).
