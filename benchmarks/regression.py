@@ -47,7 +47,7 @@ from benchmarks.records import TAG_GUIDANCE, TAG_MODEL, TAG_SEED, TAG_SOURCE, TA
     latest_per_key
 from benchmarks.results_schema import check_results_file
 from benchmarks.ruler import PREFIX as RULER_PREFIX
-from benchmarks.suite import Suite, SuiteError
+from benchmarks.suite import Suite, SuiteError, results_path
 from cdrl.metrics import METRICS
 
 FORMAT = 2
@@ -379,7 +379,10 @@ class Mismatch:
     kind: str
     name: str
     detail: str
-    regressed: bool = True
+
+    @property
+    def regressed(self) -> bool:
+        return True  # a mismatch is a failure: nothing of it may differ
 
     def describe(self) -> str:
         return (f"{self.kind} {self.name} changed: {self.detail}; the same numbers now mean something else: if "
@@ -414,8 +417,6 @@ def compare_configs(suite: Suite, baseline: dict, current: dict[str, dict]) -> l
 
 def stored_baseline(suite: Suite) -> Path:
     """The baseline shipped for a suite (``results/baselines/NAME.json``, in the checkout or the installed wheel)."""
-    from benchmarks.suite import results_path
-
     return results_path(f"results/baselines/{suite.name}.json")
 
 
