@@ -6,6 +6,7 @@ import hashlib
 import math
 import os
 import shutil
+import signal
 import socket
 from pathlib import Path
 
@@ -19,6 +20,12 @@ import torch  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 torch.set_num_threads(1)
+
+# Ctrl-C as a terminal delivers it, whatever started the tests: a shell's background job (`pytest &`)
+# starts with SIGINT ignored, which the commands rightly keep (nohup semantics), and the tests of
+# Ctrl-C, in this process and in the commands it starts, would then see no signal at all.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
