@@ -17,7 +17,10 @@ from rich.markup import escape
 from rich.table import Table
 from typer.exceptions import TyperException
 
+from benchmarks.executors import EXECUTORS, executor_options
 from cdrl.errors import CdrlBenchError
+from cdrl.files import check_writable
+from cdrl.typed import key_values
 
 #: Columns of the console when output goes to no terminal: wider than any table, so each takes its natural
 #: width (a table never pads itself to the console's width; only long text lines are wrapped there).
@@ -94,28 +97,6 @@ def _compute_setup(threads: int | None, device: str | None) -> str | None:
     return None if checked is None else str(checked)
 
 
-def _writable(path: Path | None, flag: str, folder: bool = False) -> None:
-    """Refuse, before any work, an output path that cannot be written: below a file, a file where a folder goes,
-    a device or other non-file, a name longer than the file system takes, or in a folder this user cannot write."""
-    import os
-
-    if path is None:
-        return
-    longest = max(path.absolute().parts, key=lambda part: len(os.fsencode(part)))
-    if len(os.fsencode(longest)) > 255:  # NAME_MAX of every common file system
-        raise CdrlBenchError(f"{flag} {path}: the name {longest[:40]}... is longer than a file system takes (255 "
-                             f"bytes); choose a shorter {flag}")
-    blocking = next((parent for parent in path.absolute().parents if parent.exists() and not parent.is_dir()), None)
-    if blocking is not None:
-        raise CdrlBenchError(f"{flag} {path}: {blocking} is a file, not a folder; choose another {flag}")
-    if path.exists() and not (path.is_dir() if folder else path.is_file()):
-        what = "a file" if path.is_file() else "a folder" if path.is_dir() else "not a regular file (a device?)"
-        raise CdrlBenchError(f"{flag} {path} exists and is {what}; choose another {flag}")
-    existing = next(place for place in (path.absolute(), *path.absolute().parents) if place.exists())
-    if not os.access(existing, os.W_OK):
-        raise CdrlBenchError(f"{flag} {path}: {existing} is not writable by this user; choose another {flag}")
-
-
 def _data_folder(data_dir: Path | None) -> str | None:
     """--data-dir as the library takes it; a file there is refused (a missing folder is where a download goes)."""
     if data_dir is None:
@@ -133,11 +114,24 @@ def _backend(name: str | None) -> str:
     return backend(DEFAULT_BACKEND if name is None else name).name
 
 
-def _check_store(tracking_uri: str | None) -> None:
-    """A tracking store that cannot be used fails before any work, not after it."""
-    from cdrl.tracking import checked_store
+def _check_store(tracking_uri: str | None):
+    """The tracking store (:class:`cdrl.store.Store`), resolved once here: one that cannot be used fails before
+    any work, not after it."""
+    from cdrl.store import checked_store
 
-    checked_store(tracking_uri)
+    return checked_store(tracking_uri)
+
+
+def with_options(command, options: dict):
+    """``command``'s signature with ``options`` (name -> (type, typer.Option)) in place of its ``**kwargs``:
+    how a command takes options declared elsewhere."""
+    import inspect
+
+    signature = inspect.signature(command)
+    fixed = [parameter for parameter in signature.parameters.values() if parameter.kind is not parameter.VAR_KEYWORD]
+    added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind)
+             for name, (kind, option) in options.items()]
+    return signature.replace(parameters=fixed + added)
 
 
 @contextlib.contextmanager
@@ -172,21 +166,13 @@ def suites(output_format: Literal["rich", "json"] = _RICH_OR_JSON) -> None:
     """
     import json
 
-    from benchmarks.suite import available_suites, load_suite
+    from benchmarks.suite import suite_listing, suites_table
 
-    listed = [{"suite": name, "version": suite.version, "title": suite.title,
-               "models": [model.key for model in suite.models], "paper_table": suite.reference}
-              for name, suite in ((name, load_suite(name)) for name in available_suites())]
+    listed = suite_listing()
     if output_format == "json":
         typer.echo(json.dumps(listed, indent=2))
         return
-    view = Table(title="cdrl-bench suites (benchmarks/suites/)")
-    for column in ("suite", "version", "title", "models", "paper table"):
-        view.add_column(column, overflow="fold", no_wrap=column in ("suite", "version"))
-    for row in listed:
-        view.add_row(row["suite"], str(row["version"]), row["title"], ", ".join(row["models"]),
-                     row["paper_table"] or "")
-    console.print(view)
+    console.print(suites_table(listed))
 
 
 @app.command()
@@ -240,7 +226,7 @@ def import_checkpoint(
     from cdrl.checkpoint import import_official_checkpoint, save_atomic
     from cdrl.imagenet_classes import load_class_map
 
-    _writable(out, "--out")
+    check_writable(out, "--out")
     if (class_map_from is None) != (class_map_to is None):
         raise CdrlBenchError("--class-map-from and --class-map-to go together: pass imagenet_class_index.json "
                              "and map_clsloc.txt, or neither")
@@ -284,9 +270,9 @@ def train(
         settings.append(f"training.iterations={iterations}")
     if threads is not None:
         settings.append(f"performance.threads={threads}")
-    _writable(out, "--out", folder=True)
+    check_writable(out, "--out", folder=True)
     device = _compute_setup(None, device)
-    extra_tags = dict(_key_values(tags, "--tag", "cdrl.suite=toy"))
+    extra_tags = dict(key_values(tags, "--tag", "cdrl.suite=toy"))
     result = run_training(build_preset(preset) if preset is not None else None, resume=resume, overrides=settings,
                           out=out, tracking_uri=tracking_uri, experiment_name=experiment, tags=extra_tags,
                           device=device)
@@ -324,21 +310,21 @@ def sample(
     from cdrl.datasets import dataset_info
     from cdrl.generation import check_sample_output, save_samples
     from cdrl.run_folder import locate_checkpoint
-    from cdrl.scoring import draw_samples
+    from cdrl.scoring import SamplingRequest, draw_samples
 
-    _writable(out, "--out", folder=out.suffix != ".npz")  # a folder of PNGs, or one FILE.npz
+    check_writable(out, "--out", folder=out.suffix != ".npz")  # a folder of PNGs, or one FILE.npz
 
     def is_image(config) -> bool:
         return dataset_info(config.data.dataset).is_image
 
     device = _compute_setup(threads, device)
-    _check_store(tracking_uri)
-    located = locate_checkpoint(checkpoint, tracking_uri, pick)
+    store = _check_store(tracking_uri)
+    located = locate_checkpoint(checkpoint, store, pick)
+    request = SamplingRequest(located.path, n, steps, seed, batch_size, guidance, class_label, not live,
+                              tuple(sampler_overrides))
     # Under torchrun every rank draws its share of the samples; rank 0 writes them.
     with process_group(device) as (ranks, device), _progress(ranks):
-        samples, config, protocol = draw_samples(located.path, n_samples=n, steps_per_level=steps, seed=seed,
-                                                 batch_size=batch_size, guidance=guidance, class_label=class_label,
-                                                 use_ema=not live, device=device, sampler_overrides=sampler_overrides,
+        samples, config, protocol = draw_samples(request, device=device,
                                                  check_config=lambda config: check_sample_output(out, is_image(config)))
     if not ranks.is_main:
         return
@@ -377,20 +363,19 @@ def evaluate(
     """
     from cdrl.distributed import process_group
     from cdrl.run_folder import locate_checkpoint
-    from cdrl.scoring import score_checkpoint
+    from cdrl.scoring import Recording, SamplingRequest, ScoringRequest, score_checkpoint
 
     device = _compute_setup(threads, device)
-    _check_store(tracking_uri)
-    located = locate_checkpoint(checkpoint, tracking_uri, pick)
+    store = _check_store(tracking_uri)
+    located = locate_checkpoint(checkpoint, store, pick)
+    sampling = SamplingRequest(located.path, n_samples, steps, seed, batch_size, guidance, class_label, not live,
+                               tuple(sampler_overrides))
+    protocol = ScoringRequest(reference_split=reference_split, n_reference=n_reference, backend=_backend(backend),
+                              mode=mode, data_dir=_data_folder(data_dir))
     # Under torchrun every rank draws its share of the samples; rank 0 scores them and logs one run.
     with process_group(device) as (ranks, device), _progress(ranks):
-        result = score_checkpoint(located.path, steps_per_level=steps, n_samples=n_samples,
-                                  backend=_backend(backend), mode=mode,
-                                  reference_split=reference_split, n_reference=n_reference, seed=seed,
-                                  batch_size=batch_size, guidance=guidance, class_label=class_label,
-                                  use_ema=not live, data_dir=_data_folder(data_dir), device=device,
-                                  checkpoint_selection=located.selection, sampler_overrides=sampler_overrides,
-                                  tracking_uri=tracking_uri, experiment_name=experiment)
+        result = score_checkpoint(sampling, protocol, device=device, checkpoint_selection=located.selection,
+                                  record=Recording(store, experiment))
     if result is not None:
         console.print(result.protocol_line, highlight=False, soft_wrap=True)
         console.print(f"MLflow run {result.run_id}", highlight=False)
@@ -421,7 +406,10 @@ def stats(
                   f"({statistics.key.n_images} images, {statistics.extractor_name})", highlight=False)
 
 
-@app.command("run")
+#: The registered executors' names, as --executor's choices.
+ExecutorName = Literal[tuple(EXECUTORS)]
+
+
 def run_suite(
     suite: str = _SUITE,
     quick: bool = _QUICK,
@@ -436,29 +424,12 @@ def run_suite(
                                                   "MODEL/seedN."),
     shard: str = typer.Option(None, "--shard", help="Run the i-th of N disjoint parts of the suite: i/N (each "
                                                     "training with its evaluations), e.g. one per worker."),
-    phase: Literal["all", "train", "eval"] = typer.Option("all", "--phase", help="Only the trainings, or only the "
-                                                          "evaluations (of finished trainings), of the suite."),
-    executor: Literal["local", "submitit", "ray"] = typer.Option(
-        "local", "--executor", help="Where the jobs run: here (under torchrun: every rank), as SLURM jobs through "
-                                    "submitit, or on a Ray cluster."),
-    processes_per_training: int = typer.Option(1, "--processes-per-training", min=1, max=4096,
-                                               help="submitit/ray: ranks of each training, one GPU each."),
-    cluster: Literal["slurm", "local", "debug"] = typer.Option(
-        "slurm", "--cluster", help="submitit: SLURM, or this machine's processes (local) or this process (debug)."),
-    jobs_dir: Path = typer.Option(Path("runs/jobs"), "--jobs-dir", help="submitit: where job scripts and logs go."),
-    partition: str = typer.Option(None, "--partition", help="submitit: the SLURM partition."),
-    time_limit: int = typer.Option(24 * 60, "--time-limit", min=1, max=525_600,
-                                   help="submitit: minutes per job; trainings checkpoint and requeue at the limit."),
-    gpus_per_node: int = typer.Option(8, "--gpus-per-node", min=1, max=1024,
-                                      help="submitit: GPUs per node (a training spans ceil(ranks/this) nodes)."),
-    slurm_options: list[str] = typer.Option([], "--slurm-option", help="submitit: an sbatch option key=value, e.g. "
-                                                                       "account=abc or qos=high (repeatable)."),
-    wait: bool = typer.Option(False, "--wait", help="submitit on SLURM: wait for the jobs to finish."),
-    ray_address: str = typer.Option("local", "--ray-address", help="ray: a cluster's address (auto, "
-                                                                   "ray://HOST:10001), or local to start one here."),
+    executor: ExecutorName = typer.Option("local", "--executor", help="Where the jobs run: " + "; ".join(
+        f"{kind.name}: {kind.summary}" for kind in EXECUTORS.values()) + " (each one's options below)."),
     data_dir: Path = _DATA_DIR,
     device: str = _DEVICE,
     threads: int = _THREADS,
+    **executor_options,
 ) -> None:
     """Run a benchmark suite: train, score and log every run to MLflow; finished runs are skipped (resumable).
 
@@ -471,31 +442,17 @@ def run_suite(
 
     On Ray: --executor ray --ray-address auto (same options otherwise).
     """
-    from benchmarks.executors import JobSettings, LocalExecutor, RayExecutor, SubmititExecutor
-    from benchmarks.suite import SuiteError, parse_shard, select
+    from benchmarks.executors import JobSettings, build_executor
+    from benchmarks.suite import parse_shard, select
 
-    _writable(runs_dir, "--runs-dir", folder=True)
-    _writable(jobs_dir, "--jobs-dir", folder=True)
+    check_writable(runs_dir, "--runs-dir", folder=True)
     device = _compute_setup(threads, device)
-    _check_store(tracking_uri)
+    store = _check_store(tracking_uri)
     settings = JobSettings(suite, quick=quick, seeds=seeds, seed_offset=seed_offset,
-                           checkpoint=str(from_checkpoint) if from_checkpoint else None, tracking_uri=tracking_uri,
+                           checkpoint=str(from_checkpoint) if from_checkpoint else None, tracking_uri=store.uri,
                            runs_dir=str(runs_dir), data_dir=_data_folder(data_dir), device=device, threads=threads)
     plan = select(settings.plan(), only=only, shard=parse_shard(shard) if shard is not None else None)
-    if executor == "local":
-        if processes_per_training > 1:
-            raise SuiteError("--processes-per-training is for --executor submitit or ray; here, start the ranks "
-                             "with torchrun --nproc_per_node N")
-        runner = LocalExecutor(phase)
-    else:
-        if phase != "all":
-            raise SuiteError(f"--phase is for --executor local: {executor} schedules each training's phases itself")
-        options = dict(_key_values(slurm_options, "--slurm-option", "account=abc"))
-        uses_gpus = device != "cpu"
-        settings = settings.portable()
-        runner = (SubmititExecutor(jobs_dir.absolute(), cluster, processes_per_training, gpus_per_node, uses_gpus,
-                                   time_limit, partition, options, wait) if executor == "submitit"
-                  else RayExecutor(ray_address, processes_per_training, uses_gpus))
+    runner, settings = build_executor(executor, executor_options, settings)
     try:
         line = runner.execute(plan, settings, console)
     except KeyboardInterrupt:
@@ -506,17 +463,9 @@ def run_suite(
                       f"{' --quick' if quick else ''}` shows the table", highlight=False, soft_wrap=True)
 
 
-def _key_values(items: list[str], flag: str, example: str) -> list[tuple[str, str]]:
-    """``key=value`` options, refused one line each when they are not."""
-    from cdrl.errors import CdrlBenchError
-
-    pairs = []
-    for item in items:
-        key, separator, value = item.partition("=")
-        if not separator or not key:
-            raise CdrlBenchError(f"{flag} {item!r} is not key=value: write e.g. {flag} {example}")
-        pairs.append((key, value))
-    return pairs
+# `run` takes every executor's options, declared beside each executor (benchmarks.executors.EXECUTORS).
+run_suite.__signature__ = with_options(run_suite, executor_options())
+app.command("run")(run_suite)
 
 
 @app.command()
@@ -549,50 +498,27 @@ def plan(
 
     Example: cdrl-bench plan --suite cifar10-ablations --world-size 8 --tracking-uri sqlite:///mlflow.db
     """
-    import dataclasses
     import json
     import os
 
-    from benchmarks.suite import (cost_rows, cost_total, cost_units, expand, load_suite, measured_runs,
-                                  plan_rows, training_costs)
+    from benchmarks.suite import (cost_table, cost_total, expand, load_suite, measured_runs, plan_document, plan_rows,
+                                  plan_table, training_costs)
 
-    if tracking_uri is not None:
-        _check_store(tracking_uri)
+    store = _check_store(tracking_uri) if tracking_uri is not None else None
     planned = expand(load_suite(suite), quick=quick, seeds=seeds)
     processes = world_size or (int(os.environ["WORLD_SIZE"]) if os.environ.get("WORLD_SIZE") else None)
     world_size = processes or 1
     rows = plan_rows(planned, world_size)
-    runs = (measured_runs(tracking_uri, [job.config for job in planned.trainings])
-            if tracking_uri is not None and seconds_per_iteration is None else [])
+    runs = (measured_runs(store, [job.config for job in planned.trainings])
+            if store is not None and seconds_per_iteration is None else [])
     costs = training_costs(planned, runs=runs, seconds_per_iteration=seconds_per_iteration, gpus=gpus or processes)
-    total = cost_total(costs)
     if output_format == "json":
-        known = [cost.gpu_hours for cost in costs if cost.gpu_hours is not None]
-        typer.echo(json.dumps({
-            "suite": planned.suite.name, "version": planned.suite.version, "profile": planned.profile,
-            "processes_per_training": world_size, "rows": rows,
-            "costs": [{**dataclasses.asdict(cost), "gpu_hours": cost.gpu_hours} for cost in costs],
-            "total_gpu_hours": sum(known), "unknown": len(costs) - len(known), "total": total}, indent=2))
+        typer.echo(json.dumps(plan_document(planned, world_size, rows, costs), indent=2))
         return
-    view = Table(title=f"suite {planned.suite.name} v{planned.suite.version} ({planned.profile}): "
-                       f"{len(planned.trainings)} trainings, {len(planned.evaluations)} evaluations, "
-                       f"{world_size} process{'es' if world_size > 1 else ''} per training")
-    for column in rows[0]:
-        view.add_column(column, overflow="fold", no_wrap=column not in ("run", "preset", "checkpoint", "points"))
-    for row in rows:
-        view.add_row(*("" if value is None else f"{value:,}" if isinstance(value, int) else value
-                       for value in row.values()))
-    console.print(view)
+    console.print(plan_table(planned, rows, world_size))
     if costs:
-        count, hours = cost_units(costs)
-        priced = Table(title=f"cost: s/iteration x iterations x {count} / 3600 = {hours}")
-        for column in cost_rows(costs)[0]:
-            priced.add_column(column, overflow="fold", no_wrap=column not in ("run", "seconds from"),
-                              justify="left" if column in ("run", "seconds from") else "right")
-        for row in cost_rows(costs):
-            priced.add_row(*row.values())
-        console.print(priced)
-    console.print(total, highlight=False, soft_wrap=True)
+        console.print(cost_table(costs))
+    console.print(cost_total(costs), highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -616,11 +542,11 @@ def table(
     """
     from benchmarks.figures import save_suite_figure
     from benchmarks.suite import load_suite
-    from benchmarks.tables import build_table, render, rich_table
+    from benchmarks.tables import build_table, figure_stem, render, rich_table
     from cdrl.files import writing
 
-    _writable(out, "--out")
-    _writable(plot, "--plot")
+    check_writable(out, "--out")
+    check_writable(plot, "--plot")
     if plot is not None and plot.suffix not in ("", ".pdf", ".png"):
         raise CdrlBenchError(f"--plot {plot}: the figure is written as PLOT.pdf and PLOT.png; pass a name without a "
                              f"suffix, or ending in .pdf or .png, e.g. --plot {plot.with_suffix('')}")
@@ -638,13 +564,9 @@ def table(
         console.print(f"wrote {out}", highlight=False)
     else:
         typer.echo(render(result, output_format), nl=False)
-    # The profile is in the default name: a --quick table does not overwrite the full one's figure.
-    # Beside --out under another name: pdflatex of OUT.tex writes OUT.pdf.
-    default_stem = (out.with_name(f"{out.stem}-figure") if out is not None
-                    else Path("runs") / "tables" / f"{result.suite.name}-{result.profile}")
-    stem = plot.with_suffix("") if plot is not None and plot.suffix in (".pdf", ".png") else plot
-    with writing(stem or default_stem):
-        written = save_suite_figure(result, stem or default_stem)
+    stem = figure_stem(result, out, plot)
+    with writing(stem):
+        written = save_suite_figure(result, stem)
     if written:
         # stderr, so that a table printed to stdout stays clean to redirect
         error_console.print(f"figure: {', '.join(map(str, written))}", highlight=False)
@@ -679,89 +601,31 @@ def check(
     """
     import json
 
-    from benchmarks.regression import (baseline_document, judge, other_machine, read_results, results_from_runs,
-                                       stored_baseline, write_results)
+    from benchmarks.regression import (current_results, judge, passed_line, print_failures, print_verdict,
+                                       read_results, stored_baseline, update_baseline)
     from benchmarks.suite import load_suite
 
     _compute_setup(threads, None)
-    _check_store(tracking_uri)
+    store = _check_store(tracking_uri)
     definition = load_suite(suite)
     if k is not None and not k > 0:
         raise CdrlBenchError(f"--k must be positive, got {k}: it is the number of standard errors of tolerance")
     baseline = baseline or stored_baseline(definition)
     stored = None if update else read_results(baseline)  # a bad --baseline fails before the store is read
-    current = read_results(results, "--results") if results is not None else \
-        results_from_runs(definition, "quick" if quick else "full", tracking_uri)
-    if results is None and not current["points"]:
-        store = f" --tracking-uri {tracking_uri}" if tracking_uri else ""
-        raise CdrlBenchError(f"no finished runs of suite {definition.name} ({current['profile']} profile) in the "
-                             f"MLflow store: run `cdrl-bench run --suite {suite}{' --quick' if quick else ''}{store}` "
-                             "first")
+    current = current_results(definition, "quick" if quick else "full", results, store)
     if update:
-        document = baseline_document(definition, current)
-        console.print(f"wrote {write_results(document, baseline)} ({len(document['points'])} points, "
-                      f"{len(document['fingerprints'])} fingerprints"
-                      f"{', %d configs' % len(document['configs']) if 'configs' in document else ''})",
-                      highlight=False)
+        console.print(update_baseline(definition, current, baseline), highlight=False)
         return
     verdict = judge(definition, stored, current, k)
     if output_format == "json":
         print(json.dumps(verdict.to_json(), indent=1))
     else:
-        _print_verdict(verdict, f"{definition.name} ({current['profile']}): current vs {baseline}")
+        print_verdict(verdict, f"{definition.name} ({current['profile']}): current vs {baseline}", console)
     if verdict.failures:
-        for item in verdict.failures:
-            error_console.print(f"[bold red]regression:[/] {escape(item.describe())}", highlight=False, soft_wrap=True)
-        elsewhere = other_machine(stored.get("recorded") or {})
-        if elsewhere and any(item.regressed for item in verdict.fingerprints):  # one machine's kernels
-            error_console.print(f"note: the baseline was recorded on another machine ({elsewhere}); if the code did "
-                                "not change, the drift is the machines': rebuild the baseline on the machine CI runs "
-                                "on (results/gate/README.md)", highlight=False, soft_wrap=True)
+        print_failures(verdict, stored, error_console)
         raise SystemExit(1)
     if output_format == "rich":
-        console.print(f"check passed: {len(verdict.comparisons)} metrics within tolerance"
-                      f"{f', {len(verdict.fingerprints)} fingerprints unchanged' if verdict.fingerprints else ''}"
-                      f", protocols{' and resolved configs' if definition.check.configs else ''} equal",
-                      highlight=False)
-
-
-def _print_verdict(verdict, title: str) -> None:
-    """The verdict's tables: every metric with its tolerance, every fingerprint's drift, every mismatch."""
-    import statistics
-
-    from benchmarks.regression import standard_error
-
-    comparisons = verdict.comparisons
-    report = Table(title=title, caption=f"tolerance = k·σ·√(1/n_baseline + 1/n_current), k = {comparisons[0].k:g}; "
-                                        "σ: seed-to-seed std in the baseline; ± standard error; ⇅: fixed inputs, "
-                                        "checked in both directions", caption_justify="left")
-    for column in ("point", "metric", "baseline", "current", "σ", "tolerance", "worse by", "status"):
-        report.add_column(column, justify="left" if column in ("point", "metric") else "right")
-
-    def mean_and_error(values: tuple[float, ...], item) -> str:
-        if not values:
-            return "missing"
-        error = standard_error(values, item.metric, item.n_samples)  # as the tables compute it
-        return f"{statistics.fmean(values):.4g} ± {error:.2g} ({len(values)})"
-
-    for item in comparisons:
-        colour = "green" if not item.regressed else "red"
-        report.add_row(item.point + (" ⇅" if item.two_sided else ""), item.metric, mean_and_error(item.baseline, item),
-                       mean_and_error(item.current, item), f"{item.sigma:.2g}", f"{item.tolerance:.2g}",
-                       f"{item.worse_by:+.2g}", f"[{colour}]{item.status}[/]")
-    console.print(report, width=max(console.width, 150))  # one line per metric, also in CI logs
-    if verdict.fingerprints:
-        prints = Table(title="fingerprints: relative drift from the baseline (of the median sample; of the largest "
-                             "entry for training and ruler; fixed seeds and inputs)")
-        for column in ("fingerprint", "drift", "tolerance", "status"):
-            prints.add_column(column, justify="left" if column == "fingerprint" else "right")
-        for item in verdict.fingerprints:
-            prints.add_row(item.name, f"{item.drift:.2g}", f"{item.tolerance:g}",
-                           "[red]DRIFTED[/]" if item.regressed else "[green]ok[/]")
-        console.print(prints, width=max(console.width, 150))
-    for item in verdict.mismatches:
-        console.print(f"[red]CHANGED[/] {escape(item.kind)} {escape(item.name)}: {escape(item.detail)}",
-                      highlight=False, soft_wrap=True)
+        console.print(passed_line(definition, verdict), highlight=False)
 
 
 @app.command()
@@ -802,7 +666,7 @@ def perf(
     from benchmarks.speed.perf import PerfSettings, execute
 
     device = _compute_setup(None, device)
-    _writable(json_out, "--json")
+    check_writable(json_out, "--json")
     if min(batch_size, iterations, inception_images) < 1 or warmup < 0:
         raise CdrlBenchError("--batch-size, --iterations and --inception-images must be at least 1, --warmup at "
                              "least 0")

@@ -29,15 +29,19 @@ import math
 import signal
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Literal, Protocol
 
-from rich.console import Console
+import typer
 
-from benchmarks.runner import Phase, pending_evaluations, run_plan
-from benchmarks.suite import Plan, SuiteError, expand, load_suite, select
-from cdrl.distributed import collective_timeout
-from cdrl.tracking import resolve_tracking_uri
+from cdrl.errors import CdrlBenchError
 
+# The command line imports this module for its options (the registry at the end), so the suite machinery
+# (and torch behind it) is imported where a job runs, not here.
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from benchmarks.runner import Phase
+    from benchmarks.suite import Plan
 
 
 def _require(module: str, executor: str, extra: str) -> None:
@@ -45,7 +49,7 @@ def _require(module: str, executor: str, extra: str) -> None:
     import importlib.util
 
     if importlib.util.find_spec(module.split(".")[0]) is None or importlib.util.find_spec(module) is None:
-        raise SuiteError(f"--executor {executor} needs {module}, an optional dependency: "
+        raise CdrlBenchError(f"--executor {executor} needs {module}, an optional dependency: "
                          f"pip install 'cdrl-bench[{extra}]'")
 
 
@@ -66,16 +70,18 @@ class JobSettings:
 
     def portable(self) -> JobSettings:
         """The same settings with every path absolute, so that a job started elsewhere finds them."""
+        from cdrl.store import Store
+
         suite = Path(self.suite)
-        uri = resolve_tracking_uri(self.tracking_uri)
-        if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-            uri = f"sqlite:///{Path(uri.removeprefix('sqlite:///')).absolute()}"
+        uri = Store.resolve(self.tracking_uri).portable().uri
         return replace(self, suite=str(suite.absolute()) if suite.suffix == ".toml" else self.suite,
                        checkpoint=str(Path(self.checkpoint).absolute()) if self.checkpoint else None,
                        tracking_uri=uri, runs_dir=str(Path(self.runs_dir).absolute()),
                        data_dir=str(Path(self.data_dir).absolute()) if self.data_dir else None)
 
     def plan(self) -> Plan:
+        from benchmarks.suite import expand, load_suite
+
         return expand(load_suite(self.suite), quick=self.quick, seeds=self.seeds, seed_offset=self.seed_offset,
                       checkpoint=self.checkpoint)
 
@@ -95,6 +101,8 @@ class SuiteJob:
         return f"{Path(self.settings.suite).stem}:{self.only}:{self.phase}"
 
     def __call__(self) -> list[str]:
+        from benchmarks.runner import run_plan
+        from benchmarks.suite import select
         from cdrl.performance import use_threads
 
         use_threads(self.settings.threads)
@@ -121,6 +129,7 @@ def work_units(plan: Plan, settings: JobSettings, processes_per_training: int = 
     A training whose global batch does not split over ``processes_per_training`` is refused here,
     before any job is submitted.
     """
+    from benchmarks.runner import pending_evaluations
     from cdrl.train_loop import per_process_batch
 
     pending = pending_evaluations(plan, settings.tracking_uri)
@@ -151,6 +160,8 @@ class LocalExecutor:
     phase: Phase = "all"
 
     def execute(self, plan: Plan, settings: JobSettings, console: Console) -> str:
+        from benchmarks.runner import run_plan
+
         summary = run_plan(plan, tracking_uri=settings.tracking_uri, runs_dir=Path(settings.runs_dir),
                            data_dir=settings.data_dir, device=settings.device, console=console, phase=self.phase)
         if summary is None:  # a rank other than 0: rank 0 reports
@@ -208,7 +219,7 @@ class SubmititExecutor:
         nodes = math.ceil(processes / self.gpus_per_node)
         tasks = math.ceil(processes / nodes)
         if nodes * tasks != processes:
-            raise SuiteError(f"--processes-per-training {processes} does not fill {nodes} nodes of "
+            raise CdrlBenchError(f"--processes-per-training {processes} does not fill {nodes} nodes of "
                              f"{self.gpus_per_node} GPUs evenly: use a multiple of --gpus-per-node")
         extra = {**self.slurm_options, **({"dependency": f"afterok:{after}"} if after else {})}
         return dict(name=job.name, nodes=nodes, tasks_per_node=tasks, gpus_per_node=tasks if self.use_gpus else 0,
@@ -220,8 +231,11 @@ class SubmititExecutor:
         _require("submitit", "submitit", "slurm")
         import submitit
 
+        from cdrl.distributed import collective_timeout
+        from cdrl.store import Store
+
         collective_timeout()  # a bad value stops here, not in every job (they read the same variable)
-        if self.cluster == "slurm" and (settings.tracking_uri or "").startswith("sqlite:"):
+        if self.cluster == "slurm" and Store.resolve(settings.tracking_uri).database is not None:
             console.print("[yellow]warning:[/] SLURM jobs on several nodes need a shared tracking store: pass "
                           "--tracking-uri http://SERVER:5000 (an MLflow server; SQLite must not live on NFS)",
                           highlight=False, soft_wrap=True)
@@ -261,8 +275,8 @@ def _finished(job: SuiteJob, submission) -> None:
     try:
         submission.results()
     except (FailedJobError, UncompletedJobError) as error:
-        raise SuiteError(f"job {job.name} ({submission.job_id}) failed: {_cause(str(error))}; its log: "
-                         f"{submission.paths.stderr}") from None
+        raise CdrlBenchError(f"job {job.name} ({submission.job_id}) failed: {_cause(str(error))}; its log: "
+                             f"{submission.paths.stderr}") from None
 
 
 def _cause(report: str) -> str:
@@ -318,6 +332,8 @@ class RayExecutor:
         _require("ray.train", "ray", "ray")
         import ray
 
+        from cdrl.distributed import collective_timeout
+
         units = work_units(plan, settings, self.processes_per_training)
         timeout_s = math.ceil(collective_timeout().total_seconds())
         # ray.init takes over SIGTERM and friends in this process; they are given back after ray.shutdown.
@@ -342,3 +358,95 @@ class RayExecutor:
                 signal.signal(number, handler)
         trainings = sum(unit.training is not None for unit in units)
         return f"{trainings} trained and {scored} scored through Ray ({self.address})"
+
+
+# --------------------------------------------------------------------------- the registry
+
+#: An executor's command-line option: its type and the typer.Option that declares it (``run`` offers them all).
+Option = tuple[Any, Any]
+
+_PROCESSES_PER_TRAINING: Option = (int, typer.Option(1, "--processes-per-training", min=1, max=4096,
+                                                     help="submitit/ray: ranks of each training, one GPU each."))
+
+
+@dataclass(frozen=True)
+class ExecutorKind:
+    """One way of running a suite's jobs, as ``run --executor NAME`` offers it."""
+
+    name: str
+    #: What ``--executor``'s help says of it.
+    summary: str
+    #: Its options on the command line, by parameter name.
+    options: dict[str, Option]
+    #: The executor from the parsed options and the run's settings (which it may make portable).
+    build: Callable[[dict[str, Any], JobSettings], tuple[Executor, JobSettings]]
+    #: Said when an option of another executor is given with this one.
+    instead: str = ""
+
+
+def _local(options: dict[str, Any], settings: JobSettings) -> tuple[Executor, JobSettings]:
+    return LocalExecutor(options["phase"]), settings
+
+
+def _submitit(options: dict[str, Any], settings: JobSettings) -> tuple[Executor, JobSettings]:
+    from cdrl.files import check_writable
+    from cdrl.typed import key_values
+
+    check_writable(options["jobs_dir"], "--jobs-dir", folder=True)
+    sbatch = dict(key_values(options["slurm_options"], "--slurm-option", "account=abc"))
+    executor = SubmititExecutor(Path(options["jobs_dir"]).absolute(), options["cluster"],
+                                options["processes_per_training"], options["gpus_per_node"], settings.device != "cpu",
+                                options["time_limit"], options["partition"], sbatch, options["wait"])
+    return executor, settings.portable()
+
+
+def _ray(options: dict[str, Any], settings: JobSettings) -> tuple[Executor, JobSettings]:
+    executor = RayExecutor(options["ray_address"], options["processes_per_training"], settings.device != "cpu")
+    return executor, settings.portable()
+
+
+#: Every executor by name; adding one is its class above and an entry here.
+EXECUTORS: dict[str, ExecutorKind] = {kind.name: kind for kind in (
+    ExecutorKind("local", "here (under torchrun: every rank)", {
+        "phase": (Literal["all", "train", "eval"], typer.Option(
+            "all", "--phase", help="local: only the trainings, or only the evaluations (of finished trainings), of "
+                                   "the suite.")),
+    }, _local, instead="here, start a training's ranks with torchrun --nproc_per_node N"),
+    ExecutorKind("submitit", "as SLURM jobs through submitit", {
+        "processes_per_training": _PROCESSES_PER_TRAINING,
+        "cluster": (Literal["slurm", "local", "debug"], typer.Option(
+            "slurm", "--cluster", help="submitit: SLURM, or this machine's processes (local) or this process "
+                                       "(debug).")),
+        "jobs_dir": (Path, typer.Option(Path("runs/jobs"), "--jobs-dir",
+                                        help="submitit: where job scripts and logs go.")),
+        "partition": (str, typer.Option(None, "--partition", help="submitit: the SLURM partition.")),
+        "time_limit": (int, typer.Option(24 * 60, "--time-limit", min=1, max=525_600, help="submitit: minutes per "
+                                         "job; trainings checkpoint and requeue at the limit.")),
+        "gpus_per_node": (int, typer.Option(8, "--gpus-per-node", min=1, max=1024, help="submitit: GPUs per node (a "
+                                            "training spans ceil(ranks/this) nodes).")),
+        "slurm_options": (list[str], typer.Option([], "--slurm-option", help="submitit: an sbatch option key=value, "
+                                                  "e.g. account=abc or qos=high (repeatable).")),
+        "wait": (bool, typer.Option(False, "--wait", help="submitit on SLURM: wait for the jobs to finish.")),
+    }, _submitit, instead="submitit schedules each training's phases itself"),
+    ExecutorKind("ray", "on a Ray cluster", {
+        "processes_per_training": _PROCESSES_PER_TRAINING,
+        "ray_address": (str, typer.Option("local", "--ray-address", help="ray: a cluster's address (auto, "
+                                          "ray://HOST:10001), or local to start one here.")),
+    }, _ray, instead="Ray schedules each training's phases itself"),
+)}
+
+
+def executor_options() -> dict[str, Option]:
+    """Every executor's options by parameter name, once each (an option two executors share is one option)."""
+    return {name: option for kind in EXECUTORS.values() for name, option in kind.options.items()}
+
+
+def build_executor(name: str, options: dict[str, Any], settings: JobSettings) -> tuple[Executor, JobSettings]:
+    """Executor ``name`` from ``run``'s parsed executor options; an option of another executor that is given (not
+    its default) is refused in one line naming the executors it is for."""
+    kind = EXECUTORS[name]
+    for parameter, (_, option) in executor_options().items():
+        if parameter not in kind.options and options[parameter] != option.default:
+            owners = " or ".join(other.name for other in EXECUTORS.values() if parameter in other.options)
+            raise CdrlBenchError(f"{option.param_decls[0]} is for --executor {owners}: {kind.instead}")
+    return kind.build(options, settings)

@@ -106,13 +106,13 @@ def samples_per_fingerprint(suite: Suite) -> dict[str, int]:
 
 
 def sample_fingerprints(suite: Suite) -> dict[str, list[float]]:
-    from cdrl.scoring import draw_samples
+    from cdrl.scoring import SamplingRequest, draw_samples
 
     prints = {}
     for point in _sample_points(suite):
-        samples, _, _ = draw_samples(point.checkpoint, n_samples=point.count, steps_per_level=point.steps, seed=SEED,
-                                     batch_size=point.batch_size, guidance=point.guidance, device="cpu",
-                                     use_ema=point.weights == "ema")
+        request = SamplingRequest(point.checkpoint, point.count, point.steps, SEED, point.batch_size, point.guidance,
+                                  use_ema=point.weights == "ema")
+        samples, _, _ = draw_samples(request, device="cpu")
         prints[point.name] = samples.flatten().tolist()
     return prints
 

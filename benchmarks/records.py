@@ -9,31 +9,16 @@ counts as done when an evaluation run with that key, suite version and profile i
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 
 from cdrl.search_filter import tag_clause
-from cdrl.tracking import TAG_KIND, TAG_RUN_KEY, TAG_SUITE, resolve_tracking_uri
+from cdrl.tags import TAG_KIND, TAG_PROFILE, TAG_RUN_KEY, TAG_SUITE, TAG_SUITE_VERSION
+from cdrl.store import Store
 
-TAG_SUITE_VERSION = "cdrl.suite_version"
-TAG_PROFILE = "cdrl.profile"
-TAG_MODEL = "cdrl.model"
-TAG_SEED = "cdrl.seed"
-TAG_SOURCE = "cdrl.source"
-TAG_STEPS = "cdrl.steps_per_level"
-TAG_GUIDANCE = "cdrl.guidance"
-
-
-def store_exists(uri: str) -> bool:
-    """False for a SQLite store whose file is not there yet (searching would create it)."""
-    if uri.startswith("sqlite:///"):
-        return Path(uri.removeprefix("sqlite:///")).is_file()
-    return True
 
 
 def finished_eval_runs(experiment: str, suite_name: str, version: int, profile: str,
-                       tracking_uri: str | None = None) -> pd.DataFrame:
+                       tracking_uri: Store | str | None = None) -> pd.DataFrame:
     """FINISHED evaluation runs of one suite version and profile, newest first (``mlflow.search_runs`` columns).
 
     Empty when the store or the experiment does not exist yet.
@@ -44,10 +29,10 @@ def finished_eval_runs(experiment: str, suite_name: str, version: int, profile: 
     clauses = [tag_clause(TAG_KIND, "eval"), tag_clause(TAG_SUITE, suite_name),
                tag_clause(TAG_SUITE_VERSION, version), tag_clause(TAG_PROFILE, profile),
                "attributes.status = 'FINISHED'"]
-    uri = resolve_tracking_uri(tracking_uri)
-    if not store_exists(uri):
+    store = Store.resolve(tracking_uri)
+    if not store.exists():
         return pd.DataFrame()
-    mlflow.set_tracking_uri(uri)
+    mlflow.set_tracking_uri(store.uri)
     runs = mlflow.search_runs(experiment_names=[experiment], filter_string=" AND ".join(clauses),
                               order_by=["attributes.end_time DESC"], output_format="pandas")
     return runs if len(runs) else pd.DataFrame()

@@ -43,12 +43,13 @@ from typing import Sequence
 
 import torch
 
-from benchmarks.records import TAG_GUIDANCE, TAG_MODEL, TAG_SEED, TAG_SOURCE, TAG_STEPS, finished_eval_runs, \
-    latest_per_key
+from benchmarks.records import finished_eval_runs, latest_per_key
 from benchmarks.results_schema import check_results_file
 from benchmarks.ruler import PREFIX as RULER_PREFIX
-from benchmarks.suite import Suite, SuiteError, results_path
+from benchmarks.suite import EvalPoint, Suite, SuiteError, results_path
 from cdrl.metrics import METRICS
+from cdrl.tags import TAG_GUIDANCE, TAG_MODEL, TAG_SEED, TAG_SOURCE, TAG_STEPS
+from cdrl.store import Store
 
 FORMAT = 2
 #: A tolerance derived from the seed-to-seed spread needs that spread measured on this many seeds.
@@ -60,19 +61,6 @@ REBUILD = "results/gate/README.md, 'Rebuilding the baseline'"
 def rebuild_hint(suite: Suite) -> str:
     return (f"on a trusted commit, `cdrl-bench run --suite {suite.name} --seeds {suite.check.baseline_seeds}` then "
             f"`cdrl-bench check --suite {suite.name} --update` (results/gate/README.md)")
-
-
-def point_key(model: str, steps: int, guidance: float, source: str) -> str:
-    """A table row's key: ``model/K15`` (+ ``/w2``) (+ ``@checkpoint-…`` for a given or stored checkpoint)."""
-    if source == "data":
-        return f"{model}/floor"
-    key = f"{model}/K{steps}" + (f"/w{guidance:g}" if guidance else "")
-    return key if source in ("", "trained") else f"{key}@{source}"
-
-
-def fixed_inputs(point: str) -> bool:
-    """Whether a point (:func:`point_key`) scores fixed inputs: a given or stored checkpoint, or data."""
-    return "@" in point or point.endswith("/floor")
 
 
 #: Protocol entries that say where or when rather than how a number was measured: the machine's
@@ -88,15 +76,15 @@ def _protocol(run) -> dict[str, str]:
             and name[len(_PROTOCOL_PREFIX):] not in _PROTOCOL_LOCAL}
 
 
-def results_from_runs(suite: Suite, profile: str, tracking_uri: str | None = None) -> dict:
+def results_from_runs(suite: Suite, profile: str, tracking_uri: Store | str | None = None) -> dict:
     """Every finished evaluation of a suite profile, per point and seed, as a results document."""
     runs = latest_per_key(finished_eval_runs(suite.experiment, suite.name, suite.version, profile, tracking_uri))
     points: dict[str, dict] = {}
     if not runs.empty:
         runs = runs.assign(_seed=runs[f"tags.{TAG_SEED}"].astype(int)).sort_values("_seed")
         for _, run in runs.iterrows():
-            key = point_key(run[f"tags.{TAG_MODEL}"], int(run[f"tags.{TAG_STEPS}"]),
-                            float(run[f"tags.{TAG_GUIDANCE}"]), run[f"tags.{TAG_SOURCE}"])
+            key = EvalPoint(run[f"tags.{TAG_MODEL}"], int(run[f"tags.{TAG_STEPS}"]), float(run[f"tags.{TAG_GUIDANCE}"]),
+                            run[f"tags.{TAG_SOURCE}"]).key()
             point = points.setdefault(key, {"seeds": [], "metrics": {}, "protocol": _protocol(run)})
             point["seeds"].append(int(run["_seed"]))
             generated = run.get("params.eval.n_generated")
@@ -206,7 +194,7 @@ class Comparison:
     n_samples: int | None = None
     #: Seeds evaluated at this point now; fewer values than seeds means some were not finite.
     seeds: int = 0
-    #: Fixed inputs (:func:`fixed_inputs`): a change in either direction beyond the tolerance fails.
+    #: Fixed inputs (:meth:`EvalPoint.fixed_inputs`): a change in either direction beyond the tolerance fails.
     two_sided: bool = False
 
     @property
@@ -319,7 +307,7 @@ def compare(suite: Suite, baseline: dict, current: dict, k: float | None = None)
             comparisons.append(Comparison(point, metric, tuple(measured), tuple(found), suite.check.k if k is None
                                           else k, suite.check.tolerance_floors.get(metric, 0.0),
                                           values.get("n_samples"), len(now.get("seeds", found)),
-                                          two_sided=fixed_inputs(point)))
+                                          two_sided=EvalPoint.fixed_inputs(point)))
     return comparisons
 
 
@@ -470,3 +458,85 @@ def baseline_document(suite: Suite, current: dict) -> dict:
 
         document["configs"] = resolved_configs()
     return document
+
+
+def current_results(suite: Suite, profile: str, results: Path | None, store: Store | None = None) -> dict:
+    """What ``check`` judges: a results file when given, else the suite's finished runs in the store (refused,
+    with the command that makes them, when there are none)."""
+    if results is not None:
+        return read_results(results, "--results")
+    store = Store.resolve(store)
+    current = results_from_runs(suite, profile, store)
+    if not current["points"]:
+        given = f" --tracking-uri {store}" if store.source.startswith("--tracking-uri") else ""
+        raise SuiteError(f"no finished runs of suite {suite.name} ({profile} profile) in the MLflow store: run "
+                         f"`cdrl-bench run --suite {suite.name}{' --quick' if profile == 'quick' else ''}{given}` "
+                         "first")
+    return current
+
+
+def update_baseline(suite: Suite, current: dict, path: Path) -> str:
+    """Write ``current`` as the suite's baseline at ``path`` (:func:`baseline_document`); the line saying so."""
+    document = baseline_document(suite, current)
+    configs = f", {len(document['configs'])} configs" if "configs" in document else ""
+    return (f"wrote {write_results(document, path)} ({len(document['points'])} points, "
+            f"{len(document['fingerprints'])} fingerprints{configs})")
+
+
+def print_verdict(verdict: Verdict, title: str, console) -> None:
+    """The verdict's tables on ``console``: every metric with its tolerance, every fingerprint's drift, every
+    mismatch."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    comparisons = verdict.comparisons
+    report = Table(title=title, caption=f"tolerance = k·σ·√(1/n_baseline + 1/n_current), k = {comparisons[0].k:g}; "
+                                        "σ: seed-to-seed std in the baseline; ± standard error; ⇅: fixed inputs, "
+                                        "checked in both directions", caption_justify="left")
+    for column in ("point", "metric", "baseline", "current", "σ", "tolerance", "worse by", "status"):
+        report.add_column(column, justify="left" if column in ("point", "metric") else "right")
+
+    def mean_and_error(values: tuple[float, ...], item: Comparison) -> str:
+        if not values:
+            return "missing"
+        error = standard_error(values, item.metric, item.n_samples)  # as the tables compute it
+        return f"{statistics.fmean(values):.4g} ± {error:.2g} ({len(values)})"
+
+    for item in comparisons:
+        colour = "green" if not item.regressed else "red"
+        report.add_row(item.point + (" ⇅" if item.two_sided else ""), item.metric, mean_and_error(item.baseline, item),
+                       mean_and_error(item.current, item), f"{item.sigma:.2g}", f"{item.tolerance:.2g}",
+                       f"{item.worse_by:+.2g}", f"[{colour}]{item.status}[/]")
+    console.print(report, width=max(console.width, 150))  # one line per metric, also in CI logs
+    if verdict.fingerprints:
+        prints = Table(title="fingerprints: relative drift from the baseline (of the median sample; of the largest "
+                             "entry for training and ruler; fixed seeds and inputs)")
+        for column in ("fingerprint", "drift", "tolerance", "status"):
+            prints.add_column(column, justify="left" if column == "fingerprint" else "right")
+        for item in verdict.fingerprints:
+            prints.add_row(item.name, f"{item.drift:.2g}", f"{item.tolerance:g}",
+                           "[red]DRIFTED[/]" if item.regressed else "[green]ok[/]")
+        console.print(prints, width=max(console.width, 150))
+    for item in verdict.mismatches:
+        console.print(f"[red]CHANGED[/] {escape(item.kind)} {escape(item.name)}: {escape(item.detail)}",
+                      highlight=False, soft_wrap=True)
+
+
+def print_failures(verdict: Verdict, baseline: dict, errors) -> None:
+    """Each failure on ``errors``, one line each, and a note when the baseline was recorded on another machine."""
+    from rich.markup import escape
+
+    for item in verdict.failures:
+        errors.print(f"[bold red]regression:[/] {escape(item.describe())}", highlight=False, soft_wrap=True)
+    elsewhere = other_machine(baseline.get("recorded") or {})
+    if elsewhere and any(item.regressed for item in verdict.fingerprints):  # one machine's kernels
+        errors.print(f"note: the baseline was recorded on another machine ({elsewhere}); if the code did not change, "
+                     "the drift is the machines': rebuild the baseline on the machine CI runs on "
+                     "(results/gate/README.md)", highlight=False, soft_wrap=True)
+
+
+def passed_line(suite: Suite, verdict: Verdict) -> str:
+    """What ``check`` says when nothing failed."""
+    prints = f", {len(verdict.fingerprints)} fingerprints unchanged" if verdict.fingerprints else ""
+    return (f"check passed: {len(verdict.comparisons)} metrics within tolerance{prints}, "
+            f"protocols{' and resolved configs' if suite.check.configs else ''} equal")

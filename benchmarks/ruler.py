@@ -40,7 +40,7 @@ from cdrl.config import preset
 from cdrl.datasets import DataConfig, build_dataset, toy_sample
 from cdrl.evaluation import BACKENDS, MODES, FeatureSet, extract_features, metrics_from_features, resolve_extractor, \
     to_uint8
-from cdrl.metrics import METRICS, ScoreRequest
+from cdrl.metrics import METRICS, ScoreRequest, ScoringRequest
 
 #: Every ruler fingerprint's name starts so; the check compares them at ``[check] ruler_tolerance``.
 PREFIX = "ruler:"
@@ -119,9 +119,8 @@ def statistics_fingerprints() -> dict[str, list[float]]:
 
 def _request(samples: torch.Tensor, preset_name: str, dataset: str, classes: torch.Tensor | None = None
              ) -> ScoreRequest:
-    return ScoreRequest(samples=samples, config=preset(preset_name), dataset=dataset, backend=BACKENDS[0], mode=None,
-                        reference_split="train", n_reference=None, seed=SEED, data_dir=None, device="cpu",
-                        weights=None, classes=classes)
+    return ScoreRequest(samples=samples, config=preset(preset_name),
+                        scoring=ScoringRequest(dataset, backend=BACKENDS[0]), seed=SEED, device="cpu", classes=classes)
 
 
 def exact_2d_fingerprints() -> dict[str, list[float]]:

@@ -21,19 +21,19 @@ from pathlib import Path
 from typing import Literal
 
 from rich.console import Console
-from rich.progress import Progress
+from rich.progress import Progress, TaskID
 
-from benchmarks.records import (TAG_GUIDANCE, TAG_MODEL, TAG_PROFILE, TAG_SEED, TAG_SOURCE, TAG_STEPS,
-                                TAG_SUITE_VERSION, finished_eval_runs)
+from benchmarks.records import finished_eval_runs
 from benchmarks.suite import EvalJob, Plan, SuiteError, TrainingJob, selection_rule
 from cdrl import scoring, train_loop
 from cdrl.config import apply_overrides
-from cdrl.distributed import process_group, shared
+from cdrl.distributed import Ranks, process_group, shared
 from cdrl.progress import JobProgress, shown_in
 from cdrl.run_folder import FolderBusy, RunFolder, claimed, resume_point
 from cdrl.metrics import METRICS
-from cdrl.tracking import (TAG_GLOBAL_BATCH, TAG_METHOD, TAG_PARENT_RUN, TAG_RUN_KEY, TAG_SUITE,
-                           describe_experiment)
+from cdrl.tags import (TAG_GLOBAL_BATCH, TAG_GUIDANCE, TAG_METHOD, TAG_MODEL, TAG_PARENT_RUN, TAG_PROFILE,
+                       TAG_RUN_KEY, TAG_SEED, TAG_SOURCE, TAG_STEPS, TAG_SUITE, TAG_SUITE_VERSION)
+from cdrl.tracking import describe_experiment
 
 
 #: What one call runs: trainings and their evaluations, only the trainings, or only the evaluations
@@ -86,7 +86,7 @@ def _config(job: TrainingJob, data_dir: str | None):
 def _scored_checkpoint(plan: Plan, job: TrainingJob, folder: Path, last: Path | None,
                        best: Path | None, run_id: str | None) -> tuple[str, str, str | None]:
     """(the checkpoint to score, how it was selected, the training's MLflow run): the best one when asked for."""
-    rule = selection_rule(job.config, plan.suite.checkpoint_selection)
+    rule = selection_rule(job.config, plan.suite.eval.checkpoint)
     if rule == "last":
         return str(last), "last", run_id
     if best is None:
@@ -199,13 +199,7 @@ def run_plan(plan: Plan, *, tracking_uri: str | None = None, runs_dir: Path = Pa
                                   else None, ranks))
         pending = [job for job in plan.evaluations if job.key in pending_keys]
         summary = RunSummary(already_finished=len(plan.evaluations) - len(pending))
-        by_training: dict[str | None, list[EvalJob]] = {}
-        for job in pending:
-            by_training.setdefault(job.training.key if job.training else None, []).append(job)
-        if None in by_training:  # stored checkpoints and floors first: they cost no training
-            by_training = {None: by_training.pop(None), **by_training}
-        if phase == "train":
-            by_training = {key: [] for key in by_training if key is not None}
+        by_training = _by_training(pending, phase)
         trainings = [job for job in plan.trainings if job.key in by_training] if phase != "eval" else []
         evaluations = sum(len(jobs) for jobs in by_training.values())
         for skipped in plan.skipped:
@@ -219,71 +213,110 @@ def run_plan(plan: Plan, *, tracking_uri: str | None = None, runs_dir: Path = Pa
         progress = JobProgress(console=console, disable=not ranks.is_main)
         with progress, shown_in(progress):
             overall = progress.add_task(f"{suite.name}", total=len(trainings) + evaluations)
+            step = _SuiteSteps(plan, ranks, progress, overall, summary, tracking_uri, runs_dir, data_dir, device)
             for training_key, jobs in by_training.items():
-                checkpoint, selection, training_run = None, "given", None
-                if training_key is not None:
-                    training = next(job for job in plan.trainings if job.key == training_key)
-                    if phase == "eval":
-                        checkpoint, selection, training_run = _trained(plan, training, runs_dir, data_dir)
-                    else:
-                        progress.update(overall, description=f"{suite.name}: training {training.key}")
-                        started = time.monotonic()
-                        # Another `run` of this suite is training it: its evaluations are that process's too.
-                        busy = shared(_trained_elsewhere(plan, training, runs_dir) if ranks.is_main else None, ranks)
-                        try:
-                            # Rank 0 alone knows the checkpoint files and the MLflow run: it tells the others.
-                            trained = None if busy else shared(
-                                _train(plan, training, runs_dir, tracking_uri, data_dir, device, progress), ranks)
-                        except FolderBusy:  # taken since the check (one process; under torchrun the job stops)
-                            if ranks.world_size > 1:
-                                raise
-                            trained = None
-                        if trained is None:
-                            summary.elsewhere += [job.key for job in jobs]
-                            progress.console.print(f"left {training.key} and its {len(jobs)} evaluations to the "
-                                                   "process training it", highlight=False, soft_wrap=True)
-                            progress.advance(overall, 1 + len(jobs))
-                            continue
-                        checkpoint, selection, training_run, started_at = trained
-                        summary.trained.append(training.key)
-                        summary.seconds["training"] += time.monotonic() - started
-                        progress.console.print(_trained_line(training, started_at, time.monotonic() - started)
-                                               + (f": scoring {checkpoint} ({selection})" if jobs else ""),
-                                               highlight=False, soft_wrap=True)
-                        progress.advance(overall)
-                for job in jobs:
-                    progress.update(overall, description=f"{suite.name}: scoring {job.key}")
-                    # Rank 0 claims the evaluation (held while every rank scores it), then checks that no
-                    # other process finished it since this run listed what was pending.
-                    lease = claimed(evaluation_lease(plan, job, runs_dir)) if ranks.is_main else contextlib.nullcontext()
-                    with lease as mine:
-                        state = None
-                        if ranks.is_main:
-                            state = ("elsewhere" if not mine else "finished"
-                                     if (job.key, job.source) in _finished(plan, tracking_uri) else "mine")
-                        state = shared(state, ranks)
-                        if state != "mine":
-                            if state == "elsewhere":
-                                summary.elsewhere.append(job.key)
-                            else:
-                                summary.already_finished += 1
-                            progress.advance(overall)
-                            continue
-                        result = _evaluate(plan, job, checkpoint, selection, training_run, tracking_uri, data_dir,
-                                           device)
-                    summary.evaluated.append(job.key)
-                    if result is not None:
-                        summary.seconds["sampling"] += result.timing["sampling_seconds"]
-                        summary.seconds["features"] += result.timing["feature_seconds"]
-                        summary.seconds["metrics"] += result.timing["metric_seconds"]
-                        progress.console.print(f"scored {job.key}: {_metrics_line(result.metrics)}",
-                                               highlight=False, soft_wrap=True)
-                    progress.advance(overall)
+                scored_from = ((None, "given", None) if training_key is None
+                               else step.training(next(job for job in plan.trainings if job.key == training_key),
+                                                  jobs, phase))
+                if scored_from is not None:
+                    for job in jobs:
+                        step.evaluation(job, *scored_from)
             progress.update(overall, description=f"{suite.name}: done")
         if summary.elsewhere and ranks.is_main:
             finished = {key for key, _ in _finished(plan, tracking_uri)}
             summary.finished_elsewhere = [key for key in summary.elsewhere if key in finished]
         return summary if ranks.is_main else None
+
+
+def _by_training(pending: list[EvalJob], phase: Phase) -> dict[str | None, list[EvalJob]]:
+    """The pending evaluations by the training they score (None: no training), those first; for the train phase
+    the trainings alone."""
+    by_training: dict[str | None, list[EvalJob]] = {}
+    for job in pending:
+        by_training.setdefault(job.training.key if job.training else None, []).append(job)
+    if None in by_training:  # stored checkpoints and floors first: they cost no training
+        by_training = {None: by_training.pop(None), **by_training}
+    if phase == "train":
+        by_training = {key: [] for key in by_training if key is not None}
+    return by_training
+
+
+@dataclass
+class _SuiteSteps:
+    """The steps of one :func:`run_plan`: a training (or finding its checkpoint) and an evaluation, on every rank."""
+
+    plan: Plan
+    ranks: Ranks
+    progress: JobProgress
+    overall: TaskID
+    summary: RunSummary
+    tracking_uri: str | None
+    runs_dir: Path
+    data_dir: str | None
+    device: str | None
+
+    def training(self, training: TrainingJob, jobs: list[EvalJob], phase: Phase
+                 ) -> tuple[str | None, str, str | None] | None:
+        """(checkpoint, selection, training run) that ``jobs`` score; None when another process trains it."""
+        plan, ranks, progress, suite = self.plan, self.ranks, self.progress, self.plan.suite
+        if phase == "eval":
+            return _trained(plan, training, self.runs_dir, self.data_dir)
+        progress.update(self.overall, description=f"{suite.name}: training {training.key}")
+        started = time.monotonic()
+        # Another `run` of this suite is training it: its evaluations are that process's too.
+        busy = shared(_trained_elsewhere(plan, training, self.runs_dir) if ranks.is_main else None, ranks)
+        try:
+            # Rank 0 alone knows the checkpoint files and the MLflow run: it tells the others.
+            trained = None if busy else shared(
+                _train(plan, training, self.runs_dir, self.tracking_uri, self.data_dir, self.device, progress), ranks)
+        except FolderBusy:  # taken since the check (one process; under torchrun the job stops)
+            if ranks.world_size > 1:
+                raise
+            trained = None
+        if trained is None:
+            self.summary.elsewhere += [job.key for job in jobs]
+            progress.console.print(f"left {training.key} and its {len(jobs)} evaluations to the process training it",
+                                   highlight=False, soft_wrap=True)
+            progress.advance(self.overall, 1 + len(jobs))
+            return None
+        checkpoint, selection, training_run, started_at = trained
+        self.summary.trained.append(training.key)
+        self.summary.seconds["training"] += time.monotonic() - started
+        progress.console.print(_trained_line(training, started_at, time.monotonic() - started)
+                               + (f": scoring {checkpoint} ({selection})" if jobs else ""),
+                               highlight=False, soft_wrap=True)
+        progress.advance(self.overall)
+        return checkpoint, selection, training_run
+
+    def evaluation(self, job: EvalJob, checkpoint: str | None, selection: str, training_run: str | None) -> None:
+        plan, ranks, progress, summary = self.plan, self.ranks, self.progress, self.summary
+        progress.update(self.overall, description=f"{plan.suite.name}: scoring {job.key}")
+        # Rank 0 claims the evaluation (held while every rank scores it), then checks that no
+        # other process finished it since this run listed what was pending.
+        lease = claimed(evaluation_lease(plan, job, self.runs_dir)) if ranks.is_main else contextlib.nullcontext()
+        with lease as mine:
+            state = None
+            if ranks.is_main:
+                state = ("elsewhere" if not mine else "finished"
+                         if (job.key, job.source) in _finished(plan, self.tracking_uri) else "mine")
+            state = shared(state, ranks)
+            if state != "mine":
+                if state == "elsewhere":
+                    summary.elsewhere.append(job.key)
+                else:
+                    summary.already_finished += 1
+                progress.advance(self.overall)
+                return
+            result = _evaluate(plan, job, checkpoint, selection, training_run, self.tracking_uri, self.data_dir,
+                               self.device)
+        summary.evaluated.append(job.key)
+        if result is not None:
+            summary.seconds["sampling"] += result.timing["sampling_seconds"]
+            summary.seconds["features"] += result.timing["feature_seconds"]
+            summary.seconds["metrics"] += result.timing["metric_seconds"]
+            progress.console.print(f"scored {job.key}: {_metrics_line(result.metrics)}", highlight=False,
+                                   soft_wrap=True)
+        progress.advance(self.overall)
 
 
 def _evaluate(plan: Plan, job: EvalJob, checkpoint: str | None, selection: str, training_run: str | None,
@@ -300,15 +333,15 @@ def _evaluate(plan: Plan, job: EvalJob, checkpoint: str | None, selection: str, 
             **({TAG_GLOBAL_BATCH: str(job.training.config.training.batch_size)} if job.training else {}),
             # MLflow's own nesting: the evaluation shows under its training run.
             **({TAG_PARENT_RUN: training_run} if training_run else {})}
-    common = dict(backend=suite.backend, reference_split=job.model.reference_split or suite.reference_split,
-                  n_reference=job.model.n_reference or suite.profiles[plan.profile].n_reference,
-                  reference_overrides=job.model.reference_overrides, seed=job.seed, device=device, data_dir=data_dir,
-                  tracking_uri=tracking_uri, experiment_name=suite.experiment, tags=tags)
+    protocol = scoring.ScoringRequest(
+        reference_split=job.model.reference_split or suite.eval.reference_split,
+        n_reference=job.model.n_reference or suite.profiles[plan.profile].n_reference, backend=suite.eval.backend,
+        reference_overrides=job.model.reference_overrides, data_dir=data_dir)
+    record = scoring.Recording(tracking_uri, suite.experiment, tags)
     if job.floor_config is not None:
-        result = scoring.score_data(job.floor_config, n_samples=job.n_samples, **common)
-    else:
-        result = scoring.score_checkpoint(
-            job.checkpoint or checkpoint, steps_per_level=job.steps_per_level, n_samples=job.n_samples,
-            batch_size=suite.batch_size, guidance=job.guidance, checkpoint_selection=selection,
-            sampler_overrides=job.sampler_overrides, **common)
-    return result
+        return scoring.score_data(job.floor_config, job.n_samples, protocol, seed=job.seed, device=device,
+                                  record=record)
+    sampling = scoring.SamplingRequest(Path(job.checkpoint or checkpoint), job.n_samples, job.steps_per_level,
+                                       job.seed, suite.eval.batch_size, job.guidance,
+                                       sampler_overrides=job.sampler_overrides)
+    return scoring.score_checkpoint(sampling, protocol, device=device, checkpoint_selection=selection, record=record)

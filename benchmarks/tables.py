@@ -20,19 +20,20 @@ import re
 import statistics
 import textwrap
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import NamedTuple
 
 import pandas as pd
 
-from benchmarks.records import (TAG_GUIDANCE, TAG_MODEL, TAG_RUN_KEY, TAG_SOURCE, TAG_STEPS, finished_eval_runs,
-                               latest_per_key)
+from benchmarks.records import finished_eval_runs, latest_per_key
 from benchmarks.regression import standard_error
 from benchmarks.suite import (EvalJob, ModelSpec, SuiteError, Suite, config_delta, expand,
                               scoring_sampler_overrides)
 from cdrl.datasets import dataset_info
 from cdrl.metrics import METRICS
+from cdrl.store import Store
+from cdrl.tags import TAG_GUIDANCE, TAG_MODEL, TAG_RUN_KEY, TAG_SOURCE, TAG_STEPS
 from cdrl.toy_metrics import chance_metrics
-from cdrl.tracking import resolve_tracking_uri
 
 FORMATS = ("rich", "markdown", "latex", "csv", "json")
 MISSING = "—"
@@ -152,7 +153,7 @@ def build_table(suite: Suite, *, quick: bool = False, tracking_uri: str | None =
     guided = any(len(model.guidance) > 1 or any(model.guidance) for model in suite.models)
     rows, matched = [], set()
     for job in _points(suite, quick):  # the profile's own jobs: their checkpoint rule is the profile's
-        global_batch, selection = job.training_summary(suite.checkpoint_selection)
+        global_batch, selection = job.training_summary(suite.eval.checkpoint)
         base = {"method": job.model.label, "model": job.model.key, "floor": job.floor_config is not None,
                 "global_batch": global_batch, "checkpoint_selection": selection, "noise_levels": job.noise_levels,
                 "steps_per_level": job.steps_per_level, "total_steps": job.noise_levels * job.steps_per_level}
@@ -186,6 +187,17 @@ def build_table(suite: Suite, *, quick: bool = False, tracking_uri: str | None =
     return SuiteTable(suite, profile, frame, display, value_columns, best.loc[:, display.columns],
                       setting_notes + _notes(suite, profile, runs, tracking_uri) + _chance_notes(frame, chance),
                       len(runs), chance)
+
+
+def figure_stem(table: SuiteTable, out: Path | None, plot: Path | None) -> Path:
+    """Where ``table``'s figure goes (as STEM.pdf and STEM.png): ``plot`` (its suffix dropped), else beside ``out``
+    under another name (pdflatex of OUT.tex writes OUT.pdf), else runs/tables/SUITE-PROFILE (the profile in the
+    name: a --quick table does not overwrite the full one's figure)."""
+    if plot is not None:
+        return plot.with_suffix("") if plot.suffix in (".pdf", ".png") else plot
+    if out is not None:
+        return out.with_name(f"{out.stem}-figure")
+    return Path("runs") / "tables" / f"{table.suite.name}-{table.profile}"
 
 
 def chance_level(suite: Suite, quick: bool = False) -> dict[str, float]:
@@ -357,7 +369,7 @@ def _notes(suite: Suite, profile: str, runs: pd.DataFrame, tracking_uri: str | N
                      "says otherwise; confidence as recorded there).")
     if runs.empty:
         quick = " --quick" if profile == "quick" else ""
-        note = (f"No finished runs of this suite ({profile}) in {resolve_tracking_uri(tracking_uri)} yet: "
+        note = (f"No finished runs of this suite ({profile}) in {Store.resolve(tracking_uri)} yet: "
                 f"`cdrl-bench run --suite {suite.name}{quick}` measures them.")
         if profile == "full":  # the quick profile's runs are a flag away: say so rather than "nothing ran"
             quick_runs = latest_per_key(finished_eval_runs(suite.experiment, suite.name, suite.version, "quick",
@@ -404,7 +416,7 @@ def _model_note(suite: Suite, model: ModelSpec, profile: str) -> str:
         scored.append(f"with {model.samples(suite.profiles[profile]):,} samples")
     if model.reference_split is not None or model.n_reference is not None:
         n_reference = model.n_reference or suite.profiles[profile].n_reference
-        split = model.reference_split or suite.reference_split
+        split = model.reference_split or suite.eval.reference_split
         scored.append(f"against {'the' if n_reference is None else f'the first {n_reference:,}'} images of the "
                       f"{split} split")
     reference = f"reference {', '.join(model.reference_overrides)}" if model.reference_overrides else ""

@@ -44,3 +44,23 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
             Path(temporary).unlink(missing_ok=True)
             raise
     return path
+
+
+def check_writable(path: Path | None, flag: str, folder: bool = False) -> None:
+    """Refuse, before any work, an output path that cannot be written: below a file, a file where a folder goes,
+    a device or other non-file, a name longer than the file system takes, or in a folder this user cannot write."""
+    if path is None:
+        return
+    longest = max(path.absolute().parts, key=lambda part: len(os.fsencode(part)))
+    if len(os.fsencode(longest)) > 255:  # NAME_MAX of every common file system
+        raise CdrlBenchError(f"{flag} {path}: the name {longest[:40]}... is longer than a file system takes (255 "
+                             f"bytes); choose a shorter {flag}")
+    blocking = next((parent for parent in path.absolute().parents if parent.exists() and not parent.is_dir()), None)
+    if blocking is not None:
+        raise CdrlBenchError(f"{flag} {path}: {blocking} is a file, not a folder; choose another {flag}")
+    if path.exists() and not (path.is_dir() if folder else path.is_file()):
+        what = "a file" if path.is_file() else "a folder" if path.is_dir() else "not a regular file (a device?)"
+        raise CdrlBenchError(f"{flag} {path} exists and is {what}; choose another {flag}")
+    existing = next(place for place in (path.absolute(), *path.absolute().parents) if place.exists())
+    if not os.access(existing, os.W_OK):
+        raise CdrlBenchError(f"{flag} {path}: {existing} is not writable by this user; choose another {flag}")

@@ -22,27 +22,47 @@ import torch
 
 from cdrl.config import ExperimentConfig
 from cdrl.datasets import DataConfig, build_dataset, dataset_info, reference_name
+from cdrl.evaluation.backends import DEFAULT_BACKEND
 from cdrl.toy_metrics import toy_metrics
 
 
 @dataclass(frozen=True)
+class ScoringRequest:
+    """How samples are measured: against which reference images, through which backend. The protocol
+    ``eval``, a suite's evaluations and ``score`` share, built once where the command starts."""
+
+    #: The reference dataset; None: the model's own.
+    reference: str | None = None
+    reference_split: str = "train"
+    #: Reference images (the first N of the split); None: the whole split.
+    n_reference: int | None = None
+    backend: str = DEFAULT_BACKEND
+    #: The backend's resize mode; None: the backend's default.
+    mode: str | None = None
+    #: ``data.*`` settings that change how the reference images are read (e.g. another image pipeline).
+    reference_overrides: tuple[str, ...] = ()
+    #: Where the reference dataset's files are; None: the model's data.data_dir.
+    data_dir: str | None = None
+    #: Inception weights file; None: the backend's.
+    weights: str | None = None
+
+
+@dataclass(frozen=True)
 class ScoreRequest:
-    """One scoring of samples: what was drawn, from which model, and against which reference, how."""
+    """One scoring of samples: what was drawn, from which model, measured how."""
 
     samples: torch.Tensor
     config: ExperimentConfig
-    #: The reference dataset: the model's own unless another is named.
-    dataset: str
-    backend: str
-    mode: str | None
-    reference_split: str
-    n_reference: int | None
+    scoring: ScoringRequest
     seed: int
-    data_dir: str | None
     device: str | torch.device | None
-    weights: str | None
     #: The class each sample was asked for, if any.
-    classes: torch.Tensor | None
+    classes: torch.Tensor | None = None
+
+    @property
+    def dataset(self) -> str:
+        """The reference dataset: the model's own unless another is named."""
+        return self.scoring.reference or self.config.data.dataset
 
 
 @dataclass(frozen=True)
@@ -136,20 +156,20 @@ def _inception(request: ScoreRequest) -> Measured:
     """FID, KID and IS (where the extractor has logits) against cached statistics of the reference split."""
     from cdrl.evaluation import compute_metrics, reference_statistics, to_uint8
 
-    config = request.config.data
-    data = replace(config, dataset=request.dataset, split=request.reference_split,
-                   data_dir=request.data_dir or config.data_dir)
-    total, batches = reference_images(data, request.n_reference)
+    config, scoring = request.config.data, request.scoring
+    data = replace(config, dataset=request.dataset, split=scoring.reference_split,
+                   data_dir=scoring.data_dir or config.data_dir)
+    total, batches = reference_images(data, scoring.n_reference)
     # Another image pipeline of the same dataset is another reference: its own cached statistics.
     reference = reference_name(data)
     started = time.monotonic()
-    statistics = reference_statistics(reference, batches, split=request.reference_split, n_images=total,
-                                      backend=request.backend, mode=request.mode, weights=request.weights,
+    statistics = reference_statistics(reference, batches, split=scoring.reference_split, n_images=total,
+                                      backend=scoring.backend, mode=scoring.mode, weights=scoring.weights,
                                       device=request.device)
     reference_seconds = time.monotonic() - started
-    result = compute_metrics(to_uint8(request.samples), statistics, backend=request.backend, mode=request.mode,
-                             weights=request.weights, device=request.device, reference_name=reference,
-                             reference_split=request.reference_split, seed=request.seed)
+    result = compute_metrics(to_uint8(request.samples), statistics, backend=scoring.backend, mode=scoring.mode,
+                             weights=scoring.weights, device=request.device, reference_name=reference,
+                             reference_split=scoring.reference_split, seed=request.seed)
     values = {name: float(getattr(result, name)) for name in ("fid", "kid_mean", "kid_std", "inception_score")
               if getattr(result, name) is not None}
     return Measured(values, dict(vars(result.protocol)), result.line(), reference_seconds + result.feature_seconds)
@@ -159,8 +179,8 @@ def _exact_2d(request: ScoreRequest) -> Measured:
     """The exact toy metrics against fresh draws of the density (no feature extractor)."""
     samples, dataset = request.samples, request.dataset
     values = toy_metrics(dataset, samples, seed=request.seed, scale=request.config.data.toy_scale,
-                         n_reference=request.n_reference)
-    n_reference = request.n_reference or len(samples)
+                         n_reference=request.scoring.n_reference)
+    n_reference = request.scoring.n_reference or len(samples)
     protocol = {"backend": "exact-2d", "n_generated": len(samples), "n_reference": n_reference,
                 "reference": dataset, "reference_split": "fresh draws"}
     shown = " | ".join(METRICS[name].show(value) for name, value in values.items())

@@ -40,7 +40,8 @@ import filelock
 from cdrl.checkpoint import CheckpointError, load_checkpoint, save_atomic
 from cdrl.config import ConfigError, ExperimentConfig, apply_overrides
 from cdrl.files import PARTIAL_SUFFIX
-from cdrl.tracking import TAG_CHECKPOINT_DIR, get_run_tags
+from cdrl.tags import TAG_CHECKPOINT_DIR
+from cdrl.tracking import get_run_tags
 
 CHECKPOINT_FOLDER = "checkpoints"
 SAMPLE_FOLDER = "samples"

@@ -10,12 +10,11 @@ number was obtained.
 from __future__ import annotations
 
 import contextlib
-import os
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -28,9 +27,10 @@ from cdrl.distributed import current_ranks
 from cdrl.figures import save_sample_figure
 from cdrl.generation import GenerationSpec, generate
 from cdrl.guidance import requested_classes
-from cdrl.metrics import Scores, ScoreRequest, measure, reference_images
-from cdrl.tracking import (TAG_KIND, TAG_METHOD, TAG_PARENT_RUN, TAG_PRESET, TAG_RUN_KEY, TAG_SUITE, TrackedRun,
-                           TrackingError, get_run_tags, tracked_run)
+from cdrl.metrics import Scores, ScoreRequest, ScoringRequest, measure, reference_images
+from cdrl.tags import TAG_KIND, TAG_METHOD, TAG_PARENT_RUN, TAG_PRESET, TAG_RUN_KEY, TAG_SUITE
+from cdrl.store import Store, TrackingError
+from cdrl.tracking import TrackedRun, get_run_tags, tracked_run
 
 #: Floor rows of 2-D toys draw their "samples" from this seed + the run's seed, apart from the reference's.
 FLOOR_SEED_OFFSET = 1_000_003
@@ -47,10 +47,45 @@ class ScoreResult:
     timing: dict[str, float] = field(default_factory=dict)
 
 
-def score_samples(samples: torch.Tensor, config: ExperimentConfig, *, backend: str = DEFAULT_BACKEND,
-                  mode: str | None = None, reference: str | None = None, reference_split: str = "train",
-                  n_reference: int | None = None, seed: int = 0, data_dir: str | None = None,
-                  device: str | torch.device | None = None, weights: str | None = None,
+@dataclass(frozen=True)
+class SamplingRequest:
+    """What to draw from a checkpoint: how many samples, at which schedule, seed and guidance, with which weights.
+    Built once where the command starts (``sample``, ``eval``, a suite's evaluation) and passed whole."""
+
+    checkpoint: Path
+    n_samples: int
+    #: Langevin steps per level K; None: the model's training count.
+    steps_per_level: int | None = None
+    seed: int = 0
+    #: Samples drawn at once; None: cdrl.generation's default.
+    batch_size: int | None = None
+    guidance: float = 0.0
+    #: The class every sample is drawn from; None: class i mod (number of classes) for sample i.
+    class_label: int | None = None
+    use_ema: bool = True
+    #: ``sampler.*`` settings this draw uses where they differ from the model's.
+    sampler_overrides: tuple[str, ...] = ()
+
+    def spec(self, config: ExperimentConfig) -> GenerationSpec:
+        return GenerationSpec.resolve(config, self.n_samples, steps_per_level=self.steps_per_level, seed=self.seed,
+                                      batch_size=self.batch_size, guidance=self.guidance, classes=self.class_label,
+                                      weights="ema" if self.use_ema else "live",
+                                      sampler_overrides=self.sampler_overrides)
+
+
+@dataclass(frozen=True)
+class Recording:
+    """Where a score is logged: one MLflow run in ``experiment`` of ``store``, with extra ``tags``."""
+
+    #: The tracking store, resolved once by the caller (a URI or None is resolved here).
+    store: Store | str | None = None
+    #: None: ``cdrl-bench``.
+    experiment: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def score_samples(samples: torch.Tensor, config: ExperimentConfig, scoring: ScoringRequest = ScoringRequest(), *,
+                  seed: int = 0, device: str | torch.device | None = None,
                   classes: torch.Tensor | None = None) -> Scores:
     """Every metric of :data:`cdrl.metrics.METRICS` that applies to samples drawn from a model with
     ``config``, with the protocol and the seconds spent on features and on the metrics.
@@ -58,9 +93,7 @@ def score_samples(samples: torch.Tensor, config: ExperimentConfig, *, backend: s
     ``classes``: the class each sample was asked for, if any; digits samples then also get
     ``class_accuracy``, the share that a small digit classifier assigns to that class.
     """
-    request = ScoreRequest(samples, config, reference or config.data.dataset, backend, mode, reference_split,
-                           n_reference, seed, data_dir, device, weights, classes)
-    return measure(request)
+    return measure(ScoreRequest(samples, config, scoring, seed, device, classes))
 
 
 def build_statistics(dataset: str, *, split: str = "train", n_images: int | None = None,
@@ -83,15 +116,11 @@ def _flatten(prefix: str, values: dict[str, Any]) -> dict[str, str]:
     return {f"{prefix}{key}": str(value) for key, value in values.items()}
 
 
-def _sampling(checkpoint: str | os.PathLike, *, n_samples: int, steps_per_level: int | None, seed: int,
-              batch_size: int | None, guidance: float, class_label: int | None, use_ema: bool,
-              device: torch.device, sampler_overrides: Sequence[str]) -> tuple[LoadedModel, GenerationSpec, dict]:
+def _sampling(request: SamplingRequest, device: torch.device) -> tuple[LoadedModel, GenerationSpec, dict]:
     """(the model, what to draw from it, the sampling protocol) of a checkpoint."""
-    model = load_model(checkpoint, use_ema=use_ema, device=device)
-    spec = GenerationSpec.resolve(model.config, n_samples, steps_per_level=steps_per_level, seed=seed,
-                                  batch_size=batch_size, guidance=guidance, classes=class_label,
-                                  weights="ema" if use_ema else "live", sampler_overrides=sampler_overrides)
-    protocol = {**spec.protocol(model.config), "checkpoint": str(Path(checkpoint).resolve()),
+    model = load_model(request.checkpoint, use_ema=request.use_ema, device=device)
+    spec = request.spec(model.config)
+    protocol = {**spec.protocol(model.config), "checkpoint": str(Path(request.checkpoint).resolve()),
                 "checkpoint_iteration": model.iteration,
                 **({"class_order": model.class_order} if model.class_order else {})}
     return model, spec, protocol
@@ -101,10 +130,7 @@ def _device(device: str | torch.device | None) -> torch.device:
     return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-def draw_samples(checkpoint: str | os.PathLike, *, n_samples: int, steps_per_level: int | None = None,
-                 seed: int = 0, batch_size: int | None = None, guidance: float = 0.0,
-                 class_label: int | None = None, use_ema: bool = True, device: str | torch.device | None = None,
-                 sampler_overrides: Sequence[str] = (),
+def draw_samples(request: SamplingRequest, *, device: str | torch.device | None = None,
                  check_config: Callable[[ExperimentConfig], None] | None = None
                  ) -> tuple[torch.Tensor, ExperimentConfig, dict]:
     """(samples, the model's config, the sampling protocol) of a checkpoint.
@@ -112,63 +138,49 @@ def draw_samples(checkpoint: str | os.PathLike, *, n_samples: int, steps_per_lev
     ``check_config`` is called with the model's config before any sample is drawn, for a caller
     to refuse there what the samples could not be used for.
 
-    A class-conditional model draws sample i of class ``class_label``, or of class i mod
+    A class-conditional model draws sample i of the request's ``class_label``, or of class i mod
     (number of classes) when none is given; :func:`cdrl.guidance.requested_classes` says which.
     In a process group every rank draws its share and gets all samples (:func:`cdrl.generation.generate`).
     """
     device = _device(device)
-    model, spec, protocol = _sampling(checkpoint, n_samples=n_samples, steps_per_level=steps_per_level, seed=seed,
-                                      batch_size=batch_size, guidance=guidance, class_label=class_label,
-                                      use_ema=use_ema, device=device, sampler_overrides=sampler_overrides)
+    model, spec, protocol = _sampling(request, device)
     if check_config is not None:
         check_config(model.config)
     return generate(model, spec, device=device), model.config, protocol
 
 
-def score_checkpoint(checkpoint: str | os.PathLike, *, steps_per_level: int | None = None, n_samples: int = 5000,
-                     backend: str = DEFAULT_BACKEND, mode: str | None = None, reference: str | None = None,
-                     reference_split: str = "train", n_reference: int | None = None, seed: int = 0,
-                     batch_size: int | None = None, guidance: float = 0.0, class_label: int | None = None,
-                     device: str | torch.device | None = None, use_ema: bool = True,
-                     checkpoint_selection: str = "given", reference_overrides: Sequence[str] = (),
-                     sampler_overrides: Sequence[str] = (),
-                     data_dir: str | None = None,
-                     tracking_uri: str | None = None, experiment_name: str | None = None,
-                     tags: dict[str, str] | None = None, log: bool = True) -> ScoreResult | None:
-    """Sample ``n_samples`` from a checkpoint with K = ``steps_per_level`` and score them.
+def score_checkpoint(sampling: SamplingRequest, scoring: ScoringRequest = ScoringRequest(), *,
+                     device: str | torch.device | None = None, checkpoint_selection: str = "given",
+                     record: Recording | None = Recording()) -> ScoreResult | None:
+    """Draw ``sampling`` from its checkpoint and score the samples as ``scoring`` says; log them to ``record``
+    (None: not logged).
 
-    ``reference_overrides`` (``data.*`` settings) change how the reference images are read, e.g.
-    ``data.imagenet_source=npz64-resized`` for the published ImageNet evaluation pipeline. The
-    MLflow run spans sampling and scoring: it logs how long each took, samples per second and a
+    The scoring's ``reference_overrides`` (``data.*`` settings) change how the reference images are
+    read, e.g. ``data.imagenet_source=npz64-resized`` for the published ImageNet evaluation pipeline.
+    The MLflow run spans sampling and scoring: it logs how long each took, samples per second and a
     figure of the first samples. In a process group every rank draws its share; rank 0 scores,
     logs and returns the result, the other ranks return None.
     """
     device = _device(device)
-    model, spec, sampling = _sampling(checkpoint, n_samples=n_samples, steps_per_level=steps_per_level, seed=seed,
-                                      batch_size=batch_size, guidance=guidance, class_label=class_label,
-                                      use_ema=use_ema, device=device, sampler_overrides=sampler_overrides)
-    config = model.config
-    name = (f"eval {config.name} {sampling['noise_levels']}x{spec.steps_per_level}"
-            f"{f' w={guidance:g}' if guidance else ''}{'' if use_ema else ' live'}")
-    with _score_run(config, log, tracking_uri, experiment_name, tags, name, model.training_run) as run:
+    model, spec, protocol_of_sampling = _sampling(sampling, device)
+    config, n_samples, seed, guidance = model.config, sampling.n_samples, sampling.seed, sampling.guidance
+    name = (f"eval {config.name} {protocol_of_sampling['noise_levels']}x{spec.steps_per_level}"
+            f"{f' w={guidance:g}' if guidance else ''}{'' if sampling.use_ema else ' live'}")
+    with _score_run(config, record, name, model.training_run) as run:
         started = time.monotonic()
         samples = generate(model, spec, device=device)
         sampling_seconds = time.monotonic() - started
         if not current_ranks().is_main:
             return None
-        reference_config = apply_overrides(config, list(reference_overrides))
-        scores = score_samples(samples, reference_config, backend=backend, mode=mode, reference=reference,
-                               reference_split=reference_split, n_reference=n_reference, seed=seed,
-                               data_dir=data_dir, device=device,
-                               classes=requested_classes(torch.arange(n_samples), class_label, config))
+        reference_config = apply_overrides(config, list(scoring.reference_overrides))
+        scores = score_samples(samples, reference_config, scoring, seed=seed, device=device,
+                               classes=requested_classes(torch.arange(n_samples), sampling.class_label, config))
         metrics, protocol, line = scores.metrics, scores.protocol, scores.line
-        protocol.update(sampling, checkpoint_selection=checkpoint_selection,
-                        **({"reference_overrides": " ".join(reference_overrides)} if reference_overrides else {}))
+        protocol.update(protocol_of_sampling, checkpoint_selection=checkpoint_selection, **_overrides(scoring))
         timing = _timing(n_samples, sampling_seconds, time.monotonic() - started - sampling_seconds, scores)
-        line = (f"{line} | {sampling['noise_levels']}x{sampling['steps_per_level']} steps, {sampling['weights']} "
-                f"weights, seed {seed} | {_timing_line(timing)}")
-        _record(run, metrics, timing, protocol, config, samples, f"{config.name}, {sampling['noise_levels']}x"
-                                                                   f"{sampling['steps_per_level']} steps")
+        shape = f"{protocol_of_sampling['noise_levels']}x{protocol_of_sampling['steps_per_level']} steps"
+        line = f"{line} | {shape}, {protocol_of_sampling['weights']} weights, seed {seed} | {_timing_line(timing)}"
+        _record(run, metrics, timing, protocol, config, samples, f"{config.name}, {shape}")
         return ScoreResult(metrics, protocol, line, run.run_id if run else None, timing)
 
 
@@ -193,31 +205,27 @@ def data_as_samples(config: ExperimentConfig, n_samples: int, seed: int, referen
     return images, labels, {"floor": f"the first {count} {data.dataset}/{split} images"}
 
 
-def score_data(config: ExperimentConfig, *, n_samples: int, backend: str = DEFAULT_BACKEND, mode: str | None = None,
-               reference_split: str = "train", n_reference: int | None = None, seed: int = 0,
-               reference_overrides: Sequence[str] = (),
-               data_dir: str | None = None, device: str | torch.device | None = None,
-               tracking_uri: str | None = None, experiment_name: str | None = None,
-               tags: dict[str, str] | None = None, log: bool = True) -> ScoreResult | None:
+def score_data(config: ExperimentConfig, n_samples: int, scoring: ScoringRequest = ScoringRequest(), *, seed: int = 0,
+               device: str | torch.device | None = None, record: Recording | None = Recording()
+               ) -> ScoreResult | None:
     """Score real data exactly as samples are scored: the best value each metric can reach here.
 
-    ``mode`` and ``reference_overrides`` as in :func:`score_checkpoint` (the overrides also read the
-    floor's own images), so that a floor compares with the rows scored beside it. In a process group
-    rank 0 alone scores and returns the result; the other ranks return None.
+    The scoring's mode and ``reference_overrides`` as in :func:`score_checkpoint` (the overrides also
+    read the floor's own images), so that a floor compares with the rows scored beside it. In a
+    process group rank 0 alone scores and returns the result; the other ranks return None.
     """
     if not current_ranks().is_main:
         return None
-    config = apply_overrides(config, list(reference_overrides))
-    if data_dir is not None:
-        config = replace(config, data=replace(config.data, data_dir=data_dir))
-    with _score_run(config, log, tracking_uri, experiment_name, tags, f"floor {config.name}") as run:
+    config = apply_overrides(config, list(scoring.reference_overrides))
+    if scoring.data_dir is not None:
+        config = replace(config, data=replace(config.data, data_dir=scoring.data_dir))
+    with _score_run(config, record, f"floor {config.name}") as run:
         started = time.monotonic()
-        samples, labels, floor = data_as_samples(config, n_samples, seed, reference_split)
-        scores = score_samples(samples, config, backend=backend, mode=mode, reference_split=reference_split,
-                               n_reference=n_reference, seed=seed, data_dir=data_dir, device=device, classes=labels)
+        samples, labels, floor = data_as_samples(config, n_samples, seed, scoring.reference_split)
+        scores = score_samples(samples, config, replace(scoring, reference=None), seed=seed, device=device,
+                               classes=labels)
         metrics, protocol, line = scores.metrics, scores.protocol, scores.line
-        protocol.update(floor, seed=seed,
-                        **({"reference_overrides": " ".join(reference_overrides)} if reference_overrides else {}))
+        protocol.update(floor, seed=seed, **_overrides(scoring))
         timing = _timing(len(samples), 0.0, time.monotonic() - started, scores)
         _record(run, metrics, timing, protocol, config, samples, f"{config.name}: {floor['floor']}")
         return ScoreResult(metrics, protocol, f"{line} | floor: {floor['floor']}", run.run_id if run else None,
@@ -237,30 +245,34 @@ def _timing_line(timing: dict[str, float]) -> str:
             f"scored in {timing['scoring_seconds']:.1f} s (features {timing['feature_seconds']:.1f} s)")
 
 
+def _overrides(scoring: ScoringRequest) -> dict[str, str]:
+    """The protocol entry of the reference overrides, when there are any."""
+    return {"reference_overrides": " ".join(scoring.reference_overrides)} if scoring.reference_overrides else {}
+
+
 @contextlib.contextmanager
-def _score_run(config: ExperimentConfig, log: bool, tracking_uri: str | None, experiment_name: str | None,
-               tags: dict[str, str] | None, name: str, training_run: str | None = None
+def _score_run(config: ExperimentConfig, record: Recording | None, name: str, training_run: str | None = None
                ) -> Iterator[TrackedRun | None]:
-    """The MLflow run of one score on rank 0 (None elsewhere, or with ``log=False``), open from before sampling.
+    """The MLflow run of one score on rank 0 (None elsewhere, or with no ``record``), open from before sampling.
 
     Named ``name`` ("eval cifar10 6x15") unless it is a suite's, and nested under ``training_run``, the run that
     trained the checkpoint, when that run is in this store and no parent is given.
     """
-    if not (log and current_ranks().is_main):
+    if record is None or not current_ranks().is_main:
         yield None
         return
-    run_tags = {TAG_KIND: "eval", TAG_PRESET: config.name, TAG_METHOD: config.training.method, **(tags or {})}
+    run_tags = {TAG_KIND: "eval", TAG_PRESET: config.name, TAG_METHOD: config.training.method, **record.tags}
     if TAG_PARENT_RUN not in run_tags:  # a suite names the parent itself
-        run_tags.update(_nested_under(training_run, tracking_uri))
+        run_tags.update(_nested_under(training_run, record.store))
     # A suite's evaluation, run again after a SIGKILL, closes the RUNNING twin the killed one left.
     replaces = (TAG_KIND, TAG_SUITE, TAG_RUN_KEY) if TAG_RUN_KEY in run_tags else ()
     # A suite's evaluation is named by its run key (cdrl/K15/seed0) and carries the model's settings.
-    with tracked_run(tracking_uri=tracking_uri, experiment_name=experiment_name, tags=run_tags,
+    with tracked_run(tracking_uri=record.store, experiment_name=record.experiment, tags=run_tags,
                      run_name=run_tags.get(TAG_RUN_KEY, name), replaces=replaces) as run:
         yield run
 
 
-def _nested_under(training_run: str | None, tracking_uri: str | None) -> dict[str, str]:
+def _nested_under(training_run: str | None, tracking_uri: Store | str | None) -> dict[str, str]:
     """The tag that nests an evaluation under its checkpoint's training run; none when that run is not in the store
     (a stored or copied checkpoint trained elsewhere)."""
     if training_run is None:

@@ -46,9 +46,11 @@ from cdrl.performance import use_threads
 from cdrl.preemption import PreemptionWatch, Preempted
 from cdrl.progress import JobProgress
 from cdrl.run_folder import ResumePoint, RunFolder, resume_point
-from cdrl.scoring import score_samples
-from cdrl.tracking import (DIVERGED_METRIC, TAG_CHECKPOINT_DIR, TAG_DIVERGED, TAG_GLOBAL_BATCH, TAG_KIND, TAG_METHOD,
-                           TAG_PER_PROCESS_BATCH, TAG_PRESET, TAG_RUN_KEY, TrackedRun, checked_store, tracked_run)
+from cdrl.scoring import ScoringRequest, score_samples
+from cdrl.tags import (TAG_CHECKPOINT_DIR, TAG_DIVERGED, TAG_GLOBAL_BATCH, TAG_KIND, TAG_METHOD,
+                       TAG_PER_PROCESS_BATCH, TAG_PRESET, TAG_RUN_KEY)
+from cdrl.store import checked_store
+from cdrl.tracking import DIVERGED_METRIC, TrackedRun, tracked_run
 from cdrl.training import CooperativeTrainer, StepStats
 
 #: Noise stream of selection samples, apart from the training and sample-grid streams.
@@ -204,7 +206,7 @@ def _selection_score(trainer: CooperativeTrainer, metric: str, ranks: Ranks) -> 
     if not ranks.is_main:
         return None
     # Images: against the first n_samples training images (the published protocol); toys: fresh draws seeded here.
-    scores = score_samples(samples, config, reference_split="train", n_reference=len(samples),
+    scores = score_samples(samples, config, ScoringRequest(reference_split="train", n_reference=len(samples)),
                            seed=config.training.seed, device=trainer.device)
     return scores.metrics[metric]
 

@@ -187,3 +187,14 @@ def parse(raw: str, annotation: Any, key: str) -> Any:
     if annotation is float and not math.isfinite(value):
         raise FieldError(key, f"must be a finite number, got {raw!r}")
     return value
+
+
+def key_values(items: list[str], flag: str, example: str) -> list[tuple[str, str]]:
+    """``key=value`` options, refused one line each when they are not."""
+    pairs = []
+    for item in items:
+        key, separator, value = item.partition("=")
+        if not separator or not key:
+            raise CdrlBenchError(f"{flag} {item!r} is not key=value: write e.g. {flag} {example}")
+        pairs.append((key, value))
+    return pairs

@@ -32,7 +32,7 @@ from cdrl.datasets import DataConfig, build_dataset
 from cdrl.evaluation import compute_metrics, reference_statistics, to_uint8
 from cdrl.evaluation.digits_classifier import default_classifier
 from cdrl.evaluation.metrics import SEED
-from cdrl.metrics import METRICS, ScoreRequest
+from cdrl.metrics import METRICS, ScoreRequest, ScoringRequest
 from cdrl.toy_metrics import energy_distance, toy_metrics
 
 IMAGE_SIZE = 32
@@ -323,8 +323,7 @@ def test_class_accuracy_is_the_share_of_requested_classes_the_classifier_reads()
     # Real digits as samples, every third one asked for the wrong class.
     samples, labels = digits.x[:120], digits.labels[:120].clone()
     labels[::3] = (labels[::3] + 1) % 10
-    request = ScoreRequest(samples, config, "digits", "torch-fidelity", None, "train", None, 0, None, "cpu", None,
-                           labels)
+    request = ScoreRequest(samples, config, ScoringRequest("digits", backend="torch-fidelity"), 0, "cpu", labels)
     measured = METRICS["class_accuracy"].computed_by.run(request).values["class_accuracy"]
     # The pixels a saved PNG holds, quantised here in numpy, through the shipped classifier.
     pixels = np.rint((np.clip(samples.double().numpy(), -1, 1) + 1) * 127.5) / 127.5 - 1

@@ -69,7 +69,7 @@ def test_a_planted_bug_that_improves_the_digits_floor_fails_check(gate, stored, 
 
     floor = next(model for model in gate.models if model.key == "digits-floor")
     config = model_config(gate, floor, "full", seed=0)
-    honest = score_data(config, n_samples=floor.n_samples, log=False).metrics["fid"]
+    honest = score_data(config, floor.n_samples, record=None).metrics["fid"]
     point = _point(stored, "digits-floor/")
     assert honest == pytest.approx(stored["points"][point]["metrics"]["fid"][0], abs=0.05)
 
@@ -79,7 +79,7 @@ def test_a_planted_bug_that_improves_the_digits_floor_fails_check(gate, stored, 
         return original(config, n_samples, seed, "test" if reference_split == "train" else "train")
 
     monkeypatch.setattr(cdrl.scoring, "data_as_samples", own_split)
-    improved = score_data(config, n_samples=floor.n_samples, log=False).metrics["fid"]
+    improved = score_data(config, floor.n_samples, record=None).metrics["fid"]
     assert improved < honest - 1  # the bug makes the number better
     current = json.loads(json.dumps(stored))
     current["points"][point]["metrics"]["fid"] = [improved]

@@ -20,7 +20,7 @@ from cdrl.datasets import DataConfig, build_dataset
 from cdrl.errors import CdrlBenchError
 from cdrl.guidance import requested_classes
 from cdrl.metrics import reference_images
-from cdrl.scoring import score_samples
+from cdrl.scoring import ScoringRequest, score_samples
 from cdrl.training import CooperativeTrainer
 from cli import app
 
@@ -145,8 +145,8 @@ def test_class_accuracy_is_scored_against_the_requested_classes(isolated_cache):
     assert torch.equal(requested_classes(torch.arange(12), None, config), torch.arange(12) % 10)
     assert torch.equal(requested_classes(torch.arange(3), 7, config), torch.full((3,), 7))
     assert requested_classes(torch.arange(3), None, preset("tiny")) is None
-    right = score_samples(images, config, n_reference=24, classes=labels)
-    wrong = score_samples(images, config, n_reference=24, classes=(labels + 1) % 10).metrics
+    right = score_samples(images, config, ScoringRequest(n_reference=24), classes=labels)
+    wrong = score_samples(images, config, ScoringRequest(n_reference=24), classes=(labels + 1) % 10).metrics
     assert right.metrics["class_accuracy"] >= 0.9 and wrong["class_accuracy"] <= 0.2, (right, wrong)
     assert f"class accuracy {right.metrics['class_accuracy']:.3f}" in right.line
     # Inception features (the reference's, then the samples') and the metrics (FID math, the digit CNN) timed apart.
@@ -167,7 +167,7 @@ def test_scoring_against_a_whole_split_counts_its_images(monkeypatch):
 
     monkeypatch.setattr(cdrl.evaluation, "reference_statistics", stop)
     with pytest.raises(RuntimeError, match="stop after the reference"):
-        score_samples(torch.zeros(4, 1, 8, 8), preset("tiny"), reference_split="test")
+        score_samples(torch.zeros(4, 1, 8, 8), preset("tiny"), ScoringRequest(reference_split="test"))
     assert seen["n_images"] == 360
 
 

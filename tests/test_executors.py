@@ -25,7 +25,7 @@ from benchmarks.runner import evaluation_lease, run_folder
 from benchmarks.suite import select
 from cdrl.errors import CdrlBenchError
 from cdrl.run_folder import RunFolder
-from cdrl.tracking import TAG_PID
+from cdrl.tags import TAG_PID
 from tiny_suite import TINY_SUITE
 
 

@@ -277,9 +277,9 @@ def test_each_imagenet_pipeline_keys_its_own_reference_statistics() -> None:
 
 
 def test_samples_of_an_imported_model_record_its_class_order(published, class_files, tmp_path: Path) -> None:
-    from cdrl.scoring import draw_samples
+    from cdrl.scoring import SamplingRequest, draw_samples
 
     path = tmp_path / "imported.pt"
     save_atomic(import_official_checkpoint(published[0], PRESET, class_map=load_class_map(*class_files)), path)
-    _, _, protocol = draw_samples(path, n_samples=2, steps_per_level=1, batch_size=2, device="cpu")
+    _, _, protocol = draw_samples(SamplingRequest(path, 2, 1, batch_size=2), device="cpu")
     assert protocol["class_order"].startswith("map_clsloc.txt order")

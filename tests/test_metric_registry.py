@@ -11,7 +11,6 @@ import pytest
 import torch
 
 import benchmarks.tables as tables
-from benchmarks.records import TAG_GUIDANCE, TAG_MODEL, TAG_SEED, TAG_SOURCE, TAG_STEPS
 from benchmarks.regression import Comparison
 from benchmarks.suite import SuiteError, load_suite
 from cdrl.config import preset
@@ -20,7 +19,7 @@ from cdrl.evaluation import (BACKENDS, DEFAULT_BACKEND, MODES, EvaluationError, 
                              frechet_distance, resolve_extractor)
 from cdrl.metrics import METRICS, TOY_2D, DataKind, Measured, Metric, MetricPass, ScoreRequest
 from cdrl.scoring import score_samples
-from cdrl.tracking import TAG_RUN_KEY
+from cdrl.tags import TAG_GUIDANCE, TAG_MODEL, TAG_RUN_KEY, TAG_SEED, TAG_SOURCE, TAG_STEPS
 
 SUITES = Path(__file__).resolve().parents[1] / "benchmarks" / "suites"
 

@@ -23,13 +23,12 @@ from typer.testing import CliRunner
 
 import benchmarks.tables as tables
 from benchmarks.figures import CHANCE_LABEL, suite_figure, suite_panels
-from benchmarks.records import TAG_GUIDANCE, TAG_MODEL, TAG_SEED, TAG_SOURCE, TAG_STEPS
 from benchmarks.regression import standard_error
 from benchmarks.suite import available_suites, expand, load_suite
 from cdrl.config import PRESETS
 from cdrl.figures import SUPPORT_COLOUR, save_image_grid, toy_scatter_figure, upscale_factor
+from cdrl.tags import TAG_GUIDANCE, TAG_MODEL, TAG_RUN_KEY, TAG_SEED, TAG_SOURCE, TAG_STEPS
 from cdrl.toy_metrics import chance_metrics
-from cdrl.tracking import TAG_RUN_KEY
 from cli import app
 
 PROTOCOL_PARAMS = {"params.eval.n_generated": "1000", "params.eval.n_reference": "1000",

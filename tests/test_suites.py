@@ -162,7 +162,7 @@ def test_interrupted_run_finishes_only_the_remaining_runs(tmp_path, monkeypatch)
     def interrupted_at_second_score(*args, **kwargs):
         if len(scored) == 1:
             raise KeyboardInterrupt
-        scored.append(kwargs["tags"]["cdrl.run_key"])
+        scored.append(kwargs["record"].tags["cdrl.run_key"])
         return real_score(*args, **kwargs)
 
     monkeypatch.setattr(runner.scoring, "score_checkpoint", interrupted_at_second_score)

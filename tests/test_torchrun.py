@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from cdrl.scoring import draw_samples, score_checkpoint
+from cdrl.scoring import SamplingRequest, draw_samples, score_checkpoint
 from tiny_suite import TINY_SUITE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,7 +71,7 @@ def test_eval_and_sample_under_torchrun_equal_one_process(two_process_suite, tmp
                   "cpu", "--tracking-uri", uri, processes=2, cwd=tmp_path)
     assert shared.stdout.count("MLflow run") == 1
     (run,) = _runs(uri)
-    alone = score_checkpoint(checkpoint, n_samples=50, steps_per_level=2, batch_size=16, device="cpu", log=False)
+    alone = score_checkpoint(SamplingRequest(checkpoint, 50, 2, batch_size=16), device="cpu", record=None)
     # Sample i comes from the noise of (seed, i) whichever rank draws it: the scores agree up to float
     # rounding (a network's arithmetic depends a little on the batch a sample is drawn in).
     for name, value in alone.metrics.items():
@@ -79,7 +79,7 @@ def test_eval_and_sample_under_torchrun_equal_one_process(two_process_suite, tmp
 
     _cli("sample", str(checkpoint), "--n-samples", "21", "--steps", "2", "--batch-size", "4", "--device", "cpu",
          "--out", str(tmp_path / "two.npz"), processes=2, cwd=tmp_path)
-    expected, _, _ = draw_samples(checkpoint, n_samples=21, steps_per_level=2, batch_size=4, device="cpu")
+    expected, _, _ = draw_samples(SamplingRequest(checkpoint, 21, 2, batch_size=4), device="cpu")
     with np.load(tmp_path / "two.npz") as written:
         np.testing.assert_allclose(written["points"], expected.numpy(), rtol=0, atol=1e-5)
         assert json.loads(str(written["metadata"]))["steps_per_level"] == 2

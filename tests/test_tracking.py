@@ -19,10 +19,11 @@ from cdrl.checkpoint import load_checkpoint
 from cdrl.config import preset
 from cdrl.run_folder import RunFolder
 from cdrl.metrics import measure
-from cdrl.scoring import score_data
-from cdrl.tracking import (DEFAULT_DESCRIPTION, TAG_CHECKPOINT_DIR, TAG_DESCRIPTION, TAG_EXPERIMENT_KIND, TAG_HOST,
-                           TAG_KILLED, TAG_KIND, TAG_PARENT_RUN, TAG_PID, TAG_RUN_KEY, TAG_SUITE, RunInterrupted,
-                           RunTerminated, TrackingError, open_store, resolve_tracking_uri, tracked_run)
+from cdrl.scoring import Recording, ScoringRequest, score_data
+from cdrl.tags import (TAG_CHECKPOINT_DIR, TAG_DESCRIPTION, TAG_EXPERIMENT_KIND, TAG_HOST, TAG_KILLED, TAG_KIND,
+                       TAG_PARENT_RUN, TAG_PID, TAG_RUN_KEY, TAG_SUITE)
+from cdrl.store import Store, TrackingError, open_store
+from cdrl.tracking import DEFAULT_DESCRIPTION, RunInterrupted, RunTerminated, tracked_run
 from cdrl.train_loop import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,7 +106,7 @@ def test_a_sigkill_during_creation_leaves_no_store_and_concurrent_first_commands
 def test_an_existing_store_is_used_as_it_is(tracking_uri):
     kept = MlflowClient(tracking_uri).create_experiment("kept")
     opened, uri = open_store(tracking_uri)
-    assert uri == tracking_uri and opened.get_experiment(kept).name == "kept"
+    assert uri.uri == tracking_uri and opened.get_experiment(kept).name == "kept"
     assert litter(Path(tracking_uri.removeprefix("sqlite:///")).parent) == []
 
 
@@ -141,14 +142,14 @@ def test_bad_tracking_uris_are_one_line_errors_before_anything_is_made(tmp_path,
 @pytest.mark.parametrize("uri", ["http://localhost:5000", "https://mlflow.example.org", "databricks",
                                  "postgresql://user@host/db", "mysql+pymysql://u@h/db"])
 def test_every_database_and_server_scheme_mlflow_supports_passes(uri):
-    assert resolve_tracking_uri(uri) == uri
+    assert Store.resolve(uri).uri == uri
 
 
 @pytest.mark.parametrize("uri", ["file:///tmp/mlruns", "mlruns", "garbage"])
 def test_a_folder_store_is_refused_in_one_line(uri):
     with pytest.raises(TrackingError, match=r"a folder store \(a plain path or file://\) is not supported: pass "
                                             r"sqlite:///PATH.db"):
-        resolve_tracking_uri(uri)
+        Store.resolve(uri)
 
 
 # --------------------------------------------------------------------------- (c) signals
@@ -281,8 +282,8 @@ def test_a_suite_evaluation_closes_the_twin_a_killed_one_left(tracking_uri, tmp_
     key = {TAG_KIND: "eval", TAG_SUITE: "unit", TAG_RUN_KEY: "toy/K3/seed0"}
     twin = _planted(client, experiment, _dead_pid(), **key)
     other = _planted(client, experiment, _dead_pid(), **{**key, TAG_RUN_KEY: "toy/K5/seed0"})
-    result = score_data(preset("toy-checkerboard"), n_samples=50, n_reference=50, tracking_uri=tracking_uri,
-                        experiment_name="suite", tags={TAG_SUITE: "unit", TAG_RUN_KEY: "toy/K3/seed0"})
+    result = score_data(preset("toy-checkerboard"), 50, ScoringRequest(n_reference=50),
+                        record=Recording(tracking_uri, "suite", {TAG_SUITE: "unit", TAG_RUN_KEY: "toy/K3/seed0"}))
     assert client.get_run(result.run_id).info.status == "FINISHED"
     assert client.get_run(twin).info.status == "KILLED"
     assert client.get_run(other).info.status == "RUNNING"
@@ -309,7 +310,7 @@ def test_an_evaluation_logs_the_feature_and_metric_seconds_that_scoring_measured
         return dataclasses.replace(measure(request), feature_seconds=12.5, metric_seconds=34.5)
 
     monkeypatch.setattr(cdrl.scoring, "measure", measure_with_known_seconds)
-    result = score_data(preset("toy-checkerboard"), n_samples=50, n_reference=50, tracking_uri=tracking_uri)
+    result = score_data(preset("toy-checkerboard"), 50, ScoringRequest(n_reference=50), record=Recording(tracking_uri))
     logged = MlflowClient(tracking_uri).get_run(result.run_id).data.metrics
     # One definition of each phase: what measure counted, not what is left of the scoring run's wall time.
     assert result.timing["feature_seconds"] == logged["feature_seconds"] == 12.5
@@ -338,8 +339,9 @@ def test_a_floor_reads_its_data_with_the_reference_overrides(tracking_uri, monke
     seen, original = [], cdrl.scoring.data_as_samples
     monkeypatch.setattr(cdrl.scoring, "data_as_samples",
                         lambda config, *arguments: seen.append(config.data.toy_scale) or original(config, *arguments))
-    result = score_data(preset("toy-checkerboard"), n_samples=50, n_reference=50, tracking_uri=tracking_uri,
-                        reference_overrides=["data.toy_scale=2.0"])
+    result = score_data(preset("toy-checkerboard"), 50,
+                        ScoringRequest(n_reference=50, reference_overrides=("data.toy_scale=2.0",)),
+                        record=Recording(tracking_uri))
     assert seen == [2.0] and result.protocol["reference_overrides"] == "data.toy_scale=2.0"
 
 
