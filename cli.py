@@ -612,7 +612,7 @@ def check(
         raise CdrlBenchError(f"--k must be positive, got {k}: it is the number of standard errors of tolerance")
     baseline = baseline or stored_baseline(definition)
     stored = None if update else read_results(baseline)  # a bad --baseline fails before the store is read
-    current = current_results(definition, "quick" if quick else "full", results, store)
+    current = current_results(definition, "quick" if quick else "full", results, store, named=suite)
     if update:
         console.print(update_baseline(definition, current, baseline), highlight=False)
         return

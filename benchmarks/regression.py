@@ -460,9 +460,10 @@ def baseline_document(suite: Suite, current: dict) -> dict:
     return document
 
 
-def current_results(suite: Suite, profile: str, results: Path | None, store: Store | None = None) -> dict:
+def current_results(suite: Suite, profile: str, results: Path | None, store: Store | None = None,
+                    named: str | None = None) -> dict:
     """What ``check`` judges: a results file when given, else the suite's finished runs in the store (refused,
-    with the command that makes them, when there are none)."""
+    with the command that makes them, when there are none: ``named`` is the suite as the user named it)."""
     if results is not None:
         return read_results(results, "--results")
     store = Store.resolve(store)
@@ -470,7 +471,7 @@ def current_results(suite: Suite, profile: str, results: Path | None, store: Sto
     if not current["points"]:
         given = f" --tracking-uri {store}" if store.source.startswith("--tracking-uri") else ""
         raise SuiteError(f"no finished runs of suite {suite.name} ({profile} profile) in the MLflow store: run "
-                         f"`cdrl-bench run --suite {suite.name}{' --quick' if profile == 'quick' else ''}{given}` "
+                         f"`cdrl-bench run --suite {named or suite.name}{' --quick' if profile == 'quick' else ''}{given}` "
                          "first")
     return current
 

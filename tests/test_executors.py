@@ -119,7 +119,7 @@ def test_jobs_are_portable_and_requeue_themselves(tmp_path, monkeypatch, trackin
 def test_the_jobs_of_shards_run_disjoint_evaluations(tracking_uri, monkeypatch):
     """A job names a model; a shard's jobs must still run only that shard's evaluations of it."""
     ran = []
-    monkeypatch.setattr("benchmarks.executors.run_plan",
+    monkeypatch.setattr("benchmarks.runner.run_plan",
                         lambda plan, **options: ran.extend(job.key for job in plan.evaluations))
     settings = JobSettings("gate", seeds=4, tracking_uri=tracking_uri)
     for index in range(2):
