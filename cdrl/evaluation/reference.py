@@ -27,7 +27,8 @@ import torch
 
 from cdrl.evaluation.backends import DEFAULT_BACKEND
 from cdrl.evaluation.errors import EvaluationError
-from cdrl.evaluation.extractors import ExtractorSpec, extract_features, resolve_extractor
+from cdrl.evaluation.backends.base import ExtractorSpec
+from cdrl.evaluation.extractors import extract_features, resolve_extractor
 from cdrl.evaluation.images import ImageArray, as_uint8_nchw
 from cdrl.evaluation.inception import FEATURE_DIM
 from cdrl.evaluation.statistics import feature_statistics
