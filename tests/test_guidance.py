@@ -10,10 +10,10 @@ import torch
 from examples.composition_2d import RIGHT, UP, intersection_fraction, sample_concepts, train_concept_model
 from cdrl.evaluation.digits_classifier import (ClassifierError, class_accuracy, held_out_accuracy, predict,
                                                train_digit_classifier)
-from cdrl.checkpoint import LoadedModel
+from cdrl.checkpoint import LoadedModel, build_guided_model
 from cdrl.config import preset
 from cdrl.datasets import DataConfig, build_dataset, item_shape
-from cdrl.guidance import Concept, GuidanceError, build_guided_model, combine, guided_callables
+from cdrl.guidance import Concept, GuidanceError, combine, guided_callables
 from cdrl.langevin import energy_gradient
 from cdrl.networks import build_energy_net, build_initializer
 from cdrl.noise import PerExampleNoise
