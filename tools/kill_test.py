@@ -2,7 +2,7 @@
 
 Not a CI test (minutes of CPU): the evidence behind crash-safe tracking (issue #15)::
 
-    OMP_NUM_THREADS=1 python -m benchmarks.kill_test --kills 20
+    OMP_NUM_THREADS=1 python -m tools.kill_test --kills 20
 
 In a temporary folder it keeps several working folders ("worlds"), each with the default
 store ``sqlite:///mlflow.db`` and ``runs/``; a new world's first command creates the store. Jobs,
@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
             tally.broken_stores.append(problem)
     orphans = {world.name: len(_running(world)) for world in worlds}
     summary = {
-        "command": f"python -m benchmarks.kill_test --kills {args.kills} --seed {args.seed}"
+        "command": f"python -m tools.kill_test --kills {args.kills} --seed {args.seed}"
                    + (f" --new-world {args.new_world:g}" if args.new_world != 0.35 else ""),
         "kills": tally.kills, "by_signal": tally.by_signal,
         "kills_during_store_creation": tally.during_store_creation, "kills_in_first_second": tally.in_first_second,

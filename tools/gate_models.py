@@ -1,7 +1,7 @@
 """The regression gate's stored models: one command trains each and writes it to ``results/gate/``.
 
-    python -m benchmarks.gate_models toy-cdrl            # train (resumably), then export
-    python -m benchmarks.gate_models toy-cdrl --export-only runs/gate/toy-cdrl
+    python -m tools.gate_models toy-cdrl            # train (resumably), then export
+    python -m tools.gate_models toy-cdrl --export-only runs/gate/toy-cdrl
 
 Each model is a preset trained with fixed settings and seed (:data:`GATE_MODELS`); the run
 folder, its checkpoints and its MLflow run are ordinary ``cdrl-bench train`` ones. The
