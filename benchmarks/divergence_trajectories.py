@@ -1,6 +1,6 @@
 """Divergence trajectories: each iteration's largest |loss|, |energy| or initializer loss, in short trainings.
 
-The data behind ``run.divergence_jump`` (:class:`cdrl.train_loop.DivergenceWatch`): healthy runs
+The data behind ``run.divergence_jump`` (:class:`cdrl.divergence.DivergenceWatch`): healthy runs
 of every CPU preset (CDRL, and DRL on a toy and on digits; not official-small, which trains on
 CIFAR-10, absent from this project's offline machine) and issue #31's finite blow-up,
 toy-checkerboard at ``training.ebm_lr=1``. Stored as ``tests/fixtures/divergence_trajectories.json``,
@@ -22,7 +22,8 @@ from typing import NamedTuple
 
 from baselines import drl
 from cdrl.config import preset
-from cdrl.train_loop import train, watched
+from cdrl.divergence import watched
+from cdrl.train_loop import train
 from cdrl.training import CooperativeTrainer
 
 class TrajectoryRun(NamedTuple):

@@ -130,7 +130,7 @@ def work_units(plan: Plan, settings: JobSettings, processes_per_training: int = 
     before any job is submitted.
     """
     from benchmarks.runner import pending_evaluations
-    from cdrl.train_loop import per_process_batch
+    from cdrl.config import per_process_batch
 
     pending = pending_evaluations(plan, settings.tracking_uri)
     units = []

@@ -29,7 +29,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -38,8 +38,12 @@ from cdrl.config import ExperimentConfig, preset
 from cdrl.ema import EMA
 from cdrl.errors import CdrlBenchError
 from cdrl.files import atomic_write
+from cdrl.guidance import (ClassLabel, ConditionalNetwork, GuidanceError, check_classes, guidance_concepts,
+                           guided_callables)
 from cdrl.imagenet_classes import ClassMap, published_order_record
+from cdrl.langevin import EnergyFn
 from cdrl.networks import build_energy_net, build_initializer
+from cdrl.sampler import ProposalFn
 
 FORMAT = "cdrl-bench/2"
 #: Earlier formats of ours, read without verification: they were written before checkpoints carried a hash.
@@ -267,6 +271,23 @@ def load_model(path: str | os.PathLike, use_ema: bool = True, device: torch.devi
         initializer.to(device)
     return LoadedModel(config, ebm.to(device), initializer, state["iteration"], use_ema,
                        payload.get("class_order", {}).get("description"), payload.get("mlflow_run_id"))
+
+
+def build_guided_model(model: LoadedModel, guidance: float, class_label: ClassLabel | Sequence[ClassLabel],
+                       ebm: ConditionalNetwork | None = None) -> tuple[EnergyFn, ProposalFn | None]:
+    """(energy, proposal) of a loaded conditional model guided at scale ``guidance`` towards ``class_label``.
+
+    ``class_label``: a dataset class (0-based), a (B,) tensor of them (one per example), or a
+    list of classes to compose (f(c₁) + f(c₂) − f(∅) at w = 0), each guided at 1 + w.
+    ``ebm`` replaces ``model.ebm`` as the energy network, e.g. a chain energy with speed options.
+    """
+    num_classes = model.config.energy.num_classes
+    if num_classes is None:
+        raise GuidanceError(f"model {model.config.name!r} is unconditional: guidance needs a class-conditional "
+                            f"model (a preset with energy.num_classes set, e.g. digits-cond)")
+    concepts = guidance_concepts(class_label, guidance)
+    check_classes(concepts, num_classes)
+    return guided_callables(ebm or model.ebm, model.initializer, concepts)
 
 
 # --------------------------------------------------------------------------- published checkpoints

@@ -56,6 +56,16 @@ class TrainingConfig:
     seed: int = field(default=0, metadata=bounds(at_least=0, below=2**63))
 
 
+
+def per_process_batch(global_batch: int, world_size: int) -> int:
+    """Each process's share of the global batch ``training.batch_size``; it must divide evenly."""
+    if global_batch < world_size or global_batch % world_size:
+        raise ConfigError(f"training.batch_size={global_batch} (the global batch) does not split evenly over "
+                          f"{world_size} processes: run a number of processes that divides it, or set "
+                          f"training.batch_size to a multiple of {world_size}")
+    return global_batch // world_size
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Cadences and policies of a training run (``cdrl.train_loop``); none changes the model."""
@@ -98,7 +108,7 @@ class RunConfig:
     #: training.ebm_lr=0.03: 2 to 2e6 in 11 iterations, then 1e10; the issue's ebm_lr=1: 5.6e17).
     divergence_bound: float = field(default=1e6, metadata=above(0))
     #: Divergence by behaviour: a check window's largest |loss| or |energy| more than this many times
-    #: the median of the last healthy windows' (cdrl.train_loop.DivergenceWatch). A finite blow-up
+    #: the median of the last healthy windows' (cdrl.divergence.DivergenceWatch). A finite blow-up
     #: jumps by orders of magnitude (toy-checkerboard at training.ebm_lr=1: ~10 to 2e3 from iteration
     #: 80 to 100, 2e4 later), while healthy runs of every CPU preset stay within 5x (results/measurements.md).
     divergence_jump: float = field(default=100.0, metadata=above(1))
@@ -135,6 +145,23 @@ class ExperimentConfig:
     def flat(self) -> dict[str, Any]:
         """``{"training.ebm_lr": 1e-4, ...}``: every setting under its override key (MLflow params, diffs)."""
         return flatten(self.to_dict())
+
+
+
+#: Selection metrics by "is an image dataset", the default first; all lower-is-better (RunConfig.select_metric).
+SELECTION_METRICS = {True: ("fid", "kid_mean"), False: ("energy_distance",)}
+
+
+def selection_metric(config: ExperimentConfig) -> str:
+    """The metric that run.select_metric names for this data ("auto": fid for images, energy_distance for toys)."""
+    allowed = SELECTION_METRICS[dataset_info(config.data.dataset).is_image]
+    chosen = config.run.select_metric
+    if chosen == "auto":
+        return allowed[0]
+    if chosen not in allowed:
+        raise ConfigError(f"run.select_metric={chosen} cannot score {config.data.dataset} samples: "
+                          f"set run.select_metric to auto or {' or '.join(allowed)}")
+    return chosen
 
 
 def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -21,13 +21,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from cdrl.checkpoint import LoadedModel
+from cdrl.checkpoint import LoadedModel, build_guided_model
 from cdrl.config import ExperimentConfig, apply_overrides
 from cdrl.datasets import item_shape
 from cdrl.distributed import Ranks, current_ranks
 from cdrl.errors import CdrlBenchError
 from cdrl.files import atomic_write, writing
-from cdrl.guidance import build_guided_model, requested_classes
+from cdrl.guidance import requested_classes
 from cdrl.langevin import multiplier_for_steps
 from cdrl.noise import PerExampleNoise
 from cdrl.performance import ChainEnergy, configure_device, prepare_network

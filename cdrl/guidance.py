@@ -23,7 +23,6 @@ from typing import Callable, Sequence
 
 import torch
 
-from cdrl.checkpoint import LoadedModel
 from cdrl.config import ExperimentConfig
 from cdrl.errors import CdrlBenchError
 from cdrl.langevin import EnergyFn
@@ -127,27 +126,11 @@ def guidance_concepts(classes: ClassLabel | Sequence[ClassLabel], guidance: floa
     return [Concept(label, 1.0 + guidance) for label in listed]
 
 
-def _check_classes(concepts: Sequence[Concept], num_classes: int) -> None:
+def check_classes(concepts: Sequence[Concept], num_classes: int) -> None:
+    """Refuse concepts whose classes lie outside the model's classes 0..num_classes - 1."""
     for concept in concepts:
         labels = concept.label if isinstance(concept.label, torch.Tensor) else torch.tensor([concept.label])
         outside = labels[(labels < 0) | (labels >= num_classes)]
         if outside.numel():
             raise GuidanceError(f"class {int(outside[0])} is outside this model's classes 0..{num_classes - 1}: "
                                 f"pick a class in that range")
-
-
-def build_guided_model(model: LoadedModel, guidance: float, class_label: ClassLabel | Sequence[ClassLabel],
-                       ebm: ConditionalNetwork | None = None) -> tuple[EnergyFn, ProposalFn | None]:
-    """(energy, proposal) of a loaded conditional model guided at scale ``guidance`` towards ``class_label``.
-
-    ``class_label``: a dataset class (0-based), a (B,) tensor of them (one per example), or a
-    list of classes to compose (f(c₁) + f(c₂) − f(∅) at w = 0), each guided at 1 + w.
-    ``ebm`` replaces ``model.ebm`` as the energy network, e.g. a chain energy with speed options.
-    """
-    num_classes = model.config.energy.num_classes
-    if num_classes is None:
-        raise GuidanceError(f"model {model.config.name!r} is unconditional: guidance needs a class-conditional "
-                            f"model (a preset with energy.num_classes set, e.g. digits-cond)")
-    concepts = guidance_concepts(class_label, guidance)
-    _check_classes(concepts, num_classes)
-    return guided_callables(ebm or model.ebm, model.initializer, concepts)

@@ -22,6 +22,8 @@ TAG_DEVICE = "cdrl.device"
 TAG_SELECTION = "cdrl.selection"
 TAG_BEST_CHECKPOINT = "cdrl.best_checkpoint"
 TAG_BEST_ITERATION = "cdrl.best_iteration"
+#: Followed by the selection metric's name: the best checkpoint's score (cdrl.best_fid).
+TAG_BEST_PREFIX = "cdrl.best_"
 TAG_LAST_CHECKPOINT = "cdrl.last_checkpoint"
 TAG_PREEMPTED = "cdrl.preempted"
 TAG_ROLLBACKS = "cdrl.rollbacks"

@@ -227,3 +227,17 @@ class CooperativeTrainer:
             self.initializer_optimizer.load_state_dict(state["initializer_optimizer"])
             self.initializer_scheduler.load_state_dict(state["initializer_scheduler"])
             self.initializer_ema.load_state_dict(state["initializer_ema"])
+
+    def rng_state(self) -> dict[str, torch.Tensor]:
+        """This process's random streams, for a checkpoint: torch's global one, the trainer's and CUDA's."""
+        # Python's and numpy's global RNGs are not used in training (batches are seeded per batch).
+        state = {"torch": torch.get_rng_state(), "trainer": self.generator.get_state()}
+        if self.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def load_rng_state(self, state: dict[str, torch.Tensor]) -> None:
+        torch.set_rng_state(state["torch"])
+        self.generator.set_state(state["trainer"])
+        if self.device.type == "cuda" and "cuda" in state:
+            torch.cuda.set_rng_state(state["cuda"], self.device)

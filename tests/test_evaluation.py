@@ -422,7 +422,7 @@ def test_bundled_features_for_another_key_are_refused(inception_weights, tmp_pat
 
 def test_shipped_digits_features_match_a_fresh_extraction(inception_weights):
     """Every shipped file is the features of its key's images: its first rows are extracted again and compared."""
-    from benchmarks.bundle_reference_features import BUNDLED
+    from tools.bundle_reference_features import BUNDLED
     from cdrl.datasets import reference_name
     from cdrl.evaluation.inception import relative_difference
     from cdrl.evaluation.reference import BUNDLED_FEATURES_DIR, load_reference_features
@@ -434,7 +434,7 @@ def test_shipped_digits_features_match_a_fresh_extraction(inception_weights):
         extractor = resolve_extractor(bundled.backend, weights=inception_weights)
         key = ReferenceKey.for_extractor(reference_name(bundled.data), bundled.data.split, total, extractor)
         shipped = load_reference_features(key)
-        assert shipped is not None, f"no shipped features for {key}: run python -m benchmarks.bundle_reference_features"
+        assert shipped is not None, f"no shipped features for {key}: run python -m tools.bundle_reference_features"
         first = next(iter(batches))
         fresh = extract_features(first, extractor, device="cpu").pool
         assert relative_difference(torch.from_numpy(shipped.features[:len(first)]), torch.from_numpy(fresh)) < 1e-5

@@ -10,10 +10,10 @@ import torch
 from examples.composition_2d import RIGHT, UP, intersection_fraction, sample_concepts, train_concept_model
 from cdrl.evaluation.digits_classifier import (ClassifierError, class_accuracy, held_out_accuracy, predict,
                                                train_digit_classifier)
-from cdrl.checkpoint import LoadedModel
+from cdrl.checkpoint import LoadedModel, build_guided_model
 from cdrl.config import preset
 from cdrl.datasets import DataConfig, build_dataset, item_shape
-from cdrl.guidance import Concept, GuidanceError, build_guided_model, combine, guided_callables
+from cdrl.guidance import Concept, GuidanceError, combine, guided_callables
 from cdrl.langevin import energy_gradient
 from cdrl.networks import build_energy_net, build_initializer
 from cdrl.noise import PerExampleNoise
@@ -149,7 +149,7 @@ def digit_classifier():
 
 def test_shipped_digit_classifiers_are_what_training_gives(digit_classifier, monkeypatch) -> None:
     import cdrl.evaluation.digits_classifier as classifiers
-    from benchmarks.bundle_digit_classifiers import BUNDLED
+    from tools.bundle_digit_classifiers import BUNDLED
 
     # Scoring reads the shipped weights and trains nothing.
     monkeypatch.setattr(classifiers, "train_digit_classifier", lambda *_: pytest.fail("trained a shipped classifier"))
@@ -164,7 +164,7 @@ def test_shipped_digit_classifiers_are_what_training_gives(digit_classifier, mon
     # The 16x16 one is the classifier a training gives now (another CPU's kernels may move a few verdicts).
     images = build_dataset(DataConfig(dataset="digits", split="test", image_size=16, class_conditional=True)).x
     agreement = (predict(shipped[1, 16], images) == predict(digit_classifier, images)).float().mean()
-    assert agreement >= 0.98, f"{agreement:.3f}: rerun python -m benchmarks.bundle_digit_classifiers"
+    assert agreement >= 0.98, f"{agreement:.3f}: rerun python -m tools.bundle_digit_classifiers"
 
 
 def test_digit_classifier_scores_real_digits(digit_classifier) -> None:

@@ -19,7 +19,8 @@ import cli
 from cdrl.checkpoint import CheckpointError, load_checkpoint, load_model, make_checkpoint, save_atomic
 from cdrl.config import PRESETS, ConfigError, RunConfig, apply_overrides, preset
 from cdrl.run_folder import RunFolder, locate_checkpoint, resume_point
-from cdrl.train_loop import DivergenceWatch, TrainingDiverged, train
+from cdrl.divergence import DivergenceWatch, TrainingDiverged
+from cdrl.train_loop import train
 from cdrl.training import CooperativeTrainer
 
 #: Cheap cadences for the tiny preset: every iteration checked and logged, few samples.

@@ -1,15 +1,25 @@
-"""The layers import downwards only: cli -> benchmarks -> baselines -> cdrl, never back up."""
+"""The layers import downwards only: cli -> benchmarks -> baselines -> cdrl, never back up; tools/ (the gate's
+maintenance scripts, not installed) sits above them all. Inside cdrl/ no import runs in a circle, and guidance is
+pure math: nothing it imports loads a checkpoint."""
 
 from __future__ import annotations
 
 import ast
+import graphlib
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 #: Each layer and the top-level modules it must not import.
-FORBIDDEN = {"cdrl": {"cli", "benchmarks", "baselines"}, "baselines": {"cli", "benchmarks"}, "benchmarks": {"cli"}}
+FORBIDDEN = {"cdrl": {"cli", "benchmarks", "baselines", "tools"}, "baselines": {"cli", "benchmarks", "tools"},
+             "benchmarks": {"cli", "tools"}, "cli": {"tools"}}
+
+
+def layer_files(layer: str) -> list[Path]:
+    """A layer's modules: one file (cli.py) or every file of its folder."""
+    single = REPO / f"{layer}.py"
+    return [single] if single.is_file() else sorted((REPO / layer).rglob("*.py"))
 
 
 def imported_roots(path: Path) -> set[str]:
@@ -25,5 +35,43 @@ def imported_roots(path: Path) -> set[str]:
 @pytest.mark.parametrize("layer", sorted(FORBIDDEN))
 def test_no_layer_imports_a_layer_above_it(layer):
     offenders = {str(path.relative_to(REPO)): sorted(imported_roots(path) & FORBIDDEN[layer])
-                 for path in sorted((REPO / layer).rglob("*.py"))}
+                 for path in layer_files(layer)}
     assert {path: roots for path, roots in offenders.items() if roots} == {}
+
+
+def cdrl_imports() -> dict[str, set[str]]:
+    """Each module of cdrl/ and the modules of cdrl/ it imports: at the top, inside functions or for type checking.
+
+    ``from package import name`` imports the submodule ``package.name`` when there is one, else the package.
+    """
+    modules = {".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__"): path
+               for path in layer_files("cdrl")}
+    graph = {}
+    for module, path in modules.items():
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                assert node.level == 0, f"{path}: relative import; cdrl/ spells every import in full"
+                imported.update(f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in modules
+                                else node.module for alias in node.names)
+        graph[module] = {name for name in imported if name in modules and name != module}
+    return graph
+
+
+def test_no_import_circle_inside_cdrl():
+    try:
+        graphlib.TopologicalSorter(cdrl_imports()).prepare()
+    except graphlib.CycleError as error:
+        pytest.fail(f"import circle: {' -> '.join(error.args[1])}")
+
+
+def test_guidance_is_pure_math_and_loads_no_checkpoint():
+    graph, seen, todo = cdrl_imports(), set(), ["cdrl.guidance"]
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo.extend(graph[module])
+    assert "cdrl.checkpoint" not in seen

@@ -111,7 +111,7 @@ def test_a_second_ctrl_c_stops_at_once_without_a_checkpoint(tmp_path, tracking_u
 
 def test_a_selection_due_at_the_interrupted_step_is_made_before_stopping(tmp_path, tracking_uri, monkeypatch):
     """A resumed run starts at the next step: a selection due at the stopped one (here the last) is made first."""
-    from cdrl import train_loop
+    from cdrl import selection
 
     scored = []
 
@@ -119,7 +119,7 @@ def test_a_selection_due_at_the_interrupted_step_is_made_before_stopping(tmp_pat
         scored.append(trainer.iteration)
         return 1.0 / trainer.iteration  # later is better: the last iteration's checkpoint is the best
 
-    monkeypatch.setattr(train_loop, "_selection_score", score)
+    monkeypatch.setattr(selection, "selection_score", score)
     _signal_during_step(monkeypatch, 7, signal.SIGTERM)  # the last step, 8, is running when the signal comes
     with pytest.raises(Preempted):
         train(preset("tiny"), overrides=[*SETTINGS, "run.select_every=4", "run.select_samples=2"],

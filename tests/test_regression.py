@@ -306,7 +306,7 @@ def test_every_catalogued_mutation_applies_to_the_current_code(tmp_path):
     """The power benchmark's mutations track the code: each snippet is found exactly once."""
     import shutil
 
-    from benchmarks.mutations import MUTATIONS, Mutation, MutationError
+    from tools.mutations import MUTATIONS, Mutation, MutationError
 
     assert len(MUTATIONS) >= 12 and len({mutation.name for mutation in MUTATIONS}) == len(MUTATIONS)
     for mutation in MUTATIONS:
@@ -321,7 +321,7 @@ def test_every_catalogued_mutation_applies_to_the_current_code(tmp_path):
 
 
 def test_the_power_table_counts_a_crashed_clean_rerun_as_a_false_alarm():
-    from benchmarks.mutations.__main__ import _outcome, _table
+    from tools.mutations.__main__ import _outcome, _table
 
     wrapped = ("Traceback (most recent call last):\n  File \"x.py\", line 1\nRuntimeError: frozen_spectral_norm "
                "needs the network in eval mode (no power\niterations)\n")

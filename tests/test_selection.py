@@ -1,6 +1,6 @@
 """Best-checkpoint selection (run.select_every): scores, best.pt, tags, rotation, resume, rollback, bad input.
 
-Tests of the bookkeeping script the scores (``_selection_score`` patched) so that the best is
+Tests of the bookkeeping script the scores (``cdrl.selection.selection_score`` patched) so that the best is
 neither the first nor the last one; the others score real EMA samples of a 2-D toy (exact energy
 distance) or of the tiny image preset (FID with the offline Inception), a few dozen samples each.
 """
@@ -19,13 +19,13 @@ import torch
 import torch.multiprocessing as mp
 from mlflow import MlflowClient
 
-import cdrl.train_loop as train_loop
+import cdrl.selection as selection
 from cdrl.checkpoint import CheckpointError, load_checkpoint
-from cdrl.config import ConfigError, RunConfig, preset
+from cdrl.config import SELECTION_METRICS, ConfigError, RunConfig, preset, selection_metric
 from cdrl.distributed import Ranks
 from cdrl.metrics import METRICS
 from cdrl.run_folder import BEST_CHECKPOINT, RunFolder, locate_checkpoint
-from cdrl.train_loop import selection_metric, train
+from cdrl.train_loop import train
 from cdrl.training import CooperativeTrainer
 
 #: A toy run of a few iterations: every iteration logged and checked, a sample plot only at the last.
@@ -49,7 +49,7 @@ def scripted(monkeypatch, scores: dict[int, float]) -> list[int]:
         scored.append(trainer.iteration)
         return scores[trainer.iteration]
 
-    monkeypatch.setattr(train_loop, "_selection_score", score)
+    monkeypatch.setattr(selection, "selection_score", score)
     return scored
 
 
@@ -84,14 +84,13 @@ def test_best_checkpoint_holds_the_lowest_score_and_outlives_rotation(tmp_path, 
 
 def test_selection_scores_fixed_noise_through_generate_and_leaves_training_alone(tmp_path, tracking_uri,
                                                                                    monkeypatch):
-    draws, generate = [], train_loop.generate
+    draws, generate = [], selection.generate
 
     def recorded(model, spec, **options):
         draws.append((model.iteration, spec, options["chain"]))
         return generate(model, spec, **options)
 
-    monkeypatch.setattr(train_loop, "generate", recorded)
-    monkeypatch.setattr(train_loop, "_log_samples", lambda *args: None)  # only selection draws are recorded
+    monkeypatch.setattr(selection, "generate", recorded)  # selection's draws only, not the sample grids
     settings = ["training.iterations=5", "run.checkpoint_every=5", "run.select_samples=40"]
     result = toy_train(tmp_path, tracking_uri, *settings, "run.select_every=2")
     # At every multiple of select_every and at the last iteration.
@@ -112,7 +111,7 @@ def test_selection_scores_fixed_noise_through_generate_and_leaves_training_alone
     assert payload["trainer"]["iteration"] == min(logged, key=lambda entry: entry[1])[0]
     trainer = CooperativeTrainer(config, torch.device("cpu"))
     trainer.load_state_dict(payload["trainer"])
-    rescored = train_loop._selection_score(trainer, "energy_distance", Ranks(0, 1))
+    rescored = selection.selection_score(trainer, "energy_distance", Ranks(0, 1))
     assert rescored == dict(logged)[payload["trainer"]["iteration"]]
 
     # Selection draws from its own noise streams: training goes exactly as without it.
@@ -216,7 +215,7 @@ def test_auto_selects_by_fid_or_energy_distance_and_every_choice_is_lower_is_bet
     assert selection_metric(preset("tiny")) == "fid"
     assert selection_metric(preset("toy-checkerboard")) == "energy_distance"
     choices = set(typing.get_args(typing.get_type_hints(RunConfig)["select_metric"])) - {"auto"}
-    assert choices == {name for names in train_loop._SELECTION_METRICS.values() for name in names}
+    assert choices == {name for names in SELECTION_METRICS.values() for name in names}
     assert not any(METRICS[name].higher_is_better for name in choices)
 
 

@@ -22,10 +22,9 @@ from benchmarks.suite import (PlotSpec, SuiteError, available_suites, expand, lo
                               plan_rows, select)
 from benchmarks.figures import save_suite_figure
 from benchmarks.tables import build_table, render
-from cdrl.config import ConfigError, apply_overrides, preset
+from cdrl.config import ConfigError, apply_overrides, per_process_batch, preset
 from cdrl.metrics import METRICS
 from cdrl.search_filter import FilterValueError, filter_value, tag_clause
-from cdrl.train_loop import per_process_batch
 from cdrl.langevin import multiplier_for_steps
 from cli import app
 

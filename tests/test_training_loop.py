@@ -19,7 +19,8 @@ import cli
 from cdrl.checkpoint import load_checkpoint
 from cdrl.config import preset
 from cdrl.run_folder import RunFolder
-from cdrl.train_loop import TrainingDiverged, train
+from cdrl.divergence import TrainingDiverged
+from cdrl.train_loop import train
 from cdrl.training import CooperativeTrainer
 
 REPO = Path(__file__).resolve().parents[1]

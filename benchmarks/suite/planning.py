@@ -17,7 +17,7 @@ from pathlib import Path
 from benchmarks.suite.composing import (mismatch, model_config, model_differences, scoring_sampler_overrides,
                                         split_differences)
 from benchmarks.suite.schema import ModelSpec, Profile, Suite, SuiteError
-from cdrl.config import ConfigError, ExperimentConfig, apply_overrides
+from cdrl.config import ConfigError, ExperimentConfig, apply_overrides, per_process_batch, selection_metric
 from cdrl.metrics import METRICS
 
 
@@ -120,8 +120,6 @@ def selection_rule(config: ExperimentConfig, policy: str) -> str:
     """How a training's scored checkpoint is chosen, briefly: "last", or "best FID (5k every 20k it)"."""
     if policy == "last" or config.run.select_every == 0:
         return "last"
-    from cdrl.train_loop import selection_metric
-
     metric = selection_metric(config)
     return (f"best {METRICS[metric].label} ({_count(config.run.select_samples)} every "
             f"{_count(config.run.select_every)} it)")
@@ -278,7 +276,6 @@ def plan_rows(plan: Plan, world_size: int = 1) -> list[dict[str, str | int | Non
 
     Counts are ints (None where they do not apply), for ``plan --format json``; the rest is text.
     """
-    from cdrl.train_loop import per_process_batch
     if world_size < 1:
         raise SuiteError(f"--world-size must be at least 1, got {world_size}")
     rows = []

@@ -40,10 +40,11 @@ Multi-GPU: ``gather_images`` collects every rank's uint8 samples on rank 0; noth
 DataParallel. torch-fidelity and clean-fid are imported only inside the functions that use them.
 """
 
-from cdrl.evaluation.backends import BACKENDS, DEFAULT_BACKEND, Backend, backend
+from cdrl.evaluation.backends import BACKENDS, DEFAULT_BACKEND, backend
+from cdrl.evaluation.backends.base import Backend, ExtractorSpec
 from cdrl.evaluation.backends.torch_fidelity import register_torch_fidelity_extractor
 from cdrl.evaluation.errors import EvaluationError
-from cdrl.evaluation.extractors import ExtractorSpec, FeatureSet, extract_features, resolve_extractor
+from cdrl.evaluation.extractors import FeatureSet, extract_features, resolve_extractor
 from cdrl.evaluation.images import as_uint8_nchw, gather_images, to_uint8
 from cdrl.evaluation.metrics import (
     BackendAgreement,

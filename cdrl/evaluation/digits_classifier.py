@@ -6,7 +6,7 @@ the digits training split at the samples' size and channels, assigns to the requ
 (:func:`cdrl.scoring.score_samples` adds it for class-conditional digits models).
 
 The classifiers of the suites' digit shapes (1 x 8 x 8 and 1 x 16 x 16) ship with the project
-(``digit_classifiers/``, written by ``python -m benchmarks.bundle_digit_classifiers``): class
+(``digit_classifiers/``, written by ``python -m tools.bundle_digit_classifiers``): class
 accuracy is then read with one fixed instrument on every machine, as FID is with fixed
 Inception weights, and no process spends seconds training one.
 """

@@ -12,40 +12,18 @@ import contextlib
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from cdrl.evaluation import backends
 from cdrl.evaluation.backends import DEFAULT_BACKEND
+from cdrl.evaluation.backends.base import ExtractorSpec
 from cdrl.evaluation.errors import EvaluationError
 from cdrl.evaluation.images import ImageArray, as_uint8_nchw
 from cdrl.evaluation.inception import TORCHSCRIPT_EXTRACTOR, UNAVAILABLE_WITH_TORCHSCRIPT, check_mode
 from cdrl.progress import stage
 from cdrl.evaluation.weights import file_sha256, resolve_weights
-
-
-@dataclass(frozen=True)
-class ExtractorSpec:
-    """A resolved feature extractor: backend, resize mode and the exact weights file."""
-
-    backend: str
-    mode: str
-    name: str
-    weights_path: Path
-    weights_sha256: str
-    weights_source: str
-    provides_logits: bool
-
-    @property
-    def unavailable(self) -> dict[str, str]:
-        """Metrics this extractor cannot give, with the reason (the backend's, where both say why)."""
-        return {**({} if self.provides_logits else UNAVAILABLE_WITH_TORCHSCRIPT),
-                **backends.backend(self.backend).unavailable}
-
-    def describe(self) -> str:
-        return f"backend {self.backend}, mode {self.mode}, weights sha256 {self.weights_sha256[:12]}…"
 
 
 @dataclass(frozen=True, eq=False)
@@ -58,6 +36,12 @@ class FeatureSet:
 
     def __len__(self) -> int:
         return int(self.pool.shape[0])
+
+
+def unavailable_metrics(extractor: ExtractorSpec) -> dict[str, str]:
+    """Metrics ``extractor`` cannot give, with the reason (the backend's, where both say why)."""
+    return {**({} if extractor.provides_logits else UNAVAILABLE_WITH_TORCHSCRIPT),
+            **backends.backend(extractor.backend).unavailable}
 
 
 def check_backend_and_mode(backend: str, mode: str | None) -> str:

@@ -16,7 +16,8 @@ import torch
 from cdrl.evaluation import backends
 from cdrl.evaluation.backends import BACKENDS, DEFAULT_BACKEND
 from cdrl.evaluation.errors import EvaluationError
-from cdrl.evaluation.extractors import ExtractorSpec, FeatureSet, extract_features, resolve_extractor
+from cdrl.evaluation.backends.base import ExtractorSpec
+from cdrl.evaluation.extractors import FeatureSet, extract_features, resolve_extractor, unavailable_metrics
 from cdrl.evaluation.images import ImageArray
 from cdrl.evaluation.inception import CLEAN, MODE_DESCRIPTIONS
 from cdrl.evaluation.reference import ReferenceStatistics
@@ -145,6 +146,7 @@ def metrics_from_features(
     fid = frechet_distance(mu, sigma, reference_mu, reference_sigma, backend=backend)
 
     unavailable = {}
+    cannot = unavailable_metrics(extractor)
     kid_mean = kid_std = None
     used_subset_size = used_subsets = kid_reference = None
     if kid:
@@ -157,13 +159,13 @@ def metrics_from_features(
                 generated.pool, reference_pool, used_subsets, used_subset_size, seed
             )
             if kid_std is None:
-                unavailable["kid_std"] = extractor.unavailable["kid_std"]
+                unavailable["kid_std"] = cannot["kid_std"]
 
     inception_score = inception_score_std = None
     used_splits = None
     if isc:
-        if "inception_score" in extractor.unavailable:
-            unavailable["inception_score"] = extractor.unavailable["inception_score"]
+        if "inception_score" in cannot:
+            unavailable["inception_score"] = cannot["inception_score"]
         else:
             used_splits = min(isc_splits, len(generated))
             inception_score, inception_score_std = library.inception_score(generated.logits, used_splits, seed)

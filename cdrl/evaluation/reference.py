@@ -6,7 +6,7 @@ same directory, then ``os.replace``), so a crash never leaves a truncated cache 
 
 Bundled reference features: for a data set that ships with a package (scikit-learn's digits)
 the project ships the Inception features of its reference split under the same key
-(``cdrl/evaluation/reference_features/``, written by ``python -m benchmarks.bundle_reference_features``),
+(``cdrl/evaluation/reference_features/``, written by ``python -m tools.bundle_reference_features``),
 as clean-fid and torch-fidelity publish statistics of their data sets. On a cache miss the
 statistics are computed from them, exactly as from freshly extracted features, and cached:
 a fresh machine's first digits FID then reads no image (minutes of CPU Inception saved).
@@ -27,7 +27,8 @@ import torch
 
 from cdrl.evaluation.backends import DEFAULT_BACKEND
 from cdrl.evaluation.errors import EvaluationError
-from cdrl.evaluation.extractors import ExtractorSpec, extract_features, resolve_extractor
+from cdrl.evaluation.backends.base import ExtractorSpec
+from cdrl.evaluation.extractors import extract_features, resolve_extractor
 from cdrl.evaluation.images import ImageArray, as_uint8_nchw
 from cdrl.evaluation.inception import FEATURE_DIM
 from cdrl.evaluation.statistics import feature_statistics
@@ -212,7 +213,7 @@ def load_reference_features(key: ReferenceKey, directory: Path | None = None) ->
     # The file name keeps 16 hex digits of the weights' sha256; the stored key has all of it.
     if bundled.key != key or bundled.features.shape != (key.n_images, FEATURE_DIM):
         raise EvaluationError(f"{path} holds {tuple(bundled.features.shape)} features for {bundled.key}, not for "
-                              f"{key}: rebuild it with python -m benchmarks.bundle_reference_features")
+                              f"{key}: rebuild it with python -m tools.bundle_reference_features")
     return bundled
 
 

@@ -10,18 +10,14 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from cdrl.evaluation.backends import Backend
+from cdrl.evaluation.backends.base import Backend, ExtractorSpec
 from cdrl.evaluation.errors import EvaluationError
 from cdrl.evaluation.inception import CLEAN, LEGACY_TENSORFLOW, TorchScriptInception, offline_hint, resize_for_inception
 from cdrl.evaluation.weights import cache_dir
-
-if TYPE_CHECKING:
-    from cdrl.evaluation.extractors import ExtractorSpec
 
 NAME = "clean-fid"
 LIBRARY_EXTRACTOR = "clean-fid inception-2015-12-05"

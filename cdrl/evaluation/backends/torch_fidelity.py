@@ -11,12 +11,11 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from cdrl.evaluation.backends import Backend
+from cdrl.evaluation.backends.base import Backend, ExtractorSpec
 from cdrl.evaluation.errors import EvaluationError
 from cdrl.evaluation.inception import (
     FEATURE_DIM,
@@ -29,9 +28,6 @@ from cdrl.evaluation.inception import (
     resize_for_inception,
 )
 from cdrl.evaluation.weights import WEIGHTS_ENV_VAR, cache_dir
-
-if TYPE_CHECKING:
-    from cdrl.evaluation.extractors import ExtractorSpec
 
 NAME = "torch-fidelity"
 LIBRARY_EXTRACTOR = "inception-v3-compat"

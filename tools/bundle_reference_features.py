@@ -8,7 +8,7 @@ minutes on one CPU thread). Shipping them, keyed exactly like the statistics cac
 Rerun this after anything that changes those features (the weights, the digits pipeline or
 the extractor), and commit the file it writes:
 
-    OMP_NUM_THREADS=1 python -m benchmarks.bundle_reference_features
+    OMP_NUM_THREADS=1 python -m tools.bundle_reference_features
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The regression gate's stored models: one command trains each and writes it to ``results/gate/``.
 
-    python -m benchmarks.gate_models toy-cdrl            # train (resumably), then export
-    python -m benchmarks.gate_models toy-cdrl --export-only runs/gate/toy-cdrl
+    python -m tools.gate_models toy-cdrl            # train (resumably), then export
+    python -m tools.gate_models toy-cdrl --export-only runs/gate/toy-cdrl
 
 Each model is a preset trained with fixed settings and seed (:data:`GATE_MODELS`); the run
 folder, its checkpoints and its MLflow run are ordinary ``cdrl-bench train`` ones. The
@@ -27,6 +27,7 @@ from cdrl.config import ExperimentConfig, apply_overrides, preset
 from cdrl.ema import EMA
 from cdrl.networks import build_energy_net, build_initializer
 from cdrl.run_folder import RunFolder
+from cdrl.tags import TAG_GATE_MODEL
 from cdrl.train_loop import train
 
 GATE_FOLDER = results_path("results/gate")
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         started = RunFolder(folder).checkpoint_paths()
         result = train(GATE_MODELS[arguments.model].config(), resume=folder if started else None,
                        out=None if started else folder, tracking_uri=arguments.tracking_uri,
-                       experiment_name="cdrl-gate-models", tags={"cdrl.gate_model": arguments.model})
+                       experiment_name="cdrl-gate-models", tags={TAG_GATE_MODEL: arguments.model})
         checkpoint = result.checkpoint
     print(f"wrote {export(checkpoint, out, GATE_MODELS[arguments.model].keep_live)} from {checkpoint}")
     return 0

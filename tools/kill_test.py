@@ -2,7 +2,7 @@
 
 Not a CI test (minutes of CPU): the evidence behind crash-safe tracking (issue #15)::
 
-    OMP_NUM_THREADS=1 python -m benchmarks.kill_test --kills 20
+    OMP_NUM_THREADS=1 python -m tools.kill_test --kills 20
 
 In a temporary folder it keeps several working folders ("worlds"), each with the default
 store ``sqlite:///mlflow.db`` and ``runs/``; a new world's first command creates the store. Jobs,
@@ -144,13 +144,15 @@ def _newest_checkpoint(folder: Path) -> int:
 
 def _last_logged_step(world: Path, folder: Path, since_ms: int) -> int | None:
     """The last training step the killed attempt logged in ``folder`` (None: it logged none)."""
+    from cdrl.tags import TAG_CHECKPOINT_DIR
+
     client = _store_client(world)
     if client is None:
         return None
     experiments = [experiment.experiment_id for experiment in client.search_experiments()]
     steps = []
     for run in client.search_runs(experiments, max_results=10000):
-        if run.data.tags.get("cdrl.checkpoint_dir") == str((folder / "checkpoints").resolve()):
+        if run.data.tags.get(TAG_CHECKPOINT_DIR) == str((folder / "checkpoints").resolve()):
             steps += [metric.step for metric in client.get_metric_history(run.info.run_id, "ebm_loss")
                       if metric.timestamp >= since_ms]
     return max(steps) if steps else None
@@ -327,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
             tally.broken_stores.append(problem)
     orphans = {world.name: len(_running(world)) for world in worlds}
     summary = {
-        "command": f"python -m benchmarks.kill_test --kills {args.kills} --seed {args.seed}"
+        "command": f"python -m tools.kill_test --kills {args.kills} --seed {args.seed}"
                    + (f" --new-world {args.new_world:g}" if args.new_world != 0.35 else ""),
         "kills": tally.kills, "by_signal": tally.by_signal,
         "kills_during_store_creation": tally.during_store_creation, "kills_in_first_second": tally.in_first_second,

@@ -6,7 +6,7 @@ sample shapes makes that instrument the same on every machine and spares each sc
 its training. Rerun this after anything that changes the classifier's training (its network,
 recipe or seed, or the digits pipeline), and commit the files it writes:
 
-    OMP_NUM_THREADS=1 python -m benchmarks.bundle_digit_classifiers
+    OMP_NUM_THREADS=1 python -m tools.bundle_digit_classifiers
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ metrics and their statistics, the image pipeline, datasets, checkpoint loading, 
 seeding and classes, the baselines and the config defaults (:attr:`Mutation.area`).
 
 Each :class:`Mutation` replaces one exact snippet of one file; ``python -m
-benchmarks.mutations`` applies each to a scratch copy of the repository, runs the gate
+tools.mutations`` applies each to a scratch copy of the repository, runs the gate
 (``cdrl-bench run --suite gate`` then ``cdrl-bench check``) there and prints which were
 killed. ``equivalent`` says, per suite, why a mutation cannot change that suite's results
 (so that surviving it there is no failure of the gate).
@@ -39,7 +39,7 @@ class Mutation:
         text = target.read_text()
         if text.count(self.original) != 1:
             raise MutationError(f"mutation {self.name}: {self.path} holds its snippet {text.count(self.original)} "
-                                f"times, not once: update benchmarks/mutations/__init__.py")
+                                f"times, not once: update tools/mutations/__init__.py")
         target.write_text(text.replace(self.original, self.mutated))
 
 

@@ -1,10 +1,10 @@
 """Measure the regression gate's power: plant each mutation in a scratch copy, run the gate, print a kill table.
 
-    python -m benchmarks.mutations                        # every mutation, then nothing else
-    python -m benchmarks.mutations --clean 10             # plus 10 unmutated reruns (seeds and threads varied)
-    python -m benchmarks.mutations --only no-step-scaling --only guidance-sign --json kills.json
-    python -m benchmarks.mutations --fingerprints-only --workers 2   # the fingerprints alone: a minute
-    python -m benchmarks.mutations --clean 10 --workers 2 --pytest   # plus the tests where check missed
+    python -m tools.mutations                        # every mutation, then nothing else
+    python -m tools.mutations --clean 10             # plus 10 unmutated reruns (seeds and threads varied)
+    python -m tools.mutations --only no-step-scaling --only guidance-sign --json kills.json
+    python -m tools.mutations --fingerprints-only --workers 2   # the fingerprints alone: a minute
+    python -m tools.mutations --clean 10 --workers 2 --pytest   # plus the tests where check missed
 
 The gate is what CI runs: ``cdrl-bench run --suite SUITE`` then ``cdrl-bench check --suite
 SUITE --baseline BASELINE``, each in the scratch copy with its own MLflow store. A mutation is
@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from benchmarks.mutations import Mutation, by_name
+from tools.mutations import Mutation, by_name
 
 REPO = Path(__file__).resolve().parents[2]
 
