@@ -1,19 +1,36 @@
 """The layers import downwards only: cli -> benchmarks -> baselines -> cdrl, never back up; tools/ (the gate's
-maintenance scripts, not installed) sits above them all. Inside cdrl/ no import runs in a circle, and guidance is
-pure math: nothing it imports loads a checkpoint."""
+maintenance scripts, not installed) sits above them all; the method core imports nothing of the orchestration
+around it. The rules are read from ARCHITECTURE.md, so the document and the code cannot drift apart. Inside cdrl/
+no import runs in a circle, and guidance is pure math: nothing it imports loads a checkpoint."""
 
 from __future__ import annotations
 
 import ast
 import graphlib
+import re
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def architecture() -> tuple[dict[str, set[str]], set[str], set[str]]:
+    """ARCHITECTURE.md's ``layers`` block: (each layer and the layers it must not import, the core's modules, what
+    the core may import besides itself)."""
+    block = re.search(r"```layers\n(.*?)```", (REPO / "ARCHITECTURE.md").read_text(), re.S).group(1)
+    allowed, core, core_allowed = {}, set(), set()
+    for line in block.splitlines():
+        name, verb, *rest = line.split()
+        if name == "core":
+            (core if verb == "is" else core_allowed).update(rest[1:] if verb == "may" else rest)
+        else:
+            allowed[name] = set(rest[1:])
+    return {layer: set(allowed) - {layer} - names for layer, names in allowed.items()}, core, core_allowed
+
+
 #: Each layer and the top-level modules it must not import.
-FORBIDDEN = {"cdrl": {"cli", "benchmarks", "baselines", "tools"}, "baselines": {"cli", "benchmarks", "tools"},
-             "benchmarks": {"cli", "tools"}, "cli": {"tools"}}
+FORBIDDEN, CORE, CORE_MAY_IMPORT = architecture()
 
 
 def layer_files(layer: str) -> list[Path]:
@@ -75,3 +92,14 @@ def test_guidance_is_pure_math_and_loads_no_checkpoint():
             seen.add(module)
             todo.extend(graph[module])
     assert "cdrl.checkpoint" not in seen
+
+
+def test_the_method_core_imports_no_orchestration():
+    """The core (ARCHITECTURE.md) imports only itself, the configs, errors, speed options and dataset descriptions."""
+    assert CORE and CORE_MAY_IMPORT  # the document still names them
+    graph = cdrl_imports()
+    allowed = CORE | CORE_MAY_IMPORT
+    reaching = {module: sorted(name for name in graph[module]
+                               if not any(name == other or name.startswith(f"{other}.") for other in allowed))
+                for module in sorted(CORE)}
+    assert {module: names for module, names in reaching.items() if names} == {}
