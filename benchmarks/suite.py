@@ -128,6 +128,9 @@ class ModelSpec:
     #: This model's own stated seconds per training iteration where it differs from [cost]'s (e.g. 30
     #: Langevin steps per level instead of 15), on [cost]'s GPUs; None: [cost]'s.
     seconds_per_iteration: float | None = field(default=None, metadata=above(0))
+    #: "last": this model's training selects no checkpoint and its last is scored, where [eval]
+    #: checkpoint says "best" (DRL's published code keeps no best-FID checkpoint); None: [eval]'s.
+    checkpoint_selection: Literal["last"] | None = None
 
     def samples(self, profile: "Profile") -> int:
         return min(profile.n_samples, self.n_samples or profile.n_samples)
@@ -467,7 +470,7 @@ def load_suite(name: str | os.PathLike) -> Suite:
         try:
             for profile in PROFILES:
                 config = model_config(suite, model, profile, seed=0)
-                if suite.checkpoint_selection == "best" and config.run.select_every == 0:
+                if (model.checkpoint_selection or suite.checkpoint_selection) == "best" and config.run.select_every == 0:
                     raise SuiteError(f"[eval] checkpoint = \"best\" but the {profile} profile selects no checkpoint: "
                                      "set select_every and select_samples in [profiles." + profile + "], or "
                                      "checkpoint = \"last\"")
@@ -497,6 +500,8 @@ def model_config(suite: Suite, model: ModelSpec, profile: str, seed: int) -> Exp
         budget.append(f"run.select_every={settings.select_every}")
     if settings.select_samples is not None:
         budget.append(f"run.select_samples={settings.select_samples}")
+    if model.checkpoint_selection == "last":
+        budget.append("run.select_every=0")
     return apply_overrides(config, budget)
 
 
