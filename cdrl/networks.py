@@ -132,7 +132,8 @@ class EnergyResidualBlock(nn.Module):
         self.short_cut = make_layer(in_width, out_width) if in_width != out_width else nn.Identity()
 
     def time_bias(self, embedding: torch.Tensor) -> torch.Tensor:
-        """act(temb_map(act(emb))), shaped to add to the block's activations: a function of (logsnr, label) only."""
+        """act(temb_map(act(emb))) (DRL's: no outer act), shaped to add to the block's activations: a function of
+        (logsnr, label) only."""
         time_bias = self.temb_map(self.act(embedding))
         if self.activate_time_bias:
             time_bias = self.act(time_bias)
