@@ -423,7 +423,7 @@ def score(
     from cdrl.sample_files import score_sample_file
 
     device = _compute_setup(threads, device)
-    if log:
+    if log or tracking_uri is not None:  # a store given by mistake without --log is refused too
         _check_store(tracking_uri)
     with _progress():
         result = score_sample_file(samples, dataset=dataset, backend=_backend(backend), mode=mode,

@@ -220,6 +220,7 @@ def score_sample_file(path: str | Path, *, dataset: str, backend: str, mode: str
                       tracking_uri: str | None = None, experiment_name: str | None = None) -> ScoreResult:
     """Score the samples of ``path`` against ``dataset`` as ``eval`` scores a checkpoint's; with ``log``, as
     one MLflow run (``cdrl.kind=eval``) holding the protocol, the metrics and a figure of the first samples."""
+    dataset_info(dataset)  # an unknown reference is refused before the samples are read
     sample_file = read_sample_file(path)
     config = reference_config(sample_file, dataset, reference_overrides)
     scores = score_samples(sample_file.samples, config, backend=backend, mode=mode, reference_split=reference_split,
