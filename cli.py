@@ -382,6 +382,47 @@ def evaluate(
 
 
 @app.command()
+def score(
+    samples: Path = typer.Argument(..., help="A folder of PNGs, a .npz (uint8 'images' N x H x W x C, or 'arr_0') or "
+                                             "a .pt tensor (float N x C x H x W in [-1, 1], or uint8)."),
+    dataset: str = typer.Option(..., "--dataset", help="Reference dataset the samples are of, e.g. cifar10 (its "
+                                                       "image size and channels are the samples')."),
+    backend: str = _BACKEND,
+    mode: Mode = _MODE,
+    reference_split: Split = typer.Option("train", "--reference-split", help="Reference split."),
+    n_reference: int = typer.Option(None, "--n-reference", min=2, help="Reference images (default: the whole split)."),
+    seed: int = typer.Option(0, "--seed", min=0, max=2**63 - 1, help="Seed of KID's subsets (eval's --seed)."),
+    reference_overrides: list[str] = typer.Option([], "--set", help="Reference data setting data.X=value, e.g. "
+                                                                    "data.imagenet_source=npz64-resized (repeatable)."),
+    data_dir: Path = _DATA_DIR,
+    log: bool = typer.Option(False, "--log", help="Also record the score as an MLflow run (--tracking-uri)."),
+    tracking_uri: str = _TRACKING_URI,
+    experiment: str = typer.Option(None, "--experiment", help="MLflow experiment for the score (default cdrl-bench)."),
+    device: str = _DEVICE,
+    threads: int = _THREADS,
+) -> None:
+    """Score samples from files (another model's, the authors' released ones) under eval's protocol.
+
+    Example: cdrl-bench score samples/ --dataset cifar10 --data-dir ~/data --log
+    """
+    from cdrl.sample_files import score_sample_file
+    from cdrl.scoring import Recording, ScoringRequest
+
+    device = _compute_setup(threads, device)
+    # A store given by mistake without --log is refused too.
+    store = _check_store(tracking_uri) if log or tracking_uri is not None else None
+    protocol = ScoringRequest(reference_split=reference_split, n_reference=n_reference, backend=_backend(backend),
+                              mode=mode, reference_overrides=tuple(reference_overrides),
+                              data_dir=_data_folder(data_dir))
+    with _progress():
+        result = score_sample_file(samples, dataset, protocol, seed=seed, device=device,
+                                   record=Recording(store, experiment) if log else None)
+    console.print(result.protocol_line, highlight=False, soft_wrap=True)
+    if result.run_id:
+        console.print(f"MLflow run {result.run_id}", highlight=False)
+
+
+@app.command()
 def stats(
     dataset: str = typer.Option(..., "--dataset", help="Dataset whose reference statistics to build, e.g. cifar10."),
     split: Split = typer.Option("train", "--split", help="Dataset split."),

@@ -77,7 +77,9 @@ def check_results_file(path: Path, option: str, format_version: int, fix: str) -
                          f"results file; {fix}") from None
     problem = best_match(Draft202012Validator(results_schema(format_version)).iter_errors(document))
     if problem is not None:
-        where = "/".join(str(part) for part in problem.absolute_path) or "the document"
+        # A key may hold any character: escaped as JSON writes it, so the error stays one line.
+        where = "/".join(json.dumps(part)[1:-1] if isinstance(part, str) else str(part)
+                         for part in problem.absolute_path) or "the document"
         message = problem.message if len(problem.message) <= 160 else problem.message[:157] + "..."
         raise SuiteError(f"{option} {path} is not a format-{format_version} results file: at {where}, {message}; "
                          f"{fix}")

@@ -256,7 +256,7 @@ def load_model(path: str | os.PathLike, use_ema: bool = True, device: torch.devi
     """Networks of a checkpoint in eval mode, with EMA weights by default; non-finite weights are refused."""
     config, payload = load_checkpoint(path)
     state = payload["trainer"]
-    ebm = _with_ema(build_energy_net(config.energy), state["ebm"], state.get("ebm_ema"), use_ema)
+    ebm = _with_ema(build_energy_net(config.energy, config.schedule), state["ebm"], state.get("ebm_ema"), use_ema)
     initializer = None
     if "initializer" in state:
         initializer = _with_ema(build_initializer(config.initializer), state["initializer"],
@@ -356,7 +356,7 @@ def _move_columns(state: dict[str, torch.Tensor], layer: str, columns: torch.Ten
 def _parameter_names(config: ExperimentConfig, network: str) -> list[str]:
     """A network's parameter names in parameters() order, the order of its EMA's shadow_params."""
     with torch.device("meta"):  # names only: no memory, no initialisation
-        module = build_energy_net(config.energy) if network == "ebm" else build_initializer(config.initializer)
+        module = build_energy_net(config.energy, config.schedule) if network == "ebm" else build_initializer(config.initializer)
     return [name for name, _ in module.named_parameters()]
 
 
@@ -407,7 +407,7 @@ def import_official_checkpoint(path: str | os.PathLike, preset_name: str, class_
     if any(key not in payload for key in required):
         raise CheckpointError(f"{path} lacks {', '.join(k for k in required if k not in payload)}: "
                               "not a checkpoint of the published CDRL code")
-    ebm, initializer = build_energy_net(config.energy), build_initializer(config.initializer)
+    ebm, initializer = build_energy_net(config.energy, config.schedule), build_initializer(config.initializer)
     ebm_state, initializer_state = _strip_ddp_prefix(payload["pi_state_dict"]), _strip_ddp_prefix(payload["p_state_dict"])
     _check_fits("energy network", ebm_state, ebm, preset_name)
     _check_fits("initializer", initializer_state, initializer, preset_name)

@@ -201,6 +201,16 @@ def _cifar10_large() -> ExperimentConfig:
         energy=dataclasses.replace(base.energy, width=192))
 
 
+def _cifar10_drl_network() -> ExperimentConfig:
+    base = _cifar10()
+    return dataclasses.replace(
+        base, name="cifar10-drl-network",
+        description="DRL's published CIFAR-10 energy network (Gao et al. 2021: width 128, (1,2,2,2), 8 blocks, "
+                    "conditioned on the level index; cdrl.drl_network), for method drl, which builds no "
+                    "initializer (the count beside it is the preset's unused one)",
+        energy=dataclasses.replace(base.energy, architecture="drl"))
+
+
 def _imagenet32_cond() -> ExperimentConfig:
     return ExperimentConfig(
         name="imagenet32-cond",
@@ -213,6 +223,20 @@ def _imagenet32_cond() -> ExperimentConfig:
         training=TrainingConfig(iterations=1_000_000),
         run=PUBLISHED_SELECTION,
     )
+
+
+def _imagenet32() -> ExperimentConfig:
+    # The published code has configs for CIFAR-10 and conditional ImageNet 32x32 only: this is the
+    # conditional one without its class embedding (the two agree on everything but the dataset's).
+    conditional = _imagenet32_cond()
+    return dataclasses.replace(
+        conditional, name="imagenet32",
+        description="paper: unconditional ImageNet 32x32 (its FID table: 6 levels x 15 steps, global batch 256); "
+                    "inferred from the published conditional ImageNet-32 config without the class embedding: "
+                    "1M its, initializer 2 blocks per level (learning rates, EMA, clipping, selection: as CIFAR-10)",
+        data=dataclasses.replace(conditional.data, class_conditional=False),
+        energy=dataclasses.replace(conditional.energy, num_classes=None),
+        initializer=dataclasses.replace(conditional.initializer, num_classes=None))
 
 
 def _official_small() -> ExperimentConfig:
@@ -303,6 +327,8 @@ def _class_conditional(build: Callable[[], ExperimentConfig], name: str,
 PRESETS: dict[str, Callable[[], ExperimentConfig]] = {
     "cifar10": _cifar10,
     "cifar10-large": _cifar10_large,
+    "cifar10-drl-network": _cifar10_drl_network,
+    "imagenet32": _imagenet32,
     "imagenet32-cond": _imagenet32_cond,
     "official-small": _official_small,
     "toy-checkerboard": _toy("checkerboard"),
@@ -333,7 +359,7 @@ def preset(name: str) -> ExperimentConfig:
 
 def parameter_counts(config: ExperimentConfig) -> tuple[int, int]:
     """(energy network, initializer) parameter counts of a config."""
-    return count_parameters(build_energy_net(config.energy)), count_parameters(build_initializer(config.initializer))
+    return count_parameters(build_energy_net(config.energy, config.schedule)), count_parameters(build_initializer(config.initializer))
 
 
 # --------------------------------------------------------------------------- overrides
@@ -386,6 +412,9 @@ def _check_relations(config: ExperimentConfig) -> None:
     if initializer.architecture == "unet" and len(set(initializer.channel_mults)) > 1:
         raise FieldError("initializer.channel_mults", f"must all be equal (the published U-Net's skip connections "
                                                       f"assume one width), got {list(initializer.channel_mults)}")
+    if config.energy.architecture == "drl" and config.energy.num_classes is not None:
+        raise FieldError("energy.num_classes", "must be unset for energy.architecture=drl (DRL's published network "
+                                               f"is unconditional), got {config.energy.num_classes}")
     if config.energy.num_classes != config.initializer.num_classes and config.training.method == "cdrl":
         raise FieldError("initializer.num_classes", f"must equal energy.num_classes ({config.energy.num_classes}), "
                                                     f"got {config.initializer.num_classes}")

@@ -20,6 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.spectral_norm import SpectralNorm
 
+from cdrl.drl_network import (RESIDUAL_OUTPUT_INIT_SCALE, level_index, level_logsnrs, published_init_,
+                               spectral_norm_at_most_one)
+from cdrl.schedule import ScheduleConfig
 from cdrl.typed import at_least, bounds
 
 Activation = Literal["lrelu", "swish"]
@@ -27,7 +30,10 @@ Activation = Literal["lrelu", "swish"]
 
 @dataclass(frozen=True)
 class EnergyNetConfig:
-    architecture: Literal["conv", "mlp"] = "conv"
+    #: "conv": CDRL's published EBM; "mlp": its 2-D toy EBM; "drl": DRL's published EBM (Gao et al.
+    #: 2021), the same body conditioned on the integer level index, with its own initialisation,
+    #: spectral norm and head (cdrl.drl_network).
+    architecture: Literal["conv", "mlp", "drl"] = "conv"
     in_channels: int = field(default=3, metadata=at_least(1))
     #: Width of the first layer and of the time embedding (the published ``temb_dim``).
     width: int = field(default=128, metadata=at_least(1))
@@ -70,10 +76,15 @@ def logsnr_to_time_input(logsnr: torch.Tensor) -> torch.Tensor:
 
 def sinusoidal_embedding(time_input: torch.Tensor, dim: int) -> torch.Tensor:
     """Transformer-style embedding of ``1000 * time_input`` (frequencies exp(-ln(1e4) k / (half - 1)))."""
+    return sinusoid(1000.0 * time_input.float(), dim)
+
+
+def sinusoid(positions: torch.Tensor, dim: int) -> torch.Tensor:
+    """concat[sin, cos] of ``positions`` times the frequencies exp(-ln(1e4) k / (half - 1)), k < half."""
     half = dim // 2
-    frequencies = torch.exp(torch.arange(half, dtype=torch.float32, device=time_input.device)
+    frequencies = torch.exp(torch.arange(half, dtype=torch.float32, device=positions.device)
                             * -(math.log(10000.0) / (half - 1)))
-    angles = (1000.0 * time_input.float())[:, None] * frequencies[None, :]
+    angles = positions[:, None] * frequencies[None, :]
     embedding = torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
     return F.pad(embedding, (0, 1)) if dim % 2 else embedding
 
@@ -100,24 +111,32 @@ def _one_hot(labels: torch.Tensor | None, num_classes: int | None, batch_size: i
 # --------------------------------------------------------------------------- energy network
 
 class EnergyResidualBlock(nn.Module):
-    """act -> layer1 -> + act(temb_map(act(emb))) -> act -> layer2 * g, plus the shortcut."""
+    """act -> layer1 -> + act(temb_map(act(emb))) -> act -> layer2 * g, plus the shortcut.
+
+    DRL's block (``drl``) adds temb_map(act(emb)) without the outer act, and its layer2 starts
+    near zero under a spectral norm bounded by one (cdrl.drl_network).
+    """
 
     def __init__(self, in_width: int, out_width: int, embedding_width: int,
-                 make_layer: "_LayerFactory", activation: Activation, spatial: bool):
+                 make_layer: "_LayerFactory", activation: Activation, spatial: bool, drl: bool = False):
         super().__init__()
         self.act = _activation(activation)
         self.spatial = spatial
+        self.activate_time_bias = not drl
         gain_shape = (1, out_width, 1, 1) if spatial else (1, out_width)
         # Registered first so that the state dict order matches the published checkpoints.
         self.g = nn.Parameter(torch.ones(gain_shape))
         self.conv1 = make_layer(in_width, out_width)
-        self.conv2 = make_layer(out_width, out_width)
+        self.conv2 = make_layer(out_width, out_width, residual_output=drl)
         self.temb_map = make_layer.linear(embedding_width, out_width)
         self.short_cut = make_layer(in_width, out_width) if in_width != out_width else nn.Identity()
 
     def time_bias(self, embedding: torch.Tensor) -> torch.Tensor:
-        """act(temb_map(act(emb))), shaped to add to the block's activations: a function of (logsnr, label) only."""
-        time_bias = self.act(self.temb_map(self.act(embedding)))
+        """act(temb_map(act(emb))) (DRL's: no outer act), shaped to add to the block's activations: a function of
+        (logsnr, label) only."""
+        time_bias = self.temb_map(self.act(embedding))
+        if self.activate_time_bias:
+            time_bias = self.act(time_bias)
         return time_bias[:, :, None, None] if self.spatial else time_bias
 
     def forward(self, x: torch.Tensor, time_bias: torch.Tensor) -> torch.Tensor:
@@ -127,18 +146,26 @@ class EnergyResidualBlock(nn.Module):
 
 
 class _LayerFactory:
-    """Builds (optionally spectrally normalised) conv-or-linear layers of the energy network."""
+    """Builds (optionally spectrally normalised) conv-or-linear layers of the energy network.
 
-    def __init__(self, spatial: bool, use_spectral_norm: bool):
-        self.spatial, self.use_spectral_norm = spatial, use_spectral_norm
+    ``published_init``: DRL's initialisation (cdrl.drl_network) instead of torch's defaults.
+    """
 
-    def _wrap(self, layer: nn.Module) -> nn.Module:
-        return nn.utils.spectral_norm(layer) if self.use_spectral_norm else layer
+    def __init__(self, spatial: bool, use_spectral_norm: bool, published_init: bool = False):
+        self.spatial, self.use_spectral_norm, self.published_init = spatial, use_spectral_norm, published_init
 
-    def __call__(self, in_width: int, out_width: int) -> nn.Module:
+    def _wrap(self, layer: nn.Module, residual_output: bool = False) -> nn.Module:
+        if self.published_init:
+            published_init_(layer, RESIDUAL_OUTPUT_INIT_SCALE if residual_output else 1.0)
+        if not self.use_spectral_norm:
+            return layer
+        return spectral_norm_at_most_one(layer) if residual_output else nn.utils.spectral_norm(layer)
+
+    def __call__(self, in_width: int, out_width: int, residual_output: bool = False) -> nn.Module:
+        """``residual_output``: DRL's near-zero residual-branch output layer (the only kind with it set)."""
         if self.spatial:
-            return self._wrap(nn.Conv2d(in_width, out_width, kernel_size=3, padding=1))
-        return self._wrap(nn.Linear(in_width, out_width))
+            return self._wrap(nn.Conv2d(in_width, out_width, kernel_size=3, padding=1), residual_output)
+        return self._wrap(nn.Linear(in_width, out_width), residual_output)
 
     def linear(self, in_width: int, out_width: int) -> nn.Module:
         return self._wrap(nn.Linear(in_width, out_width))
@@ -154,13 +181,22 @@ class EnergyConditioning(NamedTuple):
 
 
 class EnergyNet(nn.Module):
-    """f(y, logsnr[, label]) -> one scalar energy per example (higher = more likely)."""
+    """f(y, logsnr[, label]) -> one scalar energy per example (higher = more likely).
 
-    def __init__(self, config: EnergyNetConfig):
+    ``architecture="drl"`` needs ``schedule``: its time input is the index of the level of each logSNR.
+    """
+
+    def __init__(self, config: EnergyNetConfig, schedule: ScheduleConfig | None = None):
         super().__init__()
         self.config = config
-        spatial = config.architecture == "conv"
-        make_layer = _LayerFactory(spatial, config.spectral_norm)
+        spatial = config.architecture != "mlp"
+        drl = config.architecture == "drl"
+        if drl:
+            if schedule is None:
+                raise ValueError("DRL's energy network is conditioned on the level index: build it with the schedule")
+            # Derived from the config, so kept out of the state dict.
+            self.register_buffer("level_logsnrs", level_logsnrs(schedule), persistent=False)
+        make_layer = _LayerFactory(spatial, config.spectral_norm, published_init=drl)
         self.act = _activation(config.activation)
         # ReLU before the sum-pooling head when the body is leaky-ReLU, as published.
         self.final_act = F.relu if config.activation == "lrelu" else F.silu
@@ -174,13 +210,16 @@ class EnergyNet(nn.Module):
         for level, mult in enumerate(config.channel_mults):
             for _ in range(config.blocks_per_level):
                 layers.append(EnergyResidualBlock(in_width, width * mult, embedding_width, make_layer,
-                                                  config.activation, spatial))
+                                                  config.activation, spatial, drl))
                 in_width = width * mult
             if spatial and level != len(config.channel_mults) - 1:
                 layers.append(nn.AvgPool2d(2))
         self.module_list = nn.ModuleList(layers)
         if spatial:
-            self.temb_final = nn.Linear(embedding_width, in_width, bias=False)
+            # DRL's head projection has a bias; neither is spectrally normalised.
+            self.temb_final = nn.Linear(embedding_width, in_width, bias=drl)
+            if drl:
+                published_init_(self.temb_final)
         else:
             self.final_dense = nn.Linear(in_width, 1, bias=False)
 
@@ -193,14 +232,17 @@ class EnergyNet(nn.Module):
         Constant along a Langevin chain, so :class:`cdrl.performance.ChainEnergy` computes it once
         per chain; for the 2-D toy MLP it is about half of a forward pass.
         """
-        embedding = sinusoidal_embedding(logsnr_to_time_input(logsnr), self.config.width)
+        if self.config.architecture == "drl":
+            embedding = sinusoid(level_index(logsnr, self.level_logsnrs), self.config.width)
+        else:
+            embedding = sinusoidal_embedding(logsnr_to_time_input(logsnr), self.config.width)
         embedding = self.temb_map2(self.act(self.temb_map1(embedding)))
         one_hot = _one_hot(labels, self.config.num_classes, logsnr.shape[0], logsnr.device)
         if one_hot is not None:
             embedding = embedding + self.y_map(one_hot)
         biases = tuple(layer.time_bias(embedding) for layer in self.module_list
                        if isinstance(layer, EnergyResidualBlock))
-        head = self.temb_final(self.act(embedding)) if self.config.architecture == "conv" else None
+        head = self.temb_final(self.act(embedding)) if self.config.architecture != "mlp" else None
         return EnergyConditioning(biases, head)
 
     def energy(self, x: torch.Tensor, conditioning: EnergyConditioning) -> torch.Tensor:
@@ -210,7 +252,7 @@ class EnergyNet(nn.Module):
         for layer in self.module_list[1:]:
             h = layer(h, next(biases)) if isinstance(layer, EnergyResidualBlock) else layer(h)
         h = self.final_act(h)
-        if self.config.architecture == "conv":
+        if self.config.architecture != "mlp":
             energy = (h.sum(dim=(2, 3)) * conditioning.head).sum(dim=1)
         else:
             energy = self.final_dense(h).sum(dim=1)
@@ -432,8 +474,9 @@ def frozen_spectral_norm(network: nn.Module) -> Iterator[None]:
             module._forward_pre_hooks.update(hooks)
 
 
-def build_energy_net(config: EnergyNetConfig) -> EnergyNet:
-    return EnergyNet(config)
+def build_energy_net(config: EnergyNetConfig, schedule: ScheduleConfig | None = None) -> EnergyNet:
+    """The energy network; ``schedule`` (the experiment's) is needed by ``architecture="drl"`` alone."""
+    return EnergyNet(config, schedule)
 
 
 def build_initializer(config: InitializerConfig) -> nn.Module:

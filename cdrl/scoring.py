@@ -176,7 +176,7 @@ def score_checkpoint(sampling: SamplingRequest, scoring: ScoringRequest = Scorin
         scores = score_samples(samples, reference_config, scoring, seed=seed, device=device,
                                classes=requested_classes(torch.arange(n_samples), sampling.class_label, config))
         metrics, protocol, line = scores.metrics, scores.protocol, scores.line
-        protocol.update(protocol_of_sampling, checkpoint_selection=checkpoint_selection, **_overrides(scoring))
+        protocol.update(protocol_of_sampling, checkpoint_selection=checkpoint_selection, **overrides_entry(scoring))
         timing = _timing(n_samples, sampling_seconds, time.monotonic() - started - sampling_seconds, scores)
         shape = f"{protocol_of_sampling['noise_levels']}x{protocol_of_sampling['steps_per_level']} steps"
         line = f"{line} | {shape}, {protocol_of_sampling['weights']} weights, seed {seed} | {_timing_line(timing)}"
@@ -225,7 +225,7 @@ def score_data(config: ExperimentConfig, n_samples: int, scoring: ScoringRequest
         scores = score_samples(samples, config, replace(scoring, reference=None), seed=seed, device=device,
                                classes=labels)
         metrics, protocol, line = scores.metrics, scores.protocol, scores.line
-        protocol.update(floor, seed=seed, **_overrides(scoring))
+        protocol.update(floor, seed=seed, **overrides_entry(scoring))
         timing = _timing(len(samples), 0.0, time.monotonic() - started, scores)
         _record(run, metrics, timing, protocol, config, samples, f"{config.name}: {floor['floor']}")
         return ScoreResult(metrics, protocol, f"{line} | floor: {floor['floor']}", run.run_id if run else None,
@@ -245,7 +245,7 @@ def _timing_line(timing: dict[str, float]) -> str:
             f"scored in {timing['scoring_seconds']:.1f} s (features {timing['feature_seconds']:.1f} s)")
 
 
-def _overrides(scoring: ScoringRequest) -> dict[str, str]:
+def overrides_entry(scoring: ScoringRequest) -> dict[str, str]:
     """The protocol entry of the reference overrides, when there are any."""
     return {"reference_overrides": " ".join(scoring.reference_overrides)} if scoring.reference_overrides else {}
 
@@ -285,7 +285,7 @@ def _nested_under(training_run: str | None, tracking_uri: Store | str | None) ->
 
 
 #: Samples drawn in an evaluation's figure: an 8x8 grid of images, or a scatter of 2-D points.
-_FIGURE_IMAGES, _FIGURE_POINTS = 64, 5000
+FIGURE_IMAGES, FIGURE_POINTS = 64, 5000
 
 
 def _record(run: TrackedRun | None, metrics: dict[str, float], timing: dict[str, float], protocol: dict[str, Any],
@@ -294,6 +294,6 @@ def _record(run: TrackedRun | None, metrics: dict[str, float], timing: dict[str,
         return
     run.log_params({**config.flat(), **_flatten("eval.", protocol)})
     run.log_metrics({**metrics, **timing})
-    shown = samples[:_FIGURE_IMAGES if dataset_info(config.data.dataset).is_image else _FIGURE_POINTS]
+    shown = samples[:FIGURE_IMAGES if dataset_info(config.data.dataset).is_image else FIGURE_POINTS]
     with tempfile.TemporaryDirectory() as folder:
         run.log_artifact(save_sample_figure(shown, config, Path(folder) / "samples.png", title))

@@ -62,7 +62,7 @@ class CooperativeTrainer:
         self.noise = GeneratorNoise(generator)
         training, performance = config.training, config.performance
         configure_device(performance, self.device)
-        self.ebm = prepare_network(build_energy_net(config.energy).to(self.device), performance)
+        self.ebm = prepare_network(build_energy_net(config.energy, config.schedule).to(self.device), performance)
         self.ebm_optimizer = torch.optim.Adam(self.ebm.parameters(), lr=training.ebm_lr, betas=training.adam_betas,
                                               **optimizer_options(performance))
         self.ebm_scheduler = torch.optim.lr_scheduler.LambdaLR(

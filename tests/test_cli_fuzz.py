@@ -43,11 +43,13 @@ BASE: dict[str, list[str]] = {
     "table": ["--suite", "ci-smoke"],
     "check": ["--suite", "gate", "--baseline", BASELINE],
     "perf": [],
+    # Four 8x8 images of random pixels: a file score reads, refused options never get to scoring it.
+    "score": [str(REPO / "tests" / "fixtures" / "digit-samples.npz"), "--dataset", "digits"],
 }
 #: Options that take any text (a free name), or that only a cluster executor reads (it checks them there).
 FREE_TEXT = {"experiment", "tags", "partition", "slurm_options", "ray_address"}
 #: Paths the command reads (must exist) and paths it writes (their folder must be creatable).
-READ_PATHS = {"path", "class_map_from", "class_map_to", "baseline", "results", "from_checkpoint"}
+READ_PATHS = {"path", "class_map_from", "class_map_to", "baseline", "results", "from_checkpoint", "samples"}
 WRITE_PATHS = {"out", "plot", "json_out", "runs_dir", "jobs_dir"}
 #: Names looked up in a registry, and what else names a run or a model.
 NAMES = {"preset", "suite", "dataset", "backend", "checkpoint", "resume"}
@@ -58,6 +60,8 @@ BAD_OVERRIDES = ["training.batch_size=0", "training.batch_size=-4", "training.eb
                  "training.nope=1", "schedule.logsnr_min=20", "run.keep_checkpoints=0", "data.toy_scale=inf"]
 BAD_SAMPLER_OVERRIDES = ["sampler.steps_per_level=0", "sampler.langevin_noise_scale=-1", "training.ebm_lr=1",
                          "sampler.nope=1"]
+#: Bad reference settings of `score`: another section, an unknown data key, a value of the wrong type, no "=".
+BAD_REFERENCE_OVERRIDES = ["sampler.tweedie_step=false", "data.nope=1", "data.toy_scale=inf", "nokey"]
 
 
 def _bad_values(name: str, parameter, workdir: Path) -> list[str]:
@@ -67,6 +71,8 @@ def _bad_values(name: str, parameter, workdir: Path) -> list[str]:
         return BAD_OVERRIDES
     if name == "sampler_overrides":
         return BAD_SAMPLER_OVERRIDES
+    if name == "reference_overrides":
+        return BAD_REFERENCE_OVERRIDES
     if name in FREE_TEXT or annotation is bool:
         return []
     if origin is typing.Literal:

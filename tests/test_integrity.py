@@ -28,7 +28,7 @@ QUICK = ["run.log_every=1", "run.n_samples=4", "run.sample_every=100"]
 TRAJECTORIES = Path(__file__).parent / "fixtures" / "divergence_trajectories.json"
 #: The presets whose healthy trajectory is not recorded: GPU-scale ones, and official-small, which trains on
 #: CIFAR-10 (absent from the offline machine that recorded them). Every other preset's is.
-UNRECORDED_PRESETS = {"cifar10", "cifar10-large", "imagenet32-cond", "official-small"}
+UNRECORDED_PRESETS = {"cifar10", "cifar10-large", "cifar10-drl-network", "imagenet32", "imagenet32-cond", "official-small"}
 
 
 @pytest.fixture(autouse=True)

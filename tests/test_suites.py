@@ -50,14 +50,17 @@ def test_every_suite_parses_and_expands():
 def test_cifar10_steps_is_the_papers_step_table():
     plan = expand(load_suite("cifar10-steps"), seeds=2)
     points = {(job.model.key, job.steps_per_level) for job in plan.evaluations}
-    assert points == {("drl", 30), ("cdrl-no-initializer", 30), ("cdrl", 15), ("cdrl", 8), ("cdrl", 5), ("cdrl", 3)}
-    assert len(plan.trainings) == 6 and len(plan.evaluations) == 12  # one CDRL model per seed serves every K
+    assert points == {("drl", 30), ("drl-cdrl-network", 30), ("cdrl-no-initializer", 30), ("cdrl", 15), ("cdrl", 8),
+                      ("cdrl", 5), ("cdrl", 3)}
+    assert len(plan.trainings) == 8 and len(plan.evaluations) == 14  # one CDRL model per seed serves every K
     for job in plan.evaluations:
         langevin, training = job.training.config.langevin, job.training.config.training
         expected = 1.0 if training.method == "drl" else math.sqrt(15 / job.steps_per_level)
         assert multiplier_for_steps(job.steps_per_level, langevin) == pytest.approx(expected)
         assert training.seed == job.seed and training.batch_size == 256  # the paper's global batch
-        assert job.training.config.run.select_every == 20_000  # the published best-checkpoint selection
+        # CDRL's published best-checkpoint selection; DRL's code keeps none (its last checkpoint is scored).
+        assert job.training.config.run.select_every == (0 if training.method == "drl" and
+                                                        job.model.key != "cdrl-no-initializer" else 20_000)
     drl_config = next(job for job in plan.trainings if job.model.key == "drl").config
     assert drl_config.schedule.kind == "ddpm-linear" and drl_config.training.iterations == 1_000_000
 
@@ -522,8 +525,11 @@ def test_a_given_checkpoint_is_evaluated_for_every_model_its_config_trains(tmp_p
     # A training difference is what keeps a model out; its sampler settings would follow.
     assert reasons["- initializer noise"] == "training.initializer_noise=false; the checkpoint has true"
     steps = expand(load_suite("cifar10-steps"), checkpoint=tmp_path / "cdrl.pt")
-    assert _reasons(steps)["DRL"] == ("training.method=drl, schedule.kind=ddpm-linear, langevin.n_steps=30 and 6 "
-                                      "more settings; the checkpoint has cdrl, cosine-logsnr, 15")
+    assert _reasons(steps)["DRL"] == ("preset cifar10-drl-network, training.method=drl, energy.architecture=drl and 8 "
+                                      "more settings; the checkpoint has cifar10, cdrl, conv")
+    assert _reasons(steps)["DRL algorithm, CDRL network"] == (
+        "training.method=drl, schedule.kind=ddpm-linear, langevin.n_steps=30 and 6 more settings; the checkpoint has "
+        "cdrl, cosine-logsnr, 15")
     assert {job.model.key for job in steps.evaluations} == {"cdrl"}
 
     # Another preset: named first.

@@ -92,7 +92,7 @@ def export(checkpoint: Path, out: Path, keep_live: bool = False) -> Path:
     """
     config, payload = load_checkpoint(checkpoint)
     trainer = payload["trainer"]
-    builders = {"ebm": lambda: build_energy_net(config.energy), "initializer": lambda: build_initializer(config.initializer)}
+    builders = {"ebm": lambda: build_energy_net(config.energy, config.schedule), "initializer": lambda: build_initializer(config.initializer)}
     state = {"iteration": trainer["iteration"]}
     for network, build in builders.items():
         if network not in trainer:

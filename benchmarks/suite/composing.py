@@ -29,6 +29,8 @@ def model_config(suite: Suite, model: ModelSpec, profile: str, seed: int) -> Exp
         budget.append(f"run.select_every={settings.select_every}")
     if settings.select_samples is not None:
         budget.append(f"run.select_samples={settings.select_samples}")
+    if model.checkpoint_selection == "last":
+        budget.append("run.select_every=0")
     return apply_overrides(config, budget)
 
 

@@ -171,7 +171,7 @@ def load_suite(name: str | os.PathLike) -> Suite:
         try:
             for profile in PROFILES:
                 config = model_config(suite, model, profile, seed=0)
-                if suite.eval.checkpoint == "best" and config.run.select_every == 0:
+                if (model.checkpoint_selection or suite.eval.checkpoint) == "best" and config.run.select_every == 0:
                     raise SuiteError(f"[eval] checkpoint = \"best\" but the {profile} profile selects no checkpoint: "
                                      "set select_every and select_samples in [profiles." + profile + "], or "
                                      "checkpoint = \"last\"")

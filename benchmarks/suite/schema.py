@@ -103,6 +103,9 @@ class ModelSpec:
     #: This model's own stated seconds per training iteration where it differs from [cost]'s (e.g. 30
     #: Langevin steps per level instead of 15), on [cost]'s GPUs; None: [cost]'s.
     seconds_per_iteration: float | None = field(default=None, metadata=above(0))
+    #: "last": this model's training selects no checkpoint and its last is scored, where [eval]
+    #: checkpoint says "best" (DRL's published code keeps no best-FID checkpoint); None: [eval]'s.
+    checkpoint_selection: Literal["last"] | None = None
 
     def samples(self, profile: "Profile") -> int:
         return min(profile.n_samples, self.n_samples or profile.n_samples)
