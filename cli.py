@@ -795,7 +795,12 @@ def perf(
     compiled: bool = typer.Option(False, "--compile", help="Pairs of training iterations, eager and "
                                                           "performance.chain_compile=inductor, in one process: "
                                                           "speed-up, compile time, % of peak of each."),
-    pairs: int = typer.Option(5, "--pairs", min=1, max=1000, help="Pairs of iterations timed by --compile."),
+    pairs: int = typer.Option(5, "--pairs", min=1, max=1000, help="Pairs of iterations timed by --compile or "
+                                                                   "--published."),
+    published: Path = typer.Option(None, "--published", help="A checkout of the authors' code "
+                                                             "(github.com/AlvinZhuyx/CDRL): time its training "
+                                                             "iteration and sampler beside ours, same inputs and "
+                                                             "threads, and print the ratio."),
 ) -> None:
     """Training s/iteration, Langevin steps/s, sampling images/s, FLOPs and the fraction of peak of a preset.
 
@@ -823,6 +828,11 @@ def perf(
         device=device or ("cuda" if torch.cuda.is_available() else "cpu"), threads=threads, warmup=warmup,
         iterations=iterations, sampling_steps=steps, sample_batch=sample_batch, inception=inception,
         inception_images=inception_images, peak_tflops=peak_tflops, breakdown=breakdown)
+    if published is not None:
+        from benchmarks.speed import published as published_code
+
+        console.print(published_code.execute(settings, published, pairs, json_out), highlight=False, soft_wrap=True)
+        return
     if compiled:
         from benchmarks.speed import compiled as compiled_pairs
 
