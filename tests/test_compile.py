@@ -82,3 +82,14 @@ def test_compiled_chains_match_eager_and_run_as_compiled_graphs():
     for key, value in eager_stats.items():
         assert abs(compiled_stats[key] - value) <= RELATIVE_TOLERANCE * max(abs(value), 1.0), key
     torch.testing.assert_close(compiled_weights, eager_weights, rtol=RELATIVE_TOLERANCE, atol=1e-7)
+
+
+def test_perf_compile_report_says_when_the_compiled_trainer_ran_eager(monkeypatch, one_thread):
+    """The pairs report counts compiled graph calls: a 'compiled' trainer that ran eager is reported as such."""
+    from benchmarks.speed import compiled as compiled_pairs
+    from benchmarks.speed.perf import PerfSettings
+
+    monkeypatch.setattr(compiled_pairs, "COMPILED", "performance.chain_compile=off")  # the planted fallback
+    report = compiled_pairs.run_pairs(PerfSettings(preset="tiny", batch_size=2, threads=1, warmup=0), pairs=2)
+    assert len(report.ratios) == 2 and report.compiled_graph_calls_per_iteration == {}
+    assert "compiled graph calls per iteration: none (the compiled trainer ran eager)" in report.lines()
