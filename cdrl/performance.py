@@ -107,7 +107,7 @@ def _counting_inductor(network: str, config: PerformanceConfig) -> Callable:
 
 
 def compile_initializer(initializer: nn.Module, config: PerformanceConfig) -> None:
-    """Compile the initializer's forward in place when ``chain_compile`` asks (idempotent; state-dict keys unchanged)."""
+    """Compile the initializer's forward in place when ``chain_compile`` asks (idempotent; same state-dict keys)."""
     if config.chain_compile != "off" and getattr(initializer, "_compiled_call_impl", None) is None:
         # dynamic=False: one specialised graph per batch shape, as CUDA graphs require.
         initializer.compile(backend=_counting_inductor("initializer", config), dynamic=False)

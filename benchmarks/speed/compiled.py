@@ -69,14 +69,15 @@ class CompiledPairs:
     def lines(self) -> list[str]:
         ratios = self.ratios
         eager, compiled = statistics.median(self.eager_seconds), statistics.median(self.compiled_seconds)
-        calls = ", ".join(f"{network} {count:g}" for network, count in sorted(self.compiled_graph_calls_per_iteration.items()))
+        calls = ", ".join(f"{network} {count:g}"
+                          for network, count in sorted(self.compiled_graph_calls_per_iteration.items()))
         return [
             f"{self.preset} batch {self.batch_size}, {self.threads} threads, load {self.load_average[0]:.1f} -> "
             f"{self.load_average[1]:.1f}: {len(ratios)} pairs of training iterations, eager and compiled",
             f"eager {eager:.4g} s/iteration, compiled {compiled:.4g} s/iteration (medians); "
             f"speed-up {statistics.median(ratios):.2f}x (range {min(ratios):.2f}-{max(ratios):.2f}x)",
-            f"compile: {self.compile_seconds:.1f} s (first compiled iteration {self.first_compiled_iteration_seconds:.1f} s),"
-            f" repaid after {self._break_even(eager, compiled)}",
+            f"compile: {self.compile_seconds:.1f} s (first compiled iteration "
+            f"{self.first_compiled_iteration_seconds:.1f} s), repaid after {self._break_even(eager, compiled)}",
             f"% of peak: eager {100 * self.fraction_of_peak(self.eager_seconds):.1f}%, compiled "
             f"{100 * self.fraction_of_peak(self.compiled_seconds):.1f}% of {self.peak_tflops:.3g} TFLOP/s "
             f"({self.peak_source})",

@@ -1,4 +1,4 @@
-"""The published code's training iteration and sampler beside ours, in one process (``cdrl-bench perf --published DIR``).
+"""The published code's training iteration and sampler beside ours in one process (``perf --published DIR``).
 
 DIR is a checkout of the authors' implementation (github.com/AlvinZhuyx/CDRL; never copied into
 cdrl-bench). Its ``main_uncond.py`` is imported as it is, and its training iteration is the body
