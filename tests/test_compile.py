@@ -17,8 +17,8 @@ COMPILED = "performance.chain_compile=inductor"
 
 #: Compiled and eager arithmetic differ by float32 rounding (inductor fuses and reorders the sums):
 #: 8e-7 of a 6x2 toy sample's largest coordinate measured, a few float32 epsilons (1.2e-7) carried
-#: through 12 Langevin steps. 1e-4 leaves room for other CPUs' kernels and is 10x below a change of
-#: the method (a drift term off by 1e-3 moves the samples by more).
+#: through 12 Langevin steps. 1e-4 leaves room for other CPUs' kernels and is 100x below a change of
+#: the method: the compiled gradient planted 1e-3 too large moved these samples by 1.4e-2.
 RELATIVE_TOLERANCE = 1e-4
 
 
