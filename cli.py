@@ -697,6 +697,15 @@ def perf(
                                         help="Time the exact path, each speed option alone and all but bfloat16 "
                                              "together; print a table."),
     json_out: Path = typer.Option(None, "--json", help="Also write the report as JSON here."),
+    compiled: bool = typer.Option(False, "--compile", help="Pairs of training iterations, eager and "
+                                                          "performance.chain_compile=inductor, in one process: "
+                                                          "speed-up, compile time, % of peak of each."),
+    pairs: int = typer.Option(5, "--pairs", min=1, max=1000, help="Pairs of iterations timed by --compile or "
+                                                                   "--published."),
+    published: Path = typer.Option(None, "--published", help="A checkout of the authors' code "
+                                                             "(github.com/AlvinZhuyx/CDRL): time its training "
+                                                             "iteration and sampler beside ours, same inputs and "
+                                                             "threads, and print the ratio."),
 ) -> None:
     """Training s/iteration, Langevin steps/s, sampling images/s, FLOPs and the fraction of peak of a preset.
 
@@ -724,6 +733,16 @@ def perf(
         device=device or ("cuda" if torch.cuda.is_available() else "cpu"), threads=threads, warmup=warmup,
         iterations=iterations, sampling_steps=steps, sample_batch=sample_batch, inception=inception,
         inception_images=inception_images, peak_tflops=peak_tflops, breakdown=breakdown)
+    if published is not None:
+        from benchmarks.speed import published as published_code
+
+        console.print(published_code.execute(settings, published, pairs, json_out), highlight=False, soft_wrap=True)
+        return
+    if compiled:
+        from benchmarks.speed import compiled as compiled_pairs
+
+        console.print(compiled_pairs.execute(settings, pairs, json_out), highlight=False, soft_wrap=True)
+        return
     console.print(execute(settings, options_matrix=options_matrix, json_path=json_out), highlight=False,
                   soft_wrap=True)
 

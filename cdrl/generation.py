@@ -30,7 +30,7 @@ from cdrl.files import atomic_write, writing
 from cdrl.guidance import requested_classes
 from cdrl.langevin import multiplier_for_steps
 from cdrl.noise import PerExampleNoise
-from cdrl.performance import ChainEnergy, configure_device, prepare_network
+from cdrl.performance import ChainEnergy, compile_initializer, configure_device, prepare_network
 from cdrl.progress import stage
 from cdrl.sampler import SamplerConfig, sample
 from cdrl.schedule import LogSNRSchedule
@@ -161,6 +161,8 @@ def generate(model: LoadedModel, spec: GenerationSpec, *, device: torch.device |
     for network in (model.ebm, model.initializer):
         if network is not None:
             prepare_network(network, config.performance)
+    if model.initializer is not None:
+        compile_initializer(model.initializer, config.performance)
     pieces = []
     # The weights are fixed for the whole run: spectral norms computed once, not at every step.
     with (chain or ChainEnergy(model.ebm, config.performance, device)).frozen() as chain_energy, \

@@ -9,6 +9,7 @@ options below. ``cdrl-bench perf`` (benchmarks/speed/perf.py) measures each of t
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 from dataclasses import dataclass, field
@@ -36,9 +37,10 @@ class PerformanceConfig:
     tf32: bool = False
     #: Fused Adam/AdamW (one kernel over all parameters; CUDA and CPU). Same update to rounding.
     fused_optimizer: bool = False
-    #: torch.compile the energy network as the Langevin chains call it (forward and input gradient):
-    #: "inductor" fuses the element-wise work around the convolutions; "cuda-graphs" also replays each
-    #: fixed-shape step as one CUDA graph (torch.compile's "reduce-overhead"; one recording per batch shape).
+    #: torch.compile the energy and its input gradient as the Langevin chains call them (one graph:
+    #: forward and backward fused) and the initializer's forward: "inductor" fuses the element-wise
+    #: work around the convolutions and the Python dispatch of the small networks; "cuda-graphs" also
+    #: replays each fixed-shape call as one CUDA graph (one recording per batch shape).
     chain_compile: Literal["off", "inductor", "cuda-graphs"] = "off"
     #: Run the energy network under bfloat16 autocast (chains and energy losses); parameters, Langevin
     #: state and losses stay float32. Changes the arithmetic: its effect is a benchmark claim.
@@ -83,6 +85,34 @@ def prepare_network(network: nn.Module, config: PerformanceConfig) -> nn.Module:
     return network
 
 
+#: Calls of compiled graphs since the process started, by network ("chain": the energy and its input
+#: gradient, "initializer"): what actually ran, so that a compiled path that fell back to eager
+#: (a graph break, a guard failure, a wiring mistake) reads 0 instead of "compiled".
+compiled_graph_calls: collections.Counter[str] = collections.Counter()
+
+
+def _counting_inductor(network: str, config: PerformanceConfig) -> Callable:
+    """torch.compile's inductor backend whose compiled graphs count their calls in :data:`compiled_graph_calls`."""
+    from torch._inductor.compile_fx import compile_fx
+
+    def backend(graph: torch.fx.GraphModule, example_inputs: list) -> Callable:
+        patches = {"triton.cudagraphs": True} if config.chain_compile == "cuda-graphs" else None
+        compiled = compile_fx(graph, example_inputs, config_patches=patches)
+
+        def run(*args: Any) -> Any:
+            compiled_graph_calls[network] += 1
+            return compiled(*args)
+        return run
+    return backend
+
+
+def compile_initializer(initializer: nn.Module, config: PerformanceConfig) -> None:
+    """Compile the initializer's forward in place when ``chain_compile`` asks (idempotent; same state-dict keys)."""
+    if config.chain_compile != "off" and getattr(initializer, "_compiled_call_impl", None) is None:
+        # dynamic=False: one specialised graph per batch shape, as CUDA graphs require.
+        initializer.compile(backend=_counting_inductor("initializer", config), dynamic=False)
+
+
 def optimizer_options(config: PerformanceConfig) -> dict[str, Any]:
     """Extra keyword arguments for torch.optim.Adam/AdamW."""
     return {"fused": True} if config.fused_optimizer else {}
@@ -102,6 +132,26 @@ def ebm_autocast(config: PerformanceConfig, device: torch.device) -> contextlib.
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
+class _PrecomputedGradient(torch.autograd.Function):
+    """Energies whose input gradient was computed with them (by one compiled graph).
+
+    backward scales each example's stored gradient by the incoming gradient of its energy. That is
+    the chain rule because an example's energy depends on its own input alone (no batch statistics
+    in eval mode), so any caller (a Langevin step, Tweedie's step, a guided sum of energies)
+    differentiates through it as through the network.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, y: torch.Tensor, energy: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(gradient)
+        return energy
+
+    @staticmethod
+    def backward(ctx: Any, grad_energy: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (gradient,) = ctx.saved_tensors
+        return grad_energy.view(-1, *([1] * (gradient.dim() - 1))) * gradient, None, None
+
+
 class ChainEnergy:
     """The energy network for Langevin chains and the Tweedie step (input gradients only).
 
@@ -112,7 +162,9 @@ class ChainEnergy:
     at one level does (:meth:`cdrl.networks.EnergyNet.conditioning`); same arithmetic, bit for
     bit. The network's parameters do not require gradients inside the context (their flags are
     restored after it). Keep one instance per network: compiled code is cached on it. The
-    network must be in eval mode inside the context.
+    network must be in eval mode inside the context. Compiled (``chain_compile``), each call
+    computes the energies and their input gradient in one graph, and autograd through the
+    result uses that gradient (:class:`_PrecomputedGradient`): callers only differentiate it.
     """
 
     def __init__(self, network: EnergyNet, config: PerformanceConfig, device: torch.device | str):
@@ -120,13 +172,17 @@ class ChainEnergy:
         self.config = config
         self.device = torch.device(device)
         self._cached: tuple[torch.Tensor, torch.Tensor | None, EnergyConditioning] | None = None
-        if config.chain_compile == "off":
-            self._body: Callable[..., torch.Tensor] = network.energy
-        else:
-            # dynamic=False: every batch shape gets its own specialised graph (and CUDA graph),
-            # which is what CUDA graphs require; training and sampling use one or two shapes.
-            mode = "reduce-overhead" if config.chain_compile == "cuda-graphs" else None
-            self._body = torch.compile(network.energy, mode=mode, dynamic=False)
+        if config.chain_compile != "off":
+            # One graph for forward and input gradient (torch.func), fullgraph so that a graph break
+            # fails instead of running eager. dynamic=False: every batch shape gets its own
+            # specialised graph (and CUDA graph); training and sampling use one or two shapes.
+            value_and_gradient = torch.func.grad_and_value(self._energy_sum, has_aux=True)
+            self._value_and_gradient = torch.compile(value_and_gradient, backend=_counting_inductor("chain", config),
+                                                     fullgraph=True, dynamic=False)
+
+    def _energy_sum(self, y: torch.Tensor, conditioning: EnergyConditioning) -> tuple[torch.Tensor, torch.Tensor]:
+        energy = self.network.energy(y, conditioning)
+        return energy.sum(), energy
 
     def _conditioning(self, logsnr: torch.Tensor, labels: torch.Tensor | None) -> EnergyConditioning:
         # Keyed on the tensor objects themselves (held here, so their ids cannot be reused).
@@ -141,8 +197,14 @@ class ChainEnergy:
             if self.config.chain_compile == "cuda-graphs":
                 # Each call starts a new graph replay: the previous step's outputs are no longer read.
                 torch.compiler.cudagraph_mark_step_begin()
-            energy = self._body(as_network_input(y, self.config), conditioning)
-        return energy.float()
+            if self.config.chain_compile == "off":
+                return self.network.energy(as_network_input(y, self.config), conditioning).float()
+            gradient, (_, energy) = self._value_and_gradient(as_network_input(y.detach(), self.config), conditioning)
+            if self.config.chain_compile == "cuda-graphs":
+                # The next replay overwrites a graph's outputs, and a guided chain calls several energies
+                # before it differentiates them.
+                gradient, energy = gradient.clone(), energy.clone()
+        return _PrecomputedGradient.apply(y, energy.float(), gradient)
 
     @contextlib.contextmanager
     def frozen(self) -> Iterator[Callable[..., torch.Tensor]]:

@@ -21,8 +21,8 @@ from cdrl.guidance import embedding_labels
 from cdrl.langevin import langevin_revision
 from cdrl.networks import build_energy_net, build_initializer
 from cdrl.noise import GeneratorNoise
-from cdrl.performance import ChainEnergy, as_network_input, configure_device, ebm_autocast, optimizer_options, \
-    prepare_network
+from cdrl.performance import ChainEnergy, as_network_input, compile_initializer, configure_device, ebm_autocast, \
+    optimizer_options, prepare_network
 from cdrl.sampler import propose
 from cdrl.schedule import Level, LogSNRSchedule, broadcast, diffuse, posterior
 
@@ -71,6 +71,7 @@ class CooperativeTrainer:
         self.initializer: nn.Module | None = None
         if training.method == "cdrl":
             self.initializer = prepare_network(build_initializer(config.initializer).to(self.device), performance)
+            compile_initializer(self.initializer, performance)
             self.initializer_optimizer = torch.optim.AdamW(
                 self.initializer.parameters(), lr=training.initializer_lr, betas=training.adam_betas,
                 weight_decay=training.initializer_weight_decay, **optimizer_options(performance))

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import math
 import os
 import shutil
 import signal
 import socket
+import tempfile
 from pathlib import Path
 
 # One thread per process whatever the shell sets (README: two workers of one thread each), and the
 # same for every subprocess a test starts: on a busy 2-core machine more threads make the CLI add a
 # load warning to the one-line errors the tests hold it to (123 tests failed so without CI's export).
 os.environ["OMP_NUM_THREADS"] = "1"
+# Measurements cached between commands (benchmarks.speed.measurement_cache) go to a folder of this test
+# session, never the user's cache: the tests read nothing they did not write.
+os.environ["CDRL_BENCH_CACHE"] = tempfile.mkdtemp(prefix="cdrl-bench-test-cache-")
+atexit.register(shutil.rmtree, os.environ["CDRL_BENCH_CACHE"], ignore_errors=True)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -49,7 +49,8 @@ BASE: dict[str, list[str]] = {
 #: Options that take any text (a free name), or that only a cluster executor reads (it checks them there).
 FREE_TEXT = {"experiment", "tags", "partition", "slurm_options", "ray_address"}
 #: Paths the command reads (must exist) and paths it writes (their folder must be creatable).
-READ_PATHS = {"path", "class_map_from", "class_map_to", "baseline", "results", "from_checkpoint", "samples"}
+READ_PATHS = {"path", "class_map_from", "class_map_to", "baseline", "results", "from_checkpoint", "samples",
+              "published"}
 WRITE_PATHS = {"out", "plot", "json_out", "runs_dir", "jobs_dir"}
 #: Names looked up in a registry, and what else names a run or a model.
 NAMES = {"preset", "suite", "dataset", "backend", "checkpoint", "resume"}

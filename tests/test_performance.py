@@ -321,7 +321,7 @@ def test_cpu_fma_peak_probe_measures_the_widest_unit_or_says_it_cannot(monkeypat
 def test_a_cpu_bfloat16_run_is_held_to_the_faster_of_its_bfloat16_and_float32_peaks(monkeypatch):
     cpu, float32 = torch.device("cpu"), preset("tiny")
     bfloat16 = apply_overrides(float32, ["performance.ebm_precision=bfloat16"])
-    monkeypatch.setattr(perf, "fma_peak", lambda threads: (0.2, "AVX-512"))
+    monkeypatch.setattr(perf, "cached_fma_peak", lambda threads: (0.2, "AVX-512"))
     rates = {torch.float32: 0.15, torch.bfloat16: 0.8}  # AMX: bfloat16 matmuls 4x the float32 FMA peak
     monkeypatch.setattr(perf, "measured_cpu_peak_tflops", lambda dtype=torch.float32, **_: rates[dtype])
     assert perf.device_peak(cpu, float32, None)[0] == 0.2

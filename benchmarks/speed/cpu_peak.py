@@ -138,3 +138,28 @@ def fma_peak(threads: int, rounds: int = 30_000_000, repeats: int = 5) -> tuple[
     """(TFLOP/s, vector unit) of the fastest unit (:func:`unit_peaks`); None where none can run here."""
     peaks = unit_peaks(threads, rounds, repeats)
     return max((tflops, name) for name, tflops in peaks.items()) if peaks else None
+
+
+def _cpu_model() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    return next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")),
+                platform.machine())
+
+
+def cached_fma_peak(threads: int) -> tuple[float, str] | None:
+    """:func:`fma_peak`, measured once per machine and thread count (benchmarks.speed.measurement_cache).
+
+    Kept only when measured with a core free for each probe thread (load average at most cores - threads):
+    a probe that shares its cores reads low, and a cached low peak would overstate every later fraction.
+    """
+    from benchmarks.speed.measurement_cache import cached
+
+    key = {"cpu": _cpu_model(), "units": [unit.name for unit in available_units()], "threads": threads,
+           "probe": hashlib.sha256(_SOURCE.encode()).hexdigest()}
+    idle = lambda peak: peak is not None and os.getloadavg()[0] <= (os.cpu_count() or 1) - threads  # noqa: E731
+    peak = cached("fma-peak", key, lambda: fma_peak(threads), keep=idle)
+    return None if peak is None else (float(peak[0]), str(peak[1]))
+

@@ -30,14 +30,15 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.speed.cpu_peak import fma_peak
+from benchmarks.speed.cpu_peak import cached_fma_peak
+from benchmarks.speed.measurement_cache import cached
 from cdrl.checkpoint import LoadedModel
 from cdrl.config import ExperimentConfig, apply_overrides, preset
 from cdrl.datasets import item_shape
@@ -50,6 +51,8 @@ from cdrl.performance import use_threads
 from cdrl.sampler import sample
 from cdrl.schedule import LogSNRSchedule
 from cdrl.training import CooperativeTrainer
+
+T = TypeVar("T")
 
 #: Dense (no sparsity) peak TFLOP/s by arithmetic, from NVIDIA's datasheets; the first name
 #: contained in ``torch.cuda.get_device_name()`` wins, so the specific names come first.
@@ -230,6 +233,16 @@ def langevin_step_flops(config: ExperimentConfig, batch_size: int) -> int:
     return count_flops(lambda: energy_gradient(lambda y, s: trainer.ebm(y, s, labels), x, logsnr))
 
 
+def cached_flops(config: ExperimentConfig, what: str, batch_size: int, count: Callable[[], T]) -> T:
+    """``count()`` of ``what`` for ``config`` at ``batch_size``, counted once per config and torch version.
+
+    The speed options are left out of the key: the count always runs the exact path (:func:`_meta_trainer`).
+    """
+    model = {section: values for section, values in config.to_dict().items() if section != "performance"}
+    return cached("flops", {"what": what, "batch_size": batch_size, "config": model, "torch": torch.__version__},
+                  count)
+
+
 # --------------------------------------------------------------------------- time by operation
 
 #: Kinds of operation in the time breakdown; an ATen name ("aten::mkldnn_convolution",
@@ -328,7 +341,7 @@ def device_peak(device: torch.device, config: ExperimentConfig, override: float 
                   else "tf32" if config.performance.tf32 else "float32")
     if device.type == "cpu":
         threads = torch.get_num_threads()
-        fma = fma_peak(threads)
+        fma = cached_fma_peak(threads)
         if fma is not None:
             peak = fma[0], f"measured float32 {fma[1]} FMA peak on {threads} threads (benchmarks.speed.cpu_peak)"
         else:
@@ -371,10 +384,13 @@ def run(settings: PerfSettings) -> PerfReport:
     device = torch.device(settings.device)
     config = apply_overrides(preset(settings.preset),
                              [f"training.batch_size={settings.batch_size}", *settings.overrides])
-    flops_by_operation = training_flops_by_operation(config, settings.batch_size)
+    flops_by_operation = cached_flops(config, "training", settings.batch_size,
+                                      lambda: training_flops_by_operation(config, settings.batch_size))
     flops_iteration = sum(flops_by_operation.values())
-    flops_step = langevin_step_flops(config, settings.batch_size)
-    flops_sample = {f"6x{steps}": sample_flops(config, steps) for steps in settings.sampling_steps}
+    flops_step = cached_flops(config, "langevin-step", settings.batch_size,
+                              lambda: langevin_step_flops(config, settings.batch_size))
+    flops_sample = {f"6x{steps}": cached_flops(config, f"sample-6x{steps}", 1, lambda: sample_flops(config, steps))
+                    for steps in settings.sampling_steps}
 
     torch.manual_seed(settings.seed)
     if device.type == "cuda":
@@ -526,8 +542,13 @@ def execute(settings: PerfSettings, options_matrix: bool = False, json_path: Pat
     else:
         report = run(settings)
         text, data = "\n".join(report.lines()), report.to_dict()
+    write_json(json_path, data)
+    return text
+
+
+def write_json(json_path: Path | None, data: Any) -> None:
+    """Write a report's JSON where ``--json`` asks (nothing when it is None)."""
     if json_path is not None:
         with writing(json_path):
             json_path.parent.mkdir(parents=True, exist_ok=True)
             json_path.write_text(json.dumps(data, indent=2) + "\n")
-    return text
