@@ -713,25 +713,15 @@ def perf(
     """
     import torch
 
-    from benchmarks.speed.perf import PerfSettings, execute
+    from benchmarks.speed.perf import PerfSettings, execute, parse_sampling_steps
 
     device = _compute_setup(None, device)
     check_writable(json_out, "--json")
-    if min(batch_size, iterations, inception_images) < 1 or warmup < 0:
-        raise CdrlBenchError("--batch-size, --iterations and --inception-images must be at least 1, --warmup at "
-                             "least 0")
-    try:
-        steps = tuple(int(item) for item in sampling_steps.split(",") if item.strip())
-    except ValueError:
-        raise CdrlBenchError(f"--sampling-steps {sampling_steps!r} is not comma-separated integers: "
-                             "write e.g. --sampling-steps 15,5") from None
-    if any(step < 1 for step in steps):
-        raise CdrlBenchError(f"--sampling-steps {sampling_steps!r}: every K must be at least 1, e.g. "
-                             "--sampling-steps 15,5")
     settings = PerfSettings(
         preset=preset, batch_size=batch_size, overrides=tuple(overrides),
         device=device or ("cuda" if torch.cuda.is_available() else "cpu"), threads=threads, warmup=warmup,
-        iterations=iterations, sampling_steps=steps, sample_batch=sample_batch, inception=inception,
+        iterations=iterations, sampling_steps=parse_sampling_steps(sampling_steps), sample_batch=sample_batch,
+        inception=inception,
         inception_images=inception_images, peak_tflops=peak_tflops, breakdown=breakdown)
     if published is not None:
         from benchmarks.speed import published as published_code

@@ -379,6 +379,59 @@ def _inception_rate(device: torch.device, images: int, batch_size: int) -> float
     return images / timing.wall_seconds
 
 
+def _time_training(trainer: CooperativeTrainer, x: torch.Tensor, labels: torch.Tensor | None,
+                   settings: PerfSettings) -> tuple[list[float], float]:
+    """(wall seconds of each timed training iteration, CPU seconds per iteration), after the warm-up."""
+    for _ in range(settings.warmup):
+        trainer.step(x, labels)
+    iteration_seconds = []
+    with _timed(trainer.device) as training:
+        for _ in range(settings.iterations):
+            with _timed(trainer.device) as iteration:
+                trainer.step(x, labels)
+            iteration_seconds.append(iteration.wall_seconds)
+    return iteration_seconds, training.cpu_seconds / settings.iterations
+
+
+def _langevin_steps_per_second(trainer: CooperativeTrainer, x: torch.Tensor, labels: torch.Tensor | None,
+                               generator: torch.Generator, batch_size: int) -> float:
+    """Langevin steps per second of one training-length chain at random levels (one step first, untimed)."""
+    config, device = trainer.config, trainer.device
+    schedule = LogSNRSchedule(config.schedule)
+    level = schedule.level(torch.randint(1, schedule.n_levels + 1, (batch_size,), generator=generator,
+                                         device=device), device=device)
+    noise = GeneratorNoise(generator)
+    condition = None if labels is None else labels + 1
+    with trainer.chain_ebm.frozen() as chain_energy:
+        def chain(steps: int) -> torch.Tensor:
+            return langevin_revision(lambda y, logsnr: chain_energy(y, logsnr, condition), x, x, level,
+                                     config.langevin, schedule.logsnr_max, n_steps=steps, noise=noise)
+        chain(1)
+        with _timed(device) as langevin:
+            chain(config.langevin.n_steps)
+    return config.langevin.n_steps / langevin.wall_seconds
+
+
+def _sampling_rates(trainer: CooperativeTrainer, settings: PerfSettings) -> dict[str, float]:
+    """Images per second of ``generate()`` at 6xK for each K of the settings (a 6x1 draw first, untimed)."""
+    config, device = trainer.config, trainer.device
+    model = LoadedModel(config, trainer.ebm, trainer.initializer, trainer.iteration, uses_ema=False)
+    n_samples = settings.sample_batch or settings.batch_size
+    sampling = {}
+
+    def draw(steps_per_level: int) -> None:
+        spec = GenerationSpec.resolve(config, n_samples, steps_per_level=steps_per_level, batch_size=n_samples,
+                                      weights="live")
+        generate(model, spec, device=device, chain=trainer.chain_ebm)
+
+    for steps in settings.sampling_steps:
+        draw(1)  # compile, warm-up
+        with _timed(device) as drawing:
+            draw(steps)
+        sampling[f"6x{steps}"] = n_samples / drawing.wall_seconds
+    return sampling
+
+
 def run(settings: PerfSettings) -> PerfReport:
     use_threads(settings.threads)  # perf reports the load beside every time instead of warning
     device = torch.device(settings.device)
@@ -401,50 +454,16 @@ def run(settings: PerfSettings) -> PerfReport:
     x = torch.rand(shape, generator=generator, device=device) * 2 - 1
     labels = (torch.randint(0, config.energy.num_classes, (settings.batch_size,), generator=generator,
                             device=device) if config.energy.num_classes is not None else None)
-    for _ in range(settings.warmup):
-        trainer.step(x, labels)
-    iteration_seconds = []
-    with _timed(device) as training:
-        for _ in range(settings.iterations):
-            with _timed(device) as iteration:
-                trainer.step(x, labels)
-            iteration_seconds.append(iteration.wall_seconds)
+    iteration_seconds, training_cpu_seconds = _time_training(trainer, x, labels, settings)
     # The median: a shared machine's stalls inflate single iterations.
     seconds = statistics.median(iteration_seconds)
     breakdown = (time_by_operation(lambda: trainer.step(x, labels), device, flops_by_operation)
                  if settings.breakdown else None)
-
     trainer.ebm.eval()
     if trainer.initializer is not None:
         trainer.initializer.eval()
-    schedule = LogSNRSchedule(config.schedule)
-    level = schedule.level(torch.randint(1, schedule.n_levels + 1, (settings.batch_size,), generator=generator,
-                                         device=device), device=device)
-    noise = GeneratorNoise(generator)
-    condition = None if labels is None else labels + 1
-    with trainer.chain_ebm.frozen() as chain_energy:
-        def chain(steps: int) -> torch.Tensor:
-            return langevin_revision(lambda y, logsnr: chain_energy(y, logsnr, condition), x, x, level,
-                                     config.langevin, schedule.logsnr_max, n_steps=steps, noise=noise)
-        chain(1)
-        with _timed(device) as langevin:
-            chain(config.langevin.n_steps)
-    steps_per_second = config.langevin.n_steps / langevin.wall_seconds
-
-    model = LoadedModel(config, trainer.ebm, trainer.initializer, trainer.iteration, uses_ema=False)
-    n_samples = settings.sample_batch or settings.batch_size
-    sampling = {}
-
-    def draw(steps_per_level: int) -> None:
-        spec = GenerationSpec.resolve(config, n_samples, steps_per_level=steps_per_level, batch_size=n_samples,
-                                      weights="live")
-        generate(model, spec, device=device, chain=trainer.chain_ebm)
-
-    for steps in settings.sampling_steps:
-        draw(1)  # compile, warm-up
-        with _timed(device) as drawing:
-            draw(steps)
-        sampling[f"6x{steps}"] = n_samples / drawing.wall_seconds
+    steps_per_second = _langevin_steps_per_second(trainer, x, labels, generator, settings.batch_size)
+    sampling = _sampling_rates(trainer, settings)
 
     inception = _inception_rate(device, settings.inception_images, settings.batch_size) if settings.inception else None
     memory, memory_kind = _peak_memory(device)
@@ -467,7 +486,7 @@ def run(settings: PerfSettings) -> PerfReport:
         flops_per_iteration=flops_iteration, flops_per_langevin_step=flops_step,
         flops_per_image_sample=flops_sample, seconds_per_iteration=seconds,
         best_seconds_per_iteration=min(iteration_seconds), iteration_seconds=iteration_seconds,
-        cpu_seconds_per_iteration=training.cpu_seconds / settings.iterations,
+        cpu_seconds_per_iteration=training_cpu_seconds,
         iterations_per_second=1.0 / seconds, langevin_steps_per_second=steps_per_second,
         sampling_images_per_second=sampling, inception_features_per_second=inception,
         peak_memory_bytes=memory, peak_memory_kind=memory_kind, peak_tflops=peak, peak_source=peak_source,
@@ -530,6 +549,18 @@ def matrix_table(rows: list[tuple[str, PerfReport]]) -> str:
                    else "—" for key in sampled)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def parse_sampling_steps(text: str) -> tuple[int, ...]:
+    """``--sampling-steps`` ("15,5"; "" for none) as the K of each timed 6xK sampling run, refused in one line."""
+    try:
+        steps = tuple(int(item) for item in text.split(",") if item.strip())
+    except ValueError:
+        raise CdrlBenchError(f"--sampling-steps {text!r} is not comma-separated integers: write e.g. "
+                             "--sampling-steps 15,5") from None
+    if any(step < 1 for step in steps):
+        raise CdrlBenchError(f"--sampling-steps {text!r}: every K must be at least 1, e.g. --sampling-steps 15,5")
+    return steps
 
 
 def execute(settings: PerfSettings, options_matrix: bool = False, json_path: Path | None = None) -> str:
