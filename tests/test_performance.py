@@ -339,13 +339,16 @@ def test_a_cpu_bfloat16_run_is_held_to_the_faster_of_its_bfloat16_and_float32_pe
 
 
 def test_options_matrix_times_each_set_and_drops_cuda_only_options_on_cpu(tmp_path, monkeypatch):
-    monkeypatch.setattr(perf, "OPTION_MATRIX", (
+    from benchmarks.speed import options_matrix
+
+    monkeypatch.setattr(options_matrix, "OPTION_MATRIX", (
         ("plain", ()),
         ("channels_last", ("performance.channels_last=true",)),
         ("tf32", ("performance.tf32=true",)),
         ("all", ("performance.channels_last=true", "performance.tf32=true", "performance.fused_optimizer=true")),
     ))
-    assert [name for name, _ in perf.matrix_runs(torch.device("cuda"))] == ["plain", "channels_last", "tf32", "all"]
+    assert [name for name, _ in options_matrix.matrix_runs(torch.device("cuda"))] == ["plain", "channels_last", "tf32",
+                                                                                       "all"]
     out = tmp_path / "matrix.json"
     result = _perf_cli("--iterations", "1", "--options-matrix", "--json", str(out))
     reports = json.loads(out.read_text())
