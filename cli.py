@@ -723,18 +723,8 @@ def perf(
         iterations=iterations, sampling_steps=parse_sampling_steps(sampling_steps), sample_batch=sample_batch,
         inception=inception,
         inception_images=inception_images, peak_tflops=peak_tflops, breakdown=breakdown)
-    if published is not None:
-        from benchmarks.speed import published as published_code
-
-        console.print(published_code.execute(settings, published, pairs, json_out), highlight=False, soft_wrap=True)
-        return
-    if compiled:
-        from benchmarks.speed import compiled as compiled_pairs
-
-        console.print(compiled_pairs.execute(settings, pairs, json_out), highlight=False, soft_wrap=True)
-        return
-    console.print(execute(settings, options_matrix=options_matrix, json_path=json_out), highlight=False,
-                  soft_wrap=True)
+    console.print(execute(settings, options_matrix=options_matrix, compiled=compiled, published=published,
+                          pairs=pairs, json_path=json_out), highlight=False, soft_wrap=True)
 
 
 def main() -> None:

@@ -508,8 +508,18 @@ def parse_sampling_steps(text: str) -> tuple[int, ...]:
     return steps
 
 
-def execute(settings: PerfSettings, options_matrix: bool = False, json_path: Path | None = None) -> str:
-    """Run the benchmark (or the options matrix), write the JSON if asked; returns the text to print."""
+def execute(settings: PerfSettings, *, options_matrix: bool = False, compiled: bool = False,
+            published: Path | None = None, pairs: int = 5, json_path: Path | None = None) -> str:
+    """Run the benchmark (or the options matrix, the compiled/eager pairs, or the published code beside ours), write
+    the JSON if asked; returns the text to print."""
+    if published is not None:
+        from benchmarks.speed import published as published_code
+
+        return published_code.execute(settings, published, pairs, json_path)
+    if compiled:
+        from benchmarks.speed import compiled as compiled_pairs
+
+        return compiled_pairs.execute(settings, pairs, json_path)
     if options_matrix:
         from benchmarks.speed.options_matrix import matrix_table, run_matrix
 
