@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from cdrl.checkpoint import LoadedModel, load_model
+from cdrl.composition import concept_groups, requested_values
 from cdrl.config import ExperimentConfig, apply_overrides
 from cdrl.errors import CdrlBenchError
 from cdrl.datasets import DataConfig, build_dataset, dataset_info, reference_name, toy_sample
@@ -85,12 +86,14 @@ def _flatten(prefix: str, values: dict[str, Any]) -> dict[str, str]:
 
 def _sampling(checkpoint: str | os.PathLike, *, n_samples: int, steps_per_level: int | None, seed: int,
               batch_size: int | None, guidance: float, class_label: int | None, use_ema: bool,
-              device: torch.device, sampler_overrides: Sequence[str]) -> tuple[LoadedModel, GenerationSpec, dict]:
+              device: torch.device, sampler_overrides: Sequence[str], concepts: Sequence[str] = ()
+              ) -> tuple[LoadedModel, GenerationSpec, dict]:
     """(the model, what to draw from it, the sampling protocol) of a checkpoint."""
     model = load_model(checkpoint, use_ema=use_ema, device=device)
     spec = GenerationSpec.resolve(model.config, n_samples, steps_per_level=steps_per_level, seed=seed,
                                   batch_size=batch_size, guidance=guidance, classes=class_label,
-                                  weights="ema" if use_ema else "live", sampler_overrides=sampler_overrides)
+                                  weights="ema" if use_ema else "live", sampler_overrides=sampler_overrides,
+                                  concepts=concept_groups(model.config, concepts) if concepts else None)
     protocol = {**spec.protocol(model.config), "checkpoint": str(Path(checkpoint).resolve()),
                 "checkpoint_iteration": model.iteration,
                 **({"class_order": model.class_order} if model.class_order else {})}
@@ -131,7 +134,7 @@ def score_checkpoint(checkpoint: str | os.PathLike, *, steps_per_level: int | No
                      batch_size: int | None = None, guidance: float = 0.0, class_label: int | None = None,
                      device: str | torch.device | None = None, use_ema: bool = True,
                      checkpoint_selection: str = "given", reference_overrides: Sequence[str] = (),
-                     sampler_overrides: Sequence[str] = (),
+                     sampler_overrides: Sequence[str] = (), concepts: Sequence[str] = (),
                      data_dir: str | None = None,
                      tracking_uri: str | None = None, experiment_name: str | None = None,
                      tags: dict[str, str] | None = None, log: bool = True) -> ScoreResult | None:
@@ -140,13 +143,15 @@ def score_checkpoint(checkpoint: str | os.PathLike, *, steps_per_level: int | No
     ``reference_overrides`` (``data.*`` settings) change how the reference images are read, e.g.
     ``data.imagenet_source=npz64-resized`` for the published ImageNet evaluation pipeline. The
     MLflow run spans sampling and scoring: it logs how long each took, samples per second and a
-    figure of the first samples. In a process group every rank draws its share; rank 0 scores,
+    figure of the first samples. ``concepts``: names of the dataset's concepts to compose
+    (:mod:`cdrl.composition`), each sample asking for one combination of their values. In a process group every rank draws its share; rank 0 scores,
     logs and returns the result, the other ranks return None.
     """
     device = _device(device)
     model, spec, sampling = _sampling(checkpoint, n_samples=n_samples, steps_per_level=steps_per_level, seed=seed,
                                       batch_size=batch_size, guidance=guidance, class_label=class_label,
-                                      use_ema=use_ema, device=device, sampler_overrides=sampler_overrides)
+                                      use_ema=use_ema, device=device, sampler_overrides=sampler_overrides,
+                                      concepts=concepts)
     config = model.config
     name = (f"eval {config.name} {sampling['noise_levels']}x{spec.steps_per_level}"
             f"{f' w={guidance:g}' if guidance else ''}{'' if use_ema else ' live'}")
@@ -160,7 +165,8 @@ def score_checkpoint(checkpoint: str | os.PathLike, *, steps_per_level: int | No
         scores = score_samples(samples, reference_config, backend=backend, mode=mode, reference=reference,
                                reference_split=reference_split, n_reference=n_reference, seed=seed,
                                data_dir=data_dir, device=device,
-                               classes=requested_classes(torch.arange(n_samples), class_label, config))
+                               classes=requested_values(n_samples, config, concepts) if concepts else
+                               requested_classes(torch.arange(n_samples), class_label, config))
         metrics, protocol, line = scores.metrics, scores.protocol, scores.line
         protocol.update(sampling, checkpoint_selection=checkpoint_selection,
                         **({"reference_overrides": " ".join(reference_overrides)} if reference_overrides else {}))
@@ -186,10 +192,14 @@ def data_as_samples(config: ExperimentConfig, n_samples: int, seed: int, referen
                                data.toy_scale)
         return points, None, {"floor": f"{n_samples} fresh draws of {data.dataset}"}
     split = "test" if reference_split == "train" else "train"
-    dataset = build_dataset(replace(data, split=split, horizontal_flip=False, class_conditional=True))
+    floor_data = replace(data, split=split, horizontal_flip=False, class_conditional=True)
+    dataset = build_dataset(floor_data)
     count = min(n_samples, len(dataset))
     items = [dataset[i] for i in range(count)]
     images, labels = torch.stack([item[0] for item in items]), torch.as_tensor([int(item[1]) for item in items])
+    concept_labels = dataset_info(data.dataset).concept_labels
+    if concept_labels is not None:  # every concept's true value, as composed samples are asked for theirs
+        labels = concept_labels(floor_data)[:count]
     return images, labels, {"floor": f"the first {count} {data.dataset}/{split} images"}
 
 
