@@ -26,7 +26,7 @@ from rich.progress import Progress
 from benchmarks.records import (TAG_GUIDANCE, TAG_MODEL, TAG_PROFILE, TAG_SEED, TAG_SOURCE, TAG_STEPS,
                                 TAG_SUITE_VERSION, finished_eval_runs)
 from benchmarks.suite import EvalJob, Plan, SuiteError, TrainingJob, selection_rule
-from cdrl import scoring, train_loop
+from cdrl import ood, scoring, train_loop
 from cdrl.config import apply_overrides
 from cdrl.distributed import process_group, shared
 from cdrl.progress import JobProgress, shown_in
@@ -306,9 +306,13 @@ def _evaluate(plan: Plan, job: EvalJob, checkpoint: str | None, selection: str, 
                   tracking_uri=tracking_uri, experiment_name=suite.experiment, tags=tags)
     if job.floor_config is not None:
         result = scoring.score_data(job.floor_config, n_samples=job.n_samples, **common)
+    elif job.model.ood is not None:
+        result = ood.score_ood(job.checkpoint or checkpoint, ood_set=job.model.ood, n_images=job.n_samples,
+                               seed=job.seed, device=device, data_dir=data_dir, checkpoint_selection=selection,
+                               tracking_uri=tracking_uri, experiment_name=suite.experiment, tags=tags)
     else:
         result = scoring.score_checkpoint(
             job.checkpoint or checkpoint, steps_per_level=job.steps_per_level, n_samples=job.n_samples,
             batch_size=suite.batch_size, guidance=job.guidance, checkpoint_selection=selection,
-            sampler_overrides=job.sampler_overrides, **common)
+            sampler_overrides=job.sampler_overrides, concepts=job.model.concepts, **common)
     return result

@@ -31,9 +31,11 @@ from typing import Any, Literal, Sequence
 
 from baselines import ablation_overrides, apply_method
 from cdrl.config import ConfigError, ExperimentConfig, apply_overrides, preset
+from cdrl.datasets import DATASETS, dataset_info
 from cdrl.errors import CdrlBenchError
 from cdrl.evaluation.backends import DEFAULT_BACKEND
 from cdrl.metrics import METRICS
+from cdrl.ood import INTERPOLATION
 from cdrl.typed import FieldError, above, at_least, bounds, build
 
 if sys.version_info >= (3, 11):
@@ -128,6 +130,12 @@ class ModelSpec:
     #: This model's own stated seconds per training iteration where it differs from [cost]'s (e.g. 30
     #: Langevin steps per level instead of 15), on [cost]'s GPUs; None: [cost]'s.
     seconds_per_iteration: float | None = field(default=None, metadata=above(0))
+    #: Attribute composition: the dataset's concepts this row asks of each sample, composed when several
+    #: (cdrl.composition), e.g. ["digit", "colour"]; scored by per-concept classifiers.
+    concepts: tuple[str, ...] = ()
+    #: Out-of-distribution detection: this row scores the model's energy on its test images against this
+    #: set's (a dataset, or "interpolation"; cdrl.ood) instead of sampling; n_samples images of each.
+    ood: str | None = None
 
     def samples(self, profile: "Profile") -> int:
         return min(profile.n_samples, self.n_samples or profile.n_samples)
@@ -371,6 +379,17 @@ def _model(values: dict[str, Any], where: str, default_preset: str | None) -> Mo
         raise FieldError(f"{where}floor", "and checkpoint exclude each other: a floor row scores data, not a model")
     if spec.scores is not None and (spec.checkpoint is not None or spec.floor):
         raise FieldError(f"{where}scores", "excludes checkpoint and floor: it scores another model's trainings")
+    if spec.ood is not None and (spec.floor or spec.concepts):
+        raise FieldError(f"{where}ood", "excludes floor and concepts: it scores a model's energy, not samples")
+    if spec.ood is not None and spec.ood != INTERPOLATION and spec.ood not in DATASETS:
+        raise FieldError(f"{where}ood", f"= {spec.ood!r} is neither a dataset ({', '.join(DATASETS)}) nor "
+                                        f"{INTERPOLATION!r}: name one of them")
+    if spec.concepts and spec.preset:
+        known = [concept.name for concept in dataset_info(preset(spec.preset).data.dataset).concepts]
+        unknown = [name for name in spec.concepts if name not in known]
+        if unknown or len(set(spec.concepts)) != len(spec.concepts):
+            raise FieldError(f"{where}concepts", f"= {list(spec.concepts)} must name each of its concepts once, "
+                                                 f"from the dataset's: {', '.join(known) or 'none'}")
     if any(not override.startswith("data.") for override in spec.reference_overrides):
         raise FieldError(f"{where}reference_overrides", "may only change data.* settings (the reference images)")
     if spec.checkpoint_path is not None and not spec.checkpoint_path.is_file():
