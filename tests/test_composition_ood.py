@@ -45,6 +45,9 @@ def test_composed_classes_ask_every_combination_equally_often():
     pairs = list(zip(digits.tolist(), colours.tolist()))
     assert sorted(pairs[:30]) == [(d, c) for d in range(10) for c in (10, 11, 12)]  # each of the 30 once
     assert pairs[30:] == pairs[:30]
+    # Group sizes with a common factor: running through each group on its own would repeat pairs.
+    halves, quarters = composed_classes(torch.arange(8), [(0, 1), (2, 3, 4, 5)])
+    assert sorted(zip(halves.tolist(), quarters.tolist())) == [(h, q) for h in (0, 1) for q in (2, 3, 4, 5)]
 
 
 def test_coloured_digits_draw_each_digit_in_one_ink_chosen_apart_from_the_digit():
@@ -279,3 +282,21 @@ def test_a_suite_naming_an_unknown_concept_or_ood_set_is_refused_before_any_work
     with pytest.raises(SuiteError) as error:
         load_suite(path)
     assert str(error.value).startswith(f"bad.toml: models[1].{message}")
+
+
+def test_composition_figure_puts_each_samples_asked_values_in_its_row_and_column(tmp_path, monkeypatch):
+    from benchmarks import composition_figure
+
+    def asked(model, spec, **kwargs):  # each sample an image of one value: its classes, the first + 100 x the second
+        classes = composed_classes(torch.arange(spec.n_samples), spec.concepts)
+        code = sum(values * 100 ** index for index, values in enumerate(classes))
+        return code.float().view(-1, 1, 1, 1).expand(-1, 3, 8, 8)
+
+    monkeypatch.setattr(composition_figure, "generate", asked)
+    model = _model("digits-colour-cond")
+    grids = {panel: grid[:, :, 0, 0, 0].long() for panel, grid in composition_figure.composition_grids(model).items()}
+    assert grids["A"].tolist() == [list(range(10))] * 3  # column a asks for digit a
+    assert grids["B"].tolist() == [[10 + b] * 10 for b in range(3)]  # row b asks for colour b (class 10 + b)
+    assert grids["A∧B"].tolist() == [[a + 100 * (10 + b) for a in range(10)] for b in range(3)]  # both
+    monkeypatch.undo()
+    assert composition_figure.save_composition_figure(model, tmp_path / "figure.png").stat().st_size > 0
