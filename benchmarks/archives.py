@@ -73,3 +73,53 @@ def write_imagenet64(root: Path) -> Path:
                     root / "Imagenet64_train_part2_npz" / "train_data_batch_6.npz",
                     root / "Imagenet64_val_npz" / "val_data.npz", images64, seed=20)
     return root
+
+
+def write_cifar100(root: Path) -> Path:
+    """``root/cifar-100-python/`` as the official archive unpacks: ``train`` (4 images), ``test`` (3) and ``meta``."""
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, count, seed in (("train", 4, 30), ("test", 3, 31)):
+        split = {b"filenames": [b"x.png"] * count, b"batch_label": name.encode(), b"fine_labels": [99, 0, 42, 7][:count],
+                 b"coarse_labels": [19, 4, 1, 0][:count], b"data": asymmetric_images(count, seed=seed)}
+        (folder / name).write_bytes(pickle.dumps(split))
+    names = {b"fine_label_names": [f"class{i}".encode() for i in range(100)],
+             b"coarse_label_names": [f"super{i}".encode() for i in range(20)]}
+    (folder / "meta").write_bytes(pickle.dumps(names))
+    return root
+
+
+#: CelebA's 40 attribute names, in list_attr_celeba.txt's order.
+CELEBA_ATTRIBUTES = (
+    "5_o_Clock_Shadow Arched_Eyebrows Attractive Bags_Under_Eyes Bald Bangs Big_Lips Big_Nose Black_Hair Blond_Hair "
+    "Blurry Brown_Hair Bushy_Eyebrows Chubby Double_Chin Eyeglasses Goatee Gray_Hair Heavy_Makeup High_Cheekbones "
+    "Male Mouth_Slightly_Open Mustache Narrow_Eyes No_Beard Oval_Face Pale_Skin Pointy_Nose Receding_Hairline "
+    "Rosy_Cheeks Sideburns Smiling Straight_Hair Wavy_Hair Wearing_Earrings Wearing_Hat Wearing_Lipstick "
+    "Wearing_Necklace Wearing_Necktie Young").split()
+#: (partition, Male, Smiling) of each written image: 0 train, 1 validation, 2 test; -1/1 as CelebA writes them.
+CELEBA_ROWS = ((0, 1, -1), (0, -1, 1), (1, 1, 1), (2, -1, -1), (0, 1, 1), (2, 1, -1))
+
+
+def write_celeba(root: Path) -> Path:
+    """``root/celeba/`` in torchvision's layout: aligned 178x218 JPEGs (a white face region, the 140x140
+    centre, on black), ``list_attr_celeba.txt`` and ``list_eval_partition.txt`` for :data:`CELEBA_ROWS`."""
+    from PIL import Image
+
+    folder = root / "celeba"
+    (folder / "img_align_celeba").mkdir(parents=True, exist_ok=True)
+    pixels = np.zeros((218, 178, 3), dtype=np.uint8)
+    top, left = (218 - 140) // 2, (178 - 140) // 2
+    pixels[top:top + 140, left:left + 140] = 255
+    names = [f"{index + 1:06d}.jpg" for index in range(len(CELEBA_ROWS))]
+    for name in names:
+        Image.fromarray(pixels).save(folder / "img_align_celeba" / name, quality=100)
+    male, smiling = CELEBA_ATTRIBUTES.index("Male"), CELEBA_ATTRIBUTES.index("Smiling")
+    lines = [str(len(names)), " ".join(CELEBA_ATTRIBUTES)]
+    for name, (_, is_male, is_smiling) in zip(names, CELEBA_ROWS):
+        values = [-1] * len(CELEBA_ATTRIBUTES)
+        values[male], values[smiling] = is_male, is_smiling
+        lines.append(f"{name} " + " ".join(f"{value:2d}" for value in values))  # CelebA pads with spaces
+    (folder / "list_attr_celeba.txt").write_text("\n".join(lines) + "\n")
+    (folder / "list_eval_partition.txt").write_text(
+        "".join(f"{name} {partition}\n" for name, (partition, _, _) in zip(names, CELEBA_ROWS)))
+    return root

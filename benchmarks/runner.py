@@ -25,7 +25,7 @@ from rich.progress import Progress, TaskID
 
 from benchmarks.records import finished_eval_runs
 from benchmarks.suite import EvalJob, Plan, SuiteError, TrainingJob, selection_rule
-from cdrl import scoring, train_loop
+from cdrl import ood, scoring, train_loop
 from cdrl.config import apply_overrides
 from cdrl.distributed import Ranks, process_group, shared
 from cdrl.progress import JobProgress, shown_in
@@ -341,7 +341,10 @@ def _evaluate(plan: Plan, job: EvalJob, checkpoint: str | None, selection: str, 
     if job.floor_config is not None:
         return scoring.score_data(job.floor_config, job.n_samples, protocol, seed=job.seed, device=device,
                                   record=record)
+    if job.model.ood is not None:
+        return ood.score_ood(job.checkpoint or checkpoint, job.model.ood, job.n_samples, seed=job.seed, device=device,
+                             data_dir=data_dir, checkpoint_selection=selection, record=record)
     sampling = scoring.SamplingRequest(Path(job.checkpoint or checkpoint), job.n_samples, job.steps_per_level,
                                        job.seed, suite.eval.batch_size, job.guidance,
-                                       sampler_overrides=job.sampler_overrides)
+                                       sampler_overrides=job.sampler_overrides, concepts=job.model.concepts)
     return scoring.score_checkpoint(sampling, protocol, device=device, checkpoint_selection=selection, record=record)

@@ -155,6 +155,8 @@ def build_table(suite: Suite, *, quick: bool = False, tracking_uri: str | None =
     for job in _points(suite, quick):  # the profile's own jobs: their checkpoint rule is the profile's
         global_batch, selection = job.training_summary(suite.eval.checkpoint)
         base = {"method": job.model.label, "model": job.model.key, "floor": job.floor_config is not None,
+                # Whether the row draws samples (not a floor's data, nor an OOD row's energies of images).
+                "sampled": job.floor_config is None and job.model.ood is None,
                 "global_batch": global_batch, "checkpoint_selection": selection, "noise_levels": job.noise_levels,
                 "steps_per_level": job.steps_per_level, "total_steps": job.noise_levels * job.steps_per_level}
         if guided:
@@ -272,7 +274,7 @@ def _display(suite: Suite, frame: pd.DataFrame, paper_metrics: list[str], guided
     display = pd.DataFrame(index=frame.index)
     value_columns: dict[str, ValueColumn] = {}
     display["method"] = frame["method"]
-    display["levels × steps"] = [f"{int(r.noise_levels)}×{int(r.steps_per_level)}" if r.model and not r.floor
+    display["levels × steps"] = [f"{int(r.noise_levels)}×{int(r.steps_per_level)}" if r.model and r.sampled
                                  else "" for r in frame.itertuples()]
     if guided:
         display["w"] = [f"{r.guidance:g}" if isinstance(r.guidance, float) and not math.isnan(r.guidance)

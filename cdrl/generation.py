@@ -27,7 +27,7 @@ from cdrl.datasets import item_shape
 from cdrl.distributed import Ranks, current_ranks
 from cdrl.errors import CdrlBenchError
 from cdrl.files import atomic_write, writing
-from cdrl.guidance import requested_classes
+from cdrl.guidance import composed_classes, requested_classes
 from cdrl.langevin import multiplier_for_steps
 from cdrl.noise import PerExampleNoise
 from cdrl.performance import ChainEnergy, compile_initializer, configure_device, prepare_network
@@ -55,12 +55,16 @@ class GenerationSpec:
     #: One dataset class, several to compose, or None: sample i of class i mod (number of classes).
     classes: int | tuple[int, ...] | None = None
     weights: Literal["ema", "live"] = "ema"
+    #: Attribute composition: groups of classes (a concept's values each); sample i composes one class of each
+    #: group (:func:`cdrl.guidance.composed_classes`). Excludes ``classes``.
+    concepts: tuple[tuple[int, ...], ...] | None = None
 
     @classmethod
     def resolve(cls, config: ExperimentConfig, n_samples: int, *, steps_per_level: int | None = None,
                 seed: int = 0, batch_size: int | None = None, guidance: float = 0.0,
                 classes: int | tuple[int, ...] | None = None, weights: Literal["ema", "live"] = "ema",
-                sampler_overrides: Sequence[str] = ()) -> GenerationSpec:
+                sampler_overrides: Sequence[str] = (),
+                concepts: tuple[tuple[int, ...], ...] | None = None) -> GenerationSpec:
         """The spec of a model with ``config``: steps default to the sampler's, else training's count.
 
         ``sampler_overrides`` (``sampler.tweedie_step=false`` ...) change how a trained model samples;
@@ -73,7 +77,9 @@ class GenerationSpec:
             raise CdrlBenchError(f"batch size {batch_size} is not positive: pass --batch-size 1 or more")
         if steps_per_level is not None and steps_per_level < 1:
             raise CdrlBenchError(f"{steps_per_level} Langevin steps per level: pass --steps 1 or more")
-        if config.energy.num_classes is None and (guidance or classes is not None):
+        if concepts is not None and classes is not None:
+            raise CdrlBenchError("a composition of concepts draws its own classes: pass concepts or a class, not both")
+        if config.energy.num_classes is None and (guidance or classes is not None or concepts is not None):
             raise CdrlBenchError("--guidance/--class need a class-conditional checkpoint (e.g. preset imagenet32-cond)")
         outside = [item for item in sampler_overrides if not item.startswith("sampler.")]
         if outside:
@@ -81,7 +87,8 @@ class GenerationSpec:
                                  "(e.g. --set sampler.tweedie_step=false)")
         sampler = apply_overrides(config, list(sampler_overrides)).sampler
         steps = sampler.steps(config.langevin, steps_per_level)
-        return cls(n_samples, replace(sampler, steps_per_level=steps), seed, batch_size, guidance, classes, weights)
+        return cls(n_samples, replace(sampler, steps_per_level=steps), seed, batch_size, guidance, classes, weights,
+                   concepts)
 
     @property
     def steps_per_level(self) -> int:
@@ -89,7 +96,9 @@ class GenerationSpec:
 
     def protocol(self, config: ExperimentConfig) -> dict[str, Any]:
         """How these samples were drawn, for MLflow parameters and sample metadata."""
-        if self.classes is None:
+        if self.concepts is not None:  # each sample one class of each group
+            classes = " x ".join("|".join(map(str, group)) for group in self.concepts)
+        elif self.classes is None:
             classes = "all"
         elif isinstance(self.classes, tuple):
             classes = "+".join(map(str, self.classes))  # a composition
@@ -135,8 +144,12 @@ def _networks_for(model: LoadedModel, spec: GenerationSpec, chain_energy: Callab
     """(energy, proposal) of one batch: the model's own, or guided towards the batch's class(es)."""
     if model.config.energy.num_classes is None:
         return chain_energy, model.initializer
-    classes = (list(spec.classes) if isinstance(spec.classes, tuple)
-               else requested_classes(indices, spec.classes, model.config))
+    if spec.concepts is not None:
+        classes = composed_classes(indices, spec.concepts)
+    elif isinstance(spec.classes, tuple):
+        classes = list(spec.classes)
+    else:
+        classes = requested_classes(indices, spec.classes, model.config)
     return build_guided_model(model, spec.guidance, classes, ebm=chain_energy)
 
 

@@ -62,6 +62,20 @@ def requested_classes(indices: torch.Tensor, class_label: int | None, config: Ex
     return torch.full_like(indices, class_label) if class_label is not None else indices % num_classes
 
 
+def composed_classes(indices: torch.Tensor, groups: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+    """The class of each group that samples ``indices`` are drawn for, one (B,) tensor per group.
+
+    Sample i runs through every combination in turn (the first group fastest): with the digits 0..9
+    and the colours 10..12, samples 0..29 are each digit in each colour once.
+    """
+    classes, stride = [], 1
+    for group in groups:
+        values = torch.as_tensor(list(group), dtype=torch.long)
+        classes.append(values[(indices // stride) % len(values)])
+        stride *= len(values)
+    return classes
+
+
 def embedding_labels(label: ClassLabel | None, batch: int, device: torch.device) -> torch.Tensor:
     """Embedding indices of dataset class(es) ``label`` (class c is index c + 1), or the null class for None."""
     if label is None:

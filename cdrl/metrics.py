@@ -56,7 +56,8 @@ class ScoreRequest:
     scoring: ScoringRequest
     seed: int
     device: str | torch.device | None
-    #: The class each sample was asked for, if any.
+    #: The class each sample was asked for, if any: (N,), or (N, concepts) of the value asked of each concept of
+    #: a dataset with concepts (-1: none; :func:`cdrl.composition.requested_values`).
     classes: torch.Tensor | None = None
 
     @property
@@ -108,6 +109,11 @@ class DataKind:
 
 IMAGES = DataKind("images", lambda request: dataset_info(request.dataset).is_image)
 TOY_2D = DataKind("2-D toy densities", lambda request: not dataset_info(request.dataset).is_image)
+CONCEPT_IMAGES = DataKind("images of a dataset with concept classifiers, with the concepts asked of each",
+                          lambda request: request.classes is not None and request.classes.dim() == 2
+                          and request.dataset in _concept_classifiers())
+#: Not samples: a model's energies of in- and out-of-distribution images (cdrl.ood computes these metrics).
+OOD_ENERGIES = DataKind("a model's energies of in- and out-of-distribution data", lambda request: False)
 GUIDED_DIGITS = DataKind("digits with a requested class per sample",
                          lambda request: request.classes is not None and request.dataset == "digits")
 
@@ -202,7 +208,30 @@ def _class_accuracy(request: ScoreRequest) -> Measured:
                     f"{METRICS['class_accuracy'].show(accuracy)} (digit CNN, {held_out:.3f} on held-out digits)")
 
 
+def _concept_classifiers() -> dict:
+    from cdrl.evaluation.concepts import CONCEPT_CLASSIFIERS
+
+    return CONCEPT_CLASSIFIERS
+
+
+def _concept_accuracy(request: ScoreRequest) -> Measured:
+    """The share of samples showing the value asked of each concept, and of both (attribute composition)."""
+    from cdrl.evaluation import to_uint8
+    from cdrl.evaluation.concepts import concept_accuracies
+
+    samples = to_uint8(request.samples).float() / 127.5 - 1.0  # the pixels FID sees, as for class accuracy
+    values = concept_accuracies(request.dataset, samples, request.classes)
+    return Measured(values, {"concept_classifiers": request.dataset},
+                    " | ".join(METRICS[name].show(value) for name, value in values.items()))
+
+
+def _ood_only(request: ScoreRequest) -> Measured:
+    raise NotImplementedError("AUROC and FPR@95 score a model's energies, not samples: cdrl.ood computes them")
+
+
 INCEPTION = MetricPass("inception", _inception)
+CONCEPT_CLASSIFIER = MetricPass("concept-classifiers", _concept_accuracy)
+OOD_DETECTION = MetricPass("ood-detection", _ood_only)
 EXACT_2D = MetricPass("exact-2d", _exact_2d)
 DIGIT_CLASSIFIER = MetricPass("digit-classifier", _class_accuracy)
 
@@ -219,6 +248,13 @@ METRICS: dict[str, Metric] = {metric.name: metric for metric in (
     Metric("mode_coverage", "mode coverage", True, 3, TOY_2D, EXACT_2D),
     Metric("energy_distance", "energy distance", False, 4, TOY_2D, EXACT_2D),
     Metric("class_accuracy", "class accuracy", True, 3, GUIDED_DIGITS, DIGIT_CLASSIFIER, proportion=True),
+    # Attribute composition: samples showing the value asked of concept A, of B, and of both at once.
+    Metric("concept_a_accuracy", "concept A accuracy", True, 3, CONCEPT_IMAGES, CONCEPT_CLASSIFIER, proportion=True),
+    Metric("concept_b_accuracy", "concept B accuracy", True, 3, CONCEPT_IMAGES, CONCEPT_CLASSIFIER, proportion=True),
+    Metric("joint_accuracy", "A∧B accuracy", True, 3, CONCEPT_IMAGES, CONCEPT_CLASSIFIER, proportion=True),
+    # Out-of-distribution detection by the energy: in-distribution images the positives.
+    Metric("auroc", "AUROC", True, 3, OOD_ENERGIES, OOD_DETECTION),
+    Metric("fpr95", "FPR@95", False, 3, OOD_ENERGIES, OOD_DETECTION, proportion=True),
 )}
 
 

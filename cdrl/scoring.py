@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from cdrl.checkpoint import LoadedModel, load_model
+from cdrl.composition import concept_groups, requested_values
 from cdrl.config import ExperimentConfig, apply_overrides
 from cdrl.errors import CdrlBenchError
 from cdrl.datasets import DataConfig, build_dataset, dataset_info, reference_name, toy_sample
@@ -65,12 +66,16 @@ class SamplingRequest:
     use_ema: bool = True
     #: ``sampler.*`` settings this draw uses where they differ from the model's.
     sampler_overrides: tuple[str, ...] = ()
+    #: Names of the dataset's concepts to compose (:mod:`cdrl.composition`), each sample asking for one
+    #: combination of their values; empty: none.
+    concepts: tuple[str, ...] = ()
 
     def spec(self, config: ExperimentConfig) -> GenerationSpec:
         return GenerationSpec.resolve(config, self.n_samples, steps_per_level=self.steps_per_level, seed=self.seed,
                                       batch_size=self.batch_size, guidance=self.guidance, classes=self.class_label,
                                       weights="ema" if self.use_ema else "live",
-                                      sampler_overrides=self.sampler_overrides)
+                                      sampler_overrides=self.sampler_overrides,
+                                      concepts=concept_groups(config, self.concepts) if self.concepts else None)
 
 
 @dataclass(frozen=True)
@@ -166,7 +171,7 @@ def score_checkpoint(sampling: SamplingRequest, scoring: ScoringRequest = Scorin
     config, n_samples, seed, guidance = model.config, sampling.n_samples, sampling.seed, sampling.guidance
     name = (f"eval {config.name} {protocol_of_sampling['noise_levels']}x{spec.steps_per_level}"
             f"{f' w={guidance:g}' if guidance else ''}{'' if sampling.use_ema else ' live'}")
-    with _score_run(config, record, name, model.training_run) as run:
+    with score_run(config, record, name, model.training_run) as run:
         started = time.monotonic()
         samples = generate(model, spec, device=device)
         sampling_seconds = time.monotonic() - started
@@ -174,13 +179,14 @@ def score_checkpoint(sampling: SamplingRequest, scoring: ScoringRequest = Scorin
             return None
         reference_config = apply_overrides(config, list(scoring.reference_overrides))
         scores = score_samples(samples, reference_config, scoring, seed=seed, device=device,
-                               classes=requested_classes(torch.arange(n_samples), sampling.class_label, config))
+                               classes=requested_values(n_samples, config, sampling.concepts) if sampling.concepts
+                               else requested_classes(torch.arange(n_samples), sampling.class_label, config))
         metrics, protocol, line = scores.metrics, scores.protocol, scores.line
         protocol.update(protocol_of_sampling, checkpoint_selection=checkpoint_selection, **overrides_entry(scoring))
         timing = _timing(n_samples, sampling_seconds, time.monotonic() - started - sampling_seconds, scores)
         shape = f"{protocol_of_sampling['noise_levels']}x{protocol_of_sampling['steps_per_level']} steps"
         line = f"{line} | {shape}, {protocol_of_sampling['weights']} weights, seed {seed} | {_timing_line(timing)}"
-        _record(run, metrics, timing, protocol, config, samples, f"{config.name}, {shape}")
+        record_score(run, metrics, timing, protocol, config, samples, f"{config.name}, {shape}")
         return ScoreResult(metrics, protocol, line, run.run_id if run else None, timing)
 
 
@@ -198,10 +204,14 @@ def data_as_samples(config: ExperimentConfig, n_samples: int, seed: int, referen
                                data.toy_scale)
         return points, None, {"floor": f"{n_samples} fresh draws of {data.dataset}"}
     split = "test" if reference_split == "train" else "train"
-    dataset = build_dataset(replace(data, split=split, horizontal_flip=False, class_conditional=True))
+    floor_data = replace(data, split=split, horizontal_flip=False, class_conditional=True)
+    dataset = build_dataset(floor_data)
     count = min(n_samples, len(dataset))
     items = [dataset[i] for i in range(count)]
     images, labels = torch.stack([item[0] for item in items]), torch.as_tensor([int(item[1]) for item in items])
+    concept_labels = dataset_info(data.dataset).concept_labels
+    if concept_labels is not None:  # every concept's true value, as composed samples are asked for theirs
+        labels = concept_labels(floor_data)[:count]
     return images, labels, {"floor": f"the first {count} {data.dataset}/{split} images"}
 
 
@@ -219,7 +229,7 @@ def score_data(config: ExperimentConfig, n_samples: int, scoring: ScoringRequest
     config = apply_overrides(config, list(scoring.reference_overrides))
     if scoring.data_dir is not None:
         config = replace(config, data=replace(config.data, data_dir=scoring.data_dir))
-    with _score_run(config, record, f"floor {config.name}") as run:
+    with score_run(config, record, f"floor {config.name}") as run:
         started = time.monotonic()
         samples, labels, floor = data_as_samples(config, n_samples, seed, scoring.reference_split)
         scores = score_samples(samples, config, replace(scoring, reference=None), seed=seed, device=device,
@@ -227,7 +237,7 @@ def score_data(config: ExperimentConfig, n_samples: int, scoring: ScoringRequest
         metrics, protocol, line = scores.metrics, scores.protocol, scores.line
         protocol.update(floor, seed=seed, **overrides_entry(scoring))
         timing = _timing(len(samples), 0.0, time.monotonic() - started, scores)
-        _record(run, metrics, timing, protocol, config, samples, f"{config.name}: {floor['floor']}")
+        record_score(run, metrics, timing, protocol, config, samples, f"{config.name}: {floor['floor']}")
         return ScoreResult(metrics, protocol, f"{line} | floor: {floor['floor']}", run.run_id if run else None,
                            timing)
 
@@ -251,7 +261,7 @@ def overrides_entry(scoring: ScoringRequest) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def _score_run(config: ExperimentConfig, record: Recording | None, name: str, training_run: str | None = None
+def score_run(config: ExperimentConfig, record: Recording | None, name: str, training_run: str | None = None
                ) -> Iterator[TrackedRun | None]:
     """The MLflow run of one score on rank 0 (None elsewhere, or with no ``record``), open from before sampling.
 
@@ -288,7 +298,7 @@ def _nested_under(training_run: str | None, tracking_uri: Store | str | None) ->
 FIGURE_IMAGES, FIGURE_POINTS = 64, 5000
 
 
-def _record(run: TrackedRun | None, metrics: dict[str, float], timing: dict[str, float], protocol: dict[str, Any],
+def record_score(run: TrackedRun | None, metrics: dict[str, float], timing: dict[str, float], protocol: dict[str, Any],
             config: ExperimentConfig, samples: torch.Tensor, title: str) -> None:
     if run is None:
         return

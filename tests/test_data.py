@@ -408,10 +408,12 @@ def test_mixture_support_holds_the_documented_mass(name: str, mass: float) -> No
 
 
 def test_registry_lists_every_dataset() -> None:
-    assert set(DATASETS) == {"cifar10", "imagenet32", "digits", *TOY_NAMES}
+    assert set(DATASETS) == {"cifar10", "cifar100", "celeba", "imagenet32", "digits", "digits-colour", "digits-0to4",
+                             "digits-5to9", "photo-patches", *TOY_NAMES}
     assert dataset_info("cifar10").num_classes == 10 and dataset_info("imagenet32").num_classes == 1000
     assert not dataset_info("toy-2rings").is_image
-    known = "cifar10, imagenet32, digits, toy-checkerboard, toy-8gaussians, toy-2rings, toy-quadrants"
+    known = ("cifar10, cifar100, celeba, imagenet32, digits, digits-colour, digits-0to4, digits-5to9, photo-patches, "
+             "toy-checkerboard, toy-8gaussians, toy-2rings, toy-quadrants")
     for lookup in (dataset_info, build_dataset, item_shape, reference_name):
         with pytest.raises(DatasetError) as caught:
             lookup("mnist" if lookup is dataset_info else DataConfig("mnist"))

@@ -47,9 +47,11 @@ def test_every_metric_a_suite_names_is_registered_with_a_direction_and_a_format(
 
 def test_directions():
     assert {name for name, metric in METRICS.items() if metric.higher_is_better} == {
-        "inception_score", "in_support_fraction", "mode_coverage", "class_accuracy"}
-    assert {name for name, metric in METRICS.items() if metric.proportion} == {"in_support_fraction",
-                                                                               "class_accuracy"}
+        "inception_score", "in_support_fraction", "mode_coverage", "class_accuracy", "concept_a_accuracy",
+        "concept_b_accuracy", "joint_accuracy", "auroc"}
+    assert {name for name, metric in METRICS.items() if metric.proportion} == {
+        "in_support_fraction", "class_accuracy", "concept_a_accuracy", "concept_b_accuracy", "joint_accuracy",
+        "fpr95"}
 
 
 SUITE_WITH_SPREAD = """

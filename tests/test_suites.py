@@ -594,7 +594,7 @@ def test_plan_prices_every_training_from_the_suites_stated_cost(tmp_path):
 
 
 #: The suites that train on a CPU: priced from seconds per iteration measured on one, in CPU-hours.
-CPU_SUITES = ["ci-smoke", "digits-cfg", "digits-steps", "gate", "toy-steps"]
+CPU_SUITES = ["ci-smoke", "digits-cfg", "digits-compose", "digits-ood", "digits-steps", "gate", "toy-steps"]
 
 
 @pytest.mark.parametrize("suite", CPU_SUITES)

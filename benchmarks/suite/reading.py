@@ -11,8 +11,11 @@ from typing import Any
 from benchmarks.suite.composing import model_config, scoring_sampler_overrides
 from benchmarks.suite.schema import (PROFILES, SAFE_NAME_RULE, SUITES_FOLDER, CheckSpec, CostSpec, EvalSection,
                                      ModelSpec, PlotSpec, Profile, Suite, SuiteError, TrainSection, is_safe_name)
+from cdrl.config import preset
+from cdrl.datasets import DATASETS, dataset_info
 from cdrl.errors import CdrlBenchError
 from cdrl.metrics import METRICS
+from cdrl.ood import INTERPOLATION
 from cdrl.typed import FieldError, build
 
 if sys.version_info >= (3, 11):
@@ -80,6 +83,17 @@ def _model(values: dict[str, Any], where: str, default_preset: str | None) -> Mo
         raise FieldError(f"{where}floor", "and checkpoint exclude each other: a floor row scores data, not a model")
     if spec.scores is not None and (spec.checkpoint is not None or spec.floor):
         raise FieldError(f"{where}scores", "excludes checkpoint and floor: it scores another model's trainings")
+    if spec.ood is not None and (spec.floor or spec.concepts):
+        raise FieldError(f"{where}ood", "excludes floor and concepts: it scores a model's energy, not samples")
+    if spec.ood is not None and spec.ood != INTERPOLATION and spec.ood not in DATASETS:
+        raise FieldError(f"{where}ood", f"= {spec.ood!r} is neither a dataset ({', '.join(DATASETS)}) nor "
+                                        f"{INTERPOLATION!r}: name one of them")
+    if spec.concepts and spec.preset:
+        known = [concept.name for concept in dataset_info(preset(spec.preset).data.dataset).concepts]
+        unknown = [name for name in spec.concepts if name not in known]
+        if unknown or len(set(spec.concepts)) != len(spec.concepts):
+            raise FieldError(f"{where}concepts", f"= {list(spec.concepts)} must name each of its concepts once, "
+                                                 f"from the dataset's: {', '.join(known) or 'none'}")
     if any(not override.startswith("data.") for override in spec.reference_overrides):
         raise FieldError(f"{where}reference_overrides", "may only change data.* settings (the reference images)")
     if spec.checkpoint_path is not None and not spec.checkpoint_path.is_file():

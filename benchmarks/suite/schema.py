@@ -106,6 +106,12 @@ class ModelSpec:
     #: "last": this model's training selects no checkpoint and its last is scored, where [eval]
     #: checkpoint says "best" (DRL's published code keeps no best-FID checkpoint); None: [eval]'s.
     checkpoint_selection: Literal["last"] | None = None
+    #: Attribute composition: the dataset's concepts this row asks of each sample, composed when several
+    #: (cdrl.composition), e.g. ["digit", "colour"]; scored by per-concept classifiers.
+    concepts: tuple[str, ...] = ()
+    #: Out-of-distribution detection: this row scores the model's energy on its test images against this
+    #: set's (a dataset, or "interpolation"; cdrl.ood) instead of sampling; n_samples images of each.
+    ood: str | None = None
 
     def samples(self, profile: "Profile") -> int:
         return min(profile.n_samples, self.n_samples or profile.n_samples)

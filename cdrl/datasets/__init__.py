@@ -30,15 +30,16 @@ from __future__ import annotations
 from torch.utils.data import Dataset
 
 # Each dataset module registers itself on import; this order is the order DATASETS lists them in.
-from cdrl.datasets import cifar10, imagenet32, digits, toy
+from cdrl.datasets import cifar10, cifar100, celeba, imagenet32, digits, digits_colour, digits_ood, toy
 from cdrl.datasets.common import TensorPairDataset
 from cdrl.datasets.config import IMAGENET_SOURCES, SPLITS, UNCONDITIONAL_LABEL, DataConfig, DatasetError
 from cdrl.datasets.loader import batches_per_epoch, infinite_batches
-from cdrl.datasets.registry import DATASETS, DatasetInfo, register
+from cdrl.datasets.registry import DATASETS, Concept, DatasetInfo, register
 from cdrl.datasets.toy_truth import toy_in_support, toy_mode_index, toy_sample
 
 __all__ = [
     "DATASETS",
+    "Concept",
     "SPLITS",
     "UNCONDITIONAL_LABEL",
     "DataConfig",
@@ -57,8 +58,12 @@ __all__ = [
     "toy_sample",
     # the dataset modules, each registering its datasets on import
     "cifar10",
+    "cifar100",
+    "celeba",
     "imagenet32",
     "digits",
+    "digits_colour",
+    "digits_ood",
     "toy",
 ]
 

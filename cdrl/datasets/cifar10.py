@@ -70,25 +70,26 @@ class _CifarUnpickler(pickle.Unpickler):
         return found
 
 
-def _read_cifar_pickle(path: Path) -> dict:
+def read_cifar_pickle(path: Path, name: str = "CIFAR-10", archive: str = CIFAR10.filename) -> dict:
+    """A dict pickled in a CIFAR python archive (CIFAR-10 or CIFAR-100), read without running code."""
     # latin1 decodes the Python 2 pickles of the official archive; keys are then
     # normalised so files pickled by Python 3 (bytes keys) read the same way.
     try:
         with path.open("rb") as file:
             content = _CifarUnpickler(file, encoding="latin1").load()
     except _RefusedGlobal as err:
-        raise DatasetError(f"{path} tries to load {err.shown}: not a CIFAR-10 batch; delete {path.parent} and "
+        raise DatasetError(f"{path} tries to load {err.shown}: not a {name} batch; delete {path.parent} and "
                            "download again") from None
     except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
             KeyError, RecursionError) as err:
-        raise DatasetError(f"cannot read CIFAR-10 file {path} ({err}): re-extract cifar-10-python.tar.gz") from err
+        raise DatasetError(f"cannot read {name} file {path} ({err}): re-extract {archive}") from err
     if not isinstance(content, dict):
-        raise DatasetError(f"CIFAR-10 file {path} holds no dict: re-extract cifar-10-python.tar.gz")
+        raise DatasetError(f"{name} file {path} holds no dict: re-extract {archive}")
     return {key.decode("latin1") if isinstance(key, bytes) else key: value for key, value in content.items()}
 
 
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    content = _read_cifar_pickle(path)
+    content = read_cifar_pickle(path)
     try:
         data = np.asarray(content.get("data"))
         labels = np.asarray(content.get("labels"), dtype=np.int64).reshape(-1)
@@ -105,38 +106,35 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return data, labels
 
 
-def _cifar_files_present(folder: Path) -> bool:
-    names = _CIFAR10_FILES["train"] + _CIFAR10_FILES["test"] + [_CIFAR10_META]
-    return all((folder / name).is_file() for name in names)
-
-
-def _ensure_cifar10(config: DataConfig) -> Path:
-    """The cifar-10-batches-py/ folder: an existing copy (accepted by structure) or a fresh, md5-verified download."""
+def ensure_cifar(config: DataConfig, archive: type[CIFAR10], names: list[str], name: str) -> Path:
+    """The extracted folder of a CIFAR python archive (torchvision's ``archive`` class: CIFAR10 or CIFAR100)
+    holding ``names``: an existing copy (accepted by structure) or a fresh, md5-verified download."""
     root = data_root(config)
-    folder = root / CIFAR10_FOLDER
-    if _cifar_files_present(folder):
+    folder = root / archive.base_folder
+    if all((folder / file).is_file() for file in names):
         return folder
-    fix = f"pass --data-dir pointing at a folder containing {CIFAR10_FOLDER}/ (extracted from {CIFAR10.filename})"
+    fix = f"pass --data-dir pointing at a folder containing {archive.base_folder}/ (extracted from {archive.filename})"
     if not config.download:
-        raise DatasetError(f"CIFAR-10 not found in {root} and download is off: {fix}, or allow download")
+        raise DatasetError(f"{name} not found in {root} and download is off: {fix}, or allow download")
     created = not root.exists()
     try:
         # torchvision's URL and archive md5: a corrupted or tampered download fails here.
-        download_and_extract_archive(CIFAR10.url, str(root), filename=CIFAR10.filename, md5=CIFAR10.tgz_md5)
+        download_and_extract_archive(archive.url, str(root), filename=archive.filename, md5=archive.tgz_md5)
     except (OSError, RuntimeError) as err:  # URLError is an OSError
         if created:  # the folder the download made, with its partial archive: a failed command leaves nothing
             shutil.rmtree(root, ignore_errors=True)
-        raise DatasetError(f"CIFAR-10 not found in {root} and download failed (no network?): {fix}") from err
-    if not _cifar_files_present(folder):
-        raise DatasetError(f"CIFAR-10 download to {root} did not produce {CIFAR10_FOLDER}/: {fix}")
+        raise DatasetError(f"{name} not found in {root} and download failed (no network?): {fix}") from err
+    if not all((folder / file).is_file() for file in names):
+        raise DatasetError(f"{name} download to {root} did not produce {archive.base_folder}/: {fix}")
     return folder
 
 
 def _build_cifar10(config: DataConfig) -> Dataset:
     check_photo_options(config, "cifar10")
-    folder = _ensure_cifar10(config)
+    folder = ensure_cifar(config, CIFAR10, _CIFAR10_FILES["train"] + _CIFAR10_FILES["test"] + [_CIFAR10_META],
+                          "CIFAR-10")
     batches = [_read_cifar_batch(folder / name) for name in _CIFAR10_FILES[config.split]]
-    names = _read_cifar_pickle(folder / _CIFAR10_META).get("label_names", [])
+    names = read_cifar_pickle(folder / _CIFAR10_META).get("label_names", [])
     classes = [name.decode("latin1") if isinstance(name, bytes) else name for name in names]
     return ImageArrayDataset(
         chunks=[np.concatenate([data for data, _ in batches])],

@@ -9,9 +9,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from torch import Tensor
 from torch.utils.data import Dataset
 
 from cdrl.datasets.config import DataConfig, DatasetError
+
+
+@dataclass(frozen=True)
+class Concept:
+    """One attribute of a dataset whose values are classes of its label space (attribute composition)."""
+
+    name: str
+    values: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -31,6 +40,20 @@ class DatasetInfo:
     takes_imagenet_source: bool = False
     # The name keying a config's cached reference statistics; None: the dataset's name.
     reference_name: Callable[[DataConfig], str] | None = field(default=None, repr=False, compare=False)
+    # Attributes to compose, their values numbered on in label order (the first's are classes 0..n-1, ...).
+    concepts: tuple[Concept, ...] = ()
+    # (N, len(concepts)) of every item's value of each concept, in item order; with ``concepts``.
+    concept_labels: Callable[[DataConfig], Tensor] | None = field(default=None, repr=False, compare=False)
+
+    def concept_classes(self, name: str) -> tuple[int, ...]:
+        """The classes of the label space that stand for concept ``name``'s values."""
+        start = 0
+        for concept in self.concepts:
+            if concept.name == name:
+                return tuple(range(start, start + len(concept.values)))
+            start += len(concept.values)
+        known = ", ".join(concept.name for concept in self.concepts) or "none"
+        raise DatasetError(f"dataset {self.name!r} has no concept {name!r}: its concepts are {known}")
 
     def item_shape(self, config: DataConfig) -> tuple[int, ...]:
         """Shape of one item under ``config``: images take its channels and image_size, other items are fixed."""
