@@ -44,7 +44,7 @@ TAG_SEED = "cdrl.seed"
 TAG_SOURCE = "cdrl.source"  # "trained", "checkpoint-<sha256 prefix>" or "data"
 TAG_STEPS = "cdrl.steps_per_level"
 TAG_GUIDANCE = "cdrl.guidance"
-#: A gate model's training run (benchmarks.gate_models).
+#: A gate model's training run (tools.gate_models).
 TAG_GATE_MODEL = "cdrl.gate_model"
 
 # MLflow's own tags.
