@@ -25,6 +25,8 @@ from cdrl.typed import key_values
 #: Columns of the console when output goes to no terminal: wider than any table, so each takes its natural
 #: width (a table never pads itself to the console's width; only long text lines are wrapped there).
 LOG_WIDTH = 10_000
+#: Columns of --help in a log or a pipe: every command's one-line summary whole.
+HELP_WIDTH = 160
 
 
 def _console(stderr: bool = False) -> Console:
@@ -48,6 +50,9 @@ app = typer.Typer(
     # Help in boxes on a terminal; in a log or a pipe click's plain help, which wraps and never cuts (typer's boxes
     # at 80 columns cut option texts to `performance.channels_las…`).
     rich_markup_mode="rich" if console.is_terminal else None,
+    # In a log or a pipe, wide enough that click's command list keeps each summary whole (at 80 columns it cut
+    # them to "List the benchmark suites: name, version, title,...").
+    context_settings={} if console.is_terminal else {"terminal_width": HELP_WIDTH, "max_content_width": HELP_WIDTH},
 )
 
 # Options that several commands share, worded once.
@@ -478,6 +483,7 @@ def run_suite(
 
     On SLURM (a job per training, then one for its evaluations), one command:
 
+    \b
       cdrl-bench run --suite cifar10-steps --executor submitit --processes-per-training 8 \\
         --partition gpu --tracking-uri http://MLFLOW-SERVER:5000
 
