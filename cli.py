@@ -475,7 +475,7 @@ def run_suite(
     data_dir: Path = _DATA_DIR,
     device: str = _DEVICE,
     threads: int = _THREADS,
-    **executor_options,
+    **given_executor_options,
 ) -> None:
     """Run a benchmark suite: train, score and log every run to MLflow; finished runs are skipped (resumable).
 
@@ -499,7 +499,7 @@ def run_suite(
                            checkpoint=str(from_checkpoint) if from_checkpoint else None, tracking_uri=store.uri,
                            runs_dir=str(runs_dir), data_dir=_data_folder(data_dir), device=device, threads=threads)
     plan = select(settings.plan(), only=only, shard=parse_shard(shard) if shard is not None else None)
-    runner, settings = build_executor(executor, executor_options, settings)
+    runner, settings = build_executor(executor, given_executor_options, settings)
     try:
         line = runner.execute(plan, settings, console)
     except KeyboardInterrupt:

@@ -30,7 +30,7 @@ from cdrl.distributed import current_ranks
 from cdrl.errors import CdrlBenchError
 from cdrl.guidance import embedding_labels
 from cdrl.schedule import LogSNRSchedule, broadcast, diffuse
-from cdrl.scoring import Recording, ScoreResult, record_score, score_run
+from cdrl.scoring import Recording, ScoreResult, chosen_device, record_score, score_run
 
 #: The transition whose energy scores an image: 1, from level 1 down to level 0 (the least noisy).
 OOD_LEVEL = 1
@@ -97,7 +97,7 @@ def score_ood(checkpoint: str | os.PathLike, ood_set: str, n_images: int, *, see
     ``ood_set``; logged to ``record`` as an evaluation run (rank 0 scores, other ranks return None)."""
     if not current_ranks().is_main:
         return None
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = chosen_device(device)
     model = load_model(checkpoint, device=device)
     config = model.config if data_dir is None else replace(
         model.config, data=replace(model.config.data, data_dir=data_dir))

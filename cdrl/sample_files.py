@@ -19,7 +19,6 @@ reference), so the same pixels give the same numbers.
 from __future__ import annotations
 
 import hashlib
-import tempfile
 import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,10 +30,9 @@ import torch
 from cdrl.config import ExperimentConfig, apply_overrides
 from cdrl.datasets import DataConfig, DatasetError, build_dataset, dataset_info
 from cdrl.errors import CdrlBenchError
-from cdrl.figures import save_sample_figure
 from cdrl.networks import EnergyNetConfig, InitializerConfig
 # The figure sizes of eval's runs, so that both kinds of run show the same.
-from cdrl.scoring import (FIGURE_IMAGES, FIGURE_POINTS, Recording, ScoreResult, ScoringRequest, overrides_entry,
+from cdrl.scoring import (Recording, ScoreResult, ScoringRequest, log_sample_figure, overrides_entry,
                           score_samples)
 from cdrl.tags import TAG_KIND
 from cdrl.tracking import tracked_run
@@ -235,9 +233,6 @@ def score_sample_file(path: str | Path, dataset: str, scoring: ScoringRequest = 
             run.log_params({**{key: value for key, value in config.flat().items() if key.startswith("data.")},
                             **{f"eval.{key}": str(value) for key, value in protocol.items()}})
             run.log_metrics(scores.metrics)
-            shown = sample_file.samples[:FIGURE_IMAGES if sample_file.is_image else FIGURE_POINTS]
-            with tempfile.TemporaryDirectory() as folder:
-                run.log_artifact(save_sample_figure(shown, config, Path(folder) / "samples.png",
-                                                    f"{sample_file.path.name} ({dataset})"))
+            log_sample_figure(run, sample_file.samples, config, f"{sample_file.path.name} ({dataset})")
             run_id = run.run_id
     return ScoreResult(scores.metrics, protocol, line, run_id)

@@ -131,7 +131,8 @@ def _sampling(request: SamplingRequest, device: torch.device) -> tuple[LoadedMod
     return model, spec, protocol
 
 
-def _device(device: str | torch.device | None) -> torch.device:
+def chosen_device(device: str | torch.device | None) -> torch.device:
+    """``device``, else the GPU when there is one, else the CPU."""
     return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
@@ -147,7 +148,7 @@ def draw_samples(request: SamplingRequest, *, device: str | torch.device | None 
     (number of classes) when none is given; :func:`cdrl.guidance.requested_classes` says which.
     In a process group every rank draws its share and gets all samples (:func:`cdrl.generation.generate`).
     """
-    device = _device(device)
+    device = chosen_device(device)
     model, spec, protocol = _sampling(request, device)
     if check_config is not None:
         check_config(model.config)
@@ -166,7 +167,7 @@ def score_checkpoint(sampling: SamplingRequest, scoring: ScoringRequest = Scorin
     figure of the first samples. In a process group every rank draws its share; rank 0 scores,
     logs and returns the result, the other ranks return None.
     """
-    device = _device(device)
+    device = chosen_device(device)
     model, spec, protocol_of_sampling = _sampling(sampling, device)
     config, n_samples, seed, guidance = model.config, sampling.n_samples, sampling.seed, sampling.guidance
     name = (f"eval {config.name} {protocol_of_sampling['noise_levels']}x{spec.steps_per_level}"
@@ -295,7 +296,7 @@ def _nested_under(training_run: str | None, tracking_uri: Store | str | None) ->
 
 
 #: Samples drawn in an evaluation's figure: an 8x8 grid of images, or a scatter of 2-D points.
-FIGURE_IMAGES, FIGURE_POINTS = 64, 5000
+_FIGURE_IMAGES, _FIGURE_POINTS = 64, 5000
 
 
 def record_score(run: TrackedRun | None, metrics: dict[str, float], timing: dict[str, float], protocol: dict[str, Any],
@@ -304,6 +305,11 @@ def record_score(run: TrackedRun | None, metrics: dict[str, float], timing: dict
         return
     run.log_params({**config.flat(), **_flatten("eval.", protocol)})
     run.log_metrics({**metrics, **timing})
-    shown = samples[:FIGURE_IMAGES if dataset_info(config.data.dataset).is_image else FIGURE_POINTS]
+    log_sample_figure(run, samples, config, title)
+
+
+def log_sample_figure(run: TrackedRun, samples: torch.Tensor, config: ExperimentConfig, title: str) -> None:
+    """A figure of the first samples (an 8x8 grid of images, or a scatter of 2-D points) as the run's samples.png."""
+    shown = samples[:_FIGURE_IMAGES if dataset_info(config.data.dataset).is_image else _FIGURE_POINTS]
     with tempfile.TemporaryDirectory() as folder:
         run.log_artifact(save_sample_figure(shown, config, Path(folder) / "samples.png", title))
