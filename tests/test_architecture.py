@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 import cli
+import cli_commands.suites
 from benchmarks.executors import EXECUTORS, JobSettings, build_executor, executor_options
 from benchmarks.suite import EvalPoint, expand, load_suite
 from cdrl import tags
@@ -20,8 +21,8 @@ from cdrl.errors import CdrlBenchError
 from cdrl.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
-SOURCES = sorted(path for folder in ("cdrl", "baselines", "benchmarks", "tools") if (REPO / folder).is_dir()
-                 for path in (REPO / folder).rglob("*.py")) + [REPO / "cli.py"]
+SOURCES = sorted(path for folder in ("cdrl", "baselines", "benchmarks", "tools", "cli_commands")
+                 if (REPO / folder).is_dir() for path in (REPO / folder).rglob("*.py")) + [REPO / "cli.py"]
 
 
 def _strings(path: Path) -> list[tuple[int, str]]:
@@ -99,7 +100,7 @@ def test_requests_cross_the_scoring_path_whole(relative):
 
 
 def test_run_offers_every_executors_options_from_the_registry():
-    parameters = inspect.signature(cli.run_suite).parameters
+    parameters = inspect.signature(cli_commands.suites.run_suite).parameters
     for name, (_, option) in executor_options().items():
         assert name in parameters and parameters[name].default is option
     shown = CliRunner().invoke(cli.app, ["run", "--help"], terminal_width=200).output

@@ -11,7 +11,8 @@ REPO = Path(__file__).resolve().parents[1]
 def test_every_product_package_is_in_the_wheel():
     setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
     on_disk = {".".join(init.parent.relative_to(REPO).parts)
-               for root in ("cdrl", "baselines", "benchmarks") for init in (REPO / root).rglob("__init__.py")}
+               for root in ("cdrl", "baselines", "benchmarks", "cli_commands")
+               for init in (REPO / root).rglob("__init__.py")}
     listed = set(setuptools["packages"]) - set(setuptools["package-dir"])
     assert listed == on_disk
 
