@@ -174,6 +174,44 @@ def _training_started(job: Job, since: float) -> bool:
     return config is not None and config.exists() and config.stat().st_mtime >= since
 
 
+def _kill_moment(job: Job, rng: random.Random, new_store: bool) -> tuple[str, float | None]:
+    """When to kill: a named moment ("store creation", "training") or a time after the start."""
+    draw = rng.random()
+    if new_store and draw < 0.6:
+        return "store creation", None  # a moment while the schema is being made: watch for its temporary file
+    if draw < 0.2:
+        return "first second", rng.uniform(0.05, 1.0)
+    if job.training_folder() is not None and draw < 0.6:
+        return "training", None  # a moment after the training has started
+    return "random", rng.uniform(1.0, job.expected_seconds)
+
+
+def _kill_when_due(process, job: Job, moment: str, when: float | None, chosen, rng: random.Random,
+                   stale: set, started_wall: float) -> tuple[bool, bool]:
+    """Wait for the process, signalling it at ``moment``; (signalled, killed while the store was being made)."""
+    creation_delay, training_delay = rng.uniform(0.0, 8.0), rng.uniform(0.0, 12.0)
+    started = time.monotonic()
+    seen_creating = seen_training = None
+    while process.poll() is None:
+        if moment == "store creation":
+            if seen_creating is None and _creating(job.world, stale):
+                seen_creating = time.monotonic()
+            due = seen_creating is not None and time.monotonic() - seen_creating >= creation_delay
+            due = due or (seen_creating is None and (job.world / STORE).exists())  # made already: kill now
+        elif moment == "training":
+            if seen_training is None and _training_started(job, started_wall):
+                seen_training = time.monotonic()
+            due = seen_training is not None and time.monotonic() - seen_training >= training_delay
+        else:
+            due = time.monotonic() - started >= when
+        if due:
+            during_creation = _creating(job.world, stale)
+            process.send_signal(chosen)
+            return True, during_creation
+        time.sleep(0.02)
+    return False, False
+
+
 def _attempt(job: Job, suite_file: Path, env: dict, rng: random.Random, tally: Tally, kill: bool,
              log) -> bool:
     """Run the job once, killed at a random moment when ``kill``; True when it completed."""
@@ -187,39 +225,9 @@ def _attempt(job: Job, suite_file: Path, env: dict, rng: random.Random, tally: T
     process = subprocess.Popen(job.command(suite_file), cwd=job.world, env=env, stdout=subprocess.DEVNULL,
                                stderr=stderr_file)
     chosen = rng.choices([number for number, _ in SIGNALS], [weight for _, weight in SIGNALS])[0]
-    moment, when = "random", None
-    if kill:
-        draw = rng.random()
-        if new_store and draw < 0.6:
-            moment = "store creation"  # a moment while the schema is being made: watch for its temporary file
-        elif draw < 0.2:
-            moment, when = "first second", rng.uniform(0.05, 1.0)
-        elif job.training_folder() is not None and draw < 0.6:
-            moment = "training"  # a moment after the training has started
-        else:
-            when = rng.uniform(1.0, job.expected_seconds)
-    creation_delay, training_delay = rng.uniform(0.0, 8.0), rng.uniform(0.0, 12.0)
-    seen_creating = seen_training = None
-    killed_during_creation, signalled = False, False
-    while process.poll() is None:
-        elapsed = time.monotonic() - started
-        if kill and moment == "store creation":
-            if seen_creating is None and _creating(job.world, stale):
-                seen_creating = time.monotonic()
-            due = seen_creating is not None and time.monotonic() - seen_creating >= creation_delay
-            due = due or (seen_creating is None and (job.world / STORE).exists())  # made already: kill now
-        elif kill and moment == "training":
-            if seen_training is None and _training_started(job, started_wall):
-                seen_training = time.monotonic()
-            due = seen_training is not None and time.monotonic() - seen_training >= training_delay
-        else:
-            due = kill and elapsed >= when
-        if due:
-            killed_during_creation = _creating(job.world, stale)
-            process.send_signal(chosen)
-            signalled = True
-            break
-        time.sleep(0.02)
+    moment, when = _kill_moment(job, rng, new_store) if kill else ("none", None)
+    signalled, killed_during_creation = (_kill_when_due(process, job, moment, when, chosen, rng, stale, started_wall)
+                                         if kill else (False, False))
     returncode = process.wait()  # reaped: a zombie would still count as alive
     stderr_file.seek(0)
     stderr = stderr_file.read().decode(errors="replace")
@@ -237,18 +245,7 @@ def _attempt(job: Job, suite_file: Path, env: dict, rng: random.Random, tally: T
         tally.by_signal[chosen.name] = tally.by_signal.get(chosen.name, 0) + 1
         tally.during_store_creation += killed_during_creation
         tally.in_first_second += seconds < 1.0
-        note = ""
-        folder = job.training_folder()
-        if folder is not None and folder.exists():
-            step = _last_logged_step(job.world, folder, started_ms)
-            if step is not None:
-                lost = step - _newest_checkpoint(folder)
-                tally.lost.append(lost)
-                note = f", logged up to {step}, newest checkpoint {_newest_checkpoint(folder)} (lost {lost})"
-        if chosen != signal.SIGKILL:
-            left = _running(job.world) - before
-            tally.running_after_caught_signal += len(left)
-            note += f", {len(left)} run(s) left RUNNING" if left else ", nothing left RUNNING"
+        note = _kill_note(job, tally, chosen, before, started_ms)
         log(f"{name}: {chosen.name} at {seconds:.1f} s, status {returncode} ({moment}"
             f"{', during store creation' if killed_during_creation else ''}){note}")
         return False
@@ -258,6 +255,23 @@ def _attempt(job: Job, suite_file: Path, env: dict, rng: random.Random, tally: T
     tally.failures.append(f"{name} (status {returncode}): {last}")
     log(f"{name}: FAILED with status {returncode}: {last}")
     return True  # do not retry a failing command forever
+
+
+def _kill_note(job: Job, tally: Tally, chosen, before: set, started_ms: int) -> str:
+    """What a kill cost: the iterations lost since the newest checkpoint, and runs a caught signal left RUNNING."""
+    note = ""
+    folder = job.training_folder()
+    if folder is not None and folder.exists():
+        step = _last_logged_step(job.world, folder, started_ms)
+        if step is not None:
+            lost = step - _newest_checkpoint(folder)
+            tally.lost.append(lost)
+            note = f", logged up to {step}, newest checkpoint {_newest_checkpoint(folder)} (lost {lost})"
+    if chosen != signal.SIGKILL:
+        left = _running(job.world) - before
+        tally.running_after_caught_signal += len(left)
+        note += f", {len(left)} run(s) left RUNNING" if left else ", nothing left RUNNING"
+    return note
 
 
 def _check_store(world: Path) -> str | None:

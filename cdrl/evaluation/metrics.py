@@ -145,57 +145,49 @@ def metrics_from_features(
         reference_pool, n_reference = reference.pool, len(reference)
     fid = frechet_distance(mu, sigma, reference_mu, reference_sigma, backend=backend)
 
-    unavailable = {}
-    cannot = unavailable_metrics(extractor)
-    kid_mean = kid_std = None
-    used_subset_size = used_subsets = kid_reference = None
+    unavailable: dict[str, str] = {}
+    kid_mean = kid_std = used_subset_size = used_subsets = kid_reference = None
     if kid:
-        if reference_pool.shape[0] < 2:
-            unavailable["kid"] = "the reference statistics hold no features; rebuild them with kid_features_cap > 0"
-        else:
-            used_subsets, kid_reference = kid_subsets, reference_pool.shape[0]
-            used_subset_size = min(kid_subset_size, len(generated), kid_reference)
-            kid_mean, kid_std = library.kernel_distance(
-                generated.pool, reference_pool, used_subsets, used_subset_size, seed
-            )
-            if kid_std is None:
-                unavailable["kid_std"] = cannot["kid_std"]
-
-    inception_score = inception_score_std = None
-    used_splits = None
+        kid_mean, kid_std, used_subsets, used_subset_size, kid_reference = _kernel_distance(
+            generated, reference_pool, library, kid_subsets, kid_subset_size, seed, unavailable)
+    inception_score = inception_score_std = used_splits = None
     if isc:
-        if "inception_score" in cannot:
-            unavailable["inception_score"] = cannot["inception_score"]
-        else:
-            used_splits = min(isc_splits, len(generated))
-            inception_score, inception_score_std = library.inception_score(generated.logits, used_splits, seed)
-
+        inception_score, inception_score_std, used_splits = _inception_score(generated, library, isc_splits, seed,
+                                                                             unavailable)
     protocol = Protocol(
-        backend=backend,
-        backend_version=metadata.version(backend),  # backend names are the PyPI distribution names
-        mode=extractor.mode,
-        extractor=extractor.name,
-        weights_file=str(extractor.weights_path),
-        weights_sha256=extractor.weights_sha256,
-        weights_source=extractor.weights_source,
-        n_generated=len(generated),
-        n_reference=n_reference,
-        reference_name=reference_name,
-        reference_split=reference_split,
-        kid_subsets=used_subsets,
-        kid_subset_size=used_subset_size,
-        kid_reference=kid_reference,
-        isc_splits=used_splits,
+        backend=backend, backend_version=metadata.version(backend),  # backend names are the PyPI distribution names
+        mode=extractor.mode, extractor=extractor.name, weights_file=str(extractor.weights_path),
+        weights_sha256=extractor.weights_sha256, weights_source=extractor.weights_source,
+        n_generated=len(generated), n_reference=n_reference, reference_name=reference_name,
+        reference_split=reference_split, kid_subsets=used_subsets, kid_subset_size=used_subset_size,
+        kid_reference=kid_reference, isc_splits=used_splits,
     )
-    return MetricResult(
-        fid=fid,
-        kid_mean=kid_mean,
-        kid_std=kid_std,
-        inception_score=inception_score,
-        inception_score_std=inception_score_std,
-        protocol=protocol,
-        unavailable=unavailable,
-    )
+    return MetricResult(fid=fid, kid_mean=kid_mean, kid_std=kid_std, inception_score=inception_score,
+                        inception_score_std=inception_score_std, protocol=protocol, unavailable=unavailable)
+
+
+def _kernel_distance(generated: FeatureSet, reference_pool, library, subsets: int, subset_size: int, seed: int,
+                     unavailable: dict[str, str]):
+    """KID's mean and spread with the subsets, subset size and reference count it used; what it could not give is
+    noted in ``unavailable``."""
+    if reference_pool.shape[0] < 2:
+        unavailable["kid"] = "the reference statistics hold no features; rebuild them with kid_features_cap > 0"
+        return None, None, None, None, None
+    subset_size = min(subset_size, len(generated), reference_pool.shape[0])
+    kid_mean, kid_std = library.kernel_distance(generated.pool, reference_pool, subsets, subset_size, seed)
+    if kid_std is None:
+        unavailable["kid_std"] = unavailable_metrics(generated.extractor)["kid_std"]
+    return kid_mean, kid_std, subsets, subset_size, reference_pool.shape[0]
+
+
+def _inception_score(generated: FeatureSet, library, splits: int, seed: int, unavailable: dict[str, str]):
+    """IS, its spread and the splits it used; None where the extractor has no logits (noted in ``unavailable``)."""
+    cannot = unavailable_metrics(generated.extractor)
+    if "inception_score" in cannot:
+        unavailable["inception_score"] = cannot["inception_score"]
+        return None, None, None
+    splits = min(splits, len(generated))
+    return (*library.inception_score(generated.logits, splits, seed), splits)
 
 
 def compute_metrics(
