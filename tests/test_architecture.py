@@ -118,3 +118,15 @@ def test_an_option_of_another_executor_is_refused_naming_its_executors():
         build_executor("local", {**given, "processes_per_training": 2}, JobSettings("ci-smoke"))
     with pytest.raises(CdrlBenchError, match=r"^--phase is for --executor local: Ray schedules"):
         build_executor("ray", {**given, "phase": "train"}, JobSettings("ci-smoke"))
+
+
+def test_every_command_function_is_registered_once():
+    """A command written in cli_commands but left out of cli.py's list would silently not exist."""
+    import cli_commands.models
+
+    defined = {function for module in (cli_commands.models, cli_commands.suites)
+               for name, function in vars(module).items()
+               if inspect.isfunction(function) and function.__module__ == module.__name__ and not name.startswith("_")}
+    registered = [command.callback for command in cli.app.registered_commands]
+    assert sorted(f"{f.__module__}.{f.__name__}" for f in registered) == sorted(
+        f"{f.__module__}.{f.__name__}" for f in defined)
