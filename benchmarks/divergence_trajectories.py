@@ -49,6 +49,8 @@ RUNS = [
     TrajectoryRun("digits", "digits", 80),
     TrajectoryRun("digits-cond", "digits-cond", 80),
     TrajectoryRun("digits drl", "digits", 50, "drl"),
+    TrajectoryRun("digits-colour-cond", "digits-colour-cond", 80),
+    TrajectoryRun("digits-0to4", "digits-0to4", 80),
 ]
 #: Off the training's path: no grids, no checkpoint before the last, one thread.
 _QUIET = ("run.sample_every=100000", "run.n_samples=4", "run.checkpoint_every=100000", "performance.threads=1")

@@ -27,11 +27,9 @@ from cdrl.training import CooperativeTrainer
 QUICK = ["run.log_every=1", "run.n_samples=4", "run.sample_every=100"]
 TRAJECTORIES = Path(__file__).parent / "fixtures" / "divergence_trajectories.json"
 #: The presets whose healthy trajectory is not recorded: GPU-scale ones, and official-small, which trains on
-#: CIFAR-10 (absent from the offline machine that recorded them). Every other preset's is, except two CPU
-#: presets of #33 (digits-colour-cond, digits-0to4) whose recording (benchmarks/divergence_trajectories.py,
-#: minutes each on the shared machine) did not fit that change: record them and drop them from this set.
+#: CIFAR-10 (absent from the offline machine that recorded them). Every other preset's is.
 UNRECORDED_PRESETS = {"cifar10", "cifar10-large", "cifar10-drl-network", "imagenet32", "imagenet32-cond",
-                      "official-small", "celeba64-compose", "digits-colour-cond", "digits-0to4"}
+                      "official-small", "celeba64-compose"}
 
 
 @pytest.fixture(autouse=True)
