@@ -137,6 +137,11 @@ class Metric:
         """'label value' at the metric's decimals, e.g. 'mode coverage 0.875'."""
         return f"{self.label} {value:.{self.decimals}f}"
 
+    @property
+    def heading(self) -> str:
+        """'FID ↓': the label and the direction, as a table's column heads it."""
+        return f"{self.label} {'↑' if self.higher_is_better else '↓'}"
+
 
 # --------------------------------------------------------------------------- passes
 
