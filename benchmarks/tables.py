@@ -268,8 +268,10 @@ def _display(suite: Suite, frame: pd.DataFrame, paper_metrics: list[str], guided
     display = pd.DataFrame(index=frame.index)
     value_columns: dict[str, ValueColumn] = {}
     display["method"] = frame["method"]
-    display["levels × steps"] = [f"{int(r.noise_levels)}×{int(r.steps_per_level)}" if r.model and r.sampled
-                                 else "" for r in frame.itertuples()]
+    levels_steps = [f"{int(r.noise_levels)}×{int(r.steps_per_level)}" if r.model and r.sampled else ""
+                    for r in frame.itertuples()]
+    if any(levels_steps):  # a suite that scores the energy of data (OOD) samples nothing: no such column
+        display["levels × steps"] = levels_steps
     if guided:
         display["w"] = [f"{r.guidance:g}" if isinstance(r.guidance, float) and not math.isnan(r.guidance)
                         and r.floor is not True else "" for r in frame.itertuples()]

@@ -254,6 +254,9 @@ def test_ood_suite_scores_each_set_against_the_test_images_beside_the_papers_col
                                      f"sqlite:///{tmp_path / 'mlflow.db'}", "--format", "csv"])
     assert table.exit_code == 0, table.output
     assert "0.78" in table.output and "0.75" in table.output  # the paper's CIFAR-100 and interpolation AUROCs
+    markdown = CliRunner().invoke(app, ["table", "--suite", str(tmp_path / "suite.toml"), "--tracking-uri",
+                                        f"sqlite:///{tmp_path / 'mlflow.db'}", "--format", "markdown"]).output
+    assert "AUROC" in markdown and "levels × steps" not in markdown  # nothing is sampled: no empty column
 
 
 def test_composition_suite_asks_each_row_its_concepts_and_scores_the_floor_on_both(tmp_path, monkeypatch):
