@@ -50,19 +50,22 @@ class JobProgress(Progress):
         self._plain = not self.console.is_terminal and not self.disable
         self._every = every
         self._last_line = time.monotonic()
+        self._reported: dict[TaskID, float] = {}
 
-    # A transient display leaves nothing on a terminal; in a log it would leave a stray blank line
-    # (rich ends a display on a non-interactive console with one), so there it is never started.
+    # In a log the live display is never started: rich would end it with its last frame drawn at the
+    # console's width (a bar with its count cut to "6000/6…") or, when transient, a stray blank line.
+    # The tasks still standing end with a plain line instead, where it says more than the last one.
     def start(self) -> None:
-        if not self._silent_in_log():
+        if not self._plain:
             super().start()
 
     def stop(self) -> None:
-        if not self._silent_in_log():
+        if not self._plain:
             super().stop()
-
-    def _silent_in_log(self) -> bool:
-        return self._plain and self.live.transient
+            return
+        for task in self.tasks:
+            if task.visible and self._reported.get(task.id) != task.completed:
+                self._print(task)
 
     @classmethod
     def default_columns(cls) -> tuple[ProgressColumn, ...]:
@@ -83,7 +86,11 @@ class JobProgress(Progress):
         self._last_line = time.monotonic()
         for task in self.tasks:
             if task.visible and not task.finished:
-                self.console.print(plain_line(task), highlight=False, markup=False, soft_wrap=True)
+                self._print(task)
+
+    def _print(self, task: Task) -> None:
+        self._reported[task.id] = task.completed
+        self.console.print(plain_line(task), highlight=False, markup=False, soft_wrap=True)
 
 
 #: The progress display of the command that is running, if it shows one (see :func:`shown_in`).

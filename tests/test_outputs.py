@@ -518,26 +518,35 @@ def test_progress_in_a_log_is_a_plain_line_with_rate_and_eta_at_each_interval():
     reported = lines(every=0.0)
     assert reported[-1].startswith("cdrl/seed0: 4/10 (40%), ") and " elapsed, ETA " in reported[-1]
     assert reported[-1].endswith("| ebm +0.1000")
-    assert lines(every=3600.0) == []  # at most one line per interval
+    quiet = lines(every=3600.0)  # at most one line per interval: none until the end, then the last state
+    assert len(quiet) == 1 and quiet[0].startswith("cdrl/seed0: 4/10 (40%), ")
 
 
-def test_a_transient_progress_in_a_log_leaves_nothing_but_its_lines():
+def test_a_progress_in_a_log_leaves_nothing_but_whole_plain_lines():
     """A command's error must stay the one line it is in CI logs: rich ends any display on a
-    non-interactive console with a blank line, which a transient display must not leave."""
+    non-interactive console with a blank line (transient) or its last frame at the console's width,
+    which cut a training's bar to "6000/6… 4.36 it/s ETA 0:00:…" in a pipe."""
     from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
 
     from cdrl.progress import JobProgress
 
-    def written(transient: bool) -> str:
+    def written(transient: bool, steps: int) -> str:
         stream = io.StringIO()
-        with JobProgress(console=Console(file=stream, force_terminal=False, width=300), every=0.0,
-                         transient=transient) as progress:
-            progress.advance(progress.add_task("sampling", total=2))
+        with JobProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                         TextColumn("{task.fields[losses]}"), console=Console(file=stream, force_terminal=False),
+                         every=0.0, transient=transient) as progress:
+            task = progress.add_task("digits-colour-cond", total=6000, losses="ebm +0.0236 init 42.2943")
+            for _ in range(steps):
+                progress.advance(task, 3000)
         return stream.getvalue()
 
-    transient = written(transient=True)
-    assert transient.count("\n") == 1 and transient.startswith("sampling: 1/2 (50%), ")
-    assert "sampling ━" in written(transient=False)  # a lasting display still ends with its last frame
+    for transient in (True, False):
+        halfway = written(transient, steps=1)  # reported already: no second line at the end
+        assert halfway.count("\n") == 1 and halfway.startswith("digits-colour-cond: 3,000/6,000 (50%), ")
+        finished = written(transient, steps=2).splitlines()  # a finished task ends with its whole last line
+        assert finished[-1].startswith("digits-colour-cond: 6,000/6,000 (100%), ")
+        assert finished[-1].endswith("| ebm +0.0236 init 42.2943") and "━" not in "".join(finished)
 
 
 def test_a_seed_that_reported_no_finite_metric_is_named_under_the_table(monkeypatch, toy_steps):
