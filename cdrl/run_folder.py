@@ -120,10 +120,6 @@ class RunFolder:
         """The rolling checkpoints, oldest first (by iteration)."""
         return _rolling_checkpoints(self.checkpoints)
 
-    def newest(self) -> Path | None:
-        paths = self.checkpoint_paths()
-        return paths[-1] if paths else None
-
     def best(self) -> Path | None:
         """The best-scoring checkpoint (kept when run.select_every > 0), or None when there is none."""
         path = self.checkpoints / BEST_CHECKPOINT
