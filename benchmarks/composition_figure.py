@@ -4,7 +4,7 @@ Three panels of one conditional model (a checkpoint of ``digits-compose`` or ``c
 A alone (a column per value of A), B alone (a row per value of B), and A ∧ B, f(a) + f(b) − f(∅),
 where the cell in row b, column a asks for both. Run::
 
-    python -m benchmarks.composition_figure CHECKPOINT --out composition.png    # concepts A, B: the dataset's
+    python -m benchmarks.composition_figure CHECKPOINT --out composition.png --guidance 1  # A, B: the dataset's
 """
 
 from __future__ import annotations
@@ -21,17 +21,17 @@ from cdrl.files import writing
 from cdrl.generation import GenerationSpec, generate
 
 
-def composition_grids(model: LoadedModel, *, seed: int = 0, steps_per_level: int | None = None
-                      ) -> dict[str, torch.Tensor]:
+def composition_grids(model: LoadedModel, *, seed: int = 0, steps_per_level: int | None = None,
+                      guidance: float = 0.0) -> dict[str, torch.Tensor]:
     """(B's values, A's values, C, H, W) grids of samples by panel: "A", "B" and "A∧B"; cell [b, a] of A∧B asks for
-    both, of A alone for a, of B alone for b."""
+    both, of A alone for a, of B alone for b. ``guidance`` w: each concept asked at weight 1 + w."""
     a_name, b_name = (concept.name for concept in dataset_info(model.config.data.dataset).concepts[:2])
     a_values, b_values = concept_groups(model.config, [a_name, b_name])
     rows, columns = len(b_values), len(a_values)
 
     def draw(groups: tuple[tuple[int, ...], ...]) -> torch.Tensor:
         spec = GenerationSpec.resolve(model.config, rows * columns, seed=seed, steps_per_level=steps_per_level,
-                                      concepts=groups)
+                                      guidance=guidance, concepts=groups)
         return generate(model, spec)
 
     # Sample i asks for A's value i mod |A| (and B's value i div |A|): row-major, a grid as drawn.
@@ -56,6 +56,8 @@ def save_composition_figure(model: LoadedModel, out: Path, **options) -> Path:
     grids = composition_grids(model, **options)
     figure, axes = plt.subplots(1, 3, figsize=(15, 3.2))
     titles = {"A": f"A alone: {a.name}", "B": f"B alone: {b.name}", "A∧B": f"A ∧ B: f({a.name}) + f({b.name}) − f(∅)"}
+    if options.get("guidance"):
+        titles = {panel: f"{title}, w = {options['guidance']:g}" for panel, title in titles.items()}
     for axis, (panel, grid) in zip(axes, grids.items()):
         rows, columns, _, size, _ = grid.shape
         image = make_grid(grid.flatten(0, 1).add(1).div(2).clamp(0, 1), nrow=columns, padding=1, pad_value=0.5)
@@ -80,8 +82,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("composition.png"))
     parser.add_argument("--steps", type=int, default=None, help="Langevin steps per level (default: the model's)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--guidance", type=float, default=0.0, help="guidance w: each concept at weight 1 + w")
     args = parser.parse_args()
-    print(save_composition_figure(load_model(args.checkpoint), args.out, seed=args.seed, steps_per_level=args.steps))
+    print(save_composition_figure(load_model(args.checkpoint), args.out, seed=args.seed, steps_per_level=args.steps,
+                                  guidance=args.guidance))
 
 
 if __name__ == "__main__":
