@@ -179,13 +179,23 @@ def test_latex_is_booktabs_with_decimal_aligned_bold_best_and_the_notes_as_capti
     assert "shown for its trend only" in caption and r"1000 samples vs 1000 toy-checkerboard/fresh draws" in caption
 
 
-@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex is not installed")
-def test_every_suites_latex_table_compiles(toy_steps, tmp_path, monkeypatch):
+def _every_suites_latex(toy_steps, tmp_path, monkeypatch) -> list[str]:
     latex = [tables.render(toy_steps, "latex")]
     monkeypatch.undo()  # the other suites as they print with no runs: the paper's columns only
     absent = f"sqlite:///{tmp_path / 'absent.db'}"
-    latex += [tables.render(tables.build_table(load_suite(name), tracking_uri=absent), "latex")
-              for name in available_suites()]
+    return latex + [tables.render(tables.build_table(load_suite(name), tracking_uri=absent), "latex")
+                    for name in available_suites()]
+
+
+def test_every_suites_latex_table_is_ascii(toy_steps, tmp_path, monkeypatch):
+    """pdflatex stops at a character it has no definition for ("A∧B" in digits-compose's notes did)."""
+    for table in _every_suites_latex(toy_steps, tmp_path, monkeypatch):
+        assert table.isascii(), sorted({character for character in table if not character.isascii()})
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex is not installed")
+def test_every_suites_latex_table_compiles(toy_steps, tmp_path, monkeypatch):
+    latex = _every_suites_latex(toy_steps, tmp_path, monkeypatch)
     document = tmp_path / "tables.tex"
     document.write_text("\\documentclass{article}\n\\usepackage[margin=2cm]{geometry}\n\\usepackage{booktabs}\n"
                         "\\usepackage{siunitx}\n\\begin{document}\n" + "\n\\clearpage\n".join(latex)
