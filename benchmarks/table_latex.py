@@ -18,8 +18,8 @@ _LATEX_TEXT = str.maketrans({
     "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"\textless{}", ">": r"\textgreater{}",
     "|": r"\textbar{}", "±": r"$\pm$", "×": r"$\times$", "—": "---", "–": "--", "≈": r"$\approx$",
     "↓": r"$\downarrow$", "↑": r"$\uparrow$", "→": r"$\rightarrow$", "≥": r"$\geq$", "≤": r"$\leq$",
-    "√": r"$\surd$", "²": r"\textsuperscript{2}", "·": r"$\cdot$", "…": r"\dots{}", "−": "-", "∅": r"$\emptyset$",
-    "∧": r"$\wedge$",
+    "√": r"$\surd$", "²": r"\textsuperscript{2}", "·": r"$\cdot$", "…": r"\dots{}", "−": "-",
+    "∅": r"$\emptyset$", "∧": r"$\wedge$",
     "’": "'", "‘": "`", "“": "``", "”": "''",
 })
 #: A number as the table prints it, optionally with its standard error: what a siunitx S column parses.
