@@ -289,7 +289,8 @@ def _display(suite: Suite, frame: pd.DataFrame, paper_metrics: list[str], guided
     display["seeds"] = [str(int(n)) if model else "" for n, model in zip(frame["n_seeds"], frame["model"])]
     display["batch"] = frame["global_batch"].fillna("")
     display["checkpoint"] = frame["checkpoint_selection"].fillna("")
-    if not frame["source"].fillna("").isin(["", "trained"]).all():  # only when a given checkpoint was scored
+    # Only when a given checkpoint was scored: a floor row's "data" is said by its checkpoint column already.
+    if not frame["source"].fillna("").isin(["", "trained", "data"]).all():
         display["source"] = frame["source"].fillna("")
     display["protocol"] = frame["protocol"].fillna("")
     return display, value_columns

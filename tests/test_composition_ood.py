@@ -271,6 +271,9 @@ def test_composition_suite_asks_each_row_its_concepts_and_scores_the_floor_on_bo
     assert not {"concept_b_accuracy", "joint_accuracy"} & set(scored["digit/K2/seed0"])
     assert {"concept_a_accuracy", "concept_b_accuracy", "joint_accuracy"} <= set(scored["composed/K2/seed0"])
     assert scored["data/seed0"]["joint_accuracy"] > 0.9
+    table = CliRunner().invoke(app, ["table", "--suite", str(tmp_path / "suite.toml"), "--tracking-uri",
+                                     f"sqlite:///{tmp_path / 'mlflow.db'}", "--format", "markdown"]).output
+    assert "| data " in table and "source" not in table  # trained rows and a floor: no source column to tell apart
 
 
 @pytest.mark.parametrize("field, value, message", [
