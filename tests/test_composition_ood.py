@@ -246,18 +246,22 @@ def _run(tmp_path: Path, text: str) -> dict[str, dict[str, float]]:
             if run.data.tags.get("cdrl.kind") == "eval"}
 
 
+def _table(tmp_path, output_format: str):
+    """`cdrl-bench table` of the suite file _run wrote, from its store."""
+    return CliRunner().invoke(app, ["table", "--suite", str(tmp_path / "suite.toml"), "--tracking-uri",
+                                    f"sqlite:///{tmp_path / 'mlflow.db'}", "--format", output_format])
+
+
 def test_ood_suite_scores_each_set_against_the_test_images_beside_the_papers_column(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     scored = _run(tmp_path, OOD_SUITE)
     assert set(scored) == {"near/K2/seed0", "interpolation/K2/seed0"}
     assert all(0 <= values["auroc"] <= 1 and 0 <= values["fpr95"] <= 1 for values in scored.values())
     assert scored["near/K2/seed0"]["auroc"] != scored["interpolation/K2/seed0"]["auroc"]
-    table = CliRunner().invoke(app, ["table", "--suite", str(tmp_path / "suite.toml"), "--tracking-uri",
-                                     f"sqlite:///{tmp_path / 'mlflow.db'}", "--format", "csv"])
+    table = _table(tmp_path, "csv")
     assert table.exit_code == 0, table.output
     assert "0.78" in table.output and "0.75" in table.output  # the paper's CIFAR-100 and interpolation AUROCs
-    markdown = CliRunner().invoke(app, ["table", "--suite", str(tmp_path / "suite.toml"), "--tracking-uri",
-                                        f"sqlite:///{tmp_path / 'mlflow.db'}", "--format", "markdown"]).output
+    markdown = _table(tmp_path, "markdown").output
     assert "AUROC" in markdown and "levels × steps" not in markdown  # nothing is sampled: no empty column
 
 
@@ -271,8 +275,7 @@ def test_composition_suite_asks_each_row_its_concepts_and_scores_the_floor_on_bo
     assert not {"concept_b_accuracy", "joint_accuracy"} & set(scored["digit/K2/seed0"])
     assert {"concept_a_accuracy", "concept_b_accuracy", "joint_accuracy"} <= set(scored["composed/K2/seed0"])
     assert scored["data/seed0"]["joint_accuracy"] > 0.9
-    table = CliRunner().invoke(app, ["table", "--suite", str(tmp_path / "suite.toml"), "--tracking-uri",
-                                     f"sqlite:///{tmp_path / 'mlflow.db'}", "--format", "markdown"]).output
+    table = _table(tmp_path, "markdown").output
     assert "| data " in table and "source" not in table  # trained rows and a floor: no source column to tell apart
 
 
