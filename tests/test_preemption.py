@@ -48,6 +48,7 @@ def _weights(path: Path) -> dict:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1, signal.SIGINT, signal.SIGHUP])
+@pytest.mark.usefixtures("sighup_heard")
 def test_signal_checkpoints_the_step_it_interrupted_and_resumes_exactly(tmp_path, tracking_uri, monkeypatch, signum):
     before = signal.getsignal(signum)
     reference = train(preset("tiny"), overrides=SETTINGS, out=tmp_path / "reference", tracking_uri=tracking_uri,

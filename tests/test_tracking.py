@@ -201,6 +201,7 @@ def test_an_ignored_sighup_stays_ignored_and_a_signal_while_closing_waits(tracki
 
 
 @pytest.mark.parametrize("name", ["SIGTERM", "SIGINT", "SIGHUP"])
+@pytest.mark.usefixtures("sighup_heard")
 def test_a_stop_signal_to_a_training_checkpoints_it(tmp_path, tracking_uri, name):
     """SIGTERM (a scheduler), Ctrl-C and SIGHUP (a closed terminal) alike: checkpoint, KILLED, the resume command."""
     signum = getattr(signal, name)
